@@ -1,0 +1,5 @@
+import sys
+
+from unipose_sdk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""The `unipose` command line.
+
+Each module in this package that defines `register(subparsers)` adds its own subcommands; a handler returns
+an exit code. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (any InvalidInputError,
+missing file or unreadable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from unipose_sdk import errors
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+_USER_ERRORS = (errors.InvalidInputError, errors.UniPoseFileNotFoundError, errors.CheckpointError,
+                errors.VocabularyError, errors.BackendUnavailableError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unipose", description="UniPose inference SDK command line.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        if hasattr(module, "register"):
+            module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except _USER_ERRORS as exc:
+        print(f"unipose: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except errors.UniPoseError as exc:
+        print(f"unipose: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a failure at run time, not the user's input: exit 1 with a one-line reason
+        if os.environ.get("UNIPOSE_DEBUG"):
+            raise
+        print(f"unipose: runtime failure: {type(exc).__name__}: {exc} (set UNIPOSE_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

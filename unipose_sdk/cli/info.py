@@ -1,0 +1,72 @@
+"""`unipose info`: versions, available backends and devices."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect_info() -> dict:
+    import torch
+
+    from unipose_sdk import __version__
+    from unipose_sdk.models.attention import available_attention_impls
+
+    cuda_devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            cuda_devices.append({"index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
+                                 "memory_gib": round(props.total_memory / 2**30, 1)})
+    versions = {"unipose-sdk": __version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "triton", "smplx",
+                 "transformers", "tokenizers"):
+        versions[dist] = _version(dist)
+    backends = {"torch": True, "onnxruntime": versions["onnxruntime"] is not None
+                or versions["onnxruntime-gpu"] is not None, "tensorrt": versions["tensorrt"] is not None}
+    return {
+        "versions": versions,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_threads": torch.get_num_threads(),
+        "devices": {"cpu": True, "cuda": cuda_devices},
+        "backends": backends,
+        "attention_impls": available_attention_impls(),
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"unipose-sdk {info['versions']['unipose-sdk']} on {info['platform']}, python {info['versions']['python']}")
+    print("versions:")
+    for name, version in info["versions"].items():
+        print(f"  {name:16s} {version or '-- not installed'}")
+    print("backends:")
+    for name, ok in info["backends"].items():
+        print(f"  {name:16s} {'available' if ok else 'not installed'}")
+    print("devices:")
+    print(f"  cpu              {info['cpu_threads']} threads")
+    if info["devices"]["cuda"]:
+        for dev in info["devices"]["cuda"]:
+            print(f"  cuda:{dev['index']:<11d} {dev['name']} (sm {dev['capability']}, {dev['memory_gib']} GiB)")
+    else:
+        print("  cuda             none")
+    print(f"attention:         {', '.join(info['attention_impls'])}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="print versions, available backends and devices")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_run)

@@ -1,0 +1,1 @@
+"""Synthetic data engine for training the embedded unipose-tiny model: poses, captions, pair edits, renders."""

@@ -1,0 +1,1 @@
+"""The single UniPose model definition in PyTorch, shared by every backend, the exporter and the tests."""

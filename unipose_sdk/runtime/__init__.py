@@ -1,0 +1,1 @@
+"""Runtimes: where the model runs (torch, ONNX Runtime, TensorRT) behind one interface."""

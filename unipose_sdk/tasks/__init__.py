@@ -1,0 +1,1 @@
+"""The four task classes: Estimator, Generator, Editor, Describer."""
