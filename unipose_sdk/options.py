@@ -1,0 +1,138 @@
+"""Options of the task classes: dataclasses validated at construction, and the Backend / Device enums."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
+
+EMBEDDED_MODEL = "unipose-tiny"
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _enum_value(enum_type: type[enum.Enum], value: object, what: str) -> enum.Enum:
+    try:
+        return enum_type(value.value if isinstance(value, enum.Enum) else str(value).lower())
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_type)
+        raise InvalidInputError.make(f"{what}={value!r}", f"one of {allowed}", f"Pass a valid {what}.") from None
+
+
+def resolve_device(device: Device) -> torch.device:
+    """`auto` means CUDA when torch sees a GPU, else the CPU; asking for CUDA without one is an error."""
+    if device is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            "received device='cuda'; expected a CUDA device visible to torch, but torch.cuda.is_available() is "
+            f"False (torch {torch.__version__}). Install a CUDA build of torch, or use device='cpu' / 'auto'."
+        )
+    return torch.device(device.value)
+
+
+@dataclass
+class BaseOptions:
+    """Where the model comes from and where it runs.
+
+    model: None or "unipose-tiny" for the embedded default model, or a path to a model directory (SDK format,
+        see `unipose convert`) or to a directory of exported ONNX graphs (backend="onnxruntime").
+    backend: "auto" picks the fastest available for the device and says which in every result.
+    device: "auto" | "cpu" | "cuda".
+    dtype: None (float32 on CPU, bfloat16 on CUDA), or "float32" / "float16" / "bfloat16" / a torch.dtype.
+    num_threads: CPU threads for torch / ONNX Runtime (None: leave the library default).
+    max_new_tokens: cap on generated text tokens per request.
+    """
+
+    model: str | Path | None = None
+    backend: Backend | str = Backend.AUTO
+    device: Device | str = Device.AUTO
+    dtype: torch.dtype | str | None = None
+    num_threads: int | None = None
+    max_new_tokens: int = 128
+    _resolved_dtype: torch.dtype | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.backend = _enum_value(Backend, self.backend, "backend")
+        self.device = _enum_value(Device, self.device, "device")
+        if self.model is not None and not isinstance(self.model, (str, Path)):
+            raise InvalidInputError.make(f"model={self.model!r} ({type(self.model).__name__})",
+                                         "None, 'unipose-tiny' or a path to a model directory",
+                                         "Pass the model name or directory as a string or Path.")
+        if isinstance(self.dtype, str):
+            if self.dtype.lower() not in _DTYPES:
+                raise InvalidInputError.make(f"dtype={self.dtype!r}", f"one of {sorted(_DTYPES)} or a torch.dtype",
+                                             "Pass a supported dtype.")
+            self._resolved_dtype = _DTYPES[self.dtype.lower()]
+        elif isinstance(self.dtype, torch.dtype):
+            if self.dtype not in _DTYPES.values():
+                raise InvalidInputError.make(f"dtype={self.dtype}", "torch.float32, torch.float16 or torch.bfloat16",
+                                             "Pass a supported dtype.")
+            self._resolved_dtype = self.dtype
+        elif self.dtype is not None:
+            raise InvalidInputError.make(f"dtype={self.dtype!r}", "a dtype name or torch.dtype", "Pass a dtype.")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise InvalidInputError.make(f"num_threads={self.num_threads!r}", "a positive int or None",
+                                         "Pass e.g. num_threads=2.")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "a positive int",
+                                         "Pass e.g. max_new_tokens=128.")
+
+    @property
+    def is_embedded_model(self) -> bool:
+        return self.model is None or str(self.model) == EMBEDDED_MODEL
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)  # type: ignore[arg-type]
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self._resolved_dtype is not None:
+            return self._resolved_dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class EstimatorOptions(BaseOptions):
+    """bbox_margin: how much context around a given person box the square crop keeps (1.2 = 20 % more)."""
+
+    bbox_margin: float = 1.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.bbox_margin, (int, float)) and 1.0 <= float(self.bbox_margin) <= 3.0):
+            raise InvalidInputError.make(f"bbox_margin={self.bbox_margin!r}", "a number in [1.0, 3.0]",
+                                         "Use 1.2 (the default) unless crops cut off limbs.")
+
+
+@dataclass
+class GeneratorOptions(BaseOptions):
+    pass
+
+
+@dataclass
+class EditorOptions(BaseOptions):
+    pass
+
+
+@dataclass
+class DescriberOptions(BaseOptions):
+    pass
