@@ -1,0 +1,375 @@
+"""Pose files: read by content, written atomically.
+
+Readable layouts (the format is recognised from the file's first bytes and, for .npz, from its keys; the
+extension is only a hint):
+
+| layout | content |
+|---|---|
+| smplx .npz | `global_orient` [B, 3], `body_pose` [B, 63] or [B, 21, 3] axis-angle (or [B, 1|-, 3, 3] / [B, 21, 3, 3] matrices); optional `transl` [B, 3], `betas` [B, K] or [K] |
+| AMASS .npz | `root_orient` [N, 3] and `pose_body` [N, 63]; or `poses` [N, 156] (SMPL-H) / [N, 165] (SMPL-X) / [N, 72] / [N, 66] whose first 66 values are ours; optional `trans` [N, 3], `betas` |
+| .npy | the official UniPose demo's (22, 3, 3) float32 rotation matrices, or (B, 22, 3, 3); any array `Pose.from_any` recognises by shape also works |
+| JSON | `{"format": "unipose-pose", "version": 1, "rotation_format": "axis_angle" | "rotmat" | "rotation_6d", "joint_names": [22 names], "poses": [B x 22 x 3 | 3x3 | 6], "transl_m": [B x 3] (optional), "betas": [B x K] or [K] (optional)}` |
+
+Writing picks the layout from the extension: .npz -> smplx keys (float32 axis-angle), .npy -> the demo's
+matrices ((22, 3, 3) for one pose, (B, 22, 3, 3) otherwise), .json -> the JSON schema above with axis-angle.
+Every write goes to a temporary file in the target directory that is renamed over the target only once complete,
+so a failed save leaves the previous file (or nothing) behind. Pickles are never unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import torch
+
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.body.skeleton import JOINT_NAMES
+from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError, UniPoseFileNotFoundError
+
+JSON_FORMAT_NAME = "unipose-pose"
+JSON_FORMAT_VERSION = 1
+_JSON_ROTATION_FORMATS = {"axis_angle": 3, "rotmat": (3, 3), "rotation_6d": 6}
+WRITE_EXTENSIONS = (".npz", ".npy", ".json")
+
+_ACCEPTED_LAYOUTS = (
+    "a .npz with smplx keys (global_orient + body_pose [+ transl, betas]) or AMASS keys (root_orient + pose_body, "
+    "or poses [N, 66|72|156|165] [+ trans, betas]); a .npy of (22, 3, 3) or (B, 22, 3, 3) rotation matrices; or a "
+    f"JSON document with \"format\": \"{JSON_FORMAT_NAME}\""
+)
+
+
+@dataclass(frozen=True)
+class PoseFile:
+    """What a pose file holds: the poses and, when the file has them, root translation and body shape."""
+
+    pose: Pose
+    transl_m: np.ndarray | None  # [B, 3] float32 metres
+    betas: np.ndarray | None  # [B, K] or [K] float32 shape coefficients (unused by UniPose, kept for round trips)
+    layout: str  # "smplx-npz", "amass-npz", "amass-poses-npz", "npy", "json"
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`. If `write` (or anything
+    else) fails, the temporary file is removed and `path` is untouched. Returns the final path."""
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise UniPoseFileNotFoundError(f"received the output path {str(path)!r} whose directory does not exist; "
+                                       f"expected a path in an existing directory. Create {str(path.parent)!r} "
+                                       f"first.")
+    if path.is_dir():
+        raise InvalidInputError(f"received the output path {str(path)!r}, which is a directory; expected a file "
+                                f"path. Add a file name, e.g. {str(path / 'pose.npz')!r}.")
+    # mkstemp makes the file 0600; give it the mode an ordinary new file gets (or the one it replaces).
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_current_umask()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def _current_umask() -> int:
+    # The only portable way to read the umask is to set it; read it once, at first use.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _existing_file(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"received {type(path).__name__}; expected a file path (str or pathlib.Path). "
+                                f"Pass the path of a pose file.")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UniPoseFileNotFoundError(f"received the path {str(p)!r}, which does not exist; expected a pose file "
+                                       f"({_ACCEPTED_LAYOUTS}). Check the path (relative paths start at "
+                                       f"{os.getcwd()!r}).")
+    if p.is_dir():
+        raise PoseFormatError(f"received {str(p)!r}, which is a directory; expected a pose file "
+                              f"({_ACCEPTED_LAYOUTS}). Name a file inside it.")
+    return p
+
+
+def detect_pose_format(path: str | os.PathLike) -> str:
+    """'npz', 'npy' or 'json', from the file's first bytes (not its extension)."""
+    p = _existing_file(path)
+    with open(p, "rb") as handle:
+        head = handle.read(64)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "npz"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
+        return "json"
+    if not head:
+        found = "an empty file"
+    elif head[:1] == b"\x80":
+        found = "a Python pickle (e.g. a torch checkpoint or an SMPL model file), which is never unpickled"
+    else:
+        found = f"a file starting with the bytes {head[:16]!r}"
+    raise PoseFormatError(f"received {str(p)!r}: {found}; expected {_ACCEPTED_LAYOUTS}. Convert the pose to one "
+                          f"of these layouts (see unipose_sdk.body.io).")
+
+
+def _pose_error_in(p: Path, exc: InvalidPoseError) -> InvalidPoseError:
+    return InvalidPoseError(f"in {str(p)!r}: {exc}")
+
+
+def _float_array(value: np.ndarray, p: Path, key: str) -> np.ndarray:
+    if not np.issubdtype(value.dtype, np.floating):
+        raise PoseFormatError(f"received {str(p)!r} whose '{key}' has dtype {value.dtype} and shape "
+                              f"{list(value.shape)}; expected floating-point numbers. Re-save it as float32.")
+    if not np.all(np.isfinite(value)):
+        raise InvalidPoseError(f"received {str(p)!r} whose '{key}' holds NaN or infinite values; expected finite "
+                               f"numbers. Repair or drop those rows.")
+    return value.astype(np.float32)
+
+
+def _optional_transl(value: np.ndarray | None, batch: int, p: Path, key: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    value = _float_array(value, p, key)
+    if value.shape == (3,):
+        value = value[None]
+    if value.ndim != 2 or value.shape[1] != 3 or value.shape[0] not in (1, batch):
+        raise PoseFormatError(f"received {str(p)!r} whose '{key}' has shape {list(value.shape)}; expected [{batch}, "
+                              f"3] (one translation per pose). Fix or remove '{key}'.")
+    return np.broadcast_to(value, (batch, 3)).copy()
+
+
+def _optional_betas(value: np.ndarray | None, p: Path) -> np.ndarray | None:
+    if value is None:
+        return None
+    value = _float_array(value, p, "betas")
+    if value.ndim not in (1, 2):
+        raise PoseFormatError(f"received {str(p)!r} whose 'betas' has shape {list(value.shape)}; expected [K] or "
+                              f"[B, K]. Fix or remove 'betas'.")
+    return value
+
+
+def _smplx_pose(root: np.ndarray, body: np.ndarray, p: Path) -> Pose:
+    """smplx keys hold axis-angle ([B, 3] + [B, 63]) or, for `pose2rot=False` users, matrices."""
+    if body.shape[-2:] == (3, 3):
+        root_m = root.reshape(-1, 1, 3, 3)
+        body_m = body.reshape(-1, body.shape[-3], 3, 3)
+        if root_m.shape[0] != body_m.shape[0]:
+            raise PoseFormatError(f"received {str(p)!r} with global_orient {list(root.shape)} and body_pose "
+                                  f"{list(body.shape)}; expected the same number of poses in both.")
+        return Pose.from_rotmat(np.concatenate([root_m, body_m], axis=1))
+    return Pose.from_smpl(root, body)
+
+
+def _read_npz(p: Path) -> PoseFile:
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise PoseFormatError(f"received {str(p)!r}, which looks like a .npz archive but cannot be read ({exc}); "
+                              f"expected {_ACCEPTED_LAYOUTS}. Re-create the file.") from None
+    with archive:
+        keys = set(archive.files)
+
+        def get(key: str) -> np.ndarray | None:
+            if key not in keys:
+                return None
+            try:
+                return archive[key]
+            except ValueError:  # an object array: would need unpickling
+                raise PoseFormatError(f"received {str(p)!r} whose '{key}' is a pickled object array; expected a "
+                                      f"numeric array. Re-save it with numeric dtypes.") from None
+
+        if {"global_orient", "body_pose"} <= keys:
+            layout, rot = "smplx-npz", lambda: _smplx_pose(
+                _float_array(get("global_orient"), p, "global_orient"), _float_array(get("body_pose"), p,
+                                                                                     "body_pose"), p)
+            transl_key = "transl"
+        elif {"root_orient", "pose_body"} <= keys:
+            layout, rot = "amass-npz", lambda: Pose.from_smpl(
+                _float_array(get("root_orient"), p, "root_orient"), _float_array(get("pose_body"), p, "pose_body"))
+            transl_key = "trans"
+        elif "poses" in keys:
+            layout, rot = "amass-poses-npz", lambda: Pose.from_any(_float_array(get("poses"), p, "poses"))
+            transl_key = "trans"
+        else:
+            raise PoseFormatError(f"received {str(p)!r}, a .npz with keys {sorted(keys)}; expected "
+                                  f"{_ACCEPTED_LAYOUTS}. Rename the arrays to one of these key sets.")
+        try:
+            pose = rot()
+        except PoseFormatError:
+            raise
+        except InvalidPoseError as exc:
+            raise _pose_error_in(p, exc) from None
+        transl_key = transl_key if transl_key in keys else ("transl" if "transl" in keys else "trans")
+        transl = _optional_transl(get(transl_key), len(pose), p, transl_key)
+        return PoseFile(pose, transl, _optional_betas(get("betas"), p), layout)
+
+
+def _read_npy(p: Path) -> PoseFile:
+    try:
+        array = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise PoseFormatError(f"received {str(p)!r}, a .npy that cannot be read without unpickling ({exc}); "
+                              f"expected a numeric (22, 3, 3) or (B, 22, 3, 3) array. Re-save it with "
+                              f"np.save(path, rotmat.astype(np.float32)).") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise PoseFormatError(f"received {str(p)!r}, a .npy of dtype {array.dtype} and shape {list(array.shape)}; "
+                              f"expected floating-point rotation matrices (22, 3, 3) or (B, 22, 3, 3).")
+    try:
+        return PoseFile(Pose.from_any(array), None, None, "npy")
+    except InvalidPoseError as exc:
+        if "matches no pose layout" in str(exc):
+            raise PoseFormatError(f"received {str(p)!r}, a .npy of shape {list(array.shape)}; expected "
+                                  f"(22, 3, 3) or (B, 22, 3, 3) rotation matrices (the UniPose demo layout), or "
+                                  f"another shape Pose.from_any recognises ([B, 66], [B, 22, 3], [B, 22, 6]).") from None
+        raise _pose_error_in(p, exc) from None
+
+
+def _read_json(p: Path) -> PoseFile:
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PoseFormatError(f"received {str(p)!r}, which is not valid JSON ({exc}); expected a JSON document "
+                              f"with \"format\": \"{JSON_FORMAT_NAME}\". Fix the syntax.") from None
+    found = f"a JSON {type(doc).__name__}" + (f" with keys {sorted(doc)}" if isinstance(doc, dict) else "")
+    if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT_NAME:
+        raise PoseFormatError(f"received {str(p)!r}: {found} and format {doc.get('format') if isinstance(doc, dict) else None!r}; "
+                              f"expected a JSON object with \"format\": \"{JSON_FORMAT_NAME}\", \"version\": "
+                              f"{JSON_FORMAT_VERSION}, \"rotation_format\" and \"poses\" (see unipose_sdk.body.io).")
+    version = doc.get("version")
+    if not isinstance(version, int) or version > JSON_FORMAT_VERSION or version < 1:
+        raise PoseFormatError(f"received {str(p)!r} with version {version!r}; expected version "
+                              f"{JSON_FORMAT_VERSION} (an integer). A newer file needs a newer unipose-sdk: "
+                              f"upgrade with `pip install -U unipose-sdk`.")
+    rotation_format = doc.get("rotation_format")
+    if rotation_format not in _JSON_ROTATION_FORMATS or "poses" not in doc:
+        raise PoseFormatError(f"received {str(p)!r} with rotation_format {rotation_format!r} and keys "
+                              f"{sorted(doc)}; expected a \"poses\" array and rotation_format one of "
+                              f"{sorted(_JSON_ROTATION_FORMATS)}.")
+    names = doc.get("joint_names")
+    if names is not None and list(names) != list(JOINT_NAMES):
+        raise PoseFormatError(f"received {str(p)!r} with joint_names {names}; expected the SMPL order "
+                              f"{list(JOINT_NAMES)}. Reorder the joints before saving.")
+    event = _JSON_ROTATION_FORMATS[rotation_format]
+    event_shape = (22,) + (event if isinstance(event, tuple) else (event,))
+    try:
+        poses = np.asarray(doc["poses"], dtype=np.float64)
+    except (TypeError, ValueError):
+        poses = None
+    if poses is None or poses.ndim != 1 + len(event_shape) or poses.shape[1:] != event_shape:
+        shape = "not a rectangular array of numbers" if poses is None else f"shape {list(poses.shape)}"
+        raise PoseFormatError(f"received {str(p)!r} whose \"poses\" is {shape}; expected [B, "
+                              f"{', '.join(map(str, event_shape))}] for rotation_format {rotation_format!r}.")
+    constructor = {"axis_angle": Pose.from_axis_angle, "rotmat": Pose.from_rotmat, "rotation_6d": Pose.from_6d}
+    try:
+        pose = constructor[rotation_format](poses)
+    except InvalidPoseError as exc:
+        raise _pose_error_in(p, exc) from None
+
+    def optional(key: str) -> np.ndarray | None:
+        if doc.get(key) is None:
+            return None
+        try:
+            return np.asarray(doc[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PoseFormatError(f"received {str(p)!r} whose \"{key}\" is not an array of numbers; expected "
+                                  f"numbers. Fix or remove \"{key}\".") from None
+
+    transl = _optional_transl(optional("transl_m"), len(pose), p, "transl_m")
+    return PoseFile(pose, transl, _optional_betas(optional("betas"), p), "json")
+
+
+def read_pose_file(path: str | os.PathLike) -> PoseFile:
+    """Read poses and, where present, translation and betas; the layout is recognised from the content."""
+    p = _existing_file(path)
+    reader = {"npz": _read_npz, "npy": _read_npy, "json": _read_json}[detect_pose_format(p)]
+    return reader(p)
+
+
+def load_pose(path: str | os.PathLike) -> Pose:
+    """The poses in a file (see the table at the top of this module)."""
+    return read_pose_file(path).pose
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _as_numpy_f32(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"received {what} of type {type(value).__name__}; expected an array of numbers."
+                                ) from None
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError(f"received {what} with NaN or infinite values; expected finite numbers.")
+    return array
+
+
+def save_pose(pose: Pose, path: str | os.PathLike, transl_m: Any = None, betas: Any = None) -> Path:
+    """Write `pose` atomically; .npz (smplx keys), .npy (demo matrices) or .json by extension. Returns the path."""
+    if not isinstance(pose, Pose):
+        raise InvalidInputError(f"received {type(pose).__name__}; expected a Pose. Build one with "
+                                f"`Pose.from_any(x)`.")
+    p = Path(path).expanduser()
+    ext = p.suffix.lower()
+    if ext not in WRITE_EXTENSIONS:
+        raise PoseFormatError(f"received the output path {str(p)!r} with extension {ext or '(none)'!r}; expected "
+                              f"one of {', '.join(WRITE_EXTENSIONS)}. Change the file name's extension.")
+    batch = len(pose)
+    transl = None
+    if transl_m is not None:
+        transl = _as_numpy_f32(transl_m, "transl_m")
+        if transl.shape != (3,) and not (transl.ndim == 2 and transl.shape[1] == 3 and transl.shape[0] in (1, batch)):
+            raise InvalidInputError(f"received transl_m of shape {list(transl.shape)}; expected [3] or "
+                                    f"[{batch}, 3] metres. Pass one translation per pose.")
+        transl = np.broadcast_to(transl.reshape(-1, 3), (batch, 3)).copy()
+    betas_arr = None if betas is None else _as_numpy_f32(betas, "betas")
+    if betas_arr is not None and betas_arr.ndim not in (1, 2):
+        raise InvalidInputError(f"received betas of shape {list(betas_arr.shape)}; expected [K] or [B, K].")
+    if ext == ".npy" and (transl is not None or betas_arr is not None):
+        raise PoseFormatError(f"received transl_m/betas for {str(p)!r}; expected none: the .npy layout holds "
+                              f"rotation matrices only. Save as .npz or .json to keep them.")
+
+    if ext == ".npz":
+        aa = pose.axis_angle().detach().cpu().numpy()
+        arrays = {"global_orient": aa[:, :3], "body_pose": aa[:, 3:]}
+        if transl is not None:
+            arrays["transl"] = transl
+        if betas_arr is not None:
+            arrays["betas"] = betas_arr
+        return atomic_write(p, lambda f: np.savez(f, **arrays))
+    if ext == ".npy":
+        rotmat = pose.numpy()
+        return atomic_write(p, lambda f: np.save(f, rotmat[0] if batch == 1 else rotmat))
+    doc: dict[str, Any] = {
+        "format": JSON_FORMAT_NAME, "version": JSON_FORMAT_VERSION, "rotation_format": "axis_angle",
+        "joint_names": list(JOINT_NAMES),
+        "poses": pose.axis_angle().detach().cpu().double().reshape(batch, 22, 3).tolist(),
+    }
+    if transl is not None:
+        doc["transl_m"] = transl.astype(np.float64).tolist()
+    if betas_arr is not None:
+        doc["betas"] = betas_arr.astype(np.float64).tolist()
+    payload = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+    return atomic_write(p, lambda f: f.write(payload))
