@@ -28,7 +28,7 @@ def tiny_model(seed: int = 0) -> MistralLM:
     model = MistralLM(TINY).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+            if name.endswith("norm.weight"):  # input_layernorm, post_attention_layernorm, norm
                 param.copy_(1.0 + 0.1 * torch.randn_like(param))  # non-trivial norm scales catch a missed weight
             else:
                 param.normal_(0.0, 0.1)

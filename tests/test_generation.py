@@ -1,0 +1,200 @@
+"""Greedy generation with pose blocks, on a tiny random model whose next-token choices are programmed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unipose_sdk.errors import InvalidInputError, InvalidTextError
+from unipose_sdk.generation import generate, pose_codes_from_logits
+from unipose_sdk.models.attention_mask import MixedMask
+from unipose_sdk.models.config import LLMConfig, VocabLayout
+from unipose_sdk.models.llm import MistralLM
+
+VOCAB = VocabLayout(text_vocab_size=64, codebook_size=32, num_pose_tokens=80)  # 180 ids; BEGIN 96, END 97
+CONFIG = LLMConfig(
+    vocab_size=VOCAB.vocab_size,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rope_theta=10_000.0,
+    max_position_embeddings=256,
+)
+BEGIN, END, EOS, DOT = VOCAB.pose_begin_id, VOCAB.pose_end_id, VOCAB.eos_id, 13
+
+# Next-token program: token -> the token the model emits after it (whatever came before).
+PROGRAM = {
+    7: BEGIN,  # "... description:" -> a pose
+    END: DOT,  # after the pose block: "."
+    DOT: EOS,  # then </s>
+    20: 21,
+    21: 7,  # 20 -> 21 -> 7 -> BEGIN: this row reaches its pose two steps later than a row ending in 7
+    30: 31,
+    31: 32,
+    32: EOS,  # a text-only answer
+    40: 41,
+    41: 40,  # never stops by itself
+    50: 51,
+    51: 52,
+    52: 53,
+    53: 54,
+    54: EOS,  # still decoding text when the late row runs its pose step
+}
+TEXT_TO_POSE = [1, 5, 6, 7]
+LATE_POSE = [1, 8, 9, 10, 11, 12, 20]
+TEXT_ONLY = [1, 30]
+ENDLESS = [1, 40]
+LONG_TEXT = [1, 50]
+
+
+@pytest.fixture(scope="module")
+def model() -> MistralLM:
+    """Random weights (so attention over the context matters), plus one strong channel per programmed step.
+
+    Transition t -> n gets its own hidden axis i: embed[t] += A e_i and lm_head[n] += A e_i. The residual
+    stream at a token t is dominated by A e_i, so logit n wins by a wide margin. The pose queries are not
+    programmed: their codes come from the random weights and depend on the whole context.
+    """
+    torch.manual_seed(0)
+    lm = MistralLM(CONFIG).eval()
+    strength = 20.0
+    with torch.no_grad():
+        for name, param in lm.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.1)
+        embed, head = lm.model.embed_tokens.weight, lm.lm_head.weight
+        for axis, (token, next_token) in enumerate(PROGRAM.items()):
+            embed[token, axis] += strength
+            head[next_token, axis] += strength
+    return lm
+
+
+class CallCounter:
+    """Records the number of new tokens T of every model forward."""
+
+    def __init__(self, lm: MistralLM) -> None:
+        self.lengths: list[int] = []
+        self.handle = lm.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tokens = args[0] if args and args[0] is not None else kwargs.get("input_ids")
+        if tokens is None:
+            tokens = kwargs["input_embeds"]
+        self.lengths.append(int(tokens.shape[1]))
+
+    def __enter__(self) -> "CallCounter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def test_text_to_pose_is_one_prefill_one_pose_step_and_two_decode_steps(model: MistralLM) -> None:
+    with CallCounter(model) as calls:
+        (result,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=100)
+    assert calls.lengths == [len(TEXT_TO_POSE), 81, 1, 1]  # prefill, pose step, END -> ".", "." -> </s>
+
+    ids = result.token_ids
+    assert len(ids) == 84 and ids[0] == BEGIN and ids[81:] == [END, DOT, EOS]
+    assert result.finish_reason == "eos"
+    assert len(result.pose_codes) == 1
+    codes = result.pose_codes[0]
+    assert codes.shape == (80,) and codes.dtype == torch.long
+    assert ids[1:81] == VOCAB.pose_token_ids(codes).tolist()
+    assert all(VOCAB.is_pose_id(i) for i in ids[1:81])
+    assert len(set(codes.tolist())) > 1  # the codes depend on the query position
+
+    # The codes are the pose-range argmax of ONE dense masked forward over prompt + BEGIN + 80 queries.
+    with torch.no_grad():
+        prompt_len = len(TEXT_TO_POSE)
+        sequence = torch.cat(
+            [model.embed(torch.tensor([TEXT_TO_POSE + [BEGIN]])), model.embed_pose_queries(80).unsqueeze(0)], dim=1
+        )
+        block = MixedMask.from_lists([prompt_len + 1], [prompt_len + 81])
+        logits = model(input_embeds=sequence, mask=block, logits_positions=slice(prompt_len + 1, None)).logits
+    assert torch.equal(pose_codes_from_logits(logits, VOCAB)[0], codes)
+
+
+def test_batch_with_different_prompt_lengths_equals_each_row_alone(model: MistralLM) -> None:
+    prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
+    with CallCounter(model) as calls:
+        batch = generate(model, prompts, VOCAB, max_new_tokens=90)
+    # Row 0 runs its pose step right after prefill, row 1 two decode steps later; the other rows wait each time.
+    assert calls.lengths == [len(LATE_POSE), 81, 1, 1, 81, 1, 1]
+
+    for prompt, in_batch in zip(prompts, batch):
+        (alone,) = generate(model, [prompt], VOCAB, max_new_tokens=90)
+        assert in_batch.token_ids == alone.token_ids
+        assert in_batch.finish_reason == alone.finish_reason
+        assert len(in_batch.pose_codes) == len(alone.pose_codes)
+        for a, b in zip(in_batch.pose_codes, alone.pose_codes):
+            assert torch.equal(a, b)
+
+    assert batch[1].token_ids[:3] == [21, 7, BEGIN] and batch[1].token_ids[-3:] == [END, DOT, EOS]
+    assert batch[2].token_ids == [31, 32, EOS] and batch[2].pose_codes == []
+    assert batch[3].token_ids == [51, 52, 53, 54, EOS]
+
+
+def test_stops_at_max_new_tokens(model: MistralLM) -> None:
+    with CallCounter(model) as calls:
+        (result,) = generate(model, [ENDLESS], VOCAB, max_new_tokens=5)
+    assert result.token_ids == [41, 40, 41, 40, 41]
+    assert result.finish_reason == "length"
+    assert calls.lengths == [2, 1, 1, 1, 1]  # the last sampled token is never fed
+
+
+def test_stops_at_eos(model: MistralLM) -> None:
+    with CallCounter(model) as calls:
+        (result,) = generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=50)
+    assert result.token_ids == [31, 32, EOS]
+    assert result.finish_reason == "eos"
+    assert calls.lengths == [2, 1, 1]
+
+
+def test_begin_without_room_for_the_pose_block_stops_the_row(model: MistralLM) -> None:
+    with CallCounter(model) as calls:
+        (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=81)
+        (exact,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=82)
+    assert cut.token_ids == [] and cut.pose_codes == [] and cut.finish_reason == "length"
+    assert len(exact.token_ids) == 82 and exact.token_ids[-1] == END and exact.finish_reason == "length"
+    assert calls.lengths == [4, 4, 81]  # no pose step for the cut row; no decode after the last END
+
+
+def test_prompt_as_embeddings_equals_prompt_as_ids(model: MistralLM) -> None:
+    with torch.no_grad():
+        embeds = model.embed(torch.tensor(LATE_POSE))  # [L, C]: where a caller would splice image embeddings
+    (from_ids,) = generate(model, [torch.tensor(LATE_POSE)], VOCAB, max_new_tokens=90)
+    (from_embeds,) = generate(model, [embeds], VOCAB, max_new_tokens=90)
+    assert from_ids.token_ids == from_embeds.token_ids
+
+
+def test_pose_codes_take_the_argmax_over_codebook_ids_only() -> None:
+    logits = torch.zeros(1, 2, VOCAB.vocab_size)
+    logits[0, :, 5] = 100.0  # a text id wins the full-vocabulary argmax
+    logits[0, :, BEGIN] = 90.0
+    logits[0, 0, VOCAB.pose_id_offset + 3] = 1.0
+    logits[0, 1, VOCAB.pose_id_offset + VOCAB.codebook_size - 1] = 1.0
+    assert pose_codes_from_logits(logits, VOCAB).tolist() == [[3, VOCAB.codebook_size - 1]]
+
+
+def test_length_and_input_errors(model: MistralLM) -> None:
+    with pytest.raises(InvalidTextError, match="max_new_tokens"):
+        generate(model, [[1] * 200], VOCAB, max_new_tokens=57)  # 257 > 256 positions
+    with pytest.raises(InvalidTextError, match="at most 100"):
+        generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=99, max_context=100)
+    with pytest.raises(InvalidInputError, match="max_new_tokens=0"):
+        generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=0)
+    with pytest.raises(InvalidTextError, match="empty prompt"):
+        generate(model, [TEXT_ONLY, []], VOCAB, max_new_tokens=4)
+    with pytest.raises(InvalidInputError, match="token ids"):
+        generate(model, [torch.zeros(2, 3, 4)], VOCAB, max_new_tokens=4)
+    with pytest.raises(InvalidInputError, match="at least one prompt"):
+        generate(model, [], VOCAB, max_new_tokens=4)
+    # Exactly at the limit is fine.
+    (result,) = generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=98, max_context=100)
+    assert result.finish_reason == "eos"
