@@ -1,0 +1,284 @@
+"""Prompt building: the seven UniPose tasks and free-form prompts -> token ids with image slots.
+
+What the official code does (liyiheng23/UniPose, posegpt.process_templates + LLaVA's `mistral_instruct`
+conversation and `tokenizer_image_token`), reproduced here without its string round trips:
+
+* the user turn is a template with placeholders; `<caption>` is replaced by the caption text, `<pose>` means
+  `<poseA>`, a pose becomes BEGIN + 80 pose ids + END with no spaces around the ids, and `<image>` becomes
+  `<im_start>` + the image's projected embeddings + `<im_end>`. Spaces and the "." after a placeholder stay
+  exactly where the template has them ("... the pose <pose>." -> "... the pose " BEGIN ... END ".").
+* the conversation is `[INST] {user} [/INST]` with an empty system prompt; BOS comes first and the answer follows
+  the closing `[/INST]` (LLaVA writes " {answer} </s>" for training; at inference the prompt ends at "[/INST]").
+* each stretch of text between placeholders is tokenized on its own, as the official slow tokenizer does when it
+  splits the prompt on `<image>` and on its added tokens.
+
+Divergence on purpose: the official demo fills every `<pose>` with pose A. Here, in a prompt with no explicit
+`<poseA>` / `<poseB>`, the k-th `<pose>` takes the k-th pose given ("difference between <pose> and <pose>" then
+compares two poses, as a user means it); with explicit `<poseA>`/`<poseB>`, `<pose>` means pose A, as officially.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unipose_sdk.errors import InvalidInputError, InvalidTextError
+from unipose_sdk.models.config import VocabLayout
+from unipose_sdk.text.tokenizer import TextTokenizer
+
+IMAGE_PLACEHOLDER = "<image>"
+POSE_PLACEHOLDER = "<pose>"
+POSE_A_PLACEHOLDER = "<poseA>"
+POSE_B_PLACEHOLDER = "<poseB>"
+CAPTION_PLACEHOLDER = "<caption>"
+_PLACEHOLDER_RE = re.compile(r"(<image>|<poseA>|<poseB>|<pose>)")
+
+
+class Task(str, enum.Enum):
+    """The seven tasks; values are the official task names."""
+
+    POSE_ESTIMATION = "image2pose"
+    IMAGE_DESCRIPTION = "image2text"
+    IMAGE_DIFFERENCE = "image_difference"
+    TEXT_TO_POSE = "text2pose"
+    POSE_DESCRIPTION = "pose2text"
+    POSE_DIFFERENCE = "pose_difference"
+    POSE_EDITING = "pose_edit"
+
+
+# Pretraining phrasings (user turn, answer), exactly as the official instruction tables write them.
+TASK_TEMPLATES: dict[Task, tuple[str, str]] = {
+    Task.POSE_ESTIMATION: ("Generate pose of the image: <image>.", "<pose>."),
+    Task.IMAGE_DESCRIPTION: ("Generate description of the pose in the image: <image>.", "<caption>."),
+    Task.IMAGE_DIFFERENCE: ("Output the difference between image <image> and <image>.", "<caption>."),
+    Task.TEXT_TO_POSE: ("Generate pose of the description: <caption>.", "<pose>."),
+    Task.POSE_DESCRIPTION: ("Generate description of the pose <pose>.", "<caption>."),
+    Task.POSE_DIFFERENCE: ("Output the difference between pose <poseA> and pose <poseB>.", "<caption>."),
+    Task.POSE_EDITING: ("Edit pose <poseA> by description: <caption>.", "<poseB>."),
+}
+
+# What each task needs from the caller: (number of images, number of poses, needs a caption).
+TASK_INPUTS: dict[Task, tuple[int, int, bool]] = {
+    Task.POSE_ESTIMATION: (1, 0, False),
+    Task.IMAGE_DESCRIPTION: (1, 0, False),
+    Task.IMAGE_DIFFERENCE: (2, 0, False),
+    Task.TEXT_TO_POSE: (0, 0, True),
+    Task.POSE_DESCRIPTION: (0, 1, False),
+    Task.POSE_DIFFERENCE: (0, 2, False),
+    Task.POSE_EDITING: (0, 1, True),
+}
+
+
+def chat_prompt(user: str) -> str:
+    """The Mistral instruct turn as text (BOS not included): '[INST] {user} [/INST]'."""
+    return f"[INST] {user} [/INST]"
+
+
+def task_user_turn(task: Task | str, caption: str | None = None) -> str:
+    """The user turn of a task with `<caption>` filled in; pose and image placeholders stay."""
+    task = Task(task)
+    template = TASK_TEMPLATES[task][0]
+    if CAPTION_PLACEHOLDER in template:
+        if caption is None or not caption.strip():
+            raise InvalidTextError.make(
+                received=f"caption={caption!r} for task {task.value}",
+                expected="a non-empty description", fix="Pass the text describing the pose (or the edit).")
+        template = template.replace(CAPTION_PLACEHOLDER, caption.strip())
+    return template
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt before batching: ids with `layout.pad_id` in image slots, and each image's first slot."""
+
+    input_ids: list[int]
+    image_starts: list[int]  # offsets of each image's first embedding slot, in order of the images given
+    text: str  # the rendered prompt with placeholders, for logs and error messages
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """A left-padded batch of prompts.
+
+    input_ids      (B, T) int64; padding and image slots hold `pad_id` (their embeddings are replaced or masked)
+    attention_mask (B, T) bool, False on left padding
+    lengths        real length of each row (image slots included)
+    image_starts   per row, the padded position of each image's first slot; each image fills `image_tokens` slots
+    image_tokens   N, embeddings per image
+    Images are numbered row by row, in prompt order: image_embeds[k] fills the k-th image of the batch.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    lengths: list[int]
+    image_starts: list[list[int]]
+    image_tokens: int
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(starts) for starts in self.image_starts)
+
+    @property
+    def position_ids(self) -> Tensor:
+        """0..len-1 over the real tokens of each row (left padding gets 0), as the official generate does."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def image_mask(self) -> Tensor:
+        """(B, T) bool, True at every image-embedding slot; row-major order matches the image numbering."""
+        mask = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        for row, starts in enumerate(self.image_starts):
+            for start in starts:
+                mask[row, start:start + self.image_tokens] = True
+        return mask
+
+    def to(self, device: torch.device | str) -> "PromptInputs":
+        return PromptInputs(self.input_ids.to(device), self.attention_mask.to(device), list(self.lengths),
+                            [list(s) for s in self.image_starts], self.image_tokens, list(self.texts))
+
+
+def _codes_list(codes: Any, layout: VocabLayout, what: str) -> list[int]:
+    array = np.asarray(codes.detach().cpu() if isinstance(codes, Tensor) else codes)
+    if array.ndim != 1 or array.shape[0] != layout.num_pose_tokens or not np.issubdtype(array.dtype, np.integer):
+        raise InvalidInputError.make(
+            received=f"{what} with shape {array.shape} and dtype {array.dtype}",
+            expected=f"{layout.num_pose_tokens} integer codebook indices",
+            fix="Encode the pose with the pose tokenizer first (PoseTokenizer.encode) and pass one row per pose.")
+    if array.min() < 0 or array.max() >= layout.codebook_size:
+        raise InvalidInputError.make(
+            received=f"{what} with codes in [{array.min()}, {array.max()}]",
+            expected=f"codes in [0, {layout.codebook_size - 1}]", fix="Use codes from this model's pose tokenizer.")
+    return [int(c) for c in array]
+
+
+class PromptBuilder:
+    """Turns user turns with placeholders into PromptRows / PromptInputs for one model."""
+
+    def __init__(self, tokenizer: TextTokenizer, image_tokens: int, max_tokens: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.layout = tokenizer.layout
+        self.image_tokens = image_tokens
+        self.max_tokens = max_tokens
+
+    def pose_ids(self, codes: Any, what: str = "pose") -> list[int]:
+        """BEGIN + the codes' vocabulary ids + END (82 ids)."""
+        codes_list = _codes_list(codes, self.layout, what)
+        offset = self.layout.pose_id_offset
+        return [self.layout.pose_begin_id, *(offset + c for c in codes_list), self.layout.pose_end_id]
+
+    def build(self, user: str, poses: Sequence[Any] | Mapping[str, Any] = (), num_images: int | None = None,
+              ) -> PromptRow:
+        """One prompt from a free-form user turn.
+
+        `poses`: a sequence (k-th `<pose>`, or A then B) or a mapping {"A": codes, "B": codes}.
+        `num_images`: if given, must equal the number of `<image>` placeholders.
+        """
+        if not isinstance(user, str) or not user.strip():
+            raise InvalidTextError.make(received=f"user prompt {user!r}", expected="non-empty text",
+                                        fix="Write the request, using <image> / <pose> where inputs go.")
+        parts = _PLACEHOLDER_RE.split(chat_prompt(user))
+        slots = [p for p in parts[1::2]]
+        pose_for_slot = self._assign_poses(slots, poses)
+        images_in_text = slots.count(IMAGE_PLACEHOLDER)
+        if num_images is not None and num_images != images_in_text:
+            raise InvalidInputError.make(
+                received=f"{num_images} images for a prompt with {images_in_text} {IMAGE_PLACEHOLDER} placeholders",
+                expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the prompt text.")
+
+        ids = [self.layout.bos_id]
+        image_starts: list[int] = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                ids += self.tokenizer.encode(part) if part else []
+            elif part == IMAGE_PLACEHOLDER:
+                ids.append(self.layout.image_start_id)
+                image_starts.append(len(ids))
+                ids += [self.layout.pad_id] * self.image_tokens
+                ids.append(self.layout.image_end_id)
+            else:
+                label, codes = pose_for_slot[i // 2]
+                ids += self.pose_ids(codes, what=f"pose {label}")
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise InvalidTextError.make(
+                received=f"a prompt of {len(ids)} tokens (images count {self.image_tokens} each)",
+                expected=f"at most {self.max_tokens} tokens for this model",
+                fix="Shorten the text, or use fewer images / poses in one prompt.")
+        return PromptRow(ids, image_starts, chat_prompt(user))
+
+    def build_task(self, task: Task | str, caption: str | None = None, poses: Sequence[Any] = (),
+                   num_images: int | None = None) -> PromptRow:
+        """One prompt in the task's pretraining phrasing; `poses` in order A, B."""
+        task = Task(task)
+        want_images, want_poses, _ = TASK_INPUTS[task]
+        if len(poses) != want_poses:
+            raise InvalidInputError.make(received=f"{len(poses)} poses for task {task.value}",
+                                         expected=f"{want_poses}", fix="Pass one pose per <pose> of the task.")
+        return self.build(task_user_turn(task, caption), poses, want_images if num_images is None else num_images)
+
+    def batch(self, rows: Sequence[PromptRow]) -> PromptInputs:
+        """Left-pad rows to one length (the official batched inference pads on the left)."""
+        if not rows:
+            raise InvalidInputError.make(received="no prompts", expected="at least one", fix="Pass one or more.")
+        width = max(len(r.input_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.layout.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        starts = []
+        for b, row in enumerate(rows):
+            pad = width - len(row.input_ids)
+            input_ids[b, pad:] = torch.tensor(row.input_ids, dtype=torch.long)
+            attention_mask[b, pad:] = True
+            starts.append([pad + s for s in row.image_starts])
+        return PromptInputs(input_ids, attention_mask, [len(r.input_ids) for r in rows], starts,
+                            self.image_tokens, [r.text for r in rows])
+
+    # ---- helpers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _assign_poses(slots: list[str], poses: Sequence[Any] | Mapping[str, Any]) -> dict[int, tuple[str, Any]]:
+        pose_slots = [i for i, s in enumerate(slots) if s != IMAGE_PLACEHOLDER]
+        explicit = any(s in (POSE_A_PLACEHOLDER, POSE_B_PLACEHOLDER) for s in slots)
+        if isinstance(poses, Mapping):
+            unknown = sorted(set(poses) - {"A", "B"})
+            if unknown:
+                raise InvalidInputError.make(received=f"pose keys {unknown}", expected="'A' and/or 'B'",
+                                             fix="Name the poses 'A' and 'B'.")
+            named = dict(poses)
+        else:
+            if not explicit and len(poses) > 2:
+                raise InvalidInputError.make(received=f"{len(poses)} poses", expected="at most 2",
+                                             fix="UniPose prompts take one or two poses.")
+            named = dict(zip("AB", poses))
+        labels: dict[int, str] = {}
+        plain_count = 0
+        for i in pose_slots:
+            if slots[i] == POSE_B_PLACEHOLDER:
+                labels[i] = "B"
+            elif slots[i] == POSE_A_PLACEHOLDER or explicit:
+                labels[i] = "A"  # the official meaning of <pose> next to <poseA>/<poseB>
+            else:
+                labels[i] = "AB"[min(plain_count, 1)]
+                plain_count += 1
+        if plain_count > 2:
+            raise InvalidTextError.make(received=f"{plain_count} {POSE_PLACEHOLDER} placeholders",
+                                        expected="at most 2", fix="Use <poseA> and <poseB> to name the poses.")
+        needed, given = set(labels.values()), set(named)
+        if needed - given:
+            raise InvalidInputError.make(
+                received=f"poses for {sorted(given) or 'none'}",
+                expected=f"a pose for each placeholder ({sorted(needed)})",
+                fix="Pass one pose per <pose> / <poseA> / <poseB> in the prompt.")
+        if given - needed:
+            raise InvalidInputError.make(
+                received=f"poses {sorted(given)} while the prompt uses {sorted(needed) or 'none'}",
+                expected="no pose without a placeholder", fix="Add <pose> to the prompt or drop the extra pose.")
+        return {i: (label, named[label]) for i, label in labels.items()}
