@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -74,30 +77,28 @@ def model() -> MistralLM:
     return lm
 
 
-class CallCounter:
-    """Records the number of new tokens T of every model forward."""
+@contextlib.contextmanager
+def count_calls(lm: MistralLM) -> Iterator[list[int]]:
+    """Yields a list that receives the number of new tokens T of every model forward inside the block."""
+    lengths: list[int] = []
 
-    def __init__(self, lm: MistralLM) -> None:
-        self.lengths: list[int] = []
-        self.handle = lm.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = args[0] if args and args[0] is not None else kwargs.get("input_ids")
         if tokens is None:
             tokens = kwargs["input_embeds"]
-        self.lengths.append(int(tokens.shape[1]))
+        lengths.append(int(tokens.shape[1]))
 
-    def __enter__(self) -> "CallCounter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield lengths
+    finally:
+        handle.remove()
 
 
 def test_text_to_pose_is_one_prefill_one_pose_step_and_two_decode_steps(model: MistralLM) -> None:
-    with CallCounter(model) as calls:
+    with count_calls(model) as calls:
         (result,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=100)
-    assert calls.lengths == [len(TEXT_TO_POSE), 81, 1, 1]  # prefill, pose step, END -> ".", "." -> </s>
+    assert calls == [len(TEXT_TO_POSE), 81, 1, 1]  # prefill, pose step, END -> ".", "." -> </s>
 
     ids = result.token_ids
     assert len(ids) == 84 and ids[0] == BEGIN and ids[81:] == [END, DOT, EOS]
@@ -122,10 +123,10 @@ def test_text_to_pose_is_one_prefill_one_pose_step_and_two_decode_steps(model: M
 
 def test_batch_with_different_prompt_lengths_equals_each_row_alone(model: MistralLM) -> None:
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
-    with CallCounter(model) as calls:
+    with count_calls(model) as calls:
         batch = generate(model, prompts, VOCAB, max_new_tokens=90)
     # Row 0 runs its pose step right after prefill, row 1 two decode steps later; the other rows wait each time.
-    assert calls.lengths == [len(LATE_POSE), 81, 1, 1, 81, 1, 1]
+    assert calls == [len(LATE_POSE), 81, 1, 1, 81, 1, 1]
 
     for prompt, in_batch in zip(prompts, batch):
         (alone,) = generate(model, [prompt], VOCAB, max_new_tokens=90)
@@ -141,28 +142,28 @@ def test_batch_with_different_prompt_lengths_equals_each_row_alone(model: Mistra
 
 
 def test_stops_at_max_new_tokens(model: MistralLM) -> None:
-    with CallCounter(model) as calls:
+    with count_calls(model) as calls:
         (result,) = generate(model, [ENDLESS], VOCAB, max_new_tokens=5)
     assert result.token_ids == [41, 40, 41, 40, 41]
     assert result.finish_reason == "length"
-    assert calls.lengths == [2, 1, 1, 1, 1]  # the last sampled token is never fed
+    assert calls == [2, 1, 1, 1, 1]  # the last sampled token is never fed
 
 
 def test_stops_at_eos(model: MistralLM) -> None:
-    with CallCounter(model) as calls:
+    with count_calls(model) as calls:
         (result,) = generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=50)
     assert result.token_ids == [31, 32, EOS]
     assert result.finish_reason == "eos"
-    assert calls.lengths == [2, 1, 1]
+    assert calls == [2, 1, 1]
 
 
 def test_begin_without_room_for_the_pose_block_stops_the_row(model: MistralLM) -> None:
-    with CallCounter(model) as calls:
+    with count_calls(model) as calls:
         (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=81)
         (exact,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=82)
     assert cut.token_ids == [] and cut.pose_codes == [] and cut.finish_reason == "length"
     assert len(exact.token_ids) == 82 and exact.token_ids[-1] == END and exact.finish_reason == "length"
-    assert calls.lengths == [4, 4, 81]  # no pose step for the cut row; no decode after the last END
+    assert calls == [4, 4, 81]  # no pose step for the cut row; no decode after the last END
 
 
 def test_prompt_as_embeddings_equals_prompt_as_ids(model: MistralLM) -> None:
