@@ -108,6 +108,7 @@ class CLIPVisionConfig:
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
     layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"  # OpenAI CLIP's x * sigmoid(1.702 x); "gelu" is also understood
     select_layer: int = -2  # UniPose (LLaVA) takes the penultimate layer's patch tokens
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
