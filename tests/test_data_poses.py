@@ -1,0 +1,121 @@
+"""Pose sampler: limits, determinism, archetype sanity through forward kinematics."""
+
+import numpy as np
+import pytest
+
+from unipose_sdk.body.rotations import axis_angle_to_matrix
+from unipose_sdk.body.skeleton import JOINT_INDEX as J
+from unipose_sdk.data.archetypes import ARCHETYPE_NAMES, ARCHETYPES, mirror_euler_deg
+from unipose_sdk.data.poses import (
+    LIMITS_DEG, clip_to_limits, euler_deg_to_axis_angle, euler_deg_to_matrix, joints_from_axis_angle, sample_poses,
+)
+
+
+def _joints(name: str) -> np.ndarray:
+    return joints_from_axis_angle(euler_deg_to_axis_angle(ARCHETYPES[name][None]))[0]
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
+    """Interior angle at b of the chain a-b-c."""
+    u, v = a - b, c - b
+    return float(np.degrees(np.arccos(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v))))
+
+
+def test_euler_matrix_matches_axis_angle_for_single_axes():
+    for axis in range(3):
+        euler = np.zeros(3)
+        euler[axis] = 40.0
+        aa = np.zeros(3)
+        aa[axis] = np.radians(40.0)
+        np.testing.assert_allclose(euler_deg_to_matrix(euler), axis_angle_to_matrix(aa), atol=1e-12)
+
+
+def test_at_least_15_archetypes_all_within_limits():
+    assert len(ARCHETYPE_NAMES) >= 15
+    for name, euler in ARCHETYPES.items():
+        np.testing.assert_allclose(clip_to_limits(euler), euler, err_msg=name)
+
+
+def test_limits_make_knees_and_elbows_bend_one_way_only():
+    assert LIMITS_DEG[J["left_knee"], 0].tolist() == [0, 150]
+    assert LIMITS_DEG[J["right_knee"], 0].tolist() == [0, 150]
+    assert LIMITS_DEG[J["left_elbow"], 1].tolist() == [-150, 0]
+    assert LIMITS_DEG[J["right_elbow"], 1].tolist() == [0, 150]  # mirrored: right flexes with +y
+
+
+def test_knee_flexion_moves_the_ankle_backwards_and_elbow_flexion_brings_the_hand_forwards():
+    euler = np.zeros((1, 22, 3))
+    euler[0, J["left_knee"], 0] = 90.0
+    euler[0, J["right_elbow"], 1] = 90.0
+    euler[0, J["left_elbow"], 1] = -90.0
+    joints = joints_from_axis_angle(euler_deg_to_axis_angle(euler), grounded=False)[0]
+    assert joints[J["left_ankle"], 2] < joints[J["left_knee"], 2] - 0.3
+    for side in ("left", "right"):
+        assert joints[J[f"{side}_wrist"], 2] > joints[J[f"{side}_elbow"], 2] + 0.2
+
+
+def test_sampler_is_deterministic_and_in_limits():
+    a, labels_a = sample_poses(200, seed=7, global_orient="random")
+    b, labels_b = sample_poses(200, seed=7, global_orient="random")
+    c, _ = sample_poses(200, seed=8, global_orient="random")
+    assert a.shape == (200, 66) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert labels_a == labels_b
+    assert not np.allclose(a, c)
+    assert np.isfinite(a).all()
+    # Knees never hyperextend: the ankle-knee-hip angle is at most 180 and the shank never swings forwards of
+    # the thigh line by flexing the wrong way (angle measured through FK in the thigh's sagittal plane).
+    joints = joints_from_axis_angle(a)
+    assert joints[:, :, 1].min() == pytest.approx(0.0, abs=1e-9)
+    assert set(labels_a) - {"free"} - {lab for lab in labels_a if lab.startswith("blend:")} <= set(ARCHETYPE_NAMES)
+
+
+def test_mix_selects_the_source():
+    _, labels = sample_poses(50, seed=1, mix={"archetype": 1.0})
+    assert set(labels) <= set(ARCHETYPE_NAMES)
+    _, labels = sample_poses(20, seed=1, mix={"free": 1.0})
+    assert set(labels) == {"free"}
+    with pytest.raises(ValueError):
+        sample_poses(5, seed=1, mix={"bogus": 1.0})
+
+
+def test_random_global_orient_keeps_upright_poses_nearly_upright():
+    aa, _ = sample_poses(300, seed=2, mix={"archetype": 1.0}, archetypes=("standing",), global_orient="random")
+    joints = joints_from_axis_angle(aa)
+    spine = joints[:, J["neck"]] - joints[:, J["pelvis"]]
+    tilt_deg = np.degrees(np.arccos(spine[:, 1] / np.linalg.norm(spine, axis=1)))
+    assert tilt_deg.max() < 45.0
+    forward = np.cross(joints[:, J["left_hip"]] - joints[:, J["right_hip"]], [0.0, 1.0, 0.0])
+    yaw_deg = np.degrees(np.arctan2(forward[:, 0], forward[:, 2]))
+    assert yaw_deg.min() < -120 and yaw_deg.max() > 120  # any heading
+
+
+def test_mirroring_twice_is_identity_and_swaps_sides():
+    euler = ARCHETYPES["waving"]
+    np.testing.assert_allclose(mirror_euler_deg(mirror_euler_deg(euler)), euler)
+    joints = joints_from_axis_angle(euler_deg_to_axis_angle(np.stack([euler, mirror_euler_deg(euler)])))
+    assert joints[0, J["left_wrist"], 1] > joints[0, J["right_wrist"], 1] + 0.3  # left hand waves
+    np.testing.assert_allclose(joints[1, J["right_wrist"]] * [-1, 1, 1], joints[0, J["left_wrist"]], atol=1e-6)
+
+
+def test_squatting_knees_well_bent_and_hips_low():
+    standing, squat = _joints("standing"), _joints("squatting")
+    for side in ("left", "right"):
+        knee_deg = _angle_deg(squat[J[f"{side}_hip"]], squat[J[f"{side}_knee"]], squat[J[f"{side}_ankle"]])
+        assert knee_deg < 80.0  # interior angle: well bent
+    assert squat[J["pelvis"], 1] < 0.6 * standing[J["pelvis"], 1]
+
+
+def test_sitting_kneeling_lying_and_reaching_up_geometry():
+    sit = _joints("sitting")
+    for side in ("left", "right"):  # thighs roughly horizontal and forwards, shanks roughly vertical
+        thigh = sit[J[f"{side}_knee"]] - sit[J[f"{side}_hip"]]
+        shank = sit[J[f"{side}_ankle"]] - sit[J[f"{side}_knee"]]
+        assert thigh[2] > 0.3 and abs(thigh[1]) < 0.12 and shank[1] < -0.35
+    kneel = _joints("kneeling")
+    assert kneel[J["left_knee"], 1] < 0.08 and kneel[J["right_knee"], 1] < 0.08
+    assert kneel[J["left_ankle"], 2] < kneel[J["left_knee"], 2] - 0.3  # feet behind
+    lying = _joints("lying_on_back")
+    assert np.ptp(lying[:, 1]) < 0.35 and lying[J["head"], 1] > lying[J["pelvis"], 1] - 0.2
+    up = _joints("reaching_up")
+    assert up[J["left_wrist"], 1] > up[J["head"], 1] + 0.3 and up[J["right_wrist"], 1] > up[J["head"], 1] + 0.3
