@@ -85,6 +85,7 @@ class GenerationResult:
 # The three model calls
 
 
+@torch.no_grad()
 def prefill(
     model: LanguageModel, cache: KVCache, prompt_embeds: Tensor, lengths: Sequence[int]
 ) -> tuple[Tensor, DecodeState]:
@@ -112,6 +113,7 @@ def prefill(
     return out.logits[:, -1], state
 
 
+@torch.no_grad()
 def decode_step(model: LanguageModel, cache: KVCache, state: DecodeState, tokens: Tensor, active: Tensor) -> Tensor:
     """Feed one token per row (tokens [B]); rows with active[b] False compute but do not advance.
 
@@ -124,6 +126,7 @@ def decode_step(model: LanguageModel, cache: KVCache, state: DecodeState, tokens
     return out.logits[:, -1]
 
 
+@torch.no_grad()
 def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: VocabLayout, active: Tensor) -> Tensor:
     """Feed BEGIN + the learned pose queries as one (1 + Q)-token call, Q = vocab.num_pose_tokens.
 
