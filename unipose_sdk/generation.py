@@ -79,6 +79,8 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     pose_codes: list[Tensor] = field(default_factory=list)
     finish_reason: str | None = None
+    # True when `first_token` forced an answer start that greedy decoding would not have chosen.
+    forced_first_token: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,11 +227,14 @@ def generate(
     max_new_tokens: int,
     *,
     max_context: int | None = None,
+    first_token: int | None = None,
 ) -> list[GenerationResult]:
     """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row).
 
     max_new_tokens bounds each row's generated id stream (a pose block counts 82 ids: BEGIN, 80 codes, END).
     max_context: limit on prompt + max_new_tokens; default the model's max_position_embeddings.
+    first_token: force every row's first generated token (BEGIN for the pose tasks, whose answer template starts
+        with a pose); each result says whether greedy decoding would have chosen otherwise.
     """
     device = model.device
     rows = _prompt_embeddings(model, prompts, device)
@@ -258,6 +263,9 @@ def generate(
 
     logits, state = prefill(model, cache, prompt_embeds, lengths)
     for b, token in enumerate(logits.argmax(dim=-1).tolist()):
+        if first_token is not None:
+            results[b].forced_first_token = token != first_token
+            token = first_token
         accept(b, token)
 
     while True:
