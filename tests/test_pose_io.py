@@ -303,3 +303,70 @@ def test_atomic_write_modes(tmp_path) -> None:
     os.chmod(target, 0o640)
     atomic_write(target, lambda f: f.write(b"y"))
     assert target.read_bytes() == b"y" and target.stat().st_mode & 0o777 == 0o640  # mode of the replaced file
+
+
+# ---------------------------------------------------------------------------------------- shipped example poses
+from unipose_sdk.body import examples  # noqa: E402
+from unipose_sdk.body.skeleton import JOINT_INDEX  # noqa: E402
+
+
+@pytest.mark.parametrize("name", examples.example_pose_names())
+def test_shipped_example_files_equal_their_code_definition(name) -> None:
+    path = examples.example_pose_path(name)
+    assert path.parent.name == "examples" and path.suffix == ".npz"
+    with np.load(path) as data:
+        assert sorted(data.files) == ["body_pose", "global_orient"]  # smplx keys
+    loaded = examples.load_example_pose(name)
+    assert len(loaded) == 1
+    np.testing.assert_allclose(loaded.axis_angle()[0].numpy().reshape(22, 3), examples.example_axis_angle(name),
+                               atol=2e-6)
+
+
+def test_example_default_and_errors(tmp_path, monkeypatch) -> None:
+    assert examples.DEFAULT_EXAMPLE in examples.example_pose_names() and len(examples.example_pose_names()) >= 5
+    assert examples.load_example_pose().allclose(examples.example_pose(examples.DEFAULT_EXAMPLE), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="Did you mean 'sitting'"):
+        examples.load_example_pose("siting")
+    written = examples.write_example_assets(tmp_path)
+    assert sorted(p.name for p in written) == sorted(f"{n}.npz" for n in examples.example_pose_names())
+    monkeypatch.setattr(examples, "EXAMPLES_DIR", tmp_path / "gone")
+    with pytest.raises(UniPoseFileNotFoundError, match="Reinstall"):
+        examples.example_pose_path("sitting")
+
+
+def _joints(name: str) -> dict[str, np.ndarray]:
+    joints = examples.example_pose(name).joints()[0].numpy()
+    return {n: joints[i] for n, i in JOINT_INDEX.items()}
+
+
+def test_examples_are_anatomically_plausible() -> None:
+    """Knees bend backwards, hips forwards, arms go where their names say (x = left, y = up, z = forward)."""
+    for name in examples.example_pose_names():
+        j = _joints(name)
+        assert j["head"][1] > j["neck"][1] > j["pelvis"][1], name  # upright
+        for side in ("left", "right"):
+            # a knee never bends forwards: the ankle is not ahead of the knee-hip line by much
+            assert j[f"{side}_ankle"][2] < j[f"{side}_knee"][2] + 0.12, name
+            assert j[f"{side}_foot"][2] > j[f"{side}_ankle"][2], name  # toes ahead of the ankle
+        assert j["left_wrist"][0] > j["right_wrist"][0], name  # left hand on the left
+    relaxed = _joints("standing_relaxed")
+    assert relaxed["left_wrist"][1] < relaxed["left_shoulder"][1] - 0.4 and abs(relaxed["left_wrist"][0]) < 0.4
+    raised = _joints("standing_arms_raised")
+    assert min(raised["left_wrist"][1], raised["right_wrist"][1]) > raised["head"][1] + 0.2
+    squat = _joints("squatting")
+    for side in ("left", "right"):
+        assert squat[f"{side}_knee"][2] > squat[f"{side}_hip"][2] + 0.25  # thighs forward
+        assert squat[f"{side}_knee"][2] > squat[f"{side}_ankle"][2]  # knees ahead of the ankles
+        assert abs(squat[f"{side}_foot"][1] - squat[f"{side}_ankle"][1]) < 0.1  # feet flat
+    assert squat["pelvis"][1] - min(squat["left_foot"][1], squat["left_ankle"][1]) < 0.6  # low hips
+    sit = _joints("sitting")
+    for side in ("left", "right"):
+        assert abs(sit[f"{side}_knee"][1] - sit[f"{side}_hip"][1]) < 0.08  # thighs horizontal
+        assert sit[f"{side}_knee"][2] > sit[f"{side}_hip"][2] + 0.35
+        assert sit[f"{side}_ankle"][1] < sit[f"{side}_knee"][1] - 0.35  # shanks hang down
+    walk = _joints("walking_stride")
+    assert walk["left_ankle"][2] > walk["right_ankle"][2] + 0.4  # left leg ahead
+    assert walk["right_wrist"][2] > walk["left_wrist"][2] + 0.2  # opposite arm ahead
+    wave = _joints("waving_right_hand")
+    assert wave["right_wrist"][1] > wave["right_elbow"][1] + 0.2 > wave["right_shoulder"][1]  # hand up
+    assert wave["left_wrist"][1] < wave["left_shoulder"][1] - 0.4
