@@ -1,0 +1,311 @@
+"""Loading and saving the pose tokenizer.
+
+Two formats:
+- the official release: a PyTorch Lightning checkpoint file (`best_MPJPE.ckpt`) whose `state_dict` holds
+  `encoder.*`, `decoder.*`, `quantizer.codebook` plus training-only entries (every key containing "loss",
+  which the official loader drops too);
+- the SDK's own: a directory with `config.json` (the PoseTokenizerConfig) and `model.safetensors`.
+
+`load_pose_tokenizer(None)` gives the tokenizer embedded in the package (unipose-tiny).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from unipose_sdk.checkpoint.common import load_state_dict_strict
+from unipose_sdk.errors import CheckpointError, ModelNotFoundError
+from unipose_sdk.models.config import PoseTokenizerConfig, get_preset
+from unipose_sdk.models.pose_tokenizer import PoseTokenizer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAME = "unipose-sdk/pose-tokenizer"
+FORMAT_VERSION = 1
+# Keys of the Lightning module that are not part of the tokenizer: the loss module (always; the official
+# loader drops them) and, when a training run attached them, metric states.
+_DROPPED_KEY_PARTS = ("loss",)
+_DROPPED_PREFIXES = ("metric.",)
+
+
+def embedded_tokenizer_dir() -> Path:
+    """Directory of the tokenizer shipped inside the package (may be absent in a stripped install)."""
+    return Path(str(resources.files("unipose_sdk") / "assets" / "unipose-tiny" / "pose_tokenizer"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official Lightning checkpoint
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Stub:
+    """Stands in for any class a checkpoint pickles besides tensors (hyper-parameters, callback states).
+
+    Constructing or filling it runs no code from the checkpoint; the values are discarded anyway."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Stub":
+        return _Stub()
+
+
+_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "int", "float", "str", "bool", "tuple",
+                  "list", "dict", "range"}
+
+
+class _StubbingUnpickler(pickle.Unpickler):
+    """Resolves only tensor-rebuild helpers, storages, dtypes and plain containers; every other global becomes
+    `_Stub`. Used when `weights_only=True` refuses a checkpoint because of foreign objects next to the weights."""
+
+    stubbed: set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            (module == "torch._utils" and name.startswith("_rebuild"))
+            or (module.startswith("torch") and name.endswith("Storage"))
+            or (module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, type(torch.device("cpu")))))
+            or (module == "torch" and name in ("device", "Size"))
+            or (module == "collections" and name in ("OrderedDict", "defaultdict"))
+            or (module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS)
+            or (module == "torch.serialization" and name == "_get_layout")
+            or (module == "torch" and name.endswith("_format"))
+        )
+        if allowed:
+            return super().find_class(module, name)
+        _StubbingUnpickler.stubbed.add(f"{module}.{name}")
+        return _Stub
+
+
+class _StubbingPickleModule:
+    """A `pickle_module` for torch.load that uses _StubbingUnpickler."""
+
+    Unpickler = _StubbingUnpickler
+    load = staticmethod(pickle.load)
+    __name__ = "unipose_stubbing_pickle"
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_error = exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError.make(
+            f"{path}, which torch.load cannot read ({type(exc).__name__}: {str(exc)[:200]})",
+            "a PyTorch Lightning checkpoint file (.ckpt) or an SDK pose-tokenizer directory",
+            "Check that the file is complete (re-download it) and that it is the pose VQ-VAE checkpoint.",
+        ) from None
+    # weights_only refused a global: retry with every non-tensor object replaced by an inert stub.
+    _StubbingUnpickler.stubbed = set()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubbingPickleModule)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
+        raise CheckpointError.make(
+            f"{path}, which cannot be unpickled safely ({first_error}; then {type(exc).__name__}: {exc})",
+            "a checkpoint holding tensors and plain containers",
+            "Re-save it with `torch.save({'state_dict': model.state_dict()}, path)`.",
+        ) from None
+    logger.info("checkpoint %s: ignored non-tensor objects %s", path, sorted(_StubbingUnpickler.stubbed))
+    return ckpt
+
+
+def official_state_dict(ckpt: Any, source: str) -> dict[str, Tensor]:
+    """Lightning checkpoint dict -> tokenizer state dict (drops keys containing 'loss' and metric states)."""
+    if isinstance(ckpt, Mapping) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
+        state = ckpt["state_dict"]
+    elif isinstance(ckpt, Mapping) and all(isinstance(v, Tensor) for v in ckpt.values()) and ckpt:
+        state = ckpt  # a bare state dict saved with torch.save(model.state_dict())
+    else:
+        keys = sorted(ckpt)[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError.make(
+            f"{source} with top-level content {keys}", "a Lightning checkpoint with a 'state_dict' entry",
+            "Pass the pose VQ-VAE checkpoint (best_MPJPE.ckpt), or an SDK pose-tokenizer directory.",
+        )
+    dropped = [k for k in state if any(p in k for p in _DROPPED_KEY_PARTS) or k.startswith(_DROPPED_PREFIXES)]
+    if dropped:
+        logger.info("checkpoint %s: dropped %d training-only keys (%s ...)", source, len(dropped), dropped[:3])
+    return {k: v for k, v in state.items() if k not in set(dropped) and isinstance(v, Tensor)}
+
+
+def infer_config(state_dict: Mapping[str, Tensor], base: PoseTokenizerConfig | None = None) -> PoseTokenizerConfig:
+    """Read width, code_dim and codebook_size off the tensor shapes; the layer lengths come from `base` (7B)."""
+    base = base or get_preset("unipose-7b").pose_tokenizer
+    try:
+        width = int(state_dict["encoder.encoder.0.weight"].shape[0])
+        codebook_size, code_dim = (int(n) for n in state_dict["quantizer.codebook"].shape)
+    except (KeyError, ValueError):
+        return base  # the strict load will list what is missing
+    return dataclasses.replace(base, width=width, code_dim=code_dim, codebook_size=codebook_size)
+
+
+def load_official_checkpoint(path: str | os.PathLike, config: PoseTokenizerConfig | None = None) -> PoseTokenizer:
+    """The released Lightning checkpoint -> PoseTokenizer (float32, CPU, eval mode). Strict: CheckpointError
+    lists missing / unexpected / mis-shaped keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError.make(
+            f"{path}, which does not exist" if not path.exists() else f"{path}, which is not a file",
+            "the pose VQ-VAE Lightning checkpoint file", "Check the path (the release calls it best_MPJPE.ckpt).",
+        )
+    state = official_state_dict(_torch_load(path), str(path))
+    model = PoseTokenizer(config or infer_config(state))
+    load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, str(path))
+    model.quantizer.initialized.fill_(True)
+    model.source = f"official checkpoint {path}"
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SDK format: directory with config.json + model.safetensors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_to_dict(config: PoseTokenizerConfig) -> dict[str, Any]:
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config)}
+
+
+def config_from_dict(data: Mapping[str, Any], source: str) -> PoseTokenizerConfig:
+    values = data.get("config") if isinstance(data, Mapping) else None
+    names = {f.name for f in dataclasses.fields(PoseTokenizerConfig)}
+    if data.get("format") != FORMAT_NAME or not isinstance(values, Mapping) or set(values) - names:
+        raise CheckpointError.make(
+            f"{source} with format {data.get('format')!r} and fields {sorted(values) if isinstance(values, Mapping) else None}",
+            f"format {FORMAT_NAME!r} with PoseTokenizerConfig fields {sorted(names)}",
+            "Write the directory with save_pose_tokenizer(), or pass the official .ckpt file instead.",
+        )
+    return PoseTokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def save_pose_tokenizer(
+    model: PoseTokenizer, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+    extra_files: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `config.json` + `model.safetensors` (optionally cast, e.g. torch.float16) into `directory`, each file
+    atomically. `extra_files` maps names to JSON-serialisable values written beside them (e.g. metrics.json)."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    _atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT_NAME}))
+    _atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(config_to_dict(model.config), indent=2) + "\n").encode())
+    for name, value in (extra_files or {}).items():
+        _atomic_write_bytes(directory / name, (json.dumps(value, indent=2) + "\n").encode())
+    return directory
+
+
+def load_sdk_directory(directory: str | os.PathLike) -> PoseTokenizer:
+    """An SDK-format directory -> PoseTokenizer (float32, CPU, eval mode)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()]
+    if missing:
+        raise CheckpointError.make(
+            f"directory {directory} without {', '.join(missing)}", f"{CONFIG_FILE} and {WEIGHTS_FILE} inside it",
+            "Point at a directory written by save_pose_tokenizer(), or at the official .ckpt file.",
+        )
+    try:
+        data = json.loads((directory / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError.make(f"{directory / CONFIG_FILE} that is not JSON ({exc})", "a JSON config",
+                                   "Re-write the directory with save_pose_tokenizer().") from None
+    config = config_from_dict(data, str(directory / CONFIG_FILE))
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError.make(f"{directory / WEIGHTS_FILE} that safetensors cannot read ({exc})",
+                                   "a safetensors file", "Re-write the directory with save_pose_tokenizer().") from None
+    model = PoseTokenizer(config)
+    load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, str(directory / WEIGHTS_FILE))
+    model.quantizer.initialized.fill_(True)
+    model.source = f"SDK directory {directory}"
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def random_tiny_tokenizer(seed: int = 0) -> PoseTokenizer:
+    """A seeded, untrained unipose-tiny tokenizer (codebook drawn from N(0, 1)): only for tests and fallbacks."""
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = PoseTokenizer(get_preset("unipose-tiny").pose_tokenizer)
+        model.quantizer.codebook.normal_()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.quantizer.initialized.fill_(True)
+    model.source = f"RANDOM: seeded untrained unipose-tiny tokenizer (seed {seed})"
+    return model.eval()
+
+
+def load_pose_tokenizer(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    config: PoseTokenizerConfig | None = None,
+) -> PoseTokenizer:
+    """Load a pose tokenizer in eval mode.
+
+    path: None -> the embedded unipose-tiny tokenizer (a seeded random one, with a warning, if the package was
+    installed without it); a directory -> SDK format; a file -> the official Lightning checkpoint.
+    config: only for the official checkpoint, to override the config read off its shapes.
+    `model.source` says where the weights came from (it starts with "RANDOM" for untrained weights).
+    """
+    if path is None:
+        directory = embedded_tokenizer_dir()
+        if (directory / WEIGHTS_FILE).is_file():
+            model = load_sdk_directory(directory)
+            model.source = f"embedded unipose-tiny tokenizer ({directory})"
+        else:
+            model = random_tiny_tokenizer(seed=0)
+            message = (f"the embedded pose tokenizer is missing ({directory / WEIGHTS_FILE}); using a seeded RANDOM "
+                       "tiny tokenizer: its reconstructions are meaningless. Reinstall unipose-sdk or pass a path.")
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+    else:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError.make(
+                f"the path {path}, which does not exist",
+                "an official pose VQ-VAE .ckpt file or an SDK pose-tokenizer directory",
+                "Check the path; omit it to use the embedded tiny tokenizer.",
+            )
+        model = load_sdk_directory(path) if path.is_dir() else load_official_checkpoint(path, config)
+    return model.to(device=device, dtype=dtype).eval()
