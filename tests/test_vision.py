@@ -34,7 +34,7 @@ def _randomise(module: torch.nn.Module) -> None:
 # CLIP
 
 
-def _hf_clip(config: CLIPVisionConfig):  # noqa: ANN202 - transformers is a test-only dependency
+def _hf_clip(config: CLIPVisionConfig):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.CLIPVisionConfig(
         image_size=config.image_size,
@@ -137,8 +137,18 @@ def test_clip_rejects_bad_configs(change: dict, message: str) -> None:
 
 # The TokenHMR checkpoint's backbone keys (prefix `backbone.` stripped), read off the HMR2.0 / TokenHMR ViT.
 _POSE_VIT_BLOCK_KEYS = [
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
 ]
 
 
@@ -158,8 +168,13 @@ def test_pose_vit_keys_and_shapes_match_the_tokenhmr_backbone() -> None:
 
 def _reference_pose_vit(state: dict, config: PoseViTConfig, pixels: torch.Tensor) -> torch.Tensor:
     """The backbone written out with explicit matmuls and softmax, straight from the original's equations."""
-    x = F.conv2d(pixels, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"],
-                 stride=config.patch_size, padding=config.patch_padding)
+    x = F.conv2d(
+        pixels,
+        state["patch_embed.proj.weight"],
+        state["patch_embed.proj.bias"],
+        stride=config.patch_size,
+        padding=config.patch_padding,
+    )
     batch, width, h, w = x.shape
     x = x.flatten(2).transpose(1, 2) + state["pos_embed"][:, 1:] + state["pos_embed"][:, :1]
     heads = config.num_heads
@@ -252,8 +267,9 @@ def test_projector_keys_and_function() -> None:
     projector = Projector(ProjectorConfig(input_size=6, hidden_size=5, output_size=4))
     assert list(projector.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     x = torch.randn(3, 6)
-    expected = F.linear(F.gelu(F.linear(x, projector[0].weight, projector[0].bias)),
-                        projector[2].weight, projector[2].bias)
+    expected = F.linear(
+        F.gelu(F.linear(x, projector[0].weight, projector[0].bias)), projector[2].weight, projector[2].bias
+    )
     torch.testing.assert_close(projector(x), expected)
 
 

@@ -278,7 +278,7 @@ def fuse_vision_features(clip_features: Tensor, pose_map: Tensor, grid_size: int
     an odd difference puts the extra line right / bottom), resized bilinearly with align_corners=True to the CLIP
     grid, flattened row-major like the CLIP patches, and appended after the CLIP channels.
     """
-    batch, channels, height, width = pose_map.shape
+    height, width = pose_map.shape[-2:]
     if width < height:
         left = (height - width) // 2
         pose_map = F.pad(pose_map, (left, height - width - left), value=0.0)  # pads the last dim (columns)
@@ -322,7 +322,7 @@ class VisionEncoder(nn.Module):
         self.projector = Projector(projector_config)
 
     @classmethod
-    def from_config(cls, config: UniPoseConfig) -> "VisionEncoder":
+    def from_config(cls, config: UniPoseConfig) -> VisionEncoder:
         return cls(config.clip, config.pose_vit, config.projector)
 
     @property
