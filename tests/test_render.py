@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
@@ -70,15 +66,15 @@ def test_png_pixels_put_left_limbs_on_the_right_of_the_front_view(tmp_path) -> N
 
 
 def test_single_pose_batch_and_side_by_side_layouts(tmp_path) -> None:
-    batch = Pose.cat([example_pose("sitting"), example_pose("squatting"), example_pose("walking_stride")])
-    one_row = render_poses_png(batch, tmp_path / "row.png", titles=["a", "b", "c"])
+    batch = Pose.cat([example_pose("sitting"), example_pose("squatting")])
+    one_row = render_poses_png(batch, tmp_path / "row.png", titles=["a", "b"], dpi=40)
     width, height = Image.open(one_row).size
-    assert width > 2.5 * height  # three items side by side
+    assert width > 3 * height  # two items side by side, three views each
     fig = render_poses_figure([batch, batch], titles=["source", "edited"])
-    assert len(fig.subfigs) == 6 and len(fig.axes) == 18  # 3 rows x 2 columns of sub-figures, 3 views each
+    assert len(fig.subfigs) == 4 and len(fig.axes) == 12  # 2 rows x 2 columns of sub-figures, 3 views each
     assert [sub._suptitle.get_text() for sub in fig.subfigs[:2]] == ["source", "edited"]
-    grid = render_poses_png([batch, batch], tmp_path / "grid.png", titles=["source", "edited"], dpi=50)
-    assert Image.open(grid).size[1] > Image.open(grid).size[0] * 0.5  # three rows make it tall
+    grid = render_poses_png([batch, batch], tmp_path / "grid.png", titles=["source", "edited"], dpi=40)
+    assert Image.open(grid).size[1] > Image.open(grid).size[0] * 0.35  # two rows make it taller
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "row.png"]
 
 
@@ -128,17 +124,6 @@ def test_failed_render_leaves_no_file(tmp_path, monkeypatch) -> None:
         render_poses_png(Pose.identity(), tmp_path / "new.png")
     assert [p.name for p in tmp_path.iterdir()] == ["old.png"] and (tmp_path / "old.png").read_bytes() == b"old"
 
-
-def test_rendering_leaves_the_global_matplotlib_backend_alone(tmp_path) -> None:
-    code = (
-        "import matplotlib, sys\n"
-        "before = matplotlib.get_backend()\n"
-        "from unipose_sdk.body import Pose, render_poses_png\n"
-        f"render_poses_png(Pose.identity(), {str(tmp_path / 'p.png')!r})\n"
-        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
-        "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend())\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "MPLBACKEND": "svg"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+# That rendering never imports pyplot nor changes the global backend is checked in a fresh interpreter by
+# tests/test_smpl_adapter.py::test_core_imports_never_import_smplx_and_rendering_stays_headless (one subprocess
+# for all import side effects: importing torch dominates its cost).
