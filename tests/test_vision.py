@@ -344,3 +344,15 @@ def test_7b_parameter_counts_on_meta_device() -> None:
     projector_total = 2304 * 4096 + 4096 + 4096 * 4096 + 4096
     assert projector_total == 26_222_592
     assert count_parameters(encoder.projector) == projector_total
+
+
+def test_encoder_in_bfloat16_accepts_float32_pixels(tiny_encoder: VisionEncoder) -> None:
+    clip_pixels, pose_pixels = torch.randn(1, 3, 112, 112), torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        reference = tiny_encoder(clip_pixels, pose_pixels)
+        half = VisionEncoder.from_config(TINY).eval()
+        half.load_state_dict(tiny_encoder.state_dict())
+        out = half.to(torch.bfloat16)(clip_pixels, pose_pixels)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits; through 8 residual blocks the error stays a small share of the scale.
+    assert float((out.float() - reference).abs().max()) < 0.1 * float(reference.abs().max())
