@@ -176,3 +176,13 @@ def test_torch_gradients_are_finite_at_zero() -> None:
     aa = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     R.axis_angle_to_matrix(aa).sum().backward()
     assert torch.all(torch.isfinite(aa.grad))
+
+
+@pytest.mark.parametrize("x", [np.eye(3, dtype=np.float16)[None], torch.eye(3, dtype=torch.bfloat16)[None],
+                               torch.eye(3, dtype=torch.float16)[None]])
+def test_half_precision_inputs_work_and_keep_their_dtype(x) -> None:
+    """torch.linalg.det has no half kernels on CPU: rotation_matrix_error must still answer (a bug fixed here)."""
+    error = R.rotation_matrix_error(x)
+    assert error.dtype == x.dtype and float(error[0]) == 0.0
+    assert R.matrix_to_axis_angle(x).dtype == x.dtype
+    assert R.rotation_6d_to_matrix(R.matrix_to_rotation_6d(x)).dtype == x.dtype

@@ -154,6 +154,8 @@ def rotation_6d_to_axis_angle(rotation_6d: Tensor) -> Tensor:
 def rotation_matrix_error(matrix: Tensor) -> Tensor:
     """[..., 3, 3] -> [...]: how far each matrix is from a proper rotation: max(|R R^T - I|) + |det R - 1|."""
     _check_last_dims(matrix, (3, 3), "matrix")
-    eye = torch.eye(3, dtype=matrix.dtype, device=matrix.device)
-    ortho = (matrix @ matrix.transpose(-1, -2) - eye).abs().amax(dim=(-1, -2))
-    return ortho + (torch.linalg.det(matrix) - 1).abs()
+    # torch.linalg.det has no float16 / bfloat16 kernels (on CPU): measure those in float32, report in their dtype
+    work = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
+    eye = torch.eye(3, dtype=work.dtype, device=work.device)
+    ortho = (work @ work.transpose(-1, -2) - eye).abs().amax(dim=(-1, -2))
+    return (ortho + (torch.linalg.det(work) - 1).abs()).to(matrix.dtype)
