@@ -1,0 +1,192 @@
+"""The SDK's own weights format: one directory, written atomically.
+
+    config.json        {"format": "unipose-sdk/model", "format_version": 1, "config": UniPoseConfig.to_dict(),
+                        "dtype": ..., "is_random": ..., "source": ...}
+    model.safetensors  UniPoseModel.state_dict() keys (llm.*, vision.*, pose_tokenizer.*), memory-mapped at load
+    tokenizer.json     the text tokenizer (+ tokenizer_config.json), checked against the vocabulary layout
+
+A directory is first written under a hidden temporary name next to the target and renamed into place, so a
+crash or a full disk never leaves a half-written model where a loader would find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from unipose_sdk.errors import CheckpointError, ModelNotFoundError
+from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.text.tokenizer import TOKENIZER_FILE, TextTokenizer
+
+log = logging.getLogger("unipose_sdk")
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAME = "unipose-sdk/model"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """What `load_model` returns: the model, its config and tokenizer, and where the weights came from."""
+
+    model: Any  # UniPoseModel (typed loosely to keep this module importable without building models)
+    config: UniPoseConfig
+    tokenizer: TextTokenizer | None
+    is_random: bool
+    source: str
+
+
+def save_model(model: Any, directory: str | os.PathLike, tokenizer: TextTokenizer | None = None, *,
+               dtype: torch.dtype | None = None, is_random: bool = False, source: str = "",
+               overwrite: bool = False) -> Path:
+    """Write `model` (a UniPoseModel) in the SDK format. `dtype` casts floating tensors except the pose
+    tokenizer's (kept float32). Refuses to replace an existing directory unless `overwrite=True`."""
+    state = {k: v for k, v in model.state_dict().items()}
+    return save_state_dict(state, model.config, directory, tokenizer, dtype=dtype, is_random=is_random,
+                           source=source, overwrite=overwrite)
+
+
+def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, directory: str | os.PathLike,
+                    tokenizer: TextTokenizer | None = None, *, dtype: torch.dtype | None = None,
+                    is_random: bool = False, source: str = "", overwrite: bool = False) -> Path:
+    """Like save_model, from a state dict already in the SDK's key layout (what `unipose convert` writes)."""
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        raise CheckpointError.make(
+            f"output directory {str(target)!r}, which already exists", "a new directory",
+            "Choose another output path, or remove the old one (or pass overwrite=True / --overwrite).")
+    if tokenizer is not None and tokenizer.layout != config.vocab:
+        raise CheckpointError.make(
+            f"a tokenizer for layout {tokenizer.layout}", f"the model's layout {config.vocab}",
+            "Save the tokenizer that belongs to these weights.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        tensors = {}
+        for key, value in state.items():
+            value = value.detach()
+            if dtype is not None and value.is_floating_point() and not key.startswith("pose_tokenizer."):
+                value = value.to(dtype)
+            tensors[key] = value.to("cpu").contiguous()
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "unipose_format": FORMAT_NAME})
+        stored = {str(v.dtype).removeprefix("torch.") for k, v in tensors.items() if v.is_floating_point()
+                  and not k.startswith("pose_tokenizer.")}
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+                "dtype": sorted(stored)[0] if len(stored) == 1 else sorted(stored),
+                "is_random": is_random, "source": source}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        _replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing target is moved aside first and removed only after the swap."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of an SDK directory, checked for format and version."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ModelNotFoundError.make(
+            f"model directory {str(root)!r}, which does not exist or is not a directory",
+            f"a directory with {CONFIG_FILE} and {WEIGHTS_FILE}",
+            "Check the path; convert the official release first with `unipose convert`.")
+    config_path = root / CONFIG_FILE
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError.make(
+            f"directory {str(root)!r} without {CONFIG_FILE} (contents: {sorted(p.name for p in root.iterdir())[:12]})",
+            f"an SDK model directory ({CONFIG_FILE} + {WEIGHTS_FILE} + {TOKENIZER_FILE})",
+            "For the official release use `unipose convert --base ... --unipose ...` to write one.") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError.make(f"{config_path} that is not valid JSON ({exc})", "the JSON written by save_model",
+                                   "Re-convert the model; the file is damaged.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        if isinstance(meta, dict):
+            kind = meta.get("format") or meta.get("model_type") or meta.get("architectures")
+        else:
+            kind = type(meta).__name__
+        raise CheckpointError.make(
+            f"{config_path} of kind {kind!r}", f"format {FORMAT_NAME!r}",
+            "A Hugging Face / official directory must be converted first: `unipose convert --merged DIR -o OUT` "
+            "or `unipose convert --base ... --unipose ... -o OUT`.")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError.make(
+            f"format_version {meta.get('format_version')!r} in {config_path}", f"version {FORMAT_VERSION}",
+            "Upgrade unipose-sdk (newer files) or re-convert the model with this version.")
+    return meta
+
+
+def read_config(directory: str | os.PathLike) -> UniPoseConfig:
+    meta = read_metadata(directory)
+    try:
+        return UniPoseConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError.make(f"an unusable model config in {directory} ({exc})", "a UniPoseConfig dict",
+                                   "Re-convert the model with this SDK version.") from None
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file, memory-mapped (nothing is read until a tensor is used)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        raise CheckpointError.make(f"no weights file {path}", f"{WEIGHTS_FILE} next to {CONFIG_FILE}",
+                                   "The directory is incomplete; convert or copy it again.") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointError.make(f"{path}, which safetensors cannot read ({type(exc).__name__}: {exc})",
+                                   "a complete safetensors file", "Re-convert or re-copy the model.") from None
+
+
+def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
+               dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load an SDK directory: meta-device build, strict assign-load of the memory-mapped weights, optional cast."""
+    from unipose_sdk.models.unipose import UniPoseModel
+
+    root = Path(directory)
+    meta = read_metadata(root)
+    config = read_config(root)
+    state = read_weights(root / WEIGHTS_FILE)
+    model = UniPoseModel.from_state_dict(config, state, str(root / WEIGHTS_FILE), device=device, dtype=dtype)
+    tokenizer = TextTokenizer.from_directory(root, config.vocab) if (root / TOKENIZER_FILE).is_file() else None
+    source = meta.get("source") or str(root)
+    return LoadedModel(model, config, tokenizer, bool(meta.get("is_random", False)), source)
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise CheckpointError.make(f"dtype {name!r}", f"one of {sorted(_DTYPES)}", "Pick a supported dtype.") from None

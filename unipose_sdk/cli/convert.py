@@ -1,0 +1,59 @@
+"""`unipose convert`: the official UniPose release (or a merged Hugging Face directory) -> the SDK format.
+
+    unipose convert --base cache/llava-v1.6-mistral-7b --unipose cache/unipose \\
+        --clip cache/clip-vit-large-patch14-336 --tokenhmr cache/tokenhmr_model.ckpt \\
+        --pose-vqvae cache/pose_vqvae/best_MPJPE.ckpt -o models/unipose-7b
+    unipose convert --merged some/merged-unipose --tokenhmr ... --pose-vqvae ... -o models/unipose-7b
+
+The output directory (config.json + model.safetensors + tokenizer.json) is written under a temporary name and
+renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from unipose_sdk.models.config import PRESETS, get_preset
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from unipose_sdk.checkpoint.official import load_official_state, paths_from_strings
+    from unipose_sdk.checkpoint.sdk_format import dtype_from_name, save_state_dict
+
+    started = time.perf_counter()
+    config = get_preset(args.preset)
+    paths = paths_from_strings(base=args.base, unipose=args.unipose, merged=args.merged, clip=args.clip,
+                               tokenhmr=args.tokenhmr, pose_vqvae=args.pose_vqvae)
+    # The checked state dict is written as it is: no model needs to be built to convert.
+    tensors, tokenizer = load_official_state(paths, config)
+    dtype = None if args.dtype == "auto" else dtype_from_name(args.dtype)
+    source = " + ".join(f"{k}={v}" for k, v in vars(paths).items() if v is not None)
+    out = save_state_dict(tensors, config, Path(args.output), tokenizer, dtype=dtype, source=f"converted from {source}",
+                          overwrite=args.overwrite)
+    print(f"wrote {out} ({len(tensors)} tensors, preset {config.name}) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert the official UniPose release (or a merged HF directory) to the SDK format",
+        description="Each downloaded piece is named by its flag. Either --merged, or --base and --unipose.")
+    parser.add_argument("--base", metavar="DIR", help="llava-v1.6-mistral-7b Hugging Face directory")
+    parser.add_argument("--unipose", metavar="DIR",
+                        help="UniPose directory: tokenizer, adapter_config.json, adapter_model.*, "
+                             "non_lora_trainables.bin")
+    parser.add_argument("--merged", metavar="DIR", help="an already-merged UniPose model in Hugging Face format")
+    parser.add_argument("--clip", metavar="DIR", help="clip-vit-large-patch14-336 directory (tower weights the "
+                                                      "base does not hold)")
+    parser.add_argument("--tokenhmr", metavar="FILE", help="tokenhmr_model.ckpt (Pose-ViT backbone)")
+    parser.add_argument("--pose-vqvae", metavar="FILE", help="pose VQ-VAE Lightning checkpoint (best_MPJPE.ckpt)")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True, help="output directory (SDK format)")
+    parser.add_argument("--preset", default="unipose-7b", choices=sorted(PRESETS), help="model sizes (default 7b)")
+    parser.add_argument("--dtype", default="auto", choices=_DTYPES,
+                        help="storage dtype of the LLM and vision weights (auto: as in the files)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.set_defaults(handler=_run)
