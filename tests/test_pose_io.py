@@ -13,7 +13,12 @@ import torch
 from unipose_sdk.body import io as pose_io
 from unipose_sdk.body import rotations as R
 from unipose_sdk.body.io import (
-    JSON_FORMAT_NAME, atomic_write, detect_pose_format, load_pose, read_pose_file, save_pose,
+    JSON_FORMAT_NAME,
+    atomic_write,
+    detect_pose_format,
+    load_pose,
+    read_pose_file,
+    save_pose,
 )
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_NAMES
@@ -235,8 +240,8 @@ def test_npy_bad_shapes_and_dtypes(tmp_path) -> None:
          r"shape \[1, 2\]; expected \[B, 22, 3\]"),
         ('{"format": "unipose-pose", "version": 1, "rotation_format": "axis_angle", "poses": [[1], [1, 2]]}',
          "not a rectangular"),
-        ('{"format": "unipose-pose", "version": 1, "rotation_format": "axis_angle", "poses": [], '
-         '"joint_names": ["a"]}', "joint_names"),
+        (('{"format": "unipose-pose", "version": 1, "rotation_format": "axis_angle", "poses": [], '
+          '"joint_names": ["a"]}'), "joint_names"),
         ('{"format": "unipose-pose", "version": 1,', "not valid JSON"),
     ],
 )
@@ -306,8 +311,8 @@ def test_atomic_write_modes(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- shipped example poses
-from unipose_sdk.body import examples  # noqa: E402
-from unipose_sdk.body.skeleton import JOINT_INDEX  # noqa: E402
+from unipose_sdk.body import examples
+from unipose_sdk.body.skeleton import JOINT_INDEX
 
 
 @pytest.mark.parametrize("name", examples.example_pose_names())

@@ -33,7 +33,7 @@ def test_front_view_is_not_mirrored_and_upright() -> None:
     left, right = _lines_by_colour(views["front"], LEFT_COLOUR), _lines_by_colour(views["front"], RIGHT_COLOUR)
     assert len(left) == 8 and len(right) == 8  # 4 leg bones + collar + 3 arm bones per side
     assert left[..., 0].min() >= 0 and left[..., 0].mean() > 0.1 and right[..., 0].max() <= 0 and right[..., 0].mean() < -0.1
-    head_h, head_v = [c.get_offsets()[0] for c in views["front"].collections if len(c.get_offsets()) == 1][0]
+    head_h, head_v = next(c.get_offsets()[0] for c in views["front"].collections if len(c.get_offsets()) == 1)
     assert head_v > left[..., 1].max() - 0.1 and abs(head_h) < 0.05
 
 

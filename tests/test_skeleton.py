@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +11,13 @@ import torch
 
 from unipose_sdk.body import rotations as R
 from unipose_sdk.body.skeleton import (
-    JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, REST_OFFSETS_M, forward_kinematics, mirror_joint_index,
+    JOINT_INDEX,
+    JOINT_NAMES,
+    NUM_JOINTS,
+    PARENTS,
+    REST_OFFSETS_M,
+    forward_kinematics,
+    mirror_joint_index,
     rest_joints_m,
 )
 
@@ -55,7 +62,7 @@ def test_rest_pose_proportions_are_human() -> None:
     assert 1.6 <= stature_m <= 1.8, stature_m
     # upright: head above neck above spine above pelvis above knees above ankles
     order = ["head", "neck", "spine3", "spine2", "spine1", "pelvis", "left_knee", "left_ankle"]
-    assert all(y[JOINT_INDEX[a]] > y[JOINT_INDEX[b]] for a, b in zip(order, order[1:]))
+    assert all(y[JOINT_INDEX[a]] > y[JOINT_INDEX[b]] for a, b in itertools.pairwise(order))
     # T-pose: the arms are horizontal, wrists far out, left arm on +x
     lw, rw = joints[JOINT_INDEX["left_wrist"]], joints[JOINT_INDEX["right_wrist"]]
     assert lw[0] > 0.6 and rw[0] < -0.6

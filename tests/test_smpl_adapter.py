@@ -18,7 +18,7 @@ from unipose_sdk.body.skeleton import PARENTS, forward_kinematics, rest_joints_m
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError, ModelNotFoundError
 
 smplx = pytest.importorskip("smplx")
-from unipose_sdk.body.smpl_adapter import SMPLBody  # noqa: E402
+from unipose_sdk.body.smpl_adapter import SMPLBody
 
 NUM_VERTICES = 6890  # smplx picks extra keypoints by SMPL vertex ids (up to 6787), so the topology size is real
 SMPL_PARENTS = list(PARENTS) + [20, 21]  # + left_hand, right_hand
@@ -99,7 +99,8 @@ def test_joints_and_vertices_match_smplx(smpl_file, smpl_body, poses) -> None:
 
 
 def test_identity_pose_gives_the_regressed_rest_joints(smpl_file, smpl_body) -> None:
-    data = pickle.load(open(smpl_file, "rb"))
+    with open(smpl_file, "rb") as handle:
+        data = pickle.load(handle)
     joints_m, vertices_m = smpl_body(Pose.identity())
     expected = data["J_regressor"] @ data["v_template"]
     np.testing.assert_allclose(joints_m[0].numpy(), expected[:22], atol=1e-5)
@@ -218,7 +219,7 @@ def test_core_imports_never_import_smplx_and_rendering_stays_headless(tmp_path) 
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                             env={**os.environ, "MPLBACKEND": "svg"})
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,12 +13,25 @@ from typing import Any
 from unipose_sdk.body.io import PoseFile, load_pose, read_pose_file, save_pose
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.rotations import (
-    axis_angle_to_matrix, axis_angle_to_rotation_6d, matrix_to_axis_angle, matrix_to_quaternion,
-    matrix_to_rotation_6d, quaternion_to_axis_angle, quaternion_to_matrix, rotation_6d_to_axis_angle,
-    rotation_6d_to_matrix, rotation_matrix_error,
+    axis_angle_to_matrix,
+    axis_angle_to_rotation_6d,
+    matrix_to_axis_angle,
+    matrix_to_quaternion,
+    matrix_to_rotation_6d,
+    quaternion_to_axis_angle,
+    quaternion_to_matrix,
+    rotation_6d_to_axis_angle,
+    rotation_6d_to_matrix,
+    rotation_matrix_error,
 )
 from unipose_sdk.body.skeleton import (
-    JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, REST_OFFSETS_M, forward_kinematics, rest_joints_m,
+    JOINT_INDEX,
+    JOINT_NAMES,
+    NUM_JOINTS,
+    PARENTS,
+    REST_OFFSETS_M,
+    forward_kinematics,
+    rest_joints_m,
 )
 
 # name -> module that defines it, imported on first attribute access (PEP 562)
@@ -38,8 +51,10 @@ __all__ = [
     "matrix_to_rotation_6d", "quaternion_to_axis_angle", "quaternion_to_matrix", "rotation_6d_to_axis_angle",
     "rotation_6d_to_matrix", "rotation_matrix_error",
     "JOINT_INDEX", "JOINT_NAMES", "NUM_JOINTS", "PARENTS", "REST_OFFSETS_M", "forward_kinematics", "rest_joints_m",
-    *_LAZY,
+    "render_poses_png", "render_poses_figure", "load_example_pose", "example_pose", "example_pose_path",
+    "example_pose_names", "DEFAULT_EXAMPLE",
 ]
+assert set(_LAZY) <= set(__all__)
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,8 @@ accepted by `from_axis_angle`, `from_rotmat` and `from_any`; the extra hand / fa
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ class Pose:
         self._rotmat = x.to(torch.float32).clone()
 
     @classmethod
-    def _trusted(cls, rotmat_f32: Tensor) -> "Pose":
+    def _trusted(cls, rotmat_f32: Tensor) -> Pose:
         """Wrap an already valid [B, 22, 3, 3] float32 tensor without checks (slicing, cat, conversions)."""
         pose = cls.__new__(cls)
         pose._rotmat = rotmat_f32
@@ -134,7 +135,7 @@ class Pose:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def identity(cls, batch_size: int = 1, device: str | torch.device = "cpu") -> "Pose":
+    def identity(cls, batch_size: int = 1, device: str | torch.device = "cpu") -> Pose:
         """The rest pose (every local rotation = identity): a T-pose facing +z."""
         if not isinstance(batch_size, int) or batch_size < 0:
             raise InvalidPoseError(f"received batch_size={batch_size!r}; expected an int >= 0. Pass e.g. 1.")
@@ -142,7 +143,7 @@ class Pose:
         return cls._trusted(eye.expand(batch_size, NUM_JOINTS, 3, 3).clone())
 
     @classmethod
-    def from_axis_angle(cls, axis_angle: Tensor | np.ndarray) -> "Pose":
+    def from_axis_angle(cls, axis_angle: Tensor | np.ndarray) -> Pose:
         """[B, 66], [B, 22, 3], [66] or [22, 3] axis-angle vectors (radians); see the module doc for SMPL poses."""
         x = _as_float_tensor(axis_angle, f"axis-angle of shape {_AA_SHAPES}")
         flat_joints = {3 * j: j for j in _SOURCE_JOINT_COUNTS}
@@ -159,7 +160,7 @@ class Pose:
         return cls._trusted(rotmat.to(torch.float32))
 
     @classmethod
-    def from_rotmat(cls, rotmat: Tensor | np.ndarray, atol: float | None = None) -> "Pose":
+    def from_rotmat(cls, rotmat: Tensor | np.ndarray, atol: float | None = None) -> Pose:
         """[B, 22, 3, 3] or [22, 3, 3] rotation matrices (the official demo's .npy layout); `atol` overrides the
         rotation tolerance (default 1e-3, 1e-2 for half-precision input)."""
         x = _as_float_tensor(rotmat, f"rotation matrices of shape {_ROTMAT_SHAPES}")
@@ -173,7 +174,7 @@ class Pose:
         return cls._trusted(x.to(torch.float32).clone())
 
     @classmethod
-    def from_6d(cls, rotation_6d: Tensor | np.ndarray) -> "Pose":
+    def from_6d(cls, rotation_6d: Tensor | np.ndarray) -> Pose:
         """[B, 22, 6], [22, 6], [B, 132] or [132]: the first two rows of each matrix, made orthonormal by
         Gram-Schmidt (so any non-degenerate network output is accepted)."""
         x = _as_float_tensor(rotation_6d, f"6D rotations of shape {_6D_SHAPES}")
@@ -198,7 +199,7 @@ class Pose:
         return cls._trusted(rotmat.to(torch.float32))
 
     @classmethod
-    def from_smpl(cls, global_orient_aa: Tensor | np.ndarray, body_pose_aa: Tensor | np.ndarray) -> "Pose":
+    def from_smpl(cls, global_orient_aa: Tensor | np.ndarray, body_pose_aa: Tensor | np.ndarray) -> Pose:
         """SMPL parameters: global_orient [B, 3] (or [3]) and body_pose [B, 63] / [B, 21, 3] (or unbatched),
         axis-angle radians, as smplx names them."""
         root = _as_float_tensor(global_orient_aa, "global_orient [B, 3] (axis-angle)")
@@ -219,7 +220,7 @@ class Pose:
         return cls.from_axis_angle(torch.cat([root.double(), body.to(device=root.device).double()], dim=1))
 
     @classmethod
-    def from_any(cls, x: Any) -> "Pose":
+    def from_any(cls, x: Any) -> Pose:
         """A Pose (returned as is), a file path (see `unipose_sdk.body.io`), a dict of SMPL parameters
         (`global_orient`, `body_pose`), or an array whose shape says its format:
         [..., 66] / [..., 22, 3] axis-angle, [..., 22, 3, 3] matrices, [..., 22, 6] / [..., 132] 6D."""
@@ -247,7 +248,7 @@ class Pose:
                                f"the array or call the matching `Pose.from_*` constructor.")
 
     @classmethod
-    def cat(cls, poses: Iterable["Pose"]) -> "Pose":
+    def cat(cls, poses: Iterable[Pose]) -> Pose:
         """Concatenate along the batch (on the first pose's device)."""
         poses = list(poses)
         if not poses or not all(isinstance(p, Pose) for p in poses):
@@ -258,7 +259,7 @@ class Pose:
         return cls._trusted(torch.cat([p._rotmat.to(device) for p in poses], dim=0))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Pose":
+    def load(cls, path: str | os.PathLike) -> Pose:
         """Read a pose file (.npz smplx / AMASS keys, .npy matrices, JSON), format detected from the content."""
         from unipose_sdk.body.io import load_pose
 
@@ -318,7 +319,7 @@ class Pose:
         joints_m, _ = forward_kinematics(self._rotmat.double(), offsets_m=offsets_m, transl_m=transl)
         return joints_m.to(torch.float32)
 
-    def to(self, device: str | torch.device) -> "Pose":
+    def to(self, device: str | torch.device) -> Pose:
         return Pose._trusted(self._rotmat.to(device))
 
     def numpy(self) -> np.ndarray:
@@ -330,7 +331,7 @@ class Pose:
         aa = self.axis_angle()
         return {"global_orient": aa[:, :3], "body_pose": aa[:, 3:]}
 
-    def allclose(self, other: "Pose", atol: float = 1e-5) -> bool:
+    def allclose(self, other: Pose, atol: float = 1e-5) -> bool:
         """Same batch size and every matrix entry within `atol`."""
         return (isinstance(other, Pose) and self.batch_size == other.batch_size
                 and bool(torch.allclose(self._rotmat, other._rotmat.to(self.device), atol=atol, rtol=0)))
@@ -339,7 +340,7 @@ class Pose:
     def __len__(self) -> int:
         return self.batch_size
 
-    def __getitem__(self, index: int | slice | Sequence[int] | Tensor | np.ndarray) -> "Pose":
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor | np.ndarray) -> Pose:
         """Rows of the batch as a Pose; an integer keeps the batch dimension (a Pose of length 1)."""
         if isinstance(index, (int, np.integer)):
             i = int(index)

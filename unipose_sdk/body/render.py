@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import io as _bytes_io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg

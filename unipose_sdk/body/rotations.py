@@ -12,7 +12,8 @@ Quaternions are (w, x, y, z) with w >= 0.
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 ArrayLike = TypeVar("ArrayLike", Tensor, np.ndarray)
 
 
-def _accepts_numpy(fn: Callable[..., Tensor]) -> Callable[..., "ArrayLike"]:
+def _accepts_numpy(fn: Callable[..., Tensor]) -> Callable[..., ArrayLike]:
     """Run a torch implementation on numpy input too, giving numpy back."""
 
     @functools.wraps(fn)

@@ -87,7 +87,7 @@ class SMPLBody:
         self.model_type, self.gender = model_type, gender
         self.model_file = _resolve_model_file(model_path, model_type, gender)
         ext = self.model_file.suffix.lstrip(".") or "pkl"
-        common = dict(model_path=str(self.model_file), gender=gender, num_betas=num_betas, batch_size=1)
+        common = {"model_path": str(self.model_file), "gender": gender, "num_betas": num_betas, "batch_size": 1}
         try:
             if model_type == "smpl":
                 model = smplx.SMPL(**common)
@@ -122,7 +122,7 @@ class SMPLBody:
         """[F, 3] int64 vertex indices of the mesh triangles."""
         return np.asarray(self._model.faces, dtype=np.int64)
 
-    def to(self, device: str | torch.device) -> "SMPLBody":
+    def to(self, device: str | torch.device) -> SMPLBody:
         self._model.to(device)
         return self
 
@@ -155,7 +155,7 @@ class SMPLBody:
         pose = Pose.from_any(pose)
         batch = len(pose)
         smpl = {k: v.to(self.device) for k, v in pose.to_smpl().items()}
-        zeros = lambda n: torch.zeros(batch, n, device=self.device)  # noqa: E731
+        zeros = lambda n: torch.zeros(batch, n, device=self.device)
         kwargs: dict[str, Tensor] = {"global_orient": smpl["global_orient"], "betas": self._betas(betas, batch),
                                      "transl": self._transl(transl_m, batch)}
         if self.model_type == "smpl":
