@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
-import torch
 from torch import Tensor
 
 from unipose_sdk.errors import CheckpointError
@@ -115,7 +114,7 @@ def lora_pairs(adapter: Mapping[str, Tensor], source: str) -> dict[str, tuple[Te
             other.append(key)
             continue
         module = match["module"]
-        module = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+        module = module.removeprefix(PEFT_PREFIX)
         halves.setdefault(module, {})[match["which"]] = tensor
     unpaired = sorted(m for m, h in halves.items() if len(h) != 2)
     if other or unpaired:

@@ -16,9 +16,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -85,7 +86,7 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
         stored = {str(v.dtype).removeprefix("torch.") for k, v in tensors.items() if v.is_floating_point()
                   and not k.startswith("pose_tokenizer.")}
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(),
-                "dtype": sorted(stored)[0] if len(stored) == 1 else sorted(stored),
+                "dtype": min(stored) if len(stored) == 1 else sorted(stored),
                 "is_random": is_random, "source": source}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if tokenizer is not None:
@@ -161,7 +162,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     """All tensors of a safetensors file, memory-mapped (nothing is read until a tensor is used)."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
+            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except FileNotFoundError:
         raise CheckpointError.make(f"no weights file {path}", f"{WEIGHTS_FILE} next to {CONFIG_FILE}",
                                    "The directory is incomplete; convert or copy it again.") from None

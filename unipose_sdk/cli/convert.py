@@ -30,7 +30,10 @@ def _run(args: argparse.Namespace) -> int:
                                tokenhmr=args.tokenhmr, pose_vqvae=args.pose_vqvae)
     # The checked state dict is written as it is: no model needs to be built to convert.
     tensors, tokenizer = load_official_state(paths, config)
-    dtype = None if args.dtype == "auto" else dtype_from_name(args.dtype)
+    # auto: the LLM's stored dtype for every LLM / vision tensor (non-LoRA files are often float32 beside a
+    # bfloat16 base; one dtype per model keeps the runtime simple).
+    auto = tensors["llm.model.layers.0.self_attn.q_proj.weight"].dtype
+    dtype = auto if args.dtype == "auto" else dtype_from_name(args.dtype)
     source = " + ".join(f"{k}={v}" for k, v in vars(paths).items() if v is not None)
     out = save_state_dict(tensors, config, Path(args.output), tokenizer, dtype=dtype, source=f"converted from {source}",
                           overwrite=args.overwrite)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,6 @@ from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 from unipose_sdk.models.vision import VisionEncoder
 from unipose_sdk.text.prompts import PromptInputs
-
 
 # Initialisers a meta-device build skips: they would do nothing there, and the first call of one on meta makes torch
 # import its compiler stack (seconds). Hugging Face's `no_init_weights` patches the same functions.
@@ -62,7 +61,7 @@ class UniPoseModel(nn.Module):
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: UniPoseConfig, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None) -> "UniPoseModel":
+                    dtype: torch.dtype | None = None) -> UniPoseModel:
         """Build the model; `device="meta"` allocates nothing (for loading with assign=True, or for counting)."""
         target = torch.device(device or "cpu")
         with torch.device(target), _skip_init(target.type == "meta"):
@@ -74,7 +73,7 @@ class UniPoseModel(nn.Module):
     @classmethod
     def from_state_dict(cls, config: UniPoseConfig, state_dict: Mapping[str, Tensor], source: str,
                         device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                        pose_tokenizer_dtype: torch.dtype = torch.float32) -> "UniPoseModel":
+                        pose_tokenizer_dtype: torch.dtype = torch.float32) -> UniPoseModel:
         """Meta-device build + strict assign-load. Floating tensors are cast to `dtype` (if given) except the pose
         tokenizer's, which stay `pose_tokenizer_dtype` (small, and its nearest-code search is precision sensitive).
         Tensors already in the right dtype and device are used as they are (no copy of memory-mapped files)."""
@@ -154,7 +153,7 @@ class UniPoseModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str, device: torch.device | str = "cpu",
-                        dtype: torch.dtype | None = None) -> "UniPoseModel":
+                        dtype: torch.dtype | None = None) -> UniPoseModel:
         """Load an SDK-format directory (see checkpoint/sdk_format.py); the tokenizer is in `load_model`."""
         from unipose_sdk.checkpoint.sdk_format import load_model
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ class PromptInputs:
                 mask[row, start:start + self.image_tokens] = True
         return mask
 
-    def to(self, device: torch.device | str) -> "PromptInputs":
+    def to(self, device: torch.device | str) -> PromptInputs:
         return PromptInputs(self.input_ids.to(device), self.attention_mask.to(device), list(self.lengths),
                             [list(s) for s in self.image_starts], self.image_tokens, list(self.texts))
 

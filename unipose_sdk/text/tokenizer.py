@@ -23,8 +23,8 @@ import json
 import os
 import string
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -111,7 +111,7 @@ class TextTokenizer:
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_directory(cls, path: str | os.PathLike, layout: VocabLayout) -> "TextTokenizer":
+    def from_directory(cls, path: str | os.PathLike, layout: VocabLayout) -> TextTokenizer:
         """Load `tokenizer.json` from a model directory; a directory with only a sentencepiece `tokenizer.model`
         goes through `transformers` (the `hf` extra), which converts it to a `tokenizers` backend."""
         directory = Path(path)
