@@ -7,8 +7,8 @@ A template is a lowercase clause with slots:
   {IS}      "is" or "are", agreeing with {PART}
   {TARGET}  what a hand touches                      "your head" / "your right knee" / "your hips"
   {L}       a phrase naming the fact's level (phrases may contain {P} or {SB})
-Rendering fills the slots at random; parsing turns the same template into a regular expression with named groups
-(side, both, tside, target, one group per level) and matches it against a whole clause. Because every clause
+Rendering fills the slots at random; parsing turns every (template, phrase) into a regular expression with named
+groups (side, both, tside, target) that states one level, and matches it against a whole clause. Because every clause
 is matched whole (`fullmatch`), alternation order never matters and a clause means exactly one thing.
 
 Clauses are joined with ", and", " and", ", while", ";" or ". "; templates therefore never contain those.
@@ -32,7 +32,8 @@ VOICES: tuple[dict[str, str], ...] = (
 SECOND_PERSON = VOICES[0]
 _SB_RE = "(?:" + "|".join(sorted({v["SB"] for v in VOICES})) + ")"
 _P_RE = "(?:" + "|".join(sorted({v["P"] for v in VOICES})) + ")"
-CLAUSE_SPLIT_RE = re.compile(r"\s*(?:[.;!]\s*|,\s*and\s+|,\s*while\s+|\s+and\s+|\s+while\s+|,\s*|\s+then\s+)\s*")
+CLAUSE_SPLIT_RE = re.compile(
+    r"\s*(?:[.;!]\s*|,\s*and\s+|,\s*while\s+|,\s*then\s+|\s+and\s+|\s+while\s+|\s+then\s+|,\s*)\s*")
 _FORBIDDEN = (" and ", " while ", ",", ";", ".", " then ")
 
 
@@ -111,34 +112,26 @@ def render_clause(
 _TARGET_RE = _P_RE + r" (?:(?P<tside>left|right) )?(?P<target>head|hips|hip|knees|knee|feet|foot|shoulder)"
 
 
-def compile_patterns(spec: KindSpec) -> list[tuple[re.Pattern[str], tuple[str, ...] | None]]:
-    """One regex per template; with it, the levels it may state (None: any, read from the {L} group)."""
+def _clause_re(text: str, part_re: str) -> str:
+    pieces = re.split(r"(\{PART\}|\{IS\}|\{TARGET\})", text)
+    slots = {"{PART}": part_re, "{IS}": "(?:is|are)", "{TARGET}": _TARGET_RE}
+    return "".join(slots.get(piece) or _voice_re(piece) for piece in pieces)
+
+
+def compile_patterns(spec: KindSpec) -> list[tuple[re.Pattern[str], str]]:
+    """One regex per (template, level phrase), each with the level it states. Phrases may hold any slot."""
     check_spec(spec)
     nouns = "|".join(n for pair in spec.nouns for n in pair)
     part_re = rf"(?P<both>both (?:of )?)?{_P_RE} (?:(?P<side>left|right) )?(?:{nouns})"
     out = []
     for template in spec.templates:
         text, only = (template, None) if isinstance(template, str) else template
-        pieces = re.split(r"(\{PART\}|\{IS\}|\{TARGET\}|\{L\})", text)
-        regex = []
-        for piece in pieces:
-            if piece == "{PART}":
-                regex.append(part_re)
-            elif piece == "{IS}":
-                regex.append("(?:is|are)")
-            elif piece == "{TARGET}":
-                regex.append(_TARGET_RE)
-            elif piece == "{L}":
-                levels = spec.levels if only is None else {k: spec.levels[k] for k in only}
-                regex.append("(?:" + "|".join(
-                    f"(?P<lv_{level}>" + "|".join(_voice_re(p) for p in phrases) + ")"
-                    for level, phrases in levels.items()) + ")")
-            else:
-                regex.append(_voice_re(piece))
-        implied = only if "{L}" not in text else None
-        if "{L}" not in text and only is None:
-            implied = tuple(spec.levels) or ("",)
-        out.append((re.compile("".join(regex)), implied))
+        levels = list(spec.levels) if only is None else list(only)
+        for level in levels:
+            phrases = spec.levels.get(level) or [""]
+            for phrase in (phrases if "{L}" in text else [""]):
+                concrete = text.replace("{L}", phrase)
+                out.append((re.compile(_clause_re(concrete, part_re)), level))
     return out
 
 
@@ -151,24 +144,21 @@ def split_clauses(text: str) -> list[str]:
 def match_clause(clause: str, patterns: dict[str, list]) -> tuple[str, re.Match[str], str] | None:
     """The (kind, match, level) a clause states, or None."""
     for kind, compiled in patterns.items():
-        for regex, implied in compiled:
+        for regex, level in compiled:
             m = regex.fullmatch(clause)
-            if m is None:
-                continue
-            if implied is not None:
-                return kind, m, implied[0]
-            level = next(name[3:] for name, value in m.groupdict().items() if name.startswith("lv_") and value)
-            return kind, m, level
+            if m is not None:
+                return kind, m, level
     return None
 
 
-def join_clauses(clauses: list[str], rng: np.random.Generator, voice: dict[str, str]) -> str:
+def join_clauses(clauses: list[str], rng: np.random.Generator, voice: dict[str, str],
+                 joiners: tuple[str, ...] = (", and ", " and ", ", while ", "; ")) -> str:
     """Clauses -> sentences of one or two clauses, capitalised, ending with a full stop."""
     sentences = []
     i = 0
     while i < len(clauses):
         if i + 1 < len(clauses) and rng.random() < 0.45:
-            joiner = [", and ", " and ", ", while ", "; "][rng.integers(4)]
+            joiner = joiners[rng.integers(len(joiners))]
             sentences.append(clauses[i] + joiner + clauses[i + 1])
             i += 2
         else:
