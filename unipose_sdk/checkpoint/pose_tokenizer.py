@@ -18,7 +18,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,7 +107,7 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first_error = exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds (RuntimeError, EOFError, IndexError...)
         raise CheckpointError.make(
             f"{path}, which torch.load cannot read ({type(exc).__name__}: {str(exc)[:200]})",
             "a PyTorch Lightning checkpoint file (.ckpt) or an SDK pose-tokenizer directory",

@@ -8,9 +8,10 @@ the training time: the run then finishes early, with its learning-rate decay com
 on held-out poses and writes the shippable tokenizer (fp16 safetensors + config.json + metrics.json) to
 `OUT/pose_tokenizer/`.
 
-Training poses come from `sample_plausible_rotmat` below: a built-in sampler with per-joint rotation limits
-(no motion-capture data is available here). The root is placed like the official training data (AMASS,
-z-up: a +90 degree x rotation) and then perturbed like the official training: z +-45, x/y +-20 degrees.
+Training poses come from the project's pose sampler (`unipose_sdk.data.poses.sample_poses`: archetypes, blends
+and coupled free poses within per-joint limits; no motion-capture data is available here). Half keep their
+upright root, half get a random yaw; all roots are then perturbed like the official training (see
+`perturb_root`).
 """
 
 from __future__ import annotations
@@ -26,100 +27,64 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from unipose_sdk.body.rotations import axis_angle_to_matrix, matrix_to_rotation_6d
-from unipose_sdk.body.skeleton import JOINT_NAMES, NUM_JOINTS
+from unipose_sdk.body.skeleton import NUM_JOINTS
 from unipose_sdk.checkpoint.pose_tokenizer import save_pose_tokenizer
+from unipose_sdk.data.poses import sample_poses
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer, code_perplexity, mpjpe_mm
 
 logger = logging.getLogger(__name__)
 
-SAMPLER_NAME = "builtin-joint-limits-v1"
+SAMPLER_NAME = "unipose_sdk.data.poses.sample_poses (half upright, half random yaw) + official-style root perturbation"
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out poses come from a stream the training stream never reaches
 
-# Local rotation limits in degrees, (x, y, z) Euler ranges, for the LEFT side and the centre line; the right side
-# mirrors the left (y and z ranges negated). SMPL frame: +x to the body's left, +y up, +z forward.
-# Knees flex only backwards (+x), elbows only forwards (-y on the left arm), spine rotations stay small.
-_LIMITS_DEG: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
-    "left_hip": ((-110, 30), (-35, 35), (-15, 45)),
-    "spine1": ((-10, 30), (-15, 15), (-10, 10)),
-    "left_knee": ((0, 140), (-5, 5), (-5, 5)),
-    "spine2": ((-10, 20), (-15, 15), (-8, 8)),
-    "left_ankle": ((-25, 40), (-15, 15), (-15, 15)),
-    "spine3": ((-10, 20), (-15, 15), (-8, 8)),
-    "left_foot": ((-10, 20), (-5, 5), (-5, 5)),
-    "neck": ((-25, 35), (-30, 30), (-15, 15)),
-    "left_collar": ((-10, 10), (-15, 15), (-10, 20)),
-    "head": ((-20, 25), (-40, 40), (-15, 15)),
-    "left_shoulder": ((-45, 45), (-90, 40), (-80, 45)),
-    "left_elbow": ((-10, 10), (-145, 0), (-5, 5)),
-    "left_wrist": ((-30, 30), (-20, 20), (-45, 45)),
-}
-_ROOT_BASE_JITTER_DEG = (10.0, 10.0, 10.0)  # natural lean of the sampled body before the official perturbation
-_ROOT_PERTURB_DEG = (20.0, 20.0, 45.0)  # official augmentation: x/y +-20, z +-45 (world axes, z up)
+# The official training perturbs the root by z +-45 and x/y +-20 degrees in its z-up (AMASS) world. The SDK's
+# poses live in SMPL's y-up frame (identity root = upright, facing +z), so the same perturbation is
+# vertical axis (y) +-45 degrees and the two horizontal axes (x, z) +-20 degrees.
+ROOT_PERTURB_DEG = {"x": 20.0, "y": 45.0, "z": 20.0}
 
 
-def _limit_table() -> tuple[Tensor, Tensor]:
-    """[22, 3] lower and upper Euler limits in radians (joint 0, the root, is handled separately: zeros)."""
-    lo, hi = torch.zeros(NUM_JOINTS, 3), torch.zeros(NUM_JOINTS, 3)
-    for j, name in enumerate(JOINT_NAMES[1:], start=1):
-        mirrored = name.startswith("right_")
-        limits = _LIMITS_DEG[name.replace("right_", "left_")]
-        for axis, (a, b) in enumerate(limits):
-            if mirrored and axis > 0:  # mirroring across the x=0 plane negates y and z rotations
-                a, b = -b, -a
-            lo[j, axis], hi[j, axis] = math.radians(a), math.radians(b)
-    return lo, hi
+def _axis_rotation(axis: int, angle_rad: Tensor) -> Tensor:
+    """[n] angles -> [n, 3, 3] rotations about one coordinate axis."""
+    axis_angle = torch.zeros(angle_rad.shape[0], 3, dtype=angle_rad.dtype)
+    axis_angle[:, axis] = angle_rad
+    return axis_angle_to_matrix(axis_angle)
 
 
-def _euler_xyz_to_matrix(angles: Tensor) -> Tensor:
-    """[..., 3] intrinsic x-then-y-then-z angles (radians) -> [..., 3, 3] = Rx @ Ry @ Rz."""
-    eye = torch.eye(3, dtype=angles.dtype)
-    mats = [axis_angle_to_matrix(eye[i] * angles[..., i:i + 1]) for i in range(3)]
-    return mats[0] @ mats[1] @ mats[2]
-
-
-def _uniform(shape: tuple[int, ...], low: Tensor | float, high: Tensor | float, generator: torch.Generator) -> Tensor:
-    return low + (high - low) * torch.rand(shape, generator=generator)
-
-
-def perturb_root(rotmat: Tensor, generator: torch.Generator) -> Tensor:
-    """Left-multiply the global orientation by a random world rotation: z +-45 deg, x/y +-20 deg (official)."""
-    limit = torch.tensor([math.radians(d) for d in _ROOT_PERTURB_DEG])
-    angles = _uniform((rotmat.shape[0], 3), -limit, limit, generator)
+def perturb_root(rotmat: Tensor, rng: np.random.Generator) -> Tensor:
+    """Left-multiply each global orientation by a random world rotation: a tilt about x and z within +-20 deg,
+    then a turn about the vertical (y) within +-45 deg (the official augmentation, in the y-up frame)."""
+    n = rotmat.shape[0]
+    angles = {a: torch.from_numpy(rng.uniform(-lim, lim, size=n)).to(rotmat.dtype) * (math.pi / 180)
+              for a, lim in ROOT_PERTURB_DEG.items()}
+    world = _axis_rotation(1, angles["y"]) @ _axis_rotation(0, angles["x"]) @ _axis_rotation(2, angles["z"])
     out = rotmat.clone()
-    out[:, 0] = _euler_xyz_to_matrix(angles.flip(-1)).to(rotmat.dtype) @ rotmat[:, 0]  # z, then x/y tilt
+    out[:, 0] = world @ rotmat[:, 0]
     return out
 
 
-def sample_plausible_rotmat(n: int, generator: torch.Generator) -> Tensor:
-    """[n, 22, 3, 3] random but anatomically plausible local rotations (float32), root in the AMASS z-up frame.
-
-    Each pose draws an intensity in [0.25, 1] that scales all its joint angles, so near-rest poses and extreme
-    ones both occur; within a pose every angle is uniform inside its (scaled) limit range, which contains 0.
-    """
-    lo, hi = _limit_table()
-    intensity = _uniform((n, 1, 1), 0.25, 1.0, generator)
-    angles = intensity * _uniform((n, NUM_JOINTS, 3), lo, hi, generator)
-    rotmat = _euler_xyz_to_matrix(angles)
-    jitter = torch.tensor([math.radians(d) for d in _ROOT_BASE_JITTER_DEG])
-    body_lean = _euler_xyz_to_matrix(_uniform((n, 3), -jitter, jitter, generator))
-    z_up = axis_angle_to_matrix(torch.tensor([math.pi / 2, 0.0, 0.0]))  # SMPL y-up body -> AMASS z-up world
-    rotmat[:, 0] = z_up @ body_lean
-    return rotmat.float()
+def sample_rotmat(n: int, rng: np.random.Generator) -> Tensor:
+    """[n, 22, 3, 3] float32 training poses: the project's pose sampler (archetypes, blends, coupled free poses),
+    half with each archetype's own upright root and half with a random yaw and tilt, then root-perturbed."""
+    n_upright = n // 2
+    upright, _ = sample_poses(n_upright, rng, global_orient="upright")
+    turned, _ = sample_poses(n - n_upright, rng, global_orient="random")
+    axis_angle = torch.from_numpy(np.concatenate([upright, turned])).reshape(n, NUM_JOINTS, 3)
+    return perturb_root(axis_angle_to_matrix(axis_angle), rng).float()
 
 
-def sample_training_batch(n: int, generator: torch.Generator) -> Tensor:
-    """[n, 22, 6]: plausible poses with the official root perturbation, as 6D."""
-    return matrix_to_rotation_6d(perturb_root(sample_plausible_rotmat(n, generator), generator))
+def sample_training_batch(n: int, rng: np.random.Generator) -> Tensor:
+    """[n, 22, 6] training poses as 6D."""
+    return matrix_to_rotation_6d(sample_rotmat(n, rng))
 
 
 def held_out_rotmat(n: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
-    return perturb_root(sample_plausible_rotmat(n, generator), generator)
+    return sample_rotmat(n, np.random.default_rng(seed + HELD_OUT_SEED_OFFSET))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,7 +130,7 @@ def learning_rate(step: int, progress: float, peak: float, warmup: int = 100, fi
 
 
 def _save_state(path: Path, model: PoseTokenizer, optimizer: torch.optim.Optimizer, step: int, elapsed_s: float,
-                generator: torch.Generator, args: dict[str, Any]) -> None:
+                rng: np.random.Generator, args: dict[str, Any]) -> None:
     state = {
         "model": model.state_dict(),
         "ema": {"code_sum": model.quantizer.code_sum, "code_count": model.quantizer.code_count,
@@ -173,7 +138,7 @@ def _save_state(path: Path, model: PoseTokenizer, optimizer: torch.optim.Optimiz
         "optimizer": optimizer.state_dict(),
         "step": step,
         "elapsed_s": elapsed_s,
-        "data_rng": generator.get_state(),
+        "data_rng": json.dumps(rng.bit_generator.state),  # a JSON string: loadable with weights_only=True
         "torch_rng": torch.random.get_rng_state(),
         "args": args,
     }
@@ -201,7 +166,7 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
     torch.manual_seed(seed)
     model = PoseTokenizer(get_preset("unipose-tiny").pose_tokenizer).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     step, elapsed_s = 0, 0.0
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -209,7 +174,7 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
         for name, value in state["ema"].items():
             getattr(model.quantizer, name).copy_(value)
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["data_rng"])
+        rng.bit_generator.state = json.loads(state["data_rng"])
         torch.random.set_rng_state(state["torch_rng"])
         step, elapsed_s = int(state["step"]), float(state["elapsed_s"])
         logger.info("resumed from %s at step %d (%.0f s trained)", state_path, step, elapsed_s)
@@ -226,7 +191,7 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
     while progress() < 1.0:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, progress(), lr)
-        out_step = model(sample_training_batch(batch_size, generator))
+        out_step = model(sample_training_batch(batch_size, rng))
         optimizer.zero_grad(set_to_none=True)
         out_step.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,8 +206,8 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
             history.append({"step": step, **metrics})
             logger.info("eval step %d: %s", step, metrics)
         if step % save_every == 0:
-            _save_state(state_path, model, optimizer, step, time.perf_counter() - started, generator, args)
-    _save_state(state_path, model, optimizer, step, time.perf_counter() - started, generator, args)
+            _save_state(state_path, model, optimizer, step, time.perf_counter() - started, rng, args)
+    _save_state(state_path, model, optimizer, step, time.perf_counter() - started, rng, args)
 
     train_time_s = time.perf_counter() - started
     final = evaluate(model, held_out)
@@ -257,7 +222,7 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
         "threads": threads,
         "seed": seed,
         "sampler": SAMPLER_NAME,
-        "sampler_note": "built-in per-joint rotation limits; root in AMASS z-up frame, perturbed z+-45 x/y+-20 deg",
+        "root_perturbation_deg": ROOT_PERTURB_DEG,
         "losses": "rotmat MSE x20 + FK joint MSE x100 (built-in skeleton) + commitment x1; no vertex loss",
         "mpjpe_note": "FK joints of the built-in skeleton, pelvis aligned, millimetres",
         "history": history,

@@ -1,0 +1,259 @@
+"""`unipose pose ...`: render pose files, turn poses into the model's 80 pose tokens and back.
+
+    unipose pose roundtrip -o out/                      # the shipped example -> 80 tokens -> pose, side by side
+    unipose pose tokenize pose.npz -o tokens.json [--tokenizer CKPT]
+    unipose pose detokenize tokens.json -o pose.npz [--tokenizer CKPT]
+    unipose pose render a.npz b.npy -o poses.png
+
+CKPT is the official pose VQ-VAE Lightning checkpoint (.ckpt) or an SDK pose-tokenizer directory; without it
+the tokenizer embedded in the package (unipose-tiny) is used. Nothing is written when a command fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipose_sdk.errors import InvalidInputError
+
+TOKENS_FORMAT = "unipose-pose-tokens"
+TOKENS_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _load_tokenizer(path: str | None) -> Any:
+    from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
+
+    return load_pose_tokenizer(path)
+
+
+def _vocab_for(config: Any) -> tuple[str, Any]:
+    """The preset whose tokenizer config matches (its VocabLayout gives the ids); else a layout with the 7B text
+    vocabulary and this codebook (ids = 32000 + code)."""
+    from unipose_sdk.models.config import PRESETS, VocabLayout
+
+    for name, make in PRESETS.items():
+        preset = make()
+        if preset.pose_tokenizer == config:
+            return name, preset.vocab
+    return "custom", VocabLayout(codebook_size=config.codebook_size, num_pose_tokens=config.num_tokens)
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    from unipose_sdk.body.io import atomic_write
+
+    text = json.dumps(data, indent=2)
+    # One line per list of numbers (80 codes per pose), so the file stays readable.
+    text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+    payload = (text + "\n").encode()
+    return atomic_write(path, lambda handle: handle.write(payload))
+
+
+def _check_output(path: str, suffixes: tuple[str, ...], what: str) -> Path:
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in suffixes:
+        raise InvalidInputError.make(f"the output path {str(out)!r}", f"{what} ending in {' / '.join(suffixes)}",
+                                     f"Change the extension, e.g. {out.with_suffix(suffixes[0]).name!r}.")
+    return out
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+def tokens_document(codes: torch.Tensor, tokenizer: Any) -> dict[str, Any]:
+    """[B, T] codes -> the JSON document `tokenize` writes (codes, vocabulary ids, the full 82-id sequence)."""
+    config_name, vocab = _vocab_for(tokenizer.config)
+    ids = vocab.pose_token_ids(codes.cpu()).tolist()
+    return {
+        "format": TOKENS_FORMAT,
+        "version": TOKENS_VERSION,
+        "tokenizer": {"config": config_name, "source": tokenizer.source, "codebook_size": tokenizer.config.codebook_size,
+                      "num_tokens": tokenizer.config.num_tokens},
+        "vocab": {"layout": config_name, "pose_id_offset": vocab.pose_id_offset, "pose_begin_id": vocab.pose_begin_id,
+                  "pose_end_id": vocab.pose_end_id},
+        "poses": [
+            {"codes": row_codes, "token_ids": row_ids, "sequence_ids": [vocab.pose_begin_id, *row_ids, vocab.pose_end_id]}
+            for row_codes, row_ids in zip(codes.cpu().tolist(), ids)
+        ],
+    }
+
+
+def read_tokens_document(path: str | Path, tokenizer: Any) -> torch.Tensor:
+    """A tokens JSON file (as `tokenize` writes it) -> [B, T] LongTensor of codes, checked against `tokenizer`."""
+    from unipose_sdk.errors import UniPoseFileNotFoundError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UniPoseFileNotFoundError.make(
+            f"the path {str(p)!r}, which {'is a directory' if p.is_dir() else 'does not exist'}",
+            "a tokens JSON file", "Create one with `unipose pose tokenize POSE_FILE -o TOKENS.json`.",
+        )
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError.make(f"{str(p)!r}, which is not valid JSON ({exc})", "a tokens JSON document",
+                                     "Create it with `unipose pose tokenize`.") from None
+    poses = doc.get("poses") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("format") != TOKENS_FORMAT or not isinstance(poses, list) or not poses \
+            or not all(isinstance(e, dict) and isinstance(e.get("codes"), list) for e in poses):
+        found = f"format {doc.get('format')!r}" if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise InvalidInputError.make(
+            f"{str(p)!r} with {found}", f'{{"format": "{TOKENS_FORMAT}", "poses": [{{"codes": [...]}}, ...]}}',
+            "Create the file with `unipose pose tokenize`.",
+        )
+    made_with = doc.get("tokenizer", {}).get("codebook_size")
+    if made_with is not None and made_with != tokenizer.config.codebook_size:
+        raise InvalidInputError.make(
+            f"tokens made by a tokenizer with {made_with} codes", f"tokens of this tokenizer "
+            f"({tokenizer.config.codebook_size} codes, {tokenizer.source})",
+            "Pass the tokenizer the tokens were made with via --tokenizer.",
+        )
+    rows = [e["codes"] for e in poses]
+    if not all(isinstance(c, int) and not isinstance(c, bool) for row in rows for c in row):
+        raise InvalidInputError.make(f"{str(p)!r} with non-integer codes", "lists of integer codebook indices",
+                                     "Re-create the file with `unipose pose tokenize`.")
+    if len({len(r) for r in rows}) != 1:
+        raise InvalidInputError.make(f"{str(p)!r} with code lists of lengths {sorted({len(r) for r in rows})}",
+                                     f"{tokenizer.config.num_tokens} codes per pose",
+                                     "Re-create the file with `unipose pose tokenize`.")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _render(args: argparse.Namespace) -> int:
+    from unipose_sdk.body.pose import Pose
+    from unipose_sdk.body.render import render_poses_png
+
+    out = _check_output(args.output, (".png",), "a PNG file")
+    poses = [Pose.load(path) for path in args.inputs]  # read everything first: a bad input writes nothing
+    titles = args.titles or [Path(path).stem for path in args.inputs]
+    if len(titles) != len(poses):
+        raise InvalidInputError.make(f"{len(titles)} titles for {len(poses)} pose files", "one title per file",
+                                     "Pass as many --titles as inputs, or none.")
+    render_poses_png(poses, out, titles=titles)
+    print(f"wrote {out} ({len(poses)} pose file{'s' if len(poses) > 1 else ''})")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from unipose_sdk.body.pose import Pose
+
+    out = _check_output(args.output, (".json",), "a JSON file")
+    pose = Pose.load(args.pose_file)
+    tokenizer = _load_tokenizer(args.tokenizer)
+    start = time.perf_counter()
+    codes = tokenizer.encode(pose)
+    encode_ms = _ms(start)
+    doc = tokens_document(codes, tokenizer)
+    doc["encode_ms"] = encode_ms
+    _write_json(out, doc)
+    print(f"wrote {out}: {codes.shape[0]} pose(s) x {codes.shape[1]} tokens (vocabulary ids "
+          f"{doc['vocab']['pose_id_offset']}+code, {doc['vocab']['layout']} layout) in {encode_ms} ms")
+    return 0
+
+
+def _detokenize(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, (".npz", ".npy", ".json"), "a pose file")
+    tokenizer = _load_tokenizer(args.tokenizer)
+    codes = read_tokens_document(args.tokens_file, tokenizer)
+    start = time.perf_counter()
+    pose = tokenizer.decode(codes)
+    decode_ms = _ms(start)
+    pose.save(out)
+    print(f"wrote {out}: {pose.batch_size} pose(s) decoded in {decode_ms} ms")
+    return 0
+
+
+def _roundtrip(args: argparse.Namespace) -> int:
+    from unipose_sdk.body.examples import DEFAULT_EXAMPLE, example_pose_path
+    from unipose_sdk.body.pose import Pose
+    from unipose_sdk.body.render import render_poses_png
+    from unipose_sdk.models.pose_tokenizer import mpjpe_mm
+
+    pose_path = Path(args.pose_file).expanduser() if args.pose_file else example_pose_path(args.example or DEFAULT_EXAMPLE)
+    out_dir = Path(args.output).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError.make(f"the output path {str(out_dir)!r}, which is a file", "a directory",
+                                     "Pass a directory name for -o (it is created if missing).")
+    original = Pose.load(pose_path)
+    start = time.perf_counter()
+    tokenizer = _load_tokenizer(args.tokenizer)
+    load_ms = _ms(start)
+    start = time.perf_counter()
+    codes = tokenizer.encode(original)
+    encode_ms = _ms(start)
+    start = time.perf_counter()
+    reconstruction = tokenizer.decode(codes)
+    decode_ms = _ms(start)
+    errors_mm = mpjpe_mm(reconstruction.rotmat, original.rotmat.to(reconstruction.rotmat))
+
+    summary = tokens_document(codes, tokenizer)
+    summary.update({
+        "input": str(pose_path),
+        "mpjpe_mm": [round(float(e), 2) for e in errors_mm],
+        "mpjpe_mm_mean": round(float(errors_mm.mean()), 2),
+        "mpjpe_note": "FK joints of the built-in skeleton, pelvis aligned",
+        "timings_ms": {"load_tokenizer": load_ms, "encode": encode_ms, "decode": decode_ms},
+        "outputs": {"png": "roundtrip.png", "reconstruction": "reconstruction.npz"},
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reconstruction.save(out_dir / "reconstruction.npz")
+    render_poses_png([original, reconstruction], out_dir / "roundtrip.png",
+                     titles=["original", f"reconstruction ({tokenizer.config.num_tokens} tokens)"])
+    _write_json(out_dir / "roundtrip.json", summary)
+
+    first = summary["poses"][0]["codes"]
+    if tokenizer.source.startswith("RANDOM"):
+        print(f"WARNING: {tokenizer.source}; the reconstruction is meaningless")
+    print(f"tokenizer : {tokenizer.source}")
+    print(f"input     : {pose_path} ({original.batch_size} pose{'s' if original.batch_size > 1 else ''})")
+    print(f"tokens    : {codes.shape[1]} per pose, codes {' '.join(map(str, first[:8]))} ... "
+          f"(vocabulary ids {summary['vocab']['pose_id_offset']}+code)")
+    print(f"MPJPE     : {summary['mpjpe_mm_mean']} mm (FK joints, pelvis aligned)")
+    print(f"timings   : load {load_ms} ms, encode {encode_ms} ms, decode {decode_ms} ms")
+    print(f"wrote     : {out_dir / 'roundtrip.png'}, {out_dir / 'reconstruction.npz'}, {out_dir / 'roundtrip.json'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("pose", help="render pose files; encode poses into pose tokens and back",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="pose_command", metavar="SUBCOMMAND")
+    commands.required = True
+    tokenizer_help = "official pose VQ-VAE .ckpt or SDK tokenizer directory (default: the embedded tiny tokenizer)"
+
+    p = commands.add_parser("render", help="draw one or more pose files side by side into a PNG")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="pose files (.npz smplx/AMASS, .npy matrices, .json)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    p.add_argument("--titles", nargs="+", help="one title per input (default: file names)")
+    p.set_defaults(handler=_render)
+
+    p = commands.add_parser("tokenize", help="encode the poses of a file into pose tokens (JSON)")
+    p.add_argument("pose_file", metavar="POSE_FILE")
+    p.add_argument("-o", "--output", required=True, metavar="TOKENS.json")
+    p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
+    p.set_defaults(handler=_tokenize)
+
+    p = commands.add_parser("detokenize", help="decode a tokens JSON file into a pose file")
+    p.add_argument("tokens_file", metavar="TOKENS.json")
+    p.add_argument("-o", "--output", required=True, metavar="POSE.npz", help="pose file (.npz, .npy or .json)")
+    p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
+    p.set_defaults(handler=_detokenize)
+
+    p = commands.add_parser("roundtrip", help="encode a pose (default: the shipped example) and decode it again")
+    p.add_argument("pose_file", nargs="?", metavar="POSE_FILE", help="default: the shipped example pose")
+    p.add_argument("--example", metavar="NAME", help="which shipped example to use when POSE_FILE is not given")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
+    p.set_defaults(handler=_roundtrip)
