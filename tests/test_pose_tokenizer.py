@@ -4,6 +4,7 @@ error paths, and the training module (sampler, schedule, resumable loop)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -332,3 +333,65 @@ def test_mpjpe_and_perplexity() -> None:
     assert float(mpjpe_mm(bent, rotmat).min()) > 1.0
     assert float(code_perplexity(torch.zeros(10, dtype=torch.long), 8)) == pytest.approx(1.0)
     assert float(code_perplexity(torch.arange(8), 8)) == pytest.approx(8.0, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ training module
+
+
+def test_root_perturbation_stays_within_the_official_ranges() -> None:
+    from unipose_sdk.training.pose_tokenizer import perturb_root
+
+    rotmat = axis_angle_to_matrix(torch.zeros(500, 22, 3))
+    out = perturb_root(rotmat, np.random.default_rng(0))
+    assert torch.equal(out[:, 1:], rotmat[:, 1:])  # only the root moves
+    up = out[:, 0] @ torch.tensor([0.0, 1.0, 0.0])  # the body's up axis after the perturbation
+    tilt_deg = torch.rad2deg(torch.acos(up[:, 1].clamp(-1, 1)))
+    assert float(tilt_deg.max()) <= math.hypot(20, 20) + 1e-3
+    forward = out[:, 0] @ torch.tensor([0.0, 0.0, 1.0])
+    yaw_deg = torch.rad2deg(torch.atan2(forward[:, 0], forward[:, 2]))
+    assert 35 < float(yaw_deg.abs().max()) <= 50  # +-45 about the vertical, plus what the tilt adds
+
+
+def test_training_poses_are_valid_and_seeded() -> None:
+    from unipose_sdk.training.pose_tokenizer import held_out_rotmat, sample_rotmat
+
+    a = sample_rotmat(16, np.random.default_rng(3))
+    assert a.shape == (16, 22, 3, 3) and a.dtype == torch.float32
+    assert float(rotation_matrix_error(a).max()) < 1e-4
+    assert torch.equal(a, sample_rotmat(16, np.random.default_rng(3)))
+    assert not torch.equal(held_out_rotmat(16, seed=3), a)  # the held-out stream differs from training
+    assert torch.equal(held_out_rotmat(16, seed=3), held_out_rotmat(16, seed=3))
+
+
+def test_learning_rate_schedule() -> None:
+    from unipose_sdk.training.pose_tokenizer import learning_rate
+
+    assert learning_rate(0, 0.0, 1e-3) == pytest.approx(1e-5)
+    assert learning_rate(99, 0.0, 1e-3) == pytest.approx(1e-3)
+    assert learning_rate(500, 0.5, 1e-3) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert learning_rate(5000, 1.0, 1e-3) == pytest.approx(5e-5)
+    assert learning_rate(5000, 3.0, 1e-3) == pytest.approx(5e-5)
+
+
+def test_training_resumes_exactly(tmp_path) -> None:
+    from unipose_sdk.training.pose_tokenizer import train
+
+    kwargs = dict(seed=0, batch_size=4, num_eval_poses=8, eval_every=2)
+    straight = train(tmp_path / "a", steps=4, **kwargs)
+    train(tmp_path / "b", steps=2, **kwargs)  # stops after 2 steps, saves its state ...
+    resumed = train(tmp_path / "b", steps=4, **kwargs)  # ... and this run continues from it
+    assert straight["steps"] == resumed["steps"] == 4
+    a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert torch.equal(a["ema"]["code_count"], b["ema"]["code_count"])
+    assert straight["held_out"] == resumed["held_out"]
+    shipped = tmp_path / "a" / "pose_tokenizer"
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    metrics = json.loads((shipped / "metrics.json").read_text())
+    assert {"mpjpe_mm_mean", "codes_used", "perplexity"} <= set(metrics["held_out"])
+    assert metrics["seed"] == 0 and "sample_poses" in metrics["sampler"]
+    from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
+
+    assert load_pose_tokenizer(shipped).config == TINY

@@ -157,8 +157,18 @@ def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int
     passed, whichever comes first; the learning-rate schedule follows whichever of the two is further along, so
     a time-bounded run on a busy machine still finishes its decay. Kill it any time: rerunning resumes.
     """
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out = Path(out_dir)
+    try:
+        return _train(Path(out_dir), steps, seed, batch_size, lr, weight_decay, time_budget_min, eval_every,
+                      save_every, num_eval_poses, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(out: Path, steps: int, seed: int, batch_size: int, lr: float, weight_decay: float,
+           time_budget_min: float | None, eval_every: int, save_every: int, num_eval_poses: int,
+           threads: int) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "train_state.pt"
     args = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay}
