@@ -6,7 +6,14 @@ from unipose_sdk.body.skeleton import JOINT_INDEX as J
 from unipose_sdk.data.archetypes import ARCHETYPES
 from unipose_sdk.data.facts import extract_facts
 from unipose_sdk.data.pairs import (
-    INSTRUCTIONS, REGIONS, _body_frame, describe_pair, facts_hold, pair_facts, parse_pair_text, sample_pairs,
+    INSTRUCTIONS,
+    REGIONS,
+    _body_frame,
+    describe_pair,
+    facts_hold,
+    pair_facts,
+    parse_pair_text,
+    sample_pairs,
 )
 from unipose_sdk.data.phrasing import SECOND_PERSON, render_clause
 from unipose_sdk.data.poses import euler_deg_to_axis_angle, joints_and_rotations

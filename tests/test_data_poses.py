@@ -7,7 +7,12 @@ from unipose_sdk.body.rotations import axis_angle_to_matrix
 from unipose_sdk.body.skeleton import JOINT_INDEX as J
 from unipose_sdk.data.archetypes import ARCHETYPE_NAMES, ARCHETYPES, mirror_euler_deg
 from unipose_sdk.data.poses import (
-    LIMITS_DEG, clip_to_limits, euler_deg_to_axis_angle, euler_deg_to_matrix, joints_from_axis_angle, sample_poses,
+    LIMITS_DEG,
+    clip_to_limits,
+    euler_deg_to_axis_angle,
+    euler_deg_to_matrix,
+    joints_from_axis_angle,
+    sample_poses,
 )
 
 

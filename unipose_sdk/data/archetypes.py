@@ -54,7 +54,7 @@ def _make(**joint_deg: tuple[float, float, float]) -> np.ndarray:
 
 
 # Arms hanging relaxed at the sides: the collar drops slightly and the shoulder lowers the arm ~75 degrees.
-_ARMS_DOWN = dict(collars=(0, 0, -5), shoulders=(0, 0, -72), elbows=(0, -12, 0))
+_ARMS_DOWN = {"collars": (0, 0, -5), "shoulders": (0, 0, -72), "elbows": (0, -12, 0)}
 
 ARCHETYPES: dict[str, np.ndarray] = {
     "standing": _make(**_ARMS_DOWN, spine1=(2, 0, 0)),

@@ -16,7 +16,13 @@ import numpy as np
 
 from unipose_sdk.data.facts import FACT_KINDS, Fact
 from unipose_sdk.data.phrasing import (
-    VOICES, KindSpec, compile_patterns, join_clauses, match_clause, render_clause, split_clauses,
+    VOICES,
+    KindSpec,
+    compile_patterns,
+    join_clauses,
+    match_clause,
+    render_clause,
+    split_clauses,
 )
 
 _BEND = {
@@ -25,7 +31,7 @@ _BEND = {
     "bent": ["bent", "bent at about a right angle", "clearly bent"],
     "deeply_bent": ["deeply bent", "fully bent", "tightly folded"],
 }
-_LEFT_RIGHT = lambda verb: {"left": [f"{verb} to the left"], "right": [f"{verb} to the right"]}  # noqa: E731
+_LEFT_RIGHT = lambda verb: {"left": [f"{verb} to the left"], "right": [f"{verb} to the right"]}
 
 SPECS: dict[str, KindSpec] = {s.kind: s for s in [
     KindSpec("posture", ["{SB} {L}"], subject="body", levels={

@@ -94,7 +94,6 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
     root = _frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
     torso = _frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
     torso_up_world = torso[1]
-    stature_m = float(np.linalg.norm(p[J["head"]] - p[J["pelvis"]]))  # ~0.63 on the built-in skeleton
 
     # --- whole body: lying, upside down ----------------------------------------------------------------
     tilt_deg = float(np.degrees(np.arccos(np.clip(torso_up_world[1], -1, 1))))

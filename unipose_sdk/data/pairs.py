@@ -23,10 +23,20 @@ from unipose_sdk.body.skeleton import JOINT_INDEX as J
 from unipose_sdk.data.captions import _BEND, _subjects
 from unipose_sdk.data.facts import Fact, extract_facts
 from unipose_sdk.data.phrasing import (
-    SECOND_PERSON, KindSpec, compile_patterns, join_clauses, match_clause, render_clause, split_clauses,
+    SECOND_PERSON,
+    KindSpec,
+    compile_patterns,
+    join_clauses,
+    match_clause,
+    render_clause,
+    split_clauses,
 )
 from unipose_sdk.data.poses import (
-    _random_root, clip_to_limits, euler_deg_to_matrix, joints_and_rotations, sample_euler_deg,
+    _random_root,
+    clip_to_limits,
+    euler_deg_to_matrix,
+    joints_and_rotations,
+    sample_euler_deg,
 )
 
 REGIONS: dict[str, tuple[str, ...]] = {
@@ -52,7 +62,7 @@ class PairFact:
         return (self.kind, self.subject, self.after)
 
 
-_NONE_OK = lambda *phrases: {"none": list(phrases)}  # noqa: E731
+_NONE_OK = lambda *phrases: {"none": list(phrases)}
 _DIRECTIONS = {"up": ["up", "upwards", "higher"], "down": ["down", "downwards", "lower"],
                "forward": ["forward", "to the front"], "backward": ["backward", "back"],
                "left": ["to the left", "to {P} left"], "right": ["to the right", "to {P} right"]}
@@ -182,7 +192,7 @@ def sample_pairs(
         root = _random_root(rng, n, 15.0)
         rot_a[:, 0] = root @ rot_a[:, 0]
         rot_b[:, 0] = root @ rot_b[:, 0]
-    to_aa = lambda r: matrix_to_axis_angle(r).reshape(n, -1).astype(np.float32)  # noqa: E731
+    to_aa = lambda r: matrix_to_axis_angle(r).reshape(n, -1).astype(np.float32)
     return to_aa(rot_a), to_aa(rot_b), edited
 
 

@@ -16,7 +16,7 @@ small pitch / roll, like the root perturbation used to train the official pose t
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -42,7 +42,7 @@ def _primitives() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
         (_HEAD, _HEAD, 0.098, _SKIN, 0), (_HAIR, _HAIR, 0.096, _HAIR_C, 0), (_NOSE, _NOSE, 0.022, _SKIN, 0),
         (_LHAND, _LHAND, 0.048, _SKIN, 0), (_RHAND, _RHAND, 0.048, _SKIN, 0),
     ]
-    idx = lambda k: k if isinstance(k, int) else J[k]  # noqa: E731
+    idx = lambda k: k if isinstance(k, int) else J[k]
     a = np.array([idx(r[0]) for r in rows])
     b = np.array([idx(r[1]) for r in rows])
     return a, b, np.array([r[2] for r in rows], np.float32), np.array([r[3] for r in rows]), \
@@ -143,7 +143,7 @@ def _background(h: int, w: int, scene: Scene) -> np.ndarray:
     ys, xs = np.linspace(0, 5, h, dtype=np.float32), np.linspace(0, 5, w, dtype=np.float32)
     y0, x0 = np.minimum(ys.astype(int), 4), np.minimum(xs.astype(int), 4)
     fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    smooth = lambda t: t * t * (3 - 2 * t)  # noqa: E731
+    smooth = lambda t: t * t * (3 - 2 * t)
     fy, fx = smooth(fy), smooth(fx)
     top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
     bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
@@ -227,8 +227,7 @@ def render_views(
         span_y = max(size[1], size[0] * h / w) * scene.zoom
         px_per_unit = h / span_y
         crop_centre = centre + scene.shift * np.array([w, h]) / px_per_unit
-        to_px = lambda q: (q - crop_centre) * px_per_unit + np.array([w / 2 - 0.5, h / 2 - 0.5])  # noqa: E731
-        pix = to_px(plane).astype(np.float32)
+        pix = ((plane - crop_centre) * px_per_unit + np.array([w / 2 - 0.5, h / 2 - 0.5])).astype(np.float32)
         depth = cam[:, 2].astype(np.float32)
         ends = np.stack([pix[PRIM_A], pix[PRIM_B]], axis=1)
         depth_ends = np.stack([depth[PRIM_A], depth[PRIM_B]], axis=1)
