@@ -1,1 +1,8 @@
 """The four task classes: Estimator, Generator, Editor, Describer."""
+
+from unipose_sdk.tasks.describer import Describer
+from unipose_sdk.tasks.editor import Editor
+from unipose_sdk.tasks.estimator import Estimator
+from unipose_sdk.tasks.generator import Generator
+
+__all__ = ["Describer", "Editor", "Estimator", "Generator"]

@@ -1,0 +1,46 @@
+"""The Runtime interface: what the task classes need from a backend, with named tensors.
+
+A Runtime owns the model's parts on one device and exposes four things:
+- `llm`: the decoder, in the form `unipose_sdk.generation` drives (`LanguageModel`: embed, embed_pose_queries,
+  new_cache, and a call that runs T new tokens against the KV cache under a MixedMask);
+- `encode_images(clip_pixels [B,3,S,S], pose_pixels [B,3,H,W]) -> image_embeds [B, N, C]`;
+- `encode_poses(pose_6d [B,22,6]) -> codes [B,80]` and `decode_poses(codes [B,80]) -> pose_6d [B,22,6]`.
+The torch backend implements it over the single model definition (`runtime/torch.py`); exported backends
+implement the same names over their graphs, so the task classes never know which one they run on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from unipose_sdk.generation import LanguageModel
+from unipose_sdk.models.config import UniPoseConfig
+
+
+class Runtime(ABC):
+    backend: str  # "torch", "onnxruntime", "tensorrt"
+    config: UniPoseConfig
+    device: torch.device
+    dtype: torch.dtype  # the LLM / vision compute dtype (the pose tokenizer always runs in float32)
+
+    @property
+    @abstractmethod
+    def llm(self) -> LanguageModel: ...
+
+    @abstractmethod
+    def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def encode_poses(self, pose_6d: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def decode_poses(self, codes: Tensor) -> Tensor: ...
+
+    def close(self) -> None:
+        """Release device memory and sessions; the runtime is unusable afterwards."""
+
+    def describe(self) -> str:
+        return f"{self.backend} on {self.device} ({str(self.dtype).replace('torch.', '')})"

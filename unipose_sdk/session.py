@@ -1,0 +1,184 @@
+"""`UniPose`: one loaded model on one backend and device, shared by the four task classes.
+
+`UniPose.load(options)` returns the same session for the same (model, backend, device, dtype) while anybody
+holds it, so `Estimator`, `Generator`, `Editor` and `Describer` built from one path load the weights once.
+A session serialises its calls with a lock: one instance may be used from several threads; calls from
+different threads run one after another (the model's KV cache and the torch thread pool are per call anyway,
+so parallel calls on one CPU would only compete for the same cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from unipose_sdk import generation
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.errors import BackendUnavailableError, ModelNotFoundError
+from unipose_sdk.options import EMBEDDED_MODEL, Backend, BaseOptions
+from unipose_sdk.results import RunInfo
+from unipose_sdk.runtime.base import Runtime
+from unipose_sdk.text.prompts import PromptBuilder, PromptRow
+from unipose_sdk.text.tokenizer import TextTokenizer
+
+log = logging.getLogger("unipose_sdk")
+
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / EMBEDDED_MODEL
+
+
+@dataclass
+class GenerationTimings:
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class UniPose:
+    """A loaded model: runtime + text tokenizer + prompt builder, with a lock for thread safety."""
+
+    _cache: "weakref.WeakValueDictionary[tuple, UniPose]" = weakref.WeakValueDictionary()
+    _cache_lock = threading.Lock()
+
+    def __init__(self, runtime: Runtime, tokenizer: TextTokenizer, model_name: str, model_is_random: bool,
+                 fallback: str | None = None) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, self.config.image_tokens, self.config.max_text_tokens)
+        self.model_name = model_name
+        self.model_is_random = model_is_random
+        self.fallback = fallback
+        self.lock = threading.RLock()
+        self.closed = False
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, options: BaseOptions) -> "UniPose":
+        device = options.torch_device()
+        dtype = options.torch_dtype(device)
+        model_key = EMBEDDED_MODEL if options.is_embedded_model else str(Path(options.model).resolve())
+        key = (model_key, options.backend, device.type, dtype)
+        with cls._cache_lock:
+            session = cls._cache.get(key)
+            if session is None or session.closed:
+                session = cls._load_uncached(options, device, dtype)
+                cls._cache[key] = session
+            return session
+
+    @classmethod
+    def _load_uncached(cls, options: BaseOptions, device: torch.device, dtype: torch.dtype) -> "UniPose":
+        from unipose_sdk.checkpoint.embedded import load_embedded
+        from unipose_sdk.checkpoint.sdk_format import load_model
+
+        if options.num_threads is not None:
+            torch.set_num_threads(options.num_threads)
+        backend = options.backend
+        fallback = None
+        if backend is Backend.AUTO:
+            # The torch backend is the only one that needs no exported artifacts; exported directories are
+            # recognised by their content and served by ONNX Runtime.
+            backend = Backend.TORCH
+        if backend is Backend.ONNXRUNTIME or backend is Backend.TENSORRT:
+            raise BackendUnavailableError(
+                f"received backend={backend.value!r}; expected a backend this build can serve. Exported "
+                f"backends need a directory written by `unipose export` (ONNX / TensorRT export is not part of "
+                f"this release yet). Use backend='torch' or 'auto'."
+            )
+        path = EMBEDDED_MODEL_DIR if options.is_embedded_model else Path(options.model)
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"received model={str(options.model)!r}; expected an existing model directory (SDK format: "
+                f"config.json + model.safetensors + tokenizer.json). Check the path, or write one with "
+                f"`unipose convert`, or pass model=None for the embedded {EMBEDDED_MODEL}."
+            )
+        loaded = load_embedded(device, dtype) if options.is_embedded_model else load_model(path, device, dtype)
+        if loaded.tokenizer is None:
+            raise ModelNotFoundError(
+                f"received model directory {path} without tokenizer.json; expected a complete SDK model directory. "
+                "Re-run `unipose convert` so it writes the text tokenizer next to the weights."
+            )
+        from unipose_sdk.runtime.torch import TorchRuntime
+
+        runtime = TorchRuntime(loaded.model, loaded.config, device, dtype)
+        name = EMBEDDED_MODEL if options.is_embedded_model else str(path)
+        if loaded.is_random:
+            log.warning("%s: %s", name, loaded.source)
+        return cls(runtime, loaded.tokenizer, name, loaded.is_random, fallback)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.runtime.close()
+                self.closed = True
+
+    def run_info(self) -> RunInfo:
+        return RunInfo(backend=self.runtime.backend, device=str(self.runtime.device), model=self.model_name,
+                       model_is_random=self.model_is_random, fallback=self.fallback)
+
+    # ------------------------------------------------------------------ the shared pipeline pieces
+
+    def encode_poses(self, poses: Pose) -> Tensor:
+        """Pose (batched) -> codes [B, 80] (int64, CPU)."""
+        return self.runtime.encode_poses(poses.rotation_6d()).cpu()
+
+    def decode_poses(self, codes: Tensor) -> Pose:
+        return Pose.from_6d(self.runtime.decode_poses(codes).cpu())
+
+    def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
+        return self.runtime.encode_images(clip_pixels, pose_pixels)
+
+    def embed_rows(self, rows: Sequence[PromptRow], image_embeds: Tensor | None) -> list[Tensor]:
+        """Token ids of each prompt -> input embeddings [L, C], with the projected image embeddings spliced into
+        the image slots (images numbered row by row in prompt order)."""
+        llm = self.runtime.llm
+        out, image_index = [], 0
+        n = self.config.image_tokens
+        for row in rows:
+            ids = torch.tensor(row.input_ids, dtype=torch.long, device=llm.device)
+            embeds = llm.embed(ids.unsqueeze(0))[0]
+            if row.image_starts:
+                embeds = embeds.clone()
+                for start in row.image_starts:
+                    embeds[start:start + n] = image_embeds[image_index].to(embeds.dtype)
+                    image_index += 1
+            out.append(embeds)
+        return out
+
+    def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, max_new_tokens: int,
+                 force_pose: bool) -> tuple[list[generation.GenerationResult], dict[str, float]]:
+        """Greedy generation for a batch of prompts; with `force_pose` the answer is made to start with a pose
+        (the answer template of the pose tasks starts with BEGIN)."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            embeds = self.embed_rows(rows, image_embeds)
+            results = generation.generate(
+                self.runtime.llm, embeds, self.config.vocab, max_new_tokens,
+                max_context=self.config.llm.max_position_embeddings,
+                first_token=self.config.vocab.pose_begin_id if force_pose else None,
+            )
+        return results, {"llm": (time.perf_counter() - start) * 1e3}
+
+    def answer_text(self, result: generation.GenerationResult) -> str:
+        """The text of an answer, pose blocks shown as <pose>."""
+        vocab = self.config.vocab
+        pieces, text_ids, i = [], [], 0
+        ids = [t for t in result.token_ids if t != vocab.eos_id]
+        while i < len(ids):
+            if ids[i] == vocab.pose_begin_id:
+                pieces.append(self.tokenizer.decode(text_ids))
+                pieces.append("<pose>")
+                text_ids = []
+                i += vocab.num_pose_tokens + 2
+                continue
+            text_ids.append(ids[i])
+            i += 1
+        pieces.append(self.tokenizer.decode(text_ids))
+        return "".join(p for p in pieces).strip()

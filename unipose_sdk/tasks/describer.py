@@ -1,0 +1,74 @@
+"""Describer: pose / image / difference of two poses / difference of two images -> text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.options import DescriberOptions
+from unipose_sdk.results import DescribeResult
+from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, split_batch
+from unipose_sdk.tasks.images import images_to_embeds
+from unipose_sdk.tasks.pipeline import answer_with_text
+from unipose_sdk.text.prompts import Task
+
+_SINGLE = (str, Pose, np.ndarray, torch.Tensor)
+
+
+def _pairs(value: Any, what: str) -> tuple[list[tuple[Any, Any]], bool]:
+    """(a, b) -> one pair; [(a, b), ...] -> a batch of pairs."""
+    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], tuple):
+        return [value], True
+    if isinstance(value, (list, tuple)) and value and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return [tuple(p) for p in value], False
+    raise InvalidInputError.make(f"{what}={type(value).__name__}", f"a pair ({what[:-1]}_a, {what[:-1]}_b) or a list "
+                                 "of such pairs", f"Pass {what}=(a, b).")
+
+
+class Describer(TaskBase):
+    """Describe a pose, the person in an image, or the difference between two poses or two images."""
+
+    options_class = DescriberOptions
+
+    def describe(self, *, pose: Any = None, image: Any = None, poses: Any = None,
+                 images: Any = None) -> DescribeResult | list[DescribeResult]:
+        given = {k: v for k, v in (("pose", pose), ("image", image), ("poses", poses), ("images", images))
+                 if v is not None}
+        if len(given) != 1:
+            raise InvalidInputError.make(f"arguments {sorted(given) or 'none'}",
+                                         "exactly one of pose=, image=, poses=(a, b), images=(a, b)",
+                                         "Pass one kind of input per call.")
+        session = self._session()
+        encode_images = None
+        if pose is not None:
+            items, single = as_batch(pose, _SINGLE)
+            batch = Pose.cat([as_pose(p, f"pose {i}") for i, p in enumerate(items)])
+
+            def prompts():  # type: ignore[no-untyped-def]
+                codes = session.encode_poses(batch)
+                return [session.prompts.build_task(Task.POSE_DESCRIPTION, poses=[c]) for c in codes]
+        elif poses is not None:
+            pairs, single = _pairs(poses, "poses")
+            a = Pose.cat([as_pose(p[0], f"pose A of pair {i}") for i, p in enumerate(pairs)])
+            b = Pose.cat([as_pose(p[1], f"pose B of pair {i}") for i, p in enumerate(pairs)])
+
+            def prompts():  # type: ignore[no-untyped-def]
+                codes_a, codes_b = session.encode_poses(a), session.encode_poses(b)
+                return [session.prompts.build_task(Task.POSE_DIFFERENCE, poses=[ca, cb])
+                        for ca, cb in zip(codes_a, codes_b)]
+        elif image is not None:
+            items, single = as_batch(image, _SINGLE)
+            prompts = lambda: [session.prompts.build_task(Task.IMAGE_DESCRIPTION) for _ in items]  # noqa: E731
+            encode_images = lambda: images_to_embeds(session, items)  # noqa: E731
+        else:
+            pairs, single = _pairs(images, "images")
+            flat = [img for pair in pairs for img in pair]  # row by row, in prompt order
+            prompts = lambda: [session.prompts.build_task(Task.IMAGE_DIFFERENCE) for _ in pairs]  # noqa: E731
+            encode_images = lambda: images_to_embeds(session, flat)  # noqa: E731
+        answers = answer_with_text(session, prompts, self.options.max_new_tokens, encode_images)
+        results = [DescribeResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text) for a in answers]
+        return split_batch(results, single)

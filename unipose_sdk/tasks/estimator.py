@@ -1,0 +1,52 @@
+"""Estimator: image -> 3D pose."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.options import EstimatorOptions
+from unipose_sdk.results import EstimateResult
+from unipose_sdk.tasks.base import TaskBase, as_batch, split_batch
+from unipose_sdk.tasks.images import images_to_embeds
+from unipose_sdk.tasks.pipeline import answer_with_poses
+from unipose_sdk.text.prompts import Task
+
+_SINGLE_IMAGE_TYPES = (str, np.ndarray, torch.Tensor)
+
+
+def _is_box(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) and len(value) == 4 and all(
+        isinstance(v, (int, float, np.number)) or (isinstance(v, torch.Tensor) and v.ndim == 0) for v in value)
+
+
+class Estimator(TaskBase):
+    """Estimate the 3D pose of the person in an image (optionally inside a person box, x1 y1 x2 y2 pixels)."""
+
+    options_class = EstimatorOptions
+
+    def estimate(self, image: Any, bbox: Any = None) -> EstimateResult | list[EstimateResult]:
+        """image: path, PIL image, numpy HxWx3, torch tensor, or a list of them (one batch).
+        bbox: None, one box (x1, y1, x2, y2) for a single image, or a list with a box (or None) per image."""
+        images, single = as_batch(image, _SINGLE_IMAGE_TYPES)
+        if bbox is None:
+            boxes = None
+        elif single:
+            if not _is_box(bbox):
+                raise InvalidInputError.make(f"bbox={bbox!r}", "four numbers (x1, y1, x2, y2) in pixels",
+                                             "Pass the person box as a 4-tuple, or None for the whole image.")
+            boxes = [bbox]
+        else:
+            boxes = list(bbox)
+        session = self._session()
+        prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
+        answers = answer_with_poses(
+            session, prompts, max_new_tokens=self.options.max_new_tokens,
+            encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
+        )
+        results = [EstimateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
+                                  pose_codes=a.codes) for a in answers]
+        return split_batch(results, single)

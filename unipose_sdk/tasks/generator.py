@@ -1,0 +1,35 @@
+"""Generator: text -> 3D pose."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from unipose_sdk.options import GeneratorOptions
+from unipose_sdk.results import GenerateResult
+from unipose_sdk.tasks.base import TaskBase, as_batch, split_batch
+from unipose_sdk.tasks.pipeline import answer_with_poses
+from unipose_sdk.text.prompts import Task
+
+
+class Generator(TaskBase):
+    """Generate a pose from a description.
+
+    >>> with Generator.from_pretrained() as generator:
+    ...     result = generator.generate("a person squatting with both arms raised")
+    ...     result.pose, result.joints_m, result.timing_ms
+    """
+
+    options_class = GeneratorOptions
+
+    def generate(self, text: str | Sequence[str]) -> GenerateResult | list[GenerateResult]:
+        """One text -> one GenerateResult; a list of texts -> a list of results in the same order (one batch)."""
+        texts, single = as_batch(text, (str,))
+        texts = [self._check_text(t, "text") for t in texts]
+        session = self._session()
+        answers = answer_with_poses(
+            session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts],
+            max_new_tokens=self.options.max_new_tokens,
+        )
+        results = [GenerateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
+                                  pose_codes=a.codes, prompt=t) for a, t in zip(answers, texts)]
+        return split_batch(results, single)
