@@ -40,6 +40,22 @@ def collect_info() -> dict:
         "devices": {"cpu": True, "cuda": cuda_devices},
         "backends": backends,
         "attention_impls": available_attention_impls(),
+        "default_model": _default_model_status(),
+    }
+
+
+def _default_model_status() -> dict:
+    """What `model=None` loads, read off the shipped files (nothing is loaded here)."""
+    from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR, embedded_model_is_trained
+
+    trained = embedded_model_is_trained()
+    return {
+        "name": "unipose-tiny",
+        "path": str(EMBEDDED_DIR),
+        "trained": trained,
+        "pose_tokenizer_trained": (EMBEDDED_DIR / "pose_tokenizer" / "model.safetensors").is_file(),
+        "note": "trained embedded model" if trained else
+        "RANDOM placeholder: the LLM and vision weights are seeded random until the trained model ships",
     }
 
 
@@ -63,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("  cuda             none")
     print(f"attention:         {', '.join(info['attention_impls'])}")
+    model = info["default_model"]
+    print(f"default model:     {model['name']} ({model['note']}; pose tokenizer "
+          f"{'trained' if model['pose_tokenizer_trained'] else 'RANDOM'})")
     return 0
 
 

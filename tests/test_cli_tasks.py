@@ -1,0 +1,79 @@
+"""`unipose estimate | generate | edit | describe | info` end to end on the embedded model, exit codes 0 / 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unipose_sdk.body.examples import example_pose_path
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.cli import main
+
+FAST = ["--max-new-tokens", "6"]
+
+
+def _json_out(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_generate_writes_pose_files_png_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "a person squatting", "a person kneeling", "-o", str(tmp_path), "--json", *FAST])
+    assert code == 0
+    payload = _json_out(capsys)
+    assert payload["task"] == "generate" and len(payload["results"]) == 2
+    first = payload["results"][0]
+    assert len(first["pose_codes"]) == 80 and len(first["pose_joints_m"]) == 22
+    for suffix in (".npz", ".npy", ".png", ".json"):
+        assert (tmp_path / f"generate_000{suffix}").is_file()
+    assert np.load(tmp_path / "generate_000.npy").shape == (22, 3, 3)  # the official demo's layout
+    assert Pose.load(tmp_path / "generate_001.npz").rotmat.shape == (1, 22, 3, 3)
+    saved = json.loads((tmp_path / "generate_000.json").read_text())
+    assert saved["pose_codes"] == first["pose_codes"] and "total" in saved["timing_ms"]
+
+
+def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pose = str(example_pose_path("squatting"))
+    image = tmp_path / "person.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 64, 3)) * 255).astype(np.uint8)).save(image)
+    assert main(["edit", pose, "raise your left arm", "-o", str(tmp_path / "edit"), "--json", *FAST]) == 0
+    assert (tmp_path / "edit" / "edit_000.png").is_file()
+    assert len(_json_out(capsys)["results"][0]["source_pose_axis_angle"]) == 66
+    assert main(["estimate", str(image), "--bbox", "2", "2", "60", "90", "--json", *FAST]) == 0
+    assert len(_json_out(capsys)["results"][0]["pose_codes"]) == 80
+    for args in (["--pose", pose], ["--poses", pose, pose], ["--image", str(image)],
+                 ["--images", str(image), str(image)]):
+        assert main(["describe", *args, "--json", *FAST]) == 0
+        assert isinstance(_json_out(capsys)["results"][0]["text"], str)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "   "],
+    ["estimate", "/definitely/not/here.png"],
+    ["edit", "/not/a/pose.npz", "raise your arm"],
+    ["describe", "--pose", "/not/a/pose.npz"],
+    ["generate", "a person", "--model", "/no/such/model/dir"],
+])
+def test_bad_input_exits_2_and_writes_nothing(argv: list[str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main([*argv, "-o", str(out), *FAST]) == 2
+    assert "unipose: error:" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["describe"])  # one of --pose/--image/--poses/--images is required
+    assert info.value.code == 2
+
+
+def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--json"]) == 0
+    info = _json_out(capsys)
+    assert info["versions"]["torch"] and info["backends"]["torch"] is True
+    assert info["default_model"]["name"] == "unipose-tiny"
+    assert isinstance(info["default_model"]["trained"], bool)
