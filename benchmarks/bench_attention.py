@@ -62,9 +62,16 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, cuda: bool) 
         return (time.perf_counter() - start_s) * 1e3
 
     warm = [once() for _ in range(warmup)]
-    timed = [once() for _ in range(repeats)]
-    return {"median_ms": statistics.median(timed), "p90_ms": percentile(timed, 0.9), "min_ms": min(timed),
-            "warmup_ms": warm, "repeats": repeats}
+    timed, cpu_time = [], []
+    for _ in range(repeats):
+        cpu_start = time.process_time()
+        timed.append(once())
+        cpu_time.append((time.process_time() - cpu_start) * 1e3)
+    stats = {"median_ms": statistics.median(timed), "p90_ms": percentile(timed, 0.9), "min_ms": min(timed),
+             "warmup_ms": warm, "repeats": repeats}
+    if not cuda:  # CPU time summed over this process's threads: robust to other jobs on a shared machine
+        stats["median_cpu_ms"] = statistics.median(cpu_time)
+    return stats
 
 
 def end_block_mask(batch: int, seq: int, device: str) -> MixedMask:
@@ -106,6 +113,14 @@ def git_commit() -> str | None:
 
 
 def bench_cpu(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)  # the C++ kernel takes torch's thread count too
+        rows += [{**row, "threads": threads} for row in bench_cpu_threads(args)]
+    return rows
+
+
+def bench_cpu_threads(args: argparse.Namespace) -> list[dict]:
     rows = []
     heads, head_dim, scale = 8, 64, 64 ** -0.5
     for seq in (256, 512, 1024):
@@ -181,22 +196,29 @@ def bench_cuda(args: argparse.Namespace) -> list[dict]:
 
 
 def markdown(device: str, rows: list[dict], meta: dict) -> str:
-    baseline = {(r["B"], r["T"]): r["median_ms"] for r in rows if r["impl"] == "sdpa_dense_mask"}
+    def key(r: dict) -> tuple:
+        return r["B"], r["T"], r.get("threads")
+
+    baseline = {key(r): r["median_ms"] for r in rows if r["impl"] == "sdpa_dense_mask"}
+    cpu_baseline = {key(r): r.get("median_cpu_ms") for r in rows if r["impl"] == "sdpa_dense_mask"}
     rate = "gflops" if device == "cpu" else "tflops"
+    cpu = device == "cpu"
     lines = [
         f"# Mixed attention on {device}: {meta['machine'].get('gpu') or meta['machine'].get('cpu', '?')}",
         "",
-        f"torch {meta['versions']['torch']}, commit {meta['git_commit']}, {meta['machine']['torch_threads']} "
-        f"threads. {meta['note']}",
+        f"torch {meta['versions']['torch']}, commit {meta['git_commit']}. {meta['note']}",
         "",
-        f"| B | T | implementation | median ms | p90 ms | {rate[:-1].upper()}/s (allowed entries) "
-        "| speed-up vs dense-mask SDPA |",
-        "|---|---|---|---|---|---|---|",
+        f"| threads | B | T | implementation | median ms | p90 ms | {rate[:-1].upper()}/s (allowed entries) "
+        "| speed-up vs dense-mask SDPA |" + (" median CPU ms (all threads) | CPU-time speed-up |" if cpu else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if cpu else ""),
     ]
     for r in rows:
-        speedup = baseline[(r["B"], r["T"])] / r["median_ms"]
-        lines.append(f"| {r['B']} | {r['T']} | {r['impl']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
-                     f"{r[rate]:.1f} | {speedup:.2f}x |")
+        speedup = baseline[key(r)] / r["median_ms"]
+        line = (f"| {r.get('threads', '-')} | {r['B']} | {r['T']} | {r['impl']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
+                f"{r[rate]:.1f} | {speedup:.2f}x |")
+        if cpu:
+            line += f" {r['median_cpu_ms']:.2f} | {cpu_baseline[key(r)] / r['median_cpu_ms']:.2f}x |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +227,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1, max(1, torch.get_num_threads())], help="CPU thread counts, e.g. 1,2")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
@@ -232,7 +256,8 @@ def main() -> None:
         (args.out_dir / f"attention_{device}.json").write_text(json.dumps(record, indent=1) + "\n")
         (args.out_dir / f"attention_{device}.md").write_text(markdown(device, rows, meta))
         print(markdown(device, rows, meta))
-        summary[device] = [{k: r[k] for k in ("impl", "B", "T", "median_ms", "p90_ms")} for r in rows]
+        summary[device] = [{k: r[k] for k in ("impl", "threads", "B", "T", "median_ms", "p90_ms", "median_cpu_ms") if k in r}
+                           for r in rows]
     print(json.dumps(summary))
 
 
