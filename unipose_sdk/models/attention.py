@@ -43,6 +43,20 @@ _DEFAULT_BY_DEVICE: dict[str, str] = {}
 _forced = threading.local()
 
 
+_kernels_loaded = False
+
+
+def _load_kernels() -> None:
+    """Import unipose_sdk.kernels once, on first use: it registers the "fused" implementation (cheap, no triton)."""
+    global _kernels_loaded
+    if not _kernels_loaded:
+        _kernels_loaded = True
+        try:
+            import unipose_sdk.kernels  # noqa: F401
+        except ImportError:  # a trimmed install without the kernels package: sdpa_dense only
+            pass
+
+
 def register_attention_impl(name: str, impl: AttentionImpl, default_for: tuple[str, ...] = ()) -> None:
     """Add an implementation; `default_for` lists device types ("cpu", "cuda") it becomes the default for."""
     _IMPLS[name] = impl
@@ -51,12 +65,14 @@ def register_attention_impl(name: str, impl: AttentionImpl, default_for: tuple[s
 
 
 def available_attention_impls() -> list[str]:
+    _load_kernels()
     return sorted(_IMPLS)
 
 
 @contextlib.contextmanager
 def use_attention_impl(name: str) -> Iterator[None]:
     """Force one implementation inside the block (per thread)."""
+    _load_kernels()
     if name not in _IMPLS:
         raise KeyError(f"unknown attention implementation {name!r}; available: {available_attention_impls()}")
     previous = getattr(_forced, "name", None)
@@ -68,6 +84,7 @@ def use_attention_impl(name: str) -> Iterator[None]:
 
 
 def resolve_attention_impl(device_type: str) -> str:
+    _load_kernels()
     forced = getattr(_forced, "name", None)
     if forced is not None:
         return forced
