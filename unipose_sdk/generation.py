@@ -13,11 +13,24 @@ still computes, but its slot and position do not advance: what it wrote lands at
 it overwrites before any of its queries can see it (the mask is causal in slots). The cache therefore has
 NUM_POSE_QUERIES slots of slack past P + max_new_tokens for such scratch writes.
 
-Only `prefill`, `decode_step` and `pose_step` touch the model; a Runtime can stand in for it later.
+One pass for pose answers. Text-to-pose, estimation and editing answer with a pose first, so `generate` can
+append BEGIN and the 80 queries to the prompt and run prefill and pose block as ONE forward
+(`prefill_with_pose`): the prompt's rows are causal, so their states (and the logits at the last prompt
+position) do not depend on what follows, and the 81 appended rows land exactly where the pose step would have
+written them (slots P..P+80, since left padding puts every row's prompt end at P-1). A row keeps its block when
+the logit at its last prompt position says BEGIN (greedy decoding would have chosen it) or BEGIN is forced;
+otherwise its offsets are simply not advanced, so the appended rows are scratch that the row overwrites before
+any of its queries can see them (the same argument as for waiting rows above), and it continues step by step.
+Either way the tokens are those of the step-by-step path: one weight pass instead of two per pose answer.
+
+Only `prefill`, `prefill_with_pose`, `decode_step` and `pose_step` touch the model. A model may define
+`prompt_length_bucket(P) -> P'` (P' >= P): prompts are then left-padded to P' so that a compiled prefill sees
+only a few shapes (`unipose_sdk.runtime.compiled`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -73,7 +86,8 @@ class GenerationResult:
         finish_reason is "eos".
     pose_codes: one int64 tensor [80] of codebook indices per pose block, in stream order.
     finish_reason: "eos", or "length" when max_new_tokens ran out (a BEGIN emitted with fewer than 82 ids of
-        budget left is dropped rather than leaving a pose block cut short).
+        budget left is dropped rather than leaving a pose block cut short), or "pose" when `stop_after_pose`
+        ended the row after its first pose block (the stream then ends with END).
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -113,6 +127,46 @@ def prefill(
     )
     state = DecodeState(key_start=key_start, next_slot=torch.full_like(zeros, padded), next_position=length)
     return out.logits[:, -1], state
+
+
+@torch.no_grad()
+def prefill_with_pose(
+    model: LanguageModel, cache: KVCache, prompt_embeds: Tensor, lengths: Sequence[int], vocab: VocabLayout
+) -> tuple[Tensor, Tensor, DecodeState]:
+    """Prefill and pose step in ONE forward: left-padded prompts [B, P, C], then BEGIN and the Q pose queries.
+
+    Returns the next-token logits at the last prompt position [B, V], the logits at the query positions
+    [B, Q, V] and the state after the PROMPT: the caller advances the rows that keep their block by 1 + Q
+    (`DecodeState.advance`); the others stay at slot P and overwrite the appended rows as they go.
+    """
+    batch, padded, _ = prompt_embeds.shape
+    device = prompt_embeds.device
+    num_queries = vocab.num_pose_tokens
+    length = torch.tensor(list(lengths), dtype=torch.long, device=device)
+    key_start = (padded - length).to(torch.int32)
+    begin = model.embed(torch.full((batch, 1), vocab.pose_begin_id, dtype=torch.long, device=device))
+    queries = model.embed_pose_queries(num_queries).unsqueeze(0).expand(batch, -1, -1)
+    embeds = torch.cat([prompt_embeds.to(begin.dtype), begin, queries.to(begin.dtype)], dim=1)  # [B, P+1+Q, C]
+    total = padded + 1 + num_queries
+    # Prompt positions as in `prefill`; BEGIN and the queries continue each row's sequence (as in `pose_step`).
+    positions = (torch.arange(total, device=device).unsqueeze(0) - key_start.unsqueeze(1).long()).clamp(min=0)
+    zeros = torch.zeros(batch, dtype=torch.int32, device=device)
+    mask = MixedMask(
+        block_start=torch.full_like(zeros, padded + 1),
+        block_end=torch.full_like(zeros, total),
+        key_start=key_start,
+        query_offset=zeros,
+    )
+    out = model(
+        input_embeds=embeds,
+        positions=positions,
+        mask=mask,
+        cache=cache,
+        kv_length=total,
+        logits_positions=slice(padded - 1, None),  # last prompt token, BEGIN (unused), the Q queries
+    )
+    state = DecodeState(key_start=key_start, next_slot=torch.full_like(zeros, padded), next_position=length)
+    return out.logits[:, 0], out.logits[:, 2:], state
 
 
 @torch.no_grad()
@@ -176,10 +230,12 @@ def pose_codes_from_logits(query_logits: Tensor, vocab: VocabLayout) -> Tensor:
 # The loop
 
 
-def left_pad(rows: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
-    """Rows of embeddings [L_b, C] -> left-padded [B, P, C] (zeros before each row) and the lengths."""
+def left_pad(rows: Sequence[Tensor], padded_length: int | None = None) -> tuple[Tensor, list[int]]:
+    """Rows of embeddings [L_b, C] -> left-padded [B, P, C] (zeros before each row) and the lengths.
+
+    P is the longest row, or `padded_length` when given (a bucket length >= the longest row)."""
     lengths = [int(row.shape[0]) for row in rows]
-    padded = max(lengths)
+    padded = max(lengths) if padded_length is None else max(padded_length, max(lengths))
     out = rows[0].new_zeros(len(rows), padded, rows[0].shape[1])
     for b, row in enumerate(rows):
         out[b, padded - lengths[b] :] = row
@@ -219,6 +275,32 @@ def _check_lengths(lengths: list[int], max_new_tokens: int, max_context: int) ->
         )
 
 
+class _StageClock:
+    """Optional per-stage wall clock for `generate` (ms), device-synchronised at stage ends on CUDA.
+
+    Synchronising costs a little on a GPU, so it happens only when the caller asked for timings."""
+
+    def __init__(self, timings: dict[str, float] | None, device: torch.device) -> None:
+        self.timings = timings
+        self.sync = timings is not None and device.type == "cuda"
+        self.device = device
+        self.start = 0.0
+
+    def begin(self) -> None:
+        if self.timings is not None:
+            if self.sync:
+                torch.cuda.synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def end(self, stage: str, count_key: str | None = None) -> None:
+        if self.timings is not None:
+            if self.sync:
+                torch.cuda.synchronize(self.device)
+            self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - self.start) * 1e3
+            if count_key is not None:
+                self.timings[count_key] = self.timings.get(count_key, 0.0) + 1
+
+
 @torch.no_grad()
 def generate(
     model: LanguageModel,
@@ -228,6 +310,9 @@ def generate(
     *,
     max_context: int | None = None,
     first_token: int | None = None,
+    one_pass: bool | None = None,
+    stop_after_pose: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> list[GenerationResult]:
     """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row).
 
@@ -235,10 +320,21 @@ def generate(
     max_context: limit on prompt + max_new_tokens; default the model's max_position_embeddings.
     first_token: force every row's first generated token (BEGIN for the pose tasks, whose answer template starts
         with a pose); each result says whether greedy decoding would have chosen otherwise.
+    one_pass: run prefill and the pose block as one forward (`prefill_with_pose`); rows whose first token is
+        not BEGIN drop the block and continue step by step, with the same tokens either way. None (default):
+        only when `first_token` is BEGIN (then the block is always kept); True: also speculatively (a text
+        answer then pays 81 extra prefill rows); False: never (the step-by-step reference).
+    stop_after_pose: end a row after its first pose block (finish_reason "pose"): for callers that want only
+        the pose, the trailing text ("." then eos) costs decode steps and carries nothing.
+    timings: when given, receives ms per stage ("prefill", "prefill_pose" for the one-pass forward,
+        "pose_step", "decode") and the counts "decode_steps" / "pose_steps".
     """
     device = model.device
+    clock = _StageClock(timings, device)
     rows = _prompt_embeddings(model, prompts, device)
-    prompt_embeds, lengths = left_pad(rows)
+    bucket = getattr(model, "prompt_length_bucket", None)
+    longest = max(int(row.shape[0]) for row in rows)
+    prompt_embeds, lengths = left_pad(rows, bucket(longest) if bucket is not None else None)
     max_context = max_context if max_context is not None else model.config.max_position_embeddings
     _check_lengths(lengths, max_new_tokens, max_context)
 
@@ -261,12 +357,41 @@ def generate(
             out.finish_reason = "length"
         pending[b] = token
 
-    logits, state = prefill(model, cache, prompt_embeds, lengths)
+    def take_pose(b: int, codes: Tensor) -> None:
+        """Row b ran its pose step with these codes [Q]: append the block; END is fed next, never predicted."""
+        out = results[b]
+        out.pose_codes.append(codes.clone())
+        out.token_ids.extend(vocab.pose_token_ids(codes).tolist() + [vocab.pose_end_id])
+        pending[b] = vocab.pose_end_id
+        if stop_after_pose:
+            out.finish_reason = "pose"
+        elif len(out.token_ids) >= max_new_tokens:
+            out.finish_reason = "length"
+
+    if one_pass is None:
+        one_pass = first_token is not None and first_token == vocab.pose_begin_id
+    # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
+    one_pass = one_pass and max_new_tokens >= pose_block_ids
+
+    clock.begin()
+    if one_pass:
+        logits, query_logits, state = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
+    else:
+        logits, state = prefill(model, cache, prompt_embeds, lengths)
     for b, token in enumerate(logits.argmax(dim=-1).tolist()):
         if first_token is not None:
             results[b].forced_first_token = token != first_token
             token = first_token
         accept(b, token)
+    if one_pass:
+        keep = [results[b].finish_reason is None and pending[b] == vocab.pose_begin_id for b in range(batch)]
+        if any(keep):
+            codes = pose_codes_from_logits(query_logits, vocab).cpu()
+            state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
+            for b in (b for b in range(batch) if keep[b]):
+                take_pose(b, codes[b])
+        # Rows that did not keep the block stay at slot P: their appended rows are scratch (module docstring).
+    clock.end("prefill_pose" if one_pass else "prefill")
 
     while True:
         running = [out.finish_reason is None for out in results]
@@ -275,20 +400,20 @@ def generate(
         posing = [running[b] and pending[b] == vocab.pose_begin_id for b in range(batch)]
         if any(posing):
             # The rows that emitted BEGIN run their pose step; the others wait (they do not advance).
+            clock.begin()
             query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device))
             codes = pose_codes_from_logits(query_logits, vocab).cpu()
             for b in (b for b in range(batch) if posing[b]):
-                out = results[b]
-                out.pose_codes.append(codes[b].clone())
-                out.token_ids.extend(vocab.pose_token_ids(codes[b]).tolist() + [vocab.pose_end_id])
-                pending[b] = vocab.pose_end_id  # fed next, never predicted
-                if len(out.token_ids) >= max_new_tokens:
-                    out.finish_reason = "length"
+                take_pose(b, codes[b])
+            clock.end("pose_step", "pose_steps")
             running = [out.finish_reason is None for out in results]
             if not any(running):
                 return results
+        clock.begin()
         tokens = torch.tensor([pending[b] if running[b] else vocab.pad_id for b in range(batch)], device=device)
         logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device))
+        # The one host synchronisation per token: the stop check needs the sampled ids.
         for b, token in enumerate(logits.argmax(dim=-1).tolist()):
             if running[b]:
                 accept(b, token)
+        clock.end("decode", "decode_steps")

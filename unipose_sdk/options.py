@@ -61,6 +61,12 @@ class BaseOptions:
     dtype: None (float32 on CPU, bfloat16 on CUDA), or "float32" / "float16" / "bfloat16" / a torch.dtype.
     num_threads: CPU threads for torch / ONNX Runtime (None: leave the library default).
     max_new_tokens: cap on generated text tokens per request.
+    pose_only: pose tasks (estimate, generate, edit) stop after the pose block; False also decodes the trailing
+        text of the answer (END, "." and eos carry no information, so this only costs decode steps).
+    one_pass: pose tasks run the prompt and the pose block as one forward over the weights (same tokens as the
+        step-by-step path); False runs them as two calls.
+    compile: torch backend: compile the decoder calls (CUDA graphs on CUDA). None: on for CUDA, off on the CPU,
+        where it was measured not to pay off for the embedded model (benchmarks/results).
     """
 
     model: str | Path | None = None
@@ -69,6 +75,9 @@ class BaseOptions:
     dtype: torch.dtype | str | None = None
     num_threads: int | None = None
     max_new_tokens: int = 128
+    pose_only: bool = True
+    one_pass: bool = True
+    compile: bool | None = None
     _resolved_dtype: torch.dtype | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +105,12 @@ class BaseOptions:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "a positive int",
                                          "Pass e.g. max_new_tokens=128.")
+        for name in ("pose_only", "one_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False", f"Pass {name}=True.")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise InvalidInputError.make(f"compile={self.compile!r}", "True, False or None (auto)",
+                                         "Pass compile=None to let the device decide.")
 
     @property
     def is_embedded_model(self) -> bool:
@@ -103,6 +118,9 @@ class BaseOptions:
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)  # type: ignore[arg-type]
+
+    def torch_compile(self, device: torch.device) -> bool:
+        return self.compile if self.compile is not None else device.type == "cuda"
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self._resolved_dtype is not None:

@@ -65,7 +65,7 @@ class UniPose:
         device = options.torch_device()
         dtype = options.torch_dtype(device)
         model_key = EMBEDDED_MODEL if options.is_embedded_model else str(Path(options.model).resolve())
-        key = (model_key, options.backend, device.type, dtype)
+        key = (model_key, options.backend, device.type, dtype, options.torch_compile(device))
         with cls._cache_lock:
             session = cls._cache.get(key)
             if session is None or session.closed:
@@ -86,12 +86,13 @@ class UniPose:
             # The torch backend is the only one that needs no exported artifacts; exported directories are
             # recognised by their content and served by ONNX Runtime.
             backend = Backend.TORCH
+            if not options.is_embedded_model:
+                from unipose_sdk.export.validate import is_export_directory
+
+                if is_export_directory(options.model):
+                    backend = Backend.ONNXRUNTIME
         if backend is Backend.ONNXRUNTIME or backend is Backend.TENSORRT:
-            raise BackendUnavailableError(
-                f"received backend={backend.value!r}; expected a backend this build can serve. Exported "
-                f"backends need a directory written by `unipose export` (ONNX / TensorRT export is not part of "
-                f"this release yet). Use backend='torch' or 'auto'."
-            )
+            return cls._load_exported(options, backend, device)
         path = EMBEDDED_MODEL_DIR if options.is_embedded_model else Path(options.model)
         if not path.exists():
             raise ModelNotFoundError(
@@ -107,11 +108,41 @@ class UniPose:
             )
         from unipose_sdk.runtime.torch import TorchRuntime
 
-        runtime = TorchRuntime(loaded.model, loaded.config, device, dtype)
+        runtime = TorchRuntime(loaded.model, loaded.config, device, dtype, compile=options.torch_compile(device))
         name = EMBEDDED_MODEL if options.is_embedded_model else str(path)
         if loaded.is_random:
             log.warning("%s: %s", name, loaded.source)
         return cls(runtime, loaded.tokenizer, name, loaded.is_random, fallback)
+
+    @classmethod
+    def _load_exported(cls, options: BaseOptions, backend: Backend, device: torch.device) -> "UniPose":
+        """A directory written by `unipose export` (ONNX graphs, or TensorRT engines beside them)."""
+        from unipose_sdk.export.validate import is_export_directory
+
+        if options.is_embedded_model or not is_export_directory(options.model):
+            raise BackendUnavailableError(
+                f"received backend={backend.value!r} with model={str(options.model)!r}; expected a directory "
+                f"written by `unipose export` (decoder.onnx and the other graphs). Export first: unipose export "
+                f"--model {options.model or EMBEDDED_MODEL} -o DIR, then pass model=DIR; or use backend='torch'.")
+        path = Path(options.model)
+        if backend is Backend.TENSORRT:
+            from unipose_sdk.runtime.tensorrt import TensorRTRuntime
+
+            runtime: Runtime = TensorRTRuntime(path, device)
+        else:
+            from unipose_sdk.runtime.onnxruntime import OnnxRuntimeRuntime, OrtOptions
+
+            runtime = OnnxRuntimeRuntime(path, device, OrtOptions(num_threads=options.num_threads))
+        if not (path / "tokenizer.json").is_file():
+            raise ModelNotFoundError(
+                f"received export directory {path} without tokenizer.json; expected the text tokenizer beside the "
+                "graphs. Re-run `unipose export`, which copies it from the model directory.")
+        tokenizer = TextTokenizer.from_directory(path, runtime.config.vocab)
+        exported = getattr(runtime, "exported", None)
+        is_random = bool(getattr(exported, "is_random", False))
+        if is_random:
+            log.warning("%s: exported from a RANDOM placeholder model", path)
+        return cls(runtime, tokenizer, str(path), is_random, None)
 
     def close(self) -> None:
         with self.lock:
@@ -153,18 +184,23 @@ class UniPose:
         return out
 
     def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, max_new_tokens: int,
-                 force_pose: bool) -> tuple[list[generation.GenerationResult], dict[str, float]]:
+                 force_pose: bool, *, one_pass: bool | None = None, stop_after_pose: bool = False,
+                 ) -> tuple[list[generation.GenerationResult], dict[str, float]]:
         """Greedy generation for a batch of prompts; with `force_pose` the answer is made to start with a pose
-        (the answer template of the pose tasks starts with BEGIN)."""
+        (the answer template of the pose tasks starts with BEGIN). `one_pass` / `stop_after_pose`: see
+        `generation.generate`. Returns the results and ms per stage ("llm" in all, and the loop's stages)."""
         start = time.perf_counter()
+        stages: dict[str, float] = {}
         with torch.inference_mode():
             embeds = self.embed_rows(rows, image_embeds)
             results = generation.generate(
                 self.runtime.llm, embeds, self.config.vocab, max_new_tokens,
                 max_context=self.config.llm.max_position_embeddings,
                 first_token=self.config.vocab.pose_begin_id if force_pose else None,
+                one_pass=one_pass, stop_after_pose=stop_after_pose, timings=stages,
             )
-        return results, {"llm": (time.perf_counter() - start) * 1e3}
+        stages["llm"] = (time.perf_counter() - start) * 1e3
+        return results, stages
 
     def answer_text(self, result: generation.GenerationResult) -> str:
         """The text of an answer, pose blocks shown as <pose>."""

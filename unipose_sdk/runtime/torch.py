@@ -8,13 +8,18 @@ from torch import Tensor, nn
 from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.runtime.base import Runtime
+from unipose_sdk.runtime.compiled import FastLM
 
 
 class TorchRuntime(Runtime):
     backend = "torch"
 
-    def __init__(self, model: nn.Module, config: UniPoseConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, config: UniPoseConfig, device: torch.device, dtype: torch.dtype,
+                 compile: bool = False) -> None:
         """`model` has `.llm` (MistralLM), `.vision` (VisionEncoder) and `.pose_tokenizer` (PoseTokenizer).
+
+        The decoder is served through `FastLM` (runtime/compiled.py): a static KV cache reused across calls,
+        and with `compile` the decode / pose / bucketed prefill calls compiled (CUDA graphs on CUDA).
 
         The LLM and vision towers run in `dtype`; the pose tokenizer stays float32: it is small, and its
         nearest-code search is where low precision would change tokens.
@@ -27,10 +32,11 @@ class TorchRuntime(Runtime):
         model.llm.to(device=device, dtype=dtype)
         model.vision.to(device=device, dtype=dtype)
         model.pose_tokenizer.to(device=device, dtype=torch.float32)
+        self._llm = FastLM(model.llm, compile=compile)
 
     @property
     def llm(self) -> LanguageModel:
-        return self._model.llm
+        return self._llm
 
     @torch.inference_mode()
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
@@ -46,5 +52,6 @@ class TorchRuntime(Runtime):
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
+        self._llm = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -37,7 +37,7 @@ class Editor(TaskBase):
             return [session.prompts.build_task(Task.POSE_EDITING, caption=text, poses=[codes[i]])
                     for i, text in enumerate(instructions)]
 
-        answers = answer_with_poses(session, prompts, max_new_tokens=self.options.max_new_tokens)
+        answers = answer_with_poses(session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options)
         results = [EditResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
                               pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i])
                    for i, a in enumerate(answers)]

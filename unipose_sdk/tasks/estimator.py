@@ -44,7 +44,7 @@ class Estimator(TaskBase):
         session = self._session()
         prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
         answers = answer_with_poses(
-            session, prompts, max_new_tokens=self.options.max_new_tokens,
+            session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options,
             encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
         )
         results = [EstimateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,

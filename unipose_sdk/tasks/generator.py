@@ -28,7 +28,7 @@ class Generator(TaskBase):
         session = self._session()
         answers = answer_with_poses(
             session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts],
-            max_new_tokens=self.options.max_new_tokens,
+            max_new_tokens=self.options.max_new_tokens, options=self.options,
         )
         results = [GenerateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes, prompt=t) for a, t in zip(answers, texts)]
