@@ -19,6 +19,15 @@ from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is faster than two fighting over a busy machine (8x in CI runs)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """An SDK-format tokenizer directory (seeded random weights: the CLI plumbing, not the quality, is tested)."""
@@ -132,7 +141,7 @@ def test_render_several_files(work: Path) -> None:
         assert image.format == "PNG" and image.width > 2 * image.height
 
 
-# ------------------------------------------------------------------------------------------------ failures: exit 2, nothing written
+# ---------------------------------------------------------------------------------- failures: exit 2, nothing written
 
 
 def _bad_inputs(work: Path) -> dict[str, Path]:

@@ -14,7 +14,7 @@ import torch
 from unipose_sdk.body.rotations import axis_angle_to_matrix, matrix_to_rotation_6d, rotation_matrix_error
 from unipose_sdk.body.skeleton import JOINT_INDEX, forward_kinematics
 from unipose_sdk.errors import InvalidInputError, InvalidPoseError
-from unipose_sdk.models.config import PoseTokenizerConfig, get_preset
+from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.pose_tokenizer import (
     LOSS_WEIGHTS,
     PoseTokenizer,
@@ -24,6 +24,15 @@ from unipose_sdk.models.pose_tokenizer import (
 )
 
 TINY = get_preset("unipose-tiny").pose_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is faster than two fighting over a busy machine (8x in CI runs)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _official_keys(width: int, code_dim: int, codebook: int) -> dict[str, tuple[int, ...]]:
@@ -115,8 +124,9 @@ def test_ema_statistics_are_not_in_the_checkpoint(tiny: PoseTokenizer) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [{"encoder_lengths": (40, 90, 160)}, {"encoder_lengths": (40, 80, 120)}, {"decoder_lengths": (65, 51, 36)},
-               {"encoder_lengths": ()}],
+    "change",
+    [{"encoder_lengths": (40, 90, 160)}, {"encoder_lengths": (40, 80, 120)}, {"decoder_lengths": (65, 51, 36)},
+     {"encoder_lengths": ()}],
 )
 def test_inconsistent_config_is_rejected(change: dict) -> None:
     with pytest.raises(InvalidInputError, match="received"):
@@ -376,7 +386,7 @@ def test_learning_rate_schedule() -> None:
 def test_training_resumes_exactly(tmp_path) -> None:
     from unipose_sdk.training.pose_tokenizer import train
 
-    kwargs = dict(seed=0, batch_size=4, num_eval_poses=8, eval_every=2)
+    kwargs = {"seed": 0, "batch_size": 4, "num_eval_poses": 8, "eval_every": 2}
     straight = train(tmp_path / "a", steps=4, **kwargs)
     train(tmp_path / "b", steps=2, **kwargs)  # stops after 2 steps, saves its state ...
     resumed = train(tmp_path / "b", steps=4, **kwargs)  # ... and this run continues from it

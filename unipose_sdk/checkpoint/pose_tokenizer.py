@@ -18,9 +18,10 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -63,7 +64,7 @@ class _Stub:
     def __setstate__(self, state: Any) -> None:
         pass
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Stub":
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
         return _Stub()
 
 
@@ -75,7 +76,7 @@ class _StubbingUnpickler(pickle.Unpickler):
     """Resolves only tensor-rebuild helpers, storages, dtypes and plain containers; every other global becomes
     `_Stub`. Used when `weights_only=True` refuses a checkpoint because of foreign objects next to the weights."""
 
-    stubbed: set[str] = set()
+    stubbed: ClassVar[set[str]] = set()
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = (
@@ -201,7 +202,8 @@ def config_from_dict(data: Mapping[str, Any], source: str) -> PoseTokenizerConfi
     names = {f.name for f in dataclasses.fields(PoseTokenizerConfig)}
     if data.get("format") != FORMAT_NAME or not isinstance(values, Mapping) or set(values) - names:
         raise CheckpointError.make(
-            f"{source} with format {data.get('format')!r} and fields {sorted(values) if isinstance(values, Mapping) else None}",
+            f"{source} with format {data.get('format')!r} and fields "
+            f"{sorted(values) if isinstance(values, Mapping) else None}",
             f"format {FORMAT_NAME!r} with PoseTokenizerConfig fields {sorted(names)}",
             "Write the directory with save_pose_tokenizer(), or pass the official .ckpt file instead.",
         )

@@ -76,12 +76,13 @@ def tokens_document(codes: torch.Tensor, tokenizer: Any) -> dict[str, Any]:
     return {
         "format": TOKENS_FORMAT,
         "version": TOKENS_VERSION,
-        "tokenizer": {"config": config_name, "source": tokenizer.source, "codebook_size": tokenizer.config.codebook_size,
-                      "num_tokens": tokenizer.config.num_tokens},
+        "tokenizer": {"config": config_name, "source": tokenizer.source,
+                      "codebook_size": tokenizer.config.codebook_size, "num_tokens": tokenizer.config.num_tokens},
         "vocab": {"layout": config_name, "pose_id_offset": vocab.pose_id_offset, "pose_begin_id": vocab.pose_begin_id,
                   "pose_end_id": vocab.pose_end_id},
         "poses": [
-            {"codes": row_codes, "token_ids": row_ids, "sequence_ids": [vocab.pose_begin_id, *row_ids, vocab.pose_end_id]}
+            {"codes": row_codes, "token_ids": row_ids,
+             "sequence_ids": [vocab.pose_begin_id, *row_ids, vocab.pose_end_id]}
             for row_codes, row_ids in zip(codes.cpu().tolist(), ids)
         ],
     }
@@ -181,7 +182,10 @@ def _roundtrip(args: argparse.Namespace) -> int:
     from unipose_sdk.body.render import render_poses_png
     from unipose_sdk.models.pose_tokenizer import mpjpe_mm
 
-    pose_path = Path(args.pose_file).expanduser() if args.pose_file else example_pose_path(args.example or DEFAULT_EXAMPLE)
+    if args.pose_file:
+        pose_path = Path(args.pose_file).expanduser()
+    else:
+        pose_path = example_pose_path(args.example or DEFAULT_EXAMPLE)
     out_dir = Path(args.output).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError.make(f"the output path {str(out_dir)!r}, which is a file", "a directory",

@@ -15,6 +15,7 @@ Shapes: B batch, J joints (22), K codes (codebook_size), T tokens (80), C channe
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +89,7 @@ def _num_downsamples(config: PoseTokenizerConfig) -> int:
 def validate_config(config: PoseTokenizerConfig) -> None:
     """Raise InvalidInputError when the lengths cannot form the official layer stack."""
     lengths = config.encoder_lengths
-    if not lengths or any(b != 2 * a for a, b in zip(lengths, lengths[1:])):
+    if not lengths or any(b != 2 * a for a, b in itertools.pairwise(lengths)):
         raise InvalidInputError.make(
             f"encoder_lengths {lengths}", "a non-empty sequence where each length doubles the previous one",
             "Use e.g. (40, 80, 160): one resample to 40, then two x2 upsamples.",
@@ -273,7 +274,8 @@ class PoseTokenizer(nn.Module):
             pose = matrix_to_rotation_6d(pose)
         if pose.ndim != 3 or tuple(pose.shape[1:]) != (j, self.config.rotation_dim) or pose.shape[0] == 0:
             raise InvalidPoseError.make(
-                f"a pose tensor of shape {tuple(pose.shape)}", f"[B, {j}, 6] 6D rotations or [B, {j}, 3, 3] with B >= 1",
+                f"a pose tensor of shape {tuple(pose.shape)}",
+                f"[B, {j}, 6] 6D rotations or [B, {j}, 3, 3] with B >= 1",
                 "Add a batch axis with pose[None] for a single pose; 6D is the first two rows of each rotation matrix.",
             )
         if not bool(torch.isfinite(pose).all()):
@@ -291,7 +293,8 @@ class PoseTokenizer(nn.Module):
             codes = np.asarray(codes)
         if isinstance(codes, np.ndarray):
             codes = torch.from_numpy(codes)
-        if not isinstance(codes, Tensor) or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        integer = isinstance(codes, Tensor) and not (codes.is_floating_point() or codes.is_complex())
+        if not integer or codes.dtype == torch.bool:
             got = type(codes).__name__ if not isinstance(codes, Tensor) else f"a {codes.dtype} tensor"
             raise InvalidInputError.make(
                 got, f"integer codebook indices of shape [B, {t}]", "Pass the LongTensor that encode() returned.",
