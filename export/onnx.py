@@ -1,0 +1,402 @@
+"""Export a UniPose model to a directory of five ONNX graphs that describes itself.
+
+    unipose_sdk.export.export_onnx(model=None, output_dir="out/tiny-onnx", precision="fp32")
+
+What is exported (the shapes are in `specs.py`): the pose tokenizer's encoder (+ nearest-code search) and decoder
+(+ Gram-Schmidt to rotation matrices), the vision side (both towers, fusion, projector), the token embedding
+lookup, and ONE decoder graph that serves prefill, decode steps and the 81-token pose step, with the KV cache and
+the mixed-mask bounds as graph inputs.
+
+The graphs come from the single model definition: the wrappers below only choose which method of the same
+modules becomes the graph, and `FunctionalKVCache` stands in for the model's KVCache so the cache write becomes
+an out-of-place scatter whose result is a graph output. Attention is forced to the `unipose::mixed_attention`
+custom op, which `unipose_sdk.kernels.onnx` translates (decomposed MatMul/Softmax by default, opset 23
+`Attention`, or a custom node). In half precision the attention runs in float32 inside the graph (a Cast around
+the same translation), and RMSNorm already computes in float32 in the model.
+
+Every file carries its metadata (config, vocabulary layout, spec, SDK version, precision) in metadata_props, the
+text tokenizer is copied beside the graphs, and the directory is written under a temporary name and renamed into
+place only after every graph has been validated against torch (`validate.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from unipose_sdk._version import __version__
+from unipose_sdk.body.rotations import rotation_6d_to_matrix
+from unipose_sdk.errors import CheckpointError, InvalidInputError
+from unipose_sdk.export import specs as S
+from unipose_sdk.models.attention import use_attention_impl
+from unipose_sdk.models.attention_mask import MixedMask
+from unipose_sdk.models.config import UniPoseConfig
+
+log = logging.getLogger("unipose_sdk")
+
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------------------- graph wrappers
+class PoseEncoderGraph(nn.Module):
+    """pose_6d [B, 22, 6] -> codes [B, 80]: PoseTokenizer.encode without its Python input checks."""
+
+    def __init__(self, pose_tokenizer: nn.Module) -> None:
+        super().__init__()
+        self.tokenizer = pose_tokenizer
+
+    def forward(self, pose_6d: Tensor) -> Tensor:
+        latents = self.tokenizer.encoder(pose_6d)  # [B, C, K]
+        batch, channels, num_codes = latents.shape
+        flat = latents.transpose(1, 2).reshape(batch * num_codes, channels)
+        return self.tokenizer.quantizer.nearest(flat).reshape(batch, num_codes)
+
+
+class PoseDecoderGraph(nn.Module):
+    """codes [B, 80] -> pose_6d [B, 22, 6], rotmat [B, 22, 3, 3]: PoseTokenizer.decode_6d / decode_rotmat."""
+
+    def __init__(self, pose_tokenizer: nn.Module) -> None:
+        super().__init__()
+        self.tokenizer = pose_tokenizer
+
+    def forward(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        pose_6d = self.tokenizer.decoder(self.tokenizer.quantizer.lookup(codes).transpose(1, 2))
+        return pose_6d, rotation_6d_to_matrix(pose_6d.float())
+
+
+class VisionGraph(nn.Module):
+    def __init__(self, vision: nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
+        return self.vision(clip_pixels, pose_pixels)
+
+
+class EmbedGraph(nn.Module):
+    def __init__(self, llm: nn.Module) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.llm.embed(input_ids)
+
+
+class FunctionalKVCache:
+    """Stands in for `models.llm.KVCache` during export: the same per-row slot write, out of place, so the updated
+    cache of every layer is a value the graph can return (torch.export would otherwise see input mutations)."""
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor]) -> None:
+        self.k, self.v = keys, values
+
+    def write(self, layer: int, k: Tensor, v: Tensor, write_offset: Tensor) -> tuple[Tensor, Tensor]:
+        batch, heads, num_tokens, head_dim = k.shape
+        slots = write_offset.to(torch.long).view(batch, 1, 1, 1) + torch.arange(
+            num_tokens, device=k.device).view(1, 1, num_tokens, 1)
+        index = slots.expand(batch, heads, num_tokens, head_dim)
+        self.k[layer] = self.k[layer].scatter(2, index, k.to(self.k[layer].dtype))
+        self.v[layer] = self.v[layer].scatter(2, index, v.to(self.v[layer].dtype))
+        return self.k[layer], self.v[layer]
+
+
+class DecoderGraph(nn.Module):
+    """MistralLM.forward over T new tokens against explicit past k/v; logits only at `logits_index`."""
+
+    def __init__(self, llm: nn.Module) -> None:
+        super().__init__()
+        self.llm = llm
+        self.num_layers = llm.config.num_hidden_layers
+
+    def forward(self, input_embeds: Tensor, positions: Tensor, block_start: Tensor, block_end: Tensor,
+                key_start: Tensor, query_offset: Tensor, logits_index: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        n = self.num_layers
+        cache = FunctionalKVCache(list(past[:n]), list(past[n:]))
+        mask = MixedMask(block_start, block_end, key_start, query_offset)
+        out = self.llm(input_embeds=input_embeds, positions=positions, mask=mask, cache=cache,
+                       logits_positions=None, return_hidden=True)
+        # The LM head at the selected positions only, as MistralLM does for `logits_positions`.
+        logits = self.llm.lm_head(out.hidden.index_select(1, logits_index)).float()
+        return (logits, *cache.k, *cache.v)
+
+
+# ------------------------------------------------------------------------------------------- example inputs
+def example_inputs(spec: S.GraphSpec, config: UniPoseConfig, dtype: torch.dtype, *, batch: int = 2,
+                   tokens: int = 5, keys: int = 9, logits: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
+    """Inputs that follow `spec`: random floats, valid ids / codes, and mask bounds that exercise a pose block,
+    left padding and a cache offset. Dynamic sizes are >= 2 so torch.export keeps them symbolic."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"batch": batch, "tokens": tokens, "keys": keys, "logits": logits}
+    offset = keys - tokens  # every row writes its tokens at the end of the cache
+    values: dict[str, Tensor] = {
+        "block_start": torch.full((batch,), offset + 1, dtype=torch.int32),
+        "block_end": torch.full((batch,), offset + tokens, dtype=torch.int32),
+        "key_start": torch.arange(batch, dtype=torch.int32) % max(1, offset),
+        "query_offset": torch.full((batch,), offset, dtype=torch.int32),
+        "logits_index": torch.arange(tokens - logits, tokens, dtype=torch.long),
+        "positions": torch.arange(offset, offset + tokens, dtype=torch.long).repeat(batch, 1),
+        "input_ids": torch.randint(0, config.llm.vocab_size, (batch, tokens), generator=gen),
+        "codes": torch.randint(0, config.pose_tokenizer.codebook_size, (batch, config.pose_tokenizer.num_tokens),
+                               generator=gen),
+    }
+    out = []
+    for tensor in spec.inputs:
+        shape = tuple(sizes[s] if isinstance(s, str) else s for s in tensor.shape)
+        if tensor.name in values:
+            out.append(values[tensor.name])
+        elif tensor.name == "pose_6d":
+            rotmat = torch.linalg.qr(torch.randn(*shape[:2], 3, 3, generator=gen))[0]
+            out.append(rotmat[..., :2, :].reshape(shape))  # 6D = first two rows of a rotation (orthonormal)
+        else:
+            scale = 1.0 if tensor.name != "input_embeds" else 0.05
+            out.append((torch.randn(shape, generator=gen) * scale).to(dtype if tensor.dtype == "compute"
+                                                                      else getattr(torch, tensor.dtype)))
+    return tuple(out)
+
+
+def _dynamic_shapes(spec: S.GraphSpec) -> tuple[Any, ...]:
+    dims: dict[str, Any] = {}
+
+    def dim(name: str) -> Any:
+        if name not in dims:
+            dims[name] = torch.export.Dim(name, min=1)
+        return dims[name]
+
+    per_input = [{axis: dim(name) for axis, name in t.dynamic_axes.items()} or None for t in spec.inputs]
+    if spec.name == "decoder":  # the past k/v travel as one *past varargs tuple
+        first_past = next(i for i, t in enumerate(spec.inputs) if t.name.startswith("past_"))
+        return (*per_input[:first_past], tuple(per_input[first_past:]))
+    return tuple(per_input)
+
+
+# ------------------------------------------------------------------------------------------- attention
+def _translation(emission: str, upcast: bool) -> dict[Callable[..., Any], Callable[..., Any]]:
+    """kernels/onnx.py's translation of the attention op; with `upcast`, wrapped in Casts so that MatMul and
+    Softmax run in float32 inside a half-precision graph (the same emission, never a second copy of it)."""
+    from onnxscript import opset18 as op
+
+    from unipose_sdk.kernels import onnx as kernels_onnx
+
+    table = kernels_onnx.translation_table(emission)  # type: ignore[arg-type]
+    if not upcast:
+        return table
+    ((target, translate),) = table.items()
+
+    def upcast_translate(q, k, v, block_start, block_end, key_start, query_offset, scale: float):  # noqa: ANN001
+        f32 = 1  # TensorProto.FLOAT
+        out = translate(op.Cast(q, to=f32), op.Cast(k, to=f32), op.Cast(v, to=f32),
+                        block_start, block_end, key_start, query_offset, scale)
+        return op.CastLike(out, q)
+
+    return {target: upcast_translate}
+
+
+# ------------------------------------------------------------------------------------------- the export
+@dataclass
+class GraphReport:
+    name: str
+    file: str
+    size_mb: float
+    export_s: float
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    validated: str = "no"  # "yes", "no" (validate=False), or "skipped: <reason>"
+
+
+@dataclass
+class ExportReport:
+    directory: Path
+    precision: str
+    emission: str
+    graphs: list[GraphReport] = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = [("graph", "size MB", "time s", "max diff", "validated")]
+        for g in self.graphs:
+            diff = "-" if g.max_abs_diff is None else f"{g.max_abs_diff:.2e}"
+            rows.append((g.name, f"{g.size_mb:.1f}", f"{g.export_s:.1f}", diff, g.validated))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+@dataclass
+class _Source:
+    model: Any  # UniPoseModel
+    config: UniPoseConfig
+    tokenizer: Any
+    is_random: bool
+    source: str
+
+
+def _load_source(model: Any, dtype: torch.dtype) -> _Source:
+    from unipose_sdk.models.unipose import UniPoseModel
+
+    if isinstance(model, UniPoseModel):
+        return _Source(model, model.config, None, False, "in-memory UniPoseModel")
+    if model is None or str(model) == "unipose-tiny":
+        from unipose_sdk.checkpoint.embedded import load_embedded
+
+        loaded = load_embedded("cpu", dtype)
+        name = "unipose-tiny"
+    else:
+        from unipose_sdk.checkpoint.sdk_format import load_model
+
+        if not isinstance(model, (str, os.PathLike)):
+            raise InvalidInputError.make(f"model of type {type(model).__name__}",
+                                         "None, 'unipose-tiny', an SDK model directory or a UniPoseModel",
+                                         "Pass the model directory written by `unipose convert`.")
+        loaded = load_model(model, "cpu", dtype)
+        name = str(model)
+    return _Source(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, f"{name}: {loaded.source}")
+
+
+def _part_at(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The module in `dtype`: itself when it already is, else a cast copy (the caller's model is never changed)."""
+    first = next(module.parameters())
+    return module if first.dtype == dtype else copy.deepcopy(module).to(dtype)
+
+
+def graph_modules(source_model: Any, name: str, dtype: torch.dtype) -> nn.Module:
+    """The export wrapper of graph `name` over the model's own modules, in `dtype` (pose graphs stay float32)."""
+    if name == "pose_encoder":
+        return PoseEncoderGraph(_part_at(source_model.pose_tokenizer, torch.float32)).eval()
+    if name == "pose_decoder":
+        return PoseDecoderGraph(_part_at(source_model.pose_tokenizer, torch.float32)).eval()
+    if name == "vision":
+        return VisionGraph(_part_at(source_model.vision, dtype)).eval()
+    if name == "embed":
+        return EmbedGraph(_part_at(source_model.llm, dtype)).eval()
+    if name == "decoder":
+        return DecoderGraph(_part_at(source_model.llm, dtype)).eval()
+    raise InvalidInputError.make(f"graph {name!r}", f"one of {S.GRAPH_NAMES}", "Pick a graph from the specs.")
+
+
+def metadata_props(spec: S.GraphSpec, src: _Source, precision: str, emission: str) -> dict[str, str]:
+    return {
+        S.META_FORMAT: S.FORMAT_NAME,
+        S.META_FORMAT_VERSION: str(S.FORMAT_VERSION),
+        S.META_GRAPH: spec.name,
+        S.META_SDK_VERSION: __version__,
+        S.META_CONFIG: json.dumps(src.config.to_dict()),
+        S.META_VOCAB: json.dumps({**src.config.to_dict()["vocab"], "vocab_size": src.config.vocab.vocab_size,
+                                  "pose_begin_id": src.config.vocab.pose_begin_id,
+                                  "pose_end_id": src.config.vocab.pose_end_id,
+                                  "pose_query_offset": src.config.vocab.pose_query_offset}),
+        S.META_SPEC: json.dumps(spec.to_dict()),
+        S.META_PRECISION: precision,
+        S.META_EMISSION: emission,
+        S.META_IS_RANDOM: json.dumps(bool(src.is_random)),
+        S.META_SOURCE: src.source,
+    }
+
+
+def export_graph(module: nn.Module, spec: S.GraphSpec, config: UniPoseConfig, path: Path, dtype: torch.dtype,
+                 metadata: dict[str, str], emission: str = "decomposed", optimize: bool = True) -> None:
+    """torch.onnx (dynamo) export of one wrapper, with metadata; weights go to `<file>.data` past 2 GB."""
+    from unipose_sdk.kernels import onnx as kernels_onnx
+
+    args = example_inputs(spec, config, dtype)
+    upcast = dtype != torch.float32
+    with use_attention_impl("fused"), torch.no_grad():
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=max(spec.opset, kernels_onnx.opset_for(emission)),
+            custom_translation_table=_translation(emission, upcast), input_names=spec.input_names,
+            output_names=spec.output_names, dynamic_shapes=_dynamic_shapes(spec), optimize=optimize, verbose=False)
+    program.model.metadata_props.update(metadata)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers())
+    program.save(str(path), external_data=weight_bytes > S.EXTERNAL_DATA_THRESHOLD_BYTES)
+
+
+def _file_size_mb(path: Path) -> float:
+    data = path.with_name(path.name + ".data")
+    return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20
+
+
+def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx", *, precision: str = "fp32",
+                emission: str = "decomposed", opset: int = 18, graphs: tuple[str, ...] = S.GRAPH_NAMES,
+                validate: bool = True, overwrite: bool = False, progress: bool = True,
+                optimize: bool = True) -> ExportReport:
+    """Export `model` (None / "unipose-tiny", an SDK model directory, or a UniPoseModel) to `output_dir`.
+
+    precision: fp32 | fp16 | bf16 for the LLM and vision graphs (the pose tokenizer graphs are always fp32).
+    emission: how attention is written (see unipose_sdk.kernels.onnx): "decomposed" (opset 18..20, any ONNX
+        Runtime, TensorRT < 10.14 such as JetPack 6), "attention23", "custom".
+    optimize: run the ONNX optimizer on each graph (constant folding, fusions); ONNX Runtime optimizes again at
+        load time, so turning it off only trades a little load time for a faster export.
+    validate: run each graph in ONNX Runtime against the float32 torch model; a miss raises
+        ExportValidationError naming the graph and its max / mean difference, and nothing is written.
+    """
+    from tqdm import tqdm
+
+    from unipose_sdk.export.validate import validate_graph
+
+    S.check_precision(precision)
+    target = Path(output_dir)
+    if target.exists() and not overwrite:
+        raise CheckpointError.make(f"output directory {str(target)!r}, which already exists", "a new directory",
+                                   "Choose another output path, or pass overwrite=True / --overwrite.")
+    unknown = [g for g in graphs if g not in S.GRAPH_NAMES]
+    if unknown:
+        raise InvalidInputError.make(f"graphs {unknown}", f"names from {S.GRAPH_NAMES}", "Fix the graph names.")
+    dtype = _TORCH_DTYPES[precision]
+    # The reference for validation is float32; without validation load straight at the export precision.
+    src = _load_source(model, torch.float32 if validate else dtype)
+    specs = S.graph_specs(src.config, precision, opset=opset)
+    report = ExportReport(target, precision, emission)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):
+            spec = specs[name]
+            started = time.perf_counter()
+            graph_dtype = _TORCH_DTYPES[spec.precision]
+            module = graph_modules(src.model, name, graph_dtype)
+            path = tmp / spec.file_name
+            export_graph(module, spec, src.config, path, graph_dtype, metadata_props(spec, src, precision, emission),
+                         emission, optimize)
+            entry = GraphReport(name, spec.file_name, _file_size_mb(path), time.perf_counter() - started)
+            if validate:
+                reference = graph_modules(src.model, name, torch.float32)
+                entry.max_abs_diff, entry.mean_abs_diff, entry.validated = validate_graph(
+                    path, spec, src.config, reference, graph_dtype)
+                del reference
+            del module
+            report.graphs.append(entry)
+        if src.tokenizer is not None:
+            src.tokenizer.save(tmp)
+        (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
+        _replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Move `new` into place; an existing target (overwrite) is moved aside first and removed after the swap."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,186 @@
+"""The ONNX Runtime backend on the tiny model: the seven tasks through the task classes give exactly the torch
+backend's pose tokens and text; the runtime's LanguageModel matches MistralLM call by call; export directories
+describe themselves and bad ones are refused.
+
+The tiny model is exported ONCE per module (fp32, validated) into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from unipose_sdk import generation  # noqa: E402
+from unipose_sdk.body.examples import example_pose_names, load_example_pose  # noqa: E402
+from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError  # noqa: E402
+from unipose_sdk.errors import ModelNotFoundError  # noqa: E402
+from unipose_sdk.export import specs as S  # noqa: E402
+from unipose_sdk.export.validate import is_export_directory, read_directory  # noqa: E402
+from unipose_sdk.models.attention_mask import MixedMask  # noqa: E402
+from unipose_sdk.runtime.onnxruntime import OnnxRuntimeRuntime, OrtOptions  # noqa: E402
+from unipose_sdk.tasks import Describer, Editor, Estimator, Generator  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SHORT = {"max_new_tokens": 10}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from unipose_sdk.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "unipose-tiny-onnx"
+    report = export_onnx(None, out, precision="fp32", progress=False, optimize=False)
+    assert [g.name for g in report.graphs] == list(S.GRAPH_NAMES)
+    assert all(g.validated == "yes" for g in report.graphs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_rgb() -> np.ndarray:
+    return (np.random.default_rng(0).random((120, 90, 3)) * 255).astype(np.uint8)
+
+
+def _pair(cls, exported: Path):  # type: ignore[no-untyped-def]
+    return (cls.from_pretrained(exported, backend="onnxruntime", device="cpu", **SHORT),
+            cls.from_pretrained(None, backend="torch", device="cpu", **SHORT))
+
+
+def test_text_to_pose_identical_on_both_backends(exported: Path) -> None:
+    onnx, ref = _pair(Generator, exported)
+    texts = ["a person squatting with both arms raised", "arms crossed"]
+    got, want = onnx.generate(texts), ref.generate(texts)
+    assert got[0].run.backend == "onnxruntime" and want[0].run.backend == "torch"
+    for g, w in zip(got, want):
+        assert g.pose_codes == w.pose_codes and g.text == w.text
+        assert g.pose.allclose(w.pose, atol=1e-4)
+
+
+def test_pose_editing_identical(exported: Path) -> None:
+    onnx, ref = _pair(Editor, exported)
+    pose = load_example_pose("squatting")
+    got, want = onnx.edit(pose, "raise the left arm"), ref.edit(pose, "raise the left arm")
+    assert got.pose_codes == want.pose_codes and got.text == want.text
+
+
+def test_pose_estimation_identical(exported: Path, image_rgb: np.ndarray) -> None:
+    onnx, ref = _pair(Estimator, exported)
+    got, want = onnx.estimate(image_rgb), ref.estimate(image_rgb)
+    assert got.pose_codes == want.pose_codes and got.text == want.text
+
+
+def test_the_four_description_tasks_identical(exported: Path, image_rgb: np.ndarray) -> None:
+    onnx, ref = _pair(Describer, exported)
+    a, b = load_example_pose("squatting"), load_example_pose(example_pose_names()[0])
+    for kwargs in ({"pose": a}, {"poses": (a, b)}, {"image": image_rgb}, {"images": (image_rgb, image_rgb[::-1])}):
+        got, want = onnx.describe(**kwargs), ref.describe(**kwargs)
+        assert got.text == want.text, kwargs.keys()
+        assert got.text  # something was generated (the placeholder model's text is not meaningful)
+
+
+def test_auto_backend_picks_onnxruntime_for_an_export_directory(exported: Path) -> None:
+    generator = Generator.from_pretrained(exported, **SHORT)
+    assert generator.session.runtime.backend == "onnxruntime"
+    assert generator.session.run_info().model_is_random  # the flag travels inside the graphs' metadata
+
+
+def test_language_model_matches_mistral_call_by_call(exported: Path) -> None:
+    """Prefill with left padding, a pose step while another row waits, then a decode step: same logits."""
+    from unipose_sdk.checkpoint.embedded import load_embedded
+
+    runtime = OnnxRuntimeRuntime(exported, "cpu", OrtOptions(num_threads=1, graph_optimization="basic"))
+    torch_llm = load_embedded("cpu", torch.float32).model.llm
+    vocab = runtime.config.vocab
+    prompts = [torch.tensor([1, 5, 9, 30, 31]), torch.tensor([1, 7, 8])]
+    states = []
+    for llm in (runtime.llm, torch_llm):
+        rows = [llm.embed(p.unsqueeze(0))[0] for p in prompts]
+        embeds, lengths = generation.left_pad(rows)
+        cache = llm.new_cache(2, 5 + 100)
+        logits, state = generation.prefill(llm, cache, embeds, lengths)
+        pose = generation.pose_step(llm, cache, state, vocab, torch.tensor([True, False]))
+        step = generation.decode_step(llm, cache, state, torch.tensor([vocab.pose_end_id, 3]), torch.tensor([1, 1]))
+        states.append((logits, pose, step))
+    for got, want in zip(*states):
+        assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    # No cache: keys are the call's own tokens (query_offset 0), logits at every position.
+    ids = torch.tensor([[1, 4, 6, 8]])
+    got = runtime.llm(ids, mask=MixedMask.causal(1)).logits
+    assert torch.allclose(got, torch_llm(ids).logits, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="return_hidden"):
+        runtime.llm(ids, return_hidden=True)
+
+
+def test_pose_graphs_match_the_tokenizer(exported: Path) -> None:
+    from unipose_sdk.checkpoint.embedded import load_embedded
+
+    runtime = OnnxRuntimeRuntime(exported)
+    tokenizer = load_embedded("cpu").model.pose_tokenizer
+    pose_6d = load_example_pose("squatting").rotation_6d()
+    codes = runtime.encode_poses(pose_6d)
+    assert codes.dtype == torch.int64 and torch.equal(codes, tokenizer.encode(pose_6d))
+    assert torch.allclose(runtime.decode_poses(codes), tokenizer.decode_6d(codes), atol=1e-5)
+    assert "onnxruntime" in runtime.describe()
+
+
+def test_every_graph_describes_itself(exported: Path) -> None:
+    info = read_directory(exported)
+    assert info.precision == "fp32" and info.emission == "decomposed" and info.is_random
+    assert info.config.name == "unipose-tiny"
+    decoder = info.graphs["decoder"]
+    assert decoder.spec.input_names[:7] == ["input_embeds", "positions", "block_start", "block_end", "key_start",
+                                            "query_offset", "logits_index"]
+    vocab = json.loads(decoder.metadata[S.META_VOCAB])
+    assert vocab["pose_begin_id"] == info.config.vocab.pose_begin_id
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(decoder.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == decoder.spec.input_names
+    assert [o.name for o in session.get_outputs()] == decoder.spec.output_names
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert shapes["input_embeds"][:2] == ["batch", "tokens"] and shapes["past_key_0"][2] == "keys"
+    assert is_export_directory(exported) and not is_export_directory(exported / "decoder.onnx")
+
+
+def test_damaged_directories_are_refused(exported: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        read_directory(tmp_path / "missing")
+    partial = tmp_path / "partial"
+    shutil.copytree(exported, partial)
+    (partial / "vision.onnx").unlink()
+    with pytest.raises(CheckpointError, match="vision.onnx"):
+        read_directory(partial)
+    # A graph file that was not written by `unipose export` (metadata removed).
+    import onnx
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(exported, foreign)
+    model = onnx.load(str(foreign / "embed.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(foreign / "embed.onnx"))
+    with pytest.raises(CheckpointError, match="not written by `unipose export`"):
+        read_directory(foreign)
+    notok = tmp_path / "no-tokenizer"
+    shutil.copytree(exported, notok)
+    (notok / "tokenizer.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="tokenizer.json"):
+        Generator.from_pretrained(notok, backend="onnxruntime")
+
+
+def test_backend_errors(exported: Path, tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match="unipose export"):
+        Generator.from_pretrained(None, backend="onnxruntime")
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider|cuda"):
+        OnnxRuntimeRuntime(exported, "cuda") if torch.cuda.is_available() else Generator.from_pretrained(
+            exported, backend="onnxruntime", device="cuda")
+    with pytest.raises(InvalidInputError, match="graph_optimization"):
+        OrtOptions(graph_optimization="fastest")
+    with pytest.raises(InvalidInputError, match="num_threads"):
+        OrtOptions(num_threads=0)
