@@ -28,17 +28,18 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from unipose_sdk.export import specs as S
 
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
-from unipose_sdk.export import specs as S
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
@@ -184,7 +185,6 @@ def _translation(emission: str, upcast: bool) -> dict[Callable[..., Any], Callab
     """kernels/onnx.py's translation of the attention op; with `upcast`, wrapped in Casts so that MatMul and
     Softmax run in float32 inside a half-precision graph (the same emission, never a second copy of it)."""
     from onnxscript import opset18 as op
-
     from unipose_sdk.kernels import onnx as kernels_onnx
 
     table = kernels_onnx.translation_table(emission)  # type: ignore[arg-type]
@@ -340,7 +340,6 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
         ExportValidationError naming the graph and its max / mean difference, and nothing is written.
     """
     from tqdm import tqdm
-
     from unipose_sdk.export.validate import validate_graph
 
     S.check_precision(precision)

@@ -100,7 +100,7 @@ class GraphSpec:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "GraphSpec":
+    def from_dict(data: dict[str, Any]) -> GraphSpec:
         def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from unipose_sdk.export import specs as S
 
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, ExportValidationError, ModelNotFoundError
-from unipose_sdk.export import specs as S
 from unipose_sdk.models.config import UniPoseConfig
 
 log = logging.getLogger("unipose_sdk")

@@ -18,12 +18,17 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from unipose_sdk import generation  # noqa: E402
-from unipose_sdk.body.examples import example_pose_names, load_example_pose  # noqa: E402
-from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError  # noqa: E402
-from unipose_sdk.errors import ModelNotFoundError  # noqa: E402
 from unipose_sdk.export import specs as S  # noqa: E402
 from unipose_sdk.export.validate import is_export_directory, read_directory  # noqa: E402
+
+from unipose_sdk import generation  # noqa: E402
+from unipose_sdk.body.examples import example_pose_names, load_example_pose  # noqa: E402
+from unipose_sdk.errors import (  # noqa: E402
+    BackendUnavailableError,
+    CheckpointError,
+    InvalidInputError,
+    ModelNotFoundError,  # noqa: E402
+)
 from unipose_sdk.models.attention_mask import MixedMask  # noqa: E402
 from unipose_sdk.runtime.onnxruntime import OnnxRuntimeRuntime, OrtOptions  # noqa: E402
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator  # noqa: E402
