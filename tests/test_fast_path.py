@@ -198,3 +198,25 @@ def test_pose_tasks_fast_path_equals_step_by_step(task: str, image_rgb: np.ndarr
         assert np.array_equal(f.joints_m, r.joints_m)
     assert "prefill_pose" in out_fast[0].timing_ms and "decode" not in out_fast[0].timing_ms
     assert "prefill" in out_ref[0].timing_ms and "pose_step" in out_ref[0].timing_ms
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_cuda_graphs_match_eager_on_the_tiny_model() -> None:
+    """On CUDA: inductor + CUDA graphs (mode reduce-overhead) give the eager tokens (float32, so kernels that
+    fuse differently cannot flip a near tie), on the first call (capture) and on replays."""
+    from unipose_sdk.options import BaseOptions
+    from unipose_sdk.session import UniPose
+    from unipose_sdk.text.prompts import Task
+
+    session = UniPose.load(BaseOptions(device="cuda", dtype="float32", compile=False))
+    raw = session.runtime.llm.llm
+    vocab = session.config.vocab
+    rows = session.embed_rows([session.prompts.build_task(Task.TEXT_TO_POSE, caption="a person squatting"),
+                               session.prompts.build_task(Task.TEXT_TO_POSE, caption="arms up")], None)
+    compiled = FastLM(raw, compile=True)
+    assert compiled.mode == "reduce-overhead"
+    for first in (vocab.pose_begin_id, None):
+        reference = generate(raw, rows, vocab, 96, first_token=first, one_pass=False)
+        for _ in range(3):
+            assert_same(generate(compiled, rows, vocab, 96, first_token=first), reference)

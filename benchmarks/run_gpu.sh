@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One script that, on a GPU machine, builds, checks and times everything, and writes the results.
+#
+#   bash benchmarks/run_gpu.sh            # all stages in order (about 15-25 min on an H100, compile included)
+#   bash benchmarks/run_gpu.sh check      # install (no network: --no-deps) + CUDA / Triton tests + fast-path tests
+#   bash benchmarks/run_gpu.sh kernels    # benchmarks/bench_attention.py on CUDA (Triton vs SDPA / Flex)
+#   bash benchmarks/run_gpu.sh tiny       # unipose-tiny latency on CUDA, batches 1 and 8, all backends
+#   bash benchmarks/run_gpu.sh 7b         # the unipose-7b configuration, random bf16 weights, batches 1 and 8
+#   QUICK=1 bash benchmarks/run_gpu.sh 7b # fewer runs / shorter answers (when a call has a time limit)
+#
+# Where a single command may run at most ~10 minutes (the project's device machines), run the stages as
+# separate calls: check+kernels, tiny, 7b. Results: benchmarks/results/{attention_cuda,latency_tiny_cuda,
+# latency_7b_cuda}.{json,md,png} and run_gpu_<stage>.log; copied to $OUT when that is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE="${1:-all}"
+RESULTS=benchmarks/results
+mkdir -p "$RESULTS"
+QUICK_ARGS=()
+if [[ "${QUICK:-0}" == "1" ]]; then QUICK_ARGS=(--runs 5 --warmup 2 --max-new-tokens 16); fi
+
+log() { echo "[run_gpu $(date +%H:%M:%S)] $*"; }
+
+copy_out() {
+  if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    for f in "$RESULTS"/attention_cuda.* "$RESULTS"/latency_*_cuda.* "$RESULTS"/run_gpu_*.log; do
+      [[ -f "$f" ]] && cp "$f" "$OUT/"
+    done
+  fi
+}
+
+stage_check() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  python -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device visible to torch"; return 1; }
+  if ! python -c "import unipose_sdk.kernels" 2>/dev/null; then
+    log "installing unipose-sdk (editable, no dependencies: the machine has no network)"
+    pip install -q --no-deps --no-build-isolation -e . || return 1
+  fi
+  python -m unipose_sdk info || true
+  python -c "from unipose_sdk.kernels import kernel_status; print(kernel_status())" || true
+  # GPU tests (Triton kernel, fast path with CUDA graphs) and the CPU equivalence tests they build on.
+  python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py tests/test_fast_path.py tests/test_bench.py \
+    tests/test_generation.py -m "not slow or gpu"
+}
+
+stage_kernels() {
+  python benchmarks/bench_attention.py --device cuda --out-dir "$RESULTS"
+}
+
+stage_tiny() {
+  python benchmarks/bench_latency.py --device cuda --model tiny --batch 1 8 "${QUICK_ARGS[@]}" \
+    --load-note "run_gpu.sh tiny" -o "$RESULTS"
+}
+
+stage_7b() {
+  # Latency does not depend on weight values: random bf16 weights, the 7B shapes (~14.5 GB of LLM weights).
+  python benchmarks/bench_latency.py --device cuda --model 7b --batch 1 8 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+    --load-note "run_gpu.sh 7b (random weights)" -o "$RESULTS"
+}
+
+run_stage() {
+  local name="$1"
+  log "stage $name"
+  "stage_$name" 2>&1 | tee "$RESULTS/run_gpu_$name.log"
+  local rc=${PIPESTATUS[0]}
+  log "stage $name exit $rc"
+  copy_out
+  return "$rc"
+}
+
+case "$STAGE" in
+  all) rc=0; for s in check kernels tiny 7b; do run_stage "$s" || rc=1; done; exit $rc ;;
+  check|kernels|tiny|7b) run_stage "$STAGE" ;;
+  *) echo "usage: $0 [all|check|kernels|tiny|7b]" >&2; exit 2 ;;
+esac
