@@ -1,0 +1,200 @@
+"""Training batches line up with what generation decodes; a few training steps lower the loss; stages resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unipose_sdk import generation
+from unipose_sdk.checkpoint.pose_tokenizer import random_tiny_tokenizer
+from unipose_sdk.models.attention import use_attention_impl
+from unipose_sdk.models.attention_mask import dense_mask
+from unipose_sdk.models.config import get_preset
+from unipose_sdk.models.llm import MistralLM
+from unipose_sdk.text.prompts import PromptBuilder, Task
+from unipose_sdk.training.batches import (
+    IGNORE,
+    PARAPHRASES,
+    ExampleBuilder,
+    collate,
+    draw_batch,
+    draw_example,
+    input_embeddings,
+    sequence_loss,
+    user_turn,
+)
+from unipose_sdk.training.pipeline import TrainSettings, cosine_lr, load_text_tokenizer, run_steps, train
+from unipose_sdk.training.pools import PoolSizes, build_pool
+
+CONFIG = get_preset("unipose-tiny")
+LAYOUT = CONFIG.vocab
+TINY_POOL = PoolSizes(poses=24, pairs=8, pose_images=6, pair_images=3, texts_per_pair=1)
+
+
+@pytest.fixture(scope="module")
+def builder() -> ExampleBuilder:
+    return ExampleBuilder(PromptBuilder(load_text_tokenizer(), CONFIG.image_tokens, CONFIG.max_text_tokens))
+
+
+@pytest.fixture(scope="module")
+def pool():  # type: ignore[no-untyped-def]
+    return build_pool(3, TINY_POOL, random_tiny_tokenizer(0))
+
+
+@pytest.fixture(scope="module")
+def llm() -> MistralLM:
+    torch.manual_seed(0)
+    return MistralLM(CONFIG.llm).eval()
+
+
+def _codes(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, LAYOUT.codebook_size, LAYOUT.num_pose_tokens)
+
+
+def test_pose_answer_targets_sit_where_generation_reads_them(builder: ExampleBuilder) -> None:
+    codes = _codes(0)
+    example = builder.build(Task.TEXT_TO_POSE, user_turn(Task.TEXT_TO_POSE, "Your knees are bent.", None),
+                            answer_codes=codes)
+    prompt_length = len(builder.prompts.build_task(Task.TEXT_TO_POSE, caption="Your knees are bent.").input_ids)
+    begin = prompt_length  # BEGIN follows the prompt; the queries follow BEGIN
+    start, end = example.block
+    assert (start, end) == (begin + 1, begin + 81)
+    assert example.labels[begin - 1] == LAYOUT.pose_begin_id  # the prompt's last logits choose BEGIN
+    assert example.labels[begin] == IGNORE  # BEGIN's logits are never read
+    assert example.input_ids[begin] == LAYOUT.pose_begin_id
+    assert example.input_ids[start:end] == list(range(LAYOUT.pose_query_offset, LAYOUT.vocab_size))
+    assert example.labels[start:end] == [LAYOUT.pose_id_offset + int(c) for c in codes]  # query k -> code k
+    assert example.input_ids[end] == LAYOUT.pose_end_id
+    assert example.labels[end] == builder.dot_ids[0]  # END -> "."
+    assert example.input_ids[-1] == LAYOUT.eos_id and example.labels[-1] == IGNORE
+    assert example.labels[-2] == LAYOUT.eos_id
+    assert len(example.labels) == len(example.input_ids)
+
+
+def test_text_answer_labels_are_the_next_tokens(builder: ExampleBuilder) -> None:
+    example = builder.build(Task.POSE_DESCRIPTION, user_turn(Task.POSE_DESCRIPTION, None, None), poses=[_codes(1)],
+                            answer_text="Your arms are crossed.")
+    answer = builder.tokenizer.encode("Your arms are crossed.") + [LAYOUT.eos_id]
+    prompt_length = len(example.input_ids) - len(answer)
+    assert example.input_ids[prompt_length:] == answer
+    assert example.labels[prompt_length - 1:-1] == answer
+    assert all(label == IGNORE for label in example.labels[:prompt_length - 1])
+    assert example.block == (0, 0)
+
+
+def test_training_mask_equals_the_pose_step_mask(builder: ExampleBuilder) -> None:
+    short = builder.build(Task.TEXT_TO_POSE, "Generate pose of the description: Bent knees.", answer_codes=_codes(2))
+    long = builder.build(Task.POSE_EDITING, user_turn(Task.POSE_EDITING, "Raise your left arm.", None),
+                         poses=[_codes(3)], answer_codes=_codes(4))
+    batch = collate([short, long], LAYOUT)
+    width = batch.input_ids.shape[1]
+    train_mask = dense_mask(batch.mask, width, width)[:, 0]
+    for row, example in enumerate((short, long)):
+        begin = example.block[0] - 1
+        # generation.pose_step for a row whose BEGIN goes to cache slot `begin`, with no left padding.
+        zeros = torch.zeros(1, dtype=torch.int32)
+        step_mask = generation.MixedMask(block_start=zeros + begin + 1, block_end=zeros + begin + 81,
+                                         key_start=zeros, query_offset=zeros + begin)
+        step = dense_mask(step_mask, 81, begin + 81)[0, 0]
+        assert torch.equal(train_mask[row, begin:begin + 81, :begin + 81], step)
+        # and nothing before BEGIN sees the block (the prompt is causal)
+        assert not train_mask[row, :begin, begin:].any()
+
+
+def test_training_logits_equal_generation_logits(builder: ExampleBuilder, llm: MistralLM) -> None:
+    """Teacher forcing computes, at every labelled position, the logits inference computes there."""
+    codes = _codes(5)
+    example = builder.build(Task.TEXT_TO_POSE, "Generate pose of the description: Your arms are raised.",
+                            answer_codes=codes)
+    batch = collate([example], LAYOUT)
+    with torch.no_grad(), use_attention_impl("sdpa_dense"):
+        trained = llm(batch.input_ids, mask=batch.mask).logits[0]  # [T, V]
+        begin = example.block[0] - 1
+        prompt = torch.tensor(example.input_ids[:begin])
+        cache = llm.new_cache(1, begin + 100)
+        first, state = generation.prefill(llm, cache, llm.embed(prompt[None]), [begin])
+        generation.decode_step  # noqa: B018 - the END step below is a decode step, as in generate()
+        query_logits = generation.pose_step(llm, cache, state, LAYOUT, torch.tensor([True]))
+        after_end = generation.decode_step(llm, cache, state, torch.tensor([LAYOUT.pose_end_id]), torch.tensor([True]))
+    torch.testing.assert_close(trained[begin - 1], first[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(trained[begin + 1:begin + 81], query_logits[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(trained[begin + 81], after_end[0], atol=1e-4, rtol=1e-4)
+
+
+def test_every_task_draws_a_consistent_example(pool, builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    for task in Task:
+        for paraphrase in (False, True):
+            example = draw_example(pool, builder, task, rng, paraphrase)
+            assert example.task is task
+            assert len(example.image_keys) == {Task.IMAGE_DIFFERENCE: 2, Task.POSE_ESTIMATION: 1,
+                                               Task.IMAGE_DESCRIPTION: 1}.get(task, 0)
+            assert all(0 <= k < len(pool.images) for k in example.image_keys)
+            labelled = [label for label in example.labels if label != IGNORE]
+            assert labelled and labelled[-1] == LAYOUT.eos_id
+            has_block = example.block != (0, 0)
+            assert has_block == (task in (Task.TEXT_TO_POSE, Task.POSE_EDITING, Task.POSE_ESTIMATION))
+
+
+def test_paraphrases_keep_the_task_inputs() -> None:
+    from unipose_sdk.text.prompts import TASK_INPUTS
+
+    for task, phrasings in PARAPHRASES.items():
+        images, poses, caption = TASK_INPUTS[task]
+        for text in phrasings:
+            assert text.count("<image>") == images
+            assert text.count("<pose") == poses
+            assert ("<caption>" in text) == caption
+
+
+def test_images_are_spliced_into_their_slots(pool, builder: ExampleBuilder, llm: MistralLM) -> None:  # type: ignore[no-untyped-def]
+    batch = draw_batch(pool, builder, {Task.IMAGE_DIFFERENCE: 1.0}, 2, np.random.default_rng(1), False)
+    bank = torch.randn(len(pool.images), CONFIG.image_tokens, CONFIG.llm.hidden_size)
+    with torch.no_grad():
+        embeds = input_embeddings(llm, batch, bank[batch.image_keys], CONFIG.image_tokens)
+    for n in range(len(batch.image_keys)):
+        row, start = int(batch.image_rows[n]), int(batch.image_starts[n])
+        assert batch.input_ids[row, start - 1] == LAYOUT.image_start_id
+        assert torch.equal(embeds[row, start:start + CONFIG.image_tokens], bank[batch.image_keys[n]])
+        assert batch.input_ids[row, start + CONFIG.image_tokens] == LAYOUT.image_end_id
+
+
+def test_a_few_steps_lower_the_loss(pool, builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = MistralLM(CONFIG.llm)
+    batch = draw_batch(pool, builder, {Task.TEXT_TO_POSE: 1.0}, 4, np.random.default_rng(2), False)
+    losses = []
+
+    def step(_: int):  # type: ignore[no-untyped-def]
+        loss, stats = sequence_loss(model, batch, model.embed(batch.input_ids), LAYOUT)
+        losses.append(stats["loss"])
+        return loss, stats
+
+    with use_attention_impl("sdpa_dense"):
+        summary = run_steps("test", list(model.parameters()), 12, 3e-3, seconds=float("inf"), step_fn=step)
+    assert summary["steps"] == 12
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_cosine_schedule_warms_up_and_decays() -> None:
+    values = [cosine_lr(s / 100, 1.0, warmup=0.1) for s in range(101)]
+    assert values[0] < 0.05 and values[5] == pytest.approx(0.5) and values[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[-1] == pytest.approx(0.1)
+
+
+def test_stage_one_runs_and_is_skipped_when_complete(tmp_path: Path) -> None:
+    settings = TrainSettings(out=tmp_path, stages=(1,), batch_size=2, pool_sizes=TINY_POOL,
+                             steps_override={"stage1": 2})
+    first = train(settings)
+    info_file = tmp_path / "stage1" / "training.json"
+    assert first["stage1"]["language"]["steps"] == 2 and info_file.is_file()
+    assert (tmp_path / "stage1" / "model.safetensors").is_file()
+    before = info_file.read_text()
+    again = train(settings)
+    assert info_file.read_text() == before  # not retrained
+    assert again["stage1"] == json.loads(before)

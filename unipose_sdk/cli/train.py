@@ -1,0 +1,50 @@
+"""`unipose train`: train the embedded unipose-tiny model, stages 1-3 (see unipose_sdk.training.pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--stages {text!r}: expected comma-separated stage numbers, e.g. 1,2,3")
+    if not stages or any(s not in (1, 2, 3) for s in stages):
+        raise argparse.ArgumentTypeError(f"--stages {text!r}: stages are 1, 2 and 3")
+    return stages
+
+
+def _train(args: argparse.Namespace) -> int:
+    from unipose_sdk.training.pipeline import TrainSettings, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    args.out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(args.out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("unipose_sdk").addHandler(handler)
+    settings = TrainSettings(out=args.out, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
+                             device=args.device, batch_size=args.batch_size, threads=args.threads,
+                             pose_tokenizer=args.pose_tokenizer)
+    results = train(settings)
+    summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train the embedded unipose-tiny model (stages 1-3)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (stage checkpoints, data cache, log)")
+    parser.add_argument("--stages", type=_stages, default=(1, 2, 3), help="comma-separated stages (default 1,2,3)")
+    parser.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock budget for all stages")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pose-tokenizer", type=Path, default=None,
+                        help="pose tokenizer directory (default: the shipped embedded one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.set_defaults(handler=_train)

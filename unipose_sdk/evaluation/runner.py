@@ -1,0 +1,261 @@
+"""`unipose evaluate`: every task of a model on held-out synthetic data, through the public task classes.
+
+The held-out pool is drawn with a seed no training run uses (`seed + EVAL_SEED_OFFSET`), with the same data
+engine as training. Each metric is reported next to a trivial baseline, so the numbers mean something:
+
+    tokenizer       reconstruction MPJPE of encode -> decode                  | mean pose
+    text_to_pose    share of the prompt's facts holding on the generated pose,
+                    MPJPE to the pose the prompt describes                     | mean pose
+    pose_description / image_description
+                    precision (stated facts true of the pose), recall (of a
+                    reference caption's facts)                                 | most frequent caption
+    pose_difference / image_difference
+                    the same on instructions (kind, subject, target level)     | most frequent instruction
+    pose_editing    share of the instructed changes holding on the edited pose,
+                    MPJPE to the target pose                                   | mean pose; unchanged input
+    estimation      MPJPE and PA-MPJPE from renders                           | mean pose
+
+The trivial baselines come from training-distribution data (the training seed), never from the held-out pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
+from unipose_sdk.data.poses import joints_and_rotations, sample_poses
+from unipose_sdk.evaluation import metrics as M
+from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
+
+log = logging.getLogger("unipose_sdk.evaluation")
+
+FULL_SIZES = PoolSizes(poses=160, pairs=80, pose_images=80, pair_images=32, texts_per_pair=1)
+QUICK_SIZES = PoolSizes(poses=24, pairs=12, pose_images=12, pair_images=6, texts_per_pair=1)
+BASELINE_POSES = 600
+BASELINE_PAIRS = 150
+
+
+def _pose(axis_angle: np.ndarray) -> Pose:
+    return Pose.from_axis_angle(torch.from_numpy(np.asarray(axis_angle, dtype=np.float32).reshape(1, 66)))
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _batched(call: Callable[[list[Any]], list[Any]], items: list[Any], size: int) -> list[Any]:
+    out: list[Any] = []
+    for chunk in _chunks(items, size):
+        result = call(list(chunk))
+        out += result if isinstance(result, list) else [result]
+    return out
+
+
+def _metric(model_value: float, baseline_value: float, baseline: str, higher_is_better: bool) -> dict[str, Any]:
+    beats = model_value > baseline_value if higher_is_better else model_value < baseline_value
+    return {"model": round(float(model_value), 4), "baseline": round(float(baseline_value), 4),
+            "baseline_name": baseline, "higher_is_better": higher_is_better, "beats_baseline": bool(beats)}
+
+
+class Baselines:
+    """Trivial answers built from training-distribution data (the training seed)."""
+
+    def __init__(self, train_seed: int) -> None:
+        rng = np.random.default_rng([train_seed, 99])
+        axis_angle, _ = sample_poses(BASELINE_POSES, rng)
+        self.mean_pose_aa = M.mean_pose_axis_angle(axis_angle)
+        self.mean_pose_joints = M.joints_of(self.mean_pose_aa[None])[0]
+        self.mean_pose_facts = M.facts_of(self.mean_pose_aa[None])[0]
+        self.caption = M.most_frequent_caption(M.facts_of(axis_angle), rng)
+        pose_a, pose_b, _ = sample_pairs(BASELINE_PAIRS, rng)
+        joints_a, rot_a = joints_and_rotations(pose_a)
+        joints_b, rot_b = joints_and_rotations(pose_b)
+        texts = [describe_pair(joints_a[i], joints_b[i], rng, rot_a[i], rot_b[i]) for i in range(BASELINE_PAIRS)]
+        texts = [(t, f) for t, f in texts if t]
+        self.instruction = M.most_frequent_text([t for t, _ in texts], [[f.key for f in s] for _, s in texts])
+
+
+def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0, batch_size: int = 16,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate a model directory (None: the embedded unipose-tiny) on the held-out pool; returns the report."""
+    from unipose_sdk.tasks.describer import Describer
+    from unipose_sdk.tasks.editor import Editor
+    from unipose_sdk.tasks.estimator import Estimator
+    from unipose_sdk.tasks.generator import Generator
+
+    say = progress or (lambda message: log.info(message))
+    start = time.perf_counter()
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    generator = Generator.from_pretrained(model, device="cpu")
+    describer = Describer.from_pretrained(model, device="cpu")
+    editor = Editor.from_pretrained(model, device="cpu")
+    estimator = Estimator.from_pretrained(model, device="cpu")
+    session = generator.session
+    pool = build_pool(seed + EVAL_SEED_OFFSET, sizes, None)  # codes come from the task classes
+    base = Baselines(seed)
+    rng = np.random.default_rng([seed, EVAL_SEED_OFFSET, 1])
+    poses = [_pose(a) for a in pool.axis_angle]
+    results: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        results[name] = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        say(f"{name}: {json.dumps({k: v['model'] for k, v in results[name].items()})} ({timings[name]} s)")
+
+    true_joints = M.joints_of(pool.axis_angle)
+    mean_joints = np.broadcast_to(base.mean_pose_joints, true_joints.shape)
+
+    def tokenizer() -> dict[str, Any]:
+        batch = Pose.cat(poses)
+        decoded = session.decode_poses(session.encode_poses(batch))
+        error = M.mpjpe_mm(M.joints_of(decoded.axis_angle().numpy()), true_joints)
+        return {"mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints, true_joints).mean(), "mean pose", False)}
+
+    def text_to_pose() -> dict[str, Any]:
+        composed = [M.compose_caption(f, rng) for f in pool.facts]
+        keep = [i for i, (text, _) in enumerate(composed) if text]
+        out = _batched(generator.generate, [composed[i][0] for i in keep], batch_size)
+        generated = np.stack([r.pose.axis_angle().numpy()[0] for r in out])
+        gen_facts = M.facts_of(generated)
+        holds = [M.fact_holds_fraction(composed[i][1], f) for i, f in zip(keep, gen_facts)]
+        base_holds = [M.fact_holds_fraction(composed[i][1], base.mean_pose_facts) for i in keep]
+        error = M.mpjpe_mm(M.joints_of(generated), true_joints[keep])
+        return {"facts_hold": _metric(M.nan_mean(holds), M.nan_mean(base_holds), "mean pose", True),
+                "mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints[keep], true_joints[keep]).mean(),
+                                    "mean pose", False)}
+
+    def description(texts: list[str], indices: Sequence[int]) -> dict[str, Any]:
+        refs = [M.compose_caption(pool.facts[i], rng)[1] for i in indices]
+        scores = [M.description_scores(t, pool.facts[i], r) for t, i, r in zip(texts, indices, refs)]
+        base_scores = [M.description_scores(base.caption, pool.facts[i], r) for i, r in zip(indices, refs)]
+        return {key: _metric(np.mean([s[key] for s in scores]), np.mean([s[key] for s in base_scores]),
+                             "most frequent caption", True) for key in ("precision", "recall")}
+
+    def pose_description() -> dict[str, Any]:
+        out = _batched(lambda chunk: describer.describe(pose=chunk), poses, batch_size)
+        return description([r.text for r in out], range(len(poses)))
+
+    def image_description() -> dict[str, Any]:
+        indices = list(range(len(pool.image_of_pose)))
+        images = [pool.images[pool.image_of_pose[i]] for i in indices]
+        out = _batched(lambda chunk: describer.describe(image=chunk), images, batch_size)
+        return description([r.text for r in out], indices)
+
+    pairs_a = [_pose(a) for a in pool.pair_a]
+    pairs_b = [_pose(b) for b in pool.pair_b]
+    with_text = [j for j in range(pool.num_pairs) if pool.pair_texts[j]]
+    rot = lambda aa: joints_and_rotations(aa)[1]  # noqa: E731
+    rot_a, rot_b = rot(pool.pair_a), rot(pool.pair_b)
+    truths = {j: pair_facts(pool.pair_joints_a[j], pool.pair_joints_b[j], rot_a[j], rot_b[j]) for j in with_text}
+
+    def difference(texts: list[str], indices: Sequence[int]) -> dict[str, Any]:
+        scores = [M.pair_scores(t, truths[j], pool.pair_texts[j][0][1]) for t, j in zip(texts, indices)]
+        base_scores = [M.pair_scores(base.instruction, truths[j], pool.pair_texts[j][0][1]) for j in indices]
+        return {key: _metric(M.nan_mean([s[key] for s in scores]), M.nan_mean([s[key] for s in base_scores]),
+                             "most frequent instruction", True) for key in ("precision", "recall")}
+
+    def pose_difference() -> dict[str, Any]:
+        out = _batched(lambda chunk: describer.describe(poses=chunk), [(pairs_a[j], pairs_b[j]) for j in with_text],
+                       batch_size)
+        return difference([r.text for r in out], with_text)
+
+    def image_difference() -> dict[str, Any]:
+        indices = [j for j in with_text if j < len(pool.image_of_pair_a)]
+        images = [(pool.images[pool.image_of_pair_a[j]], pool.images[pool.image_of_pair_b[j]]) for j in indices]
+        out = _batched(lambda chunk: describer.describe(images=chunk), images, batch_size)
+        return difference([r.text for r in out], indices)
+
+    def pose_editing() -> dict[str, Any]:
+        instructions = [pool.pair_texts[j][0] for j in with_text]
+        out = _batched(lambda chunk: editor.edit([pairs_a[j] for j, _ in chunk], [t for _, (t, _) in chunk]),
+                       list(zip(with_text, instructions)), batch_size)
+        edited = np.stack([r.pose.axis_angle().numpy()[0] for r in out])
+        edited_facts = M.facts_of(edited)
+        holds = [M.edit_holds_fraction(f, e) for (_, f), e in zip(instructions, edited_facts)]
+        a_facts = M.facts_of(pool.pair_a[with_text])
+        copy_holds = [M.edit_holds_fraction(f, e) for (_, f), e in zip(instructions, a_facts)]
+        mean_holds = [M.edit_holds_fraction(f, base.mean_pose_facts) for _, f in instructions]
+        target = pool.pair_joints_b[with_text]
+        error = M.mpjpe_mm(M.joints_of(edited), target)
+        return {"edits_hold": _metric(M.nan_mean(holds), max(M.nan_mean(copy_holds), M.nan_mean(mean_holds)),
+                                      "best of unchanged input / mean pose", True),
+                "mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(pool.pair_joints_a[with_text], target).mean(),
+                                    "unchanged input", False),
+                "mpjpe_mm_vs_mean_pose": _metric(error.mean(), M.mpjpe_mm(
+                    np.broadcast_to(base.mean_pose_joints, target.shape), target).mean(), "mean pose", False)}
+
+    def estimation() -> dict[str, Any]:
+        indices = list(range(len(pool.image_of_pose)))
+        images = [pool.images[pool.image_of_pose[i]] for i in indices]
+        out = _batched(estimator.estimate, images, batch_size)
+        predicted = M.joints_of(np.stack([r.pose.axis_angle().numpy()[0] for r in out]))
+        truth = true_joints[indices]
+        mean = np.broadcast_to(base.mean_pose_joints, truth.shape)
+        return {"mpjpe_mm": _metric(M.mpjpe_mm(predicted, truth).mean(), M.mpjpe_mm(mean, truth).mean(),
+                                    "mean pose", False),
+                "pa_mpjpe_mm": _metric(M.pa_mpjpe_mm(predicted, truth).mean(), M.pa_mpjpe_mm(mean, truth).mean(),
+                                       "mean pose", False)}
+
+    for name, fn in (("tokenizer", tokenizer), ("text_to_pose", text_to_pose), ("pose_description", pose_description),
+                     ("pose_difference", pose_difference), ("pose_editing", pose_editing),
+                     ("image_description", image_description), ("image_difference", image_difference),
+                     ("estimation", estimation)):
+        timed(name, fn)
+    run = session.run_info()
+    report = {
+        "model": run.model, "model_is_random": run.model_is_random, "quick": quick, "seed": seed,
+        "eval_seed": seed + EVAL_SEED_OFFSET,
+        "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
+                  "pair_images": sizes.pair_images},
+        "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction},
+        "metrics": results,
+        "beats_all_baselines": all(m["beats_baseline"] for task in results.values() for m in task.values()),
+        "seconds": {**timings, "total": round(time.perf_counter() - start, 1)},
+    }
+    for task in (generator, describer, editor, estimator):
+        task.close()
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation of {report['model']}", "",
+             f"Held-out synthetic data (eval seed {report['eval_seed']}, {'quick subset' if report['quick'] else 'full'}"
+             f": {report['sizes']['poses']} poses, {report['sizes']['pairs']} pairs, "
+             f"{report['sizes']['pose_images']} + {2 * report['sizes']['pair_images']} renders). "
+             f"Model flagged random: {report['model_is_random']}.", "",
+             "| task | metric | model | trivial baseline | baseline | better |", "|---|---|---|---|---|---|"]
+    for task, task_metrics in report["metrics"].items():
+        for name, m in task_metrics.items():
+            arrow = "higher" if m["higher_is_better"] else "lower"
+            lines.append(f"| {task} | {name} ({arrow} is better) | {m['model']:.3f} | {m['baseline']:.3f} | "
+                         f"{m['baseline_name']} | {'yes' if m['beats_baseline'] else 'no'} |")
+    lines += ["", f"Most frequent caption baseline: \"{report['baselines']['most_frequent_caption']}\"",
+              f"Most frequent instruction baseline: \"{report['baselines']['most_frequent_instruction']}\"", "",
+              f"Total time {report['seconds']['total']} s on CPU.", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write OUT.json and OUT.md (OUT without suffix; a directory gets evaluation.json / evaluation.md)."""
+    out = Path(out)
+    if out.is_dir() or str(out).endswith("/"):
+        out = out / "evaluation"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(to_markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+__all__ = ["evaluate", "to_markdown", "write_report", "FULL_SIZES", "QUICK_SIZES"]

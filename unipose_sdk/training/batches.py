@@ -1,0 +1,290 @@
+"""Training examples for the seven tasks, laid out exactly as `unipose_sdk.generation` decodes them.
+
+A training sequence is the prompt (built by the SDK's own `PromptBuilder`, so training and inference tokenize
+prompts identically) followed by the answer:
+
+    text answer   caption ids, eos                      labels: the usual next-token shift
+    pose answer   BEGIN, q_0 .. q_79, END, ".", eos     labels: the last prompt position -> BEGIN,
+                                                                 query k -> pose id of code k (UNshifted),
+                                                                 END -> ".", "." -> eos; BEGIN itself: none
+
+This is what inference does: the prompt's last logits choose BEGIN; the pose step feeds BEGIN plus the 80 query
+embeddings (the last 80 rows of the embedding table, i.e. the query ids) and reads code k off query k; END is fed
+next and its logits choose "."; then eos. The 80 query positions are one bidirectional block of the mixed mask
+(`MixedMask` with block [start, end)); everything else is causal. Rows are right-padded: a causal row never
+attends to the padding after it, so padding changes nothing for the real tokens.
+
+`labels[t]` is the target of the logits at position t (-100: no loss), so the loss needs no shifting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unipose_sdk.models.attention_mask import MixedMask
+from unipose_sdk.models.config import VocabLayout
+from unipose_sdk.text.prompts import TASK_TEMPLATES, PromptBuilder, Task
+
+if TYPE_CHECKING:
+    from unipose_sdk.training.pools import Pool
+
+IGNORE = -100
+
+# A few instruction phrasings per task besides the pretraining templates (stage 3). Placeholders as in
+# TASK_TEMPLATES; every phrasing keeps the task's inputs in the same order (pose A before pose B, ...).
+PARAPHRASES: dict[Task, tuple[str, ...]] = {
+    Task.POSE_ESTIMATION: (
+        "What is the 3D pose of the person in this image? <image>",
+        "Estimate the body pose shown in <image>.",
+        "<image> Give me the SMPL pose of this person.",
+    ),
+    Task.IMAGE_DESCRIPTION: (
+        "Describe the pose of the person in <image>.",
+        "<image> How is this person posed?",
+        "Explain the body position of the person in the image <image>.",
+    ),
+    Task.IMAGE_DIFFERENCE: (
+        "How should the person in <image> move to match <image>?",
+        "Compare the poses in <image> and <image>.",
+        "What changes from the first image <image> to the second image <image>?",
+    ),
+    Task.TEXT_TO_POSE: (
+        "<caption>",
+        "Create a 3D pose for this description: <caption>.",
+        "Show me a pose where: <caption>",
+        "Generate a pose that matches the text: <caption>.",
+    ),
+    Task.POSE_DESCRIPTION: (
+        "Describe the pose <pose>.",
+        "<pose> What is this person doing with their body?",
+        "Explain the body position of <pose> in words.",
+    ),
+    Task.POSE_DIFFERENCE: (
+        "How do I get from pose <poseA> to pose <poseB>?",
+        "Compare <poseA> with <poseB>.",
+        "Give instructions to change <poseA> into <poseB>.",
+    ),
+    Task.POSE_EDITING: (
+        "Change the pose <poseA> as follows: <caption>.",
+        "<poseA> <caption>",
+        "Modify <poseA> so that: <caption>.",
+    ),
+}
+
+POSE_ANSWER_TASKS = (Task.POSE_ESTIMATION, Task.TEXT_TO_POSE, Task.POSE_EDITING)
+
+
+@dataclass
+class Example:
+    """One training sequence.
+
+    input_ids: prompt + answer ids; image slots hold pad_id (their embeddings are replaced), the pose block
+        holds the query ids (whose embeddings are the learned queries).
+    labels: target of the logits at each position, IGNORE where there is none.
+    block: [start, end) of the generated pose block, (0, 0) for text answers.
+    image_starts / image_keys: first slot of each image and which image of the feature bank fills it.
+    """
+
+    task: Task
+    input_ids: list[int]
+    labels: list[int]
+    block: tuple[int, int] = (0, 0)
+    image_starts: list[int] = field(default_factory=list)
+    image_keys: list[int] = field(default_factory=list)
+
+
+def user_turn(task: Task, caption: str | None, rng: np.random.Generator | None, paraphrase: bool = False) -> str:
+    """The task's user turn: its template, or with `paraphrase` a random one of the template and the paraphrases.
+
+    Inference (`PromptBuilder.build_task`) puts the user's text in verbatim, so a caption ending "." in a template
+    ending "<caption>." reads "..". Users write both forms; with an rng half the captions lose their final "."
+    so the model sees both. Without an rng the text is exactly what build_task makes.
+    """
+    phrasings = (TASK_TEMPLATES[task][0],) + (PARAPHRASES[task] if paraphrase else ())
+    template = phrasings[int(rng.integers(len(phrasings)))] if rng is not None and paraphrase else phrasings[0]
+    if caption is not None:
+        if rng is not None and rng.random() < 0.5:
+            caption = caption.rstrip(". ")
+        template = template.replace("<caption>", caption.strip())
+    return template
+
+
+class ExampleBuilder:
+    """Builds `Example`s with the SDK's prompt builder, so prompts are tokenized exactly as at inference."""
+
+    def __init__(self, prompts: PromptBuilder) -> None:
+        self.prompts = prompts
+        self.layout: VocabLayout = prompts.layout
+        self.tokenizer = prompts.tokenizer
+        self.dot_ids = self.tokenizer.encode(".")  # what follows END in "<pose>."
+
+    # ---- answers ----------------------------------------------------------------------------------------
+    def pose_answer(self, codes: Sequence[int]) -> tuple[list[int], list[int], int]:
+        """(answer ids, their own labels shifted into place, offset of the first query) for a pose answer.
+
+        The returned labels cover the answer positions only; the prompt's last position gets BEGIN separately.
+        """
+        layout = self.layout
+        queries = list(range(layout.pose_query_offset, layout.pose_query_offset + layout.num_pose_tokens))
+        ids = [layout.pose_begin_id, *queries, layout.pose_end_id, *self.dot_ids, layout.eos_id]
+        labels = [IGNORE]  # BEGIN's logits are never read at inference (the pose step reads the queries only)
+        labels += [layout.pose_id_offset + int(c) for c in codes]  # query k -> code k, no shift
+        tail = [*self.dot_ids, layout.eos_id]  # END -> ".", ".." -> eos
+        labels += tail + [IGNORE]  # eos predicts nothing
+        return ids, labels, 1
+
+    def text_answer(self, text: str) -> tuple[list[int], list[int]]:
+        ids = self.tokenizer.encode(text.strip()) + [self.layout.eos_id]
+        return ids, ids[1:] + [IGNORE]
+
+    # ---- examples ---------------------------------------------------------------------------------------
+    def build(self, task: Task, user: str, poses: Sequence[Sequence[int]] = (), num_images: int = 0,
+              answer_codes: Sequence[int] | None = None, answer_text: str | None = None,
+              image_keys: Sequence[int] = ()) -> Example:
+        row = self.prompts.build(user, list(poses), num_images)
+        prompt = list(row.input_ids)
+        labels = [IGNORE] * len(prompt)
+        if answer_codes is not None:
+            ids, answer_labels, first_query = self.pose_answer(answer_codes)
+            labels[-1] = self.layout.pose_begin_id
+            start = len(prompt) + first_query
+            block = (start, start + self.layout.num_pose_tokens)
+        else:
+            if answer_text is None:
+                raise ValueError("an example needs answer_codes or answer_text")
+            ids, answer_labels = self.text_answer(answer_text)
+            labels[-1] = ids[0]
+            block = (0, 0)
+        if len(image_keys) != len(row.image_starts):
+            raise ValueError(f"{len(image_keys)} image keys for {len(row.image_starts)} image slots")
+        return Example(task, prompt + ids, labels + answer_labels, block, list(row.image_starts), list(image_keys))
+
+
+@dataclass
+class Batch:
+    """Right-padded tensors of a list of examples."""
+
+    input_ids: Tensor  # [B, T] int64
+    labels: Tensor  # [B, T] int64, IGNORE on padding
+    mask: MixedMask
+    image_rows: Tensor  # [N] int64: row of each image slot group
+    image_starts: Tensor  # [N] int64: first position of each image
+    image_keys: Tensor  # [N] int64: index into the image feature bank
+    tasks: list[Task]
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def collate(examples: Sequence[Example], layout: VocabLayout) -> Batch:
+    width = max(len(e.input_ids) for e in examples)
+    batch = len(examples)
+    input_ids = torch.full((batch, width), layout.pad_id, dtype=torch.long)
+    labels = torch.full((batch, width), IGNORE, dtype=torch.long)
+    rows, starts, keys = [], [], []
+    for b, e in enumerate(examples):
+        input_ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[b, : len(e.labels)] = torch.tensor(e.labels)
+        rows += [b] * len(e.image_starts)
+        starts += e.image_starts
+        keys += e.image_keys
+    mask = MixedMask.from_lists([e.block[0] for e in examples], [e.block[1] for e in examples])
+    as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return Batch(input_ids, labels, mask, as_long(rows), as_long(starts), as_long(keys), [e.task for e in examples])
+
+
+def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None, image_tokens: int) -> Tensor:
+    """Token embeddings [B, T, C] with each image's projected embeddings [N_bank, image_tokens, C] spliced in."""
+    embeds = llm.embed(batch.input_ids)
+    if batch.image_keys.numel() == 0:
+        return embeds
+    if image_embeds is None:
+        raise ValueError("the batch has image slots but no image embeddings were given")
+    embeds = embeds.clone()
+    offsets = torch.arange(image_tokens)
+    rows = batch.image_rows.unsqueeze(1).expand(-1, image_tokens)
+    cols = batch.image_starts.unsqueeze(1) + offsets
+    embeds[rows, cols] = image_embeds.to(embeds.dtype)
+    return embeds
+
+
+def sequence_loss(llm: torch.nn.Module, batch: Batch, embeds: Tensor, layout: VocabLayout,
+                  ) -> tuple[Tensor, dict[str, float]]:
+    """Mean cross-entropy over the labelled positions, and the greedy accuracy on pose codes and on text.
+
+    Logits are computed only where a label is: the LM head over the whole vocabulary is the largest matmul of
+    this small model, and most positions (the prompt) have no target."""
+    out = llm(input_embeds=embeds, mask=batch.mask, logits_positions=None, return_hidden=True)
+    where = batch.labels != IGNORE
+    logits = llm.lm_head(out.hidden[where]).float()
+    targets = batch.labels[where]
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    with torch.no_grad():
+        hit = logits.argmax(-1) == targets
+        is_code = (targets >= layout.pose_id_offset) & (targets < layout.pose_begin_id)
+        stats = {"loss": float(loss.detach()),
+                 "code_accuracy": float(hit[is_code].float().mean()) if bool(is_code.any()) else float("nan"),
+                 "text_accuracy": float(hit[~is_code].float().mean()) if bool((~is_code).any()) else float("nan")}
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing examples from a pool
+
+
+def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.random.Generator,
+                 paraphrase: bool) -> Example:
+    """One random example of `task` from the pool; captions and instruction phrasings are drawn per call."""
+    from unipose_sdk.data.captions import caption as make_caption
+
+    for _attempt in range(32):
+        if task in (Task.TEXT_TO_POSE, Task.POSE_DESCRIPTION, Task.POSE_ESTIMATION, Task.IMAGE_DESCRIPTION):
+            images = task in (Task.POSE_ESTIMATION, Task.IMAGE_DESCRIPTION)
+            i = int(rng.integers(len(pool.image_of_pose) if images else pool.num_poses))
+            text = make_caption(pool.facts[i], rng)
+            if not text:
+                continue
+            keys = [int(pool.image_of_pose[i])] if images else []
+            if task is Task.TEXT_TO_POSE:
+                return builder.build(task, user_turn(task, text, rng, paraphrase), answer_codes=pool.codes[i])
+            if task is Task.POSE_DESCRIPTION:
+                return builder.build(task, user_turn(task, None, rng, paraphrase), poses=[pool.codes[i]],
+                                     answer_text=text)
+            if task is Task.POSE_ESTIMATION:
+                return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=1,
+                                     answer_codes=pool.codes[i], image_keys=keys)
+            return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=1, answer_text=text,
+                                 image_keys=keys)
+        images = task is Task.IMAGE_DIFFERENCE
+        j = int(rng.integers(len(pool.image_of_pair_a) if images else pool.num_pairs))
+        if not pool.pair_texts[j]:
+            continue
+        text = pool.pair_texts[j][int(rng.integers(len(pool.pair_texts[j])))][0]
+        if task is Task.POSE_DIFFERENCE:
+            return builder.build(task, user_turn(task, None, rng, paraphrase),
+                                 poses=[pool.pair_codes_a[j], pool.pair_codes_b[j]], answer_text=text)
+        if task is Task.POSE_EDITING:
+            return builder.build(task, user_turn(task, text, rng, paraphrase), poses=[pool.pair_codes_a[j]],
+                                 answer_codes=pool.pair_codes_b[j])
+        keys = [int(pool.image_of_pair_a[j]), int(pool.image_of_pair_b[j])]
+        return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=2, answer_text=text,
+                             image_keys=keys)
+    raise RuntimeError(f"no usable {task.value} example in 32 draws: the pool is degenerate")
+
+
+def draw_batch(pool: "Pool", builder: ExampleBuilder, weights: dict[Task, float], batch_size: int,
+               rng: np.random.Generator, paraphrase: bool) -> Batch:
+    """A batch of ONE task drawn by `weights`: rows of one task have similar lengths, so right-padding wastes
+    little (a mixed batch pads every row to the two-pose prompts of the difference task)."""
+    tasks = list(weights)
+    p = np.array([weights[t] for t in tasks], dtype=np.float64)
+    task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))]
+    examples = [draw_example(pool, builder, task, rng, paraphrase) for _ in range(batch_size)]
+    return collate(examples, builder.layout)

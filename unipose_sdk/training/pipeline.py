@@ -1,0 +1,276 @@
+"""`unipose train`: stages 1-3 of the embedded unipose-tiny model, resumable per stage.
+
+    stage 1  pose-text tasks (text-to-pose, pose description, pose difference, pose editing) on the LLM
+    stage 2  the vision side: Pose-ViT pretrained on 2D/3D joint regression from renders, the CLIP-like tower
+             trained contrastively against a tiny caption encoder, then (towers frozen) the projector and the
+             LLM on the image tasks (estimation, image description, image difference) mixed with stage-1 tasks
+    stage 3  all seven tasks together with varied instruction phrasings (templates + paraphrases)
+
+Each stage reads the previous stage's directory and writes `OUT/stage{k}/` in the SDK format (float32) plus
+`training.json` (steps, losses, seconds); a stage whose `training.json` exists is skipped, so an interrupted run
+resumes at the first incomplete stage. The pose tokenizer is the shipped one, frozen throughout. Training runs
+inside `use_attention_impl("sdpa_dense")`: the fused attention kernels are forward-only.
+
+Steps per stage are fixed by the budget (`--budget-minutes`) and a per-device step-time estimate, so a run is
+deterministic given the seed; a wall-clock guard stops a stage early (and says so) when the machine is slower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
+from unipose_sdk.checkpoint.sdk_format import load_model, save_model
+from unipose_sdk.models.attention import use_attention_impl
+from unipose_sdk.models.config import get_preset
+from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.text.prompts import PromptBuilder, Task
+from unipose_sdk.text.tokenizer import TextTokenizer
+from unipose_sdk.training.batches import ExampleBuilder, draw_batch, input_embeddings, sequence_loss
+from unipose_sdk.training.pools import PoolSizes, load_or_build_pool
+
+log = logging.getLogger("unipose_sdk.training")
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
+STAGE_INFO = "training.json"
+
+# Task mixtures (sampling weights) per stage.
+STAGE1_TASKS = {Task.TEXT_TO_POSE: 0.35, Task.POSE_DESCRIPTION: 0.3, Task.POSE_DIFFERENCE: 0.15,
+                Task.POSE_EDITING: 0.2}
+STAGE2_TASKS = {Task.POSE_ESTIMATION: 0.35, Task.IMAGE_DESCRIPTION: 0.25, Task.IMAGE_DIFFERENCE: 0.1,
+                Task.TEXT_TO_POSE: 0.15, Task.POSE_DESCRIPTION: 0.15}
+STAGE3_TASKS = {Task.POSE_ESTIMATION: 0.18, Task.IMAGE_DESCRIPTION: 0.12, Task.IMAGE_DIFFERENCE: 0.06,
+                Task.TEXT_TO_POSE: 0.22, Task.POSE_DESCRIPTION: 0.18, Task.POSE_DIFFERENCE: 0.1,
+                Task.POSE_EDITING: 0.14}
+# Share of the budget per stage; stage 2 splits its share between vision pretraining and the image tasks.
+STAGE_SHARE = {1: 0.42, 2: 0.36, 3: 0.22}
+# The fastest seconds per step seen per device type (batch 16 LLM steps; batch 32 through both towers): the step
+# count of a stage is its time share over this, so on an idle machine a stage ends by steps (deterministic), on
+# a busy one by its time share.
+SECONDS_PER_LLM_STEP = {"cpu": 0.45, "cuda": 0.03}
+SECONDS_PER_VISION_STEP = {"cpu": 0.8, "cuda": 0.03}
+
+
+@dataclass
+class TrainSettings:
+    out: Path
+    stages: tuple[int, ...] = (1, 2, 3)
+    budget_minutes: float = 45.0
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16
+    lr: float = 2e-3
+    threads: int | None = None
+    pool_sizes: PoolSizes = field(default_factory=PoolSizes)
+    pose_tokenizer: Path | None = None  # None: the shipped embedded pose tokenizer
+    # Test hook: fixed step counts {"stage1": n, "vision": n, "stage2": n, "stage3": n}.
+    steps_override: dict[str, int] | None = None
+
+    def plan(self, name: str, share: float, seconds_per_step: dict[str, float]) -> tuple[int, float]:
+        """(step count, seconds) of a part of a stage taking `share` of the budget."""
+        if self.steps_override is not None:
+            return int(self.steps_override[name]), float("inf")
+        device_type = torch.device(self.device).type
+        seconds = self.budget_minutes * 60.0 * share
+        return max(1, int(seconds / seconds_per_step.get(device_type, seconds_per_step["cpu"]))), seconds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def load_text_tokenizer() -> TextTokenizer:
+    return TextTokenizer.from_directory(TOKENIZER_DIR, get_preset("unipose-tiny").vocab)
+
+
+def initial_model(seed: int, pose_tokenizer_path: Path | None = None) -> UniPoseModel:
+    """unipose-tiny with fresh LLM / vision weights (small-std embeddings and LM head) and the frozen shipped
+    pose tokenizer."""
+    config = get_preset("unipose-tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = UniPoseModel.from_config(config)
+        torch.nn.init.normal_(model.llm.model.embed_tokens.weight, std=0.02)
+        torch.nn.init.normal_(model.llm.lm_head.weight, std=0.02)
+    tokenizer = load_pose_tokenizer(pose_tokenizer_path)
+    model.pose_tokenizer.load_state_dict(tokenizer.state_dict())
+    model.pose_tokenizer.requires_grad_(False)
+    return model
+
+
+def cosine_lr(progress: float, peak: float, warmup: float = 0.04, floor: float = 0.1) -> float:
+    """Learning rate at `progress` in [0, 1] of a stage: linear warmup, then cosine down to floor * peak."""
+    if progress < warmup:
+        return peak * max(progress, 1e-3) / warmup
+    fraction = (progress - warmup) / (1 - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
+
+
+def run_steps(name: str, params: list[torch.nn.Parameter], steps: int, lr: float, seconds: float,
+              step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]], log_every: int = 25,
+              ) -> dict[str, Any]:
+    """The optimisation loop all stages share: AdamW, warmup + cosine, gradient clipping.
+
+    A stage ends after `steps` steps or `seconds` of wall time, whichever comes first; the schedule follows
+    whichever is further along (progress = max(step / steps, elapsed / seconds)), so a run on a busy machine
+    still finishes its cosine decay inside its time, and a fast machine is deterministic in steps.
+    step_fn(step) returns (loss, stats). Returns a summary with the mean stats of each log window."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    start = time.perf_counter()
+    window: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []
+    done, progress = 0, 0.0
+    for step in range(steps):
+        progress = max(step / steps, (time.perf_counter() - start) / seconds)
+        if progress >= 1.0:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(progress, lr)
+        loss, stats = step_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        window.append(stats)
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            mean = {k: float(np.nanmean([w[k] for w in window])) for k in window[0]}
+            history.append({"step": done, **mean})
+            log.info("%s step %d/%d %s %.0f s", name, done, steps,
+                     " ".join(f"{k} {v:.4f}" for k, v in mean.items()), time.perf_counter() - start)
+            window = []
+    ended_by = "steps" if done == steps else "time"
+    return {"steps": done, "planned_steps": steps, "ended_by": ended_by, "seconds": time.perf_counter() - start,
+            "history": history}
+
+
+def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weights: dict[Task, float],
+                   plan: tuple[int, float], settings: TrainSettings, name: str, paraphrase: bool,
+                   image_features: torch.Tensor | None = None, seed_offset: int = 0) -> dict[str, Any]:
+    """Teacher-forced training of the LLM (and the projector when image tasks are in the mix)."""
+    rng = np.random.default_rng([settings.seed, seed_offset])
+    device = torch.device(settings.device)
+    layout = builder.layout
+    train_projector = image_features is not None
+    params = list(model.llm.parameters()) + (list(model.vision.projector.parameters()) if train_projector else [])
+    model.llm.train()
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = draw_batch(pool, builder, weights, settings.batch_size, rng, paraphrase)
+        batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
+        batch.mask = batch.mask.to(device)
+        image_embeds = None
+        if batch.image_keys.numel():
+            fused = image_features[batch.image_keys].to(device=device, dtype=torch.float32)
+            image_embeds = model.vision.projector(fused)
+            batch.image_rows, batch.image_starts = batch.image_rows.to(device), batch.image_starts.to(device)
+        embeds = input_embeddings(model.llm, batch, image_embeds, model.config.image_tokens)
+        return sequence_loss(model.llm, batch, embeds, layout)
+
+    with use_attention_impl("sdpa_dense"):
+        summary = run_steps(name, params, plan[0], settings.lr, plan[1], step_fn)
+    model.llm.eval()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def _stage_dir(settings: TrainSettings, stage: int) -> Path:
+    return settings.out / f"stage{stage}"
+
+
+def stage_complete(settings: TrainSettings, stage: int) -> bool:
+    return (_stage_dir(settings, stage) / STAGE_INFO).is_file()
+
+
+def _save_stage(model: UniPoseModel, settings: TrainSettings, stage: int, info: dict[str, Any],
+                tokenizer: TextTokenizer) -> None:
+    directory = _stage_dir(settings, stage)
+    save_model(model.cpu(), directory, tokenizer, dtype=torch.float32, source=f"unipose train stage {stage}",
+               overwrite=True)
+    model.to(settings.device)
+    tmp = directory / (STAGE_INFO + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    tmp.replace(directory / STAGE_INFO)
+
+
+def _load_stage(settings: TrainSettings, stage: int) -> UniPoseModel:
+    model = load_model(_stage_dir(settings, stage)).model
+    # Assign-loaded tensors may be memory-mapped views: give training its own writable float32 copies.
+    model = model.float()
+    for p in model.parameters():
+        p.data = p.data.clone()
+    model.pose_tokenizer.requires_grad_(False)
+    return model.to(settings.device)
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    """Run the requested stages; returns {stage: info} of every stage run or found complete."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_text_tokenizer()
+    config = get_preset("unipose-tiny")
+    builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens))
+    pose_tokenizer = load_pose_tokenizer(settings.pose_tokenizer)
+    start = time.perf_counter()
+    pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer)
+    data_seconds = time.perf_counter() - start
+    log.info("training pool ready in %.1f s", data_seconds)
+    results: dict[str, Any] = {}
+    for stage in sorted(settings.stages):
+        if stage not in STAGE_SHARE:
+            raise ValueError(f"unknown stage {stage}; stages are 1, 2, 3")
+        if stage_complete(settings, stage):
+            log.info("stage %d already complete in %s: skipped", stage, _stage_dir(settings, stage))
+            results[f"stage{stage}"] = json.loads((_stage_dir(settings, stage) / STAGE_INFO).read_text())
+            continue
+        if stage > 1 and not stage_complete(settings, stage - 1):
+            raise RuntimeError(f"stage {stage} needs stage {stage - 1} first (no {_stage_dir(settings, stage - 1)})")
+        torch.manual_seed(settings.seed + stage)
+        model = initial_model(settings.seed, settings.pose_tokenizer).to(settings.device) if stage == 1 else _load_stage(settings, stage - 1)
+        stage_start = time.perf_counter()
+        if stage == 1:
+            plan = settings.plan("stage1", STAGE_SHARE[1], SECONDS_PER_LLM_STEP)
+            info = {"language": train_language(model, pool, builder, STAGE1_TASKS, plan, settings,
+                                               "stage1", paraphrase=False, seed_offset=1)}
+        else:
+            from unipose_sdk.training.vision import image_features, pretrain_vision
+
+            if stage == 2:
+                info = {"vision": pretrain_vision(model, pool, tokenizer, settings)}
+            else:
+                info = {}
+            features = image_features(model, pool, settings.device)
+            weights, paraphrase = (STAGE2_TASKS, False) if stage == 2 else (STAGE3_TASKS, True)
+            share = STAGE_SHARE[stage] * (0.5 if stage == 2 else 1.0)
+            plan = settings.plan(f"stage{stage}", share, SECONDS_PER_LLM_STEP)
+            info["language"] = train_language(model, pool, builder, weights, plan, settings,
+                                              f"stage{stage}", paraphrase=paraphrase, image_features=features,
+                                              seed_offset=stage)
+        info.update({"stage": stage, "seconds": time.perf_counter() - stage_start, "seed": settings.seed,
+                     "device": settings.device, "batch_size": settings.batch_size, "pose_tokenizer": str(settings.pose_tokenizer or "embedded"),
+                     "pool": asdict(settings.pool_sizes), "data_seconds": data_seconds})
+        _save_stage(model, settings, stage, info, tokenizer)
+        log.info("stage %d done in %.1f s -> %s", stage, info["seconds"], _stage_dir(settings, stage))
+        results[f"stage{stage}"] = info
+    return results
+
+
+def final_model_dir(out: Path) -> Path:
+    """The last stage's directory: what `unipose evaluate --model` and shipping read."""
+    for stage in (3, 2, 1):
+        if (Path(out) / f"stage{stage}" / STAGE_INFO).is_file():
+            return Path(out) / f"stage{stage}"
+    raise FileNotFoundError(f"no completed stage under {out}")

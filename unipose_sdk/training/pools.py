@@ -1,0 +1,166 @@
+"""Data pools for training and evaluation, drawn from the synthetic data engine with a fixed seed.
+
+The slow parts of the data engine (facts: ~3 ms a pose, pair instructions: ~25 ms a pair, renders: ~16 ms an
+image) are done once per pool and cached; the cheap parts (which caption of a pose, which phrasing of a prompt)
+are drawn per training example, so every epoch sees new text. A pool holds:
+
+    poses   axis-angle [N, 66], joints_m [N, 22, 3], all facts of each pose, its pose-tokenizer codes [N, 80]
+    pairs   A / B axis-angle and codes, the instruction texts with the pair facts they state, B's facts
+    images  renders [M, 112, 112, 3] uint8 of the first poses and of the first pairs' A and B, with the 2D
+            joints (pixels) and root-relative 3D joints used by the vision pretraining
+
+Deterministic given (seed, sizes, pose tokenizer): each part draws from its own Generator seeded with
+(seed, part). Evaluation uses a different seed from training (`EVAL_SEED_OFFSET`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.data.facts import Fact, facts_for_poses
+from unipose_sdk.data.pairs import PairFact, describe_pair, sample_pairs
+from unipose_sdk.data.poses import joints_and_rotations, sample_poses
+from unipose_sdk.data.render import render_views
+
+log = logging.getLogger("unipose_sdk.training")
+
+EVAL_SEED_OFFSET = 10_007  # evaluation pools: seed + this, never a training seed
+POOL_VERSION = 1
+IMAGE_VIEW = {"clip": (112, 112)}  # one square render; both tower views are cut from it, as at inference
+_PARTS = {"poses": 1, "pairs": 2, "renders": 3}
+
+
+@dataclass
+class PoolSizes:
+    poses: int = 6000
+    pairs: int = 1500
+    pose_images: int = 2000  # renders of poses[:pose_images]
+    pair_images: int = 400  # renders of pairs[:pair_images], A and B
+    texts_per_pair: int = 2
+
+
+@dataclass
+class Pool:
+    seed: int
+    sizes: PoolSizes
+    axis_angle: np.ndarray  # [N, 66] float32
+    joints_m: np.ndarray  # [N, 22, 3] float32, grounded
+    facts: list[list[Fact]]
+    codes: np.ndarray  # [N, 80] int64
+    pair_a: np.ndarray  # [K, 66]
+    pair_b: np.ndarray
+    pair_joints_a: np.ndarray  # [K, 22, 3]
+    pair_joints_b: np.ndarray
+    pair_codes_a: np.ndarray  # [K, 80]
+    pair_codes_b: np.ndarray
+    pair_texts: list[list[tuple[str, list[PairFact]]]]  # per pair, non-empty instructions
+    pair_facts_b: list[list[Fact]]
+    images: np.ndarray  # [M, 112, 112, 3] uint8
+    image_joints_2d: np.ndarray  # [M, 22, 2] pixels (x right, y down)
+    image_joints_m: np.ndarray  # [M, 22, 3] root-relative metres
+    image_of_pose: np.ndarray  # [pose_images] index into images
+    image_of_pair_a: np.ndarray  # [pair_images]
+    image_of_pair_b: np.ndarray
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.axis_angle.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.pair_a.shape[0])
+
+
+def _rng(seed: int, part: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _PARTS[part]])
+
+
+def encode_codes(pose_tokenizer: torch.nn.Module | None, axis_angle: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Axis-angle [N, 66] -> codes [N, 80] with the frozen pose tokenizer (as `UniPose.encode_poses` does);
+    without a tokenizer (evaluation pools, which go through the task classes) -> [N, 0]."""
+    if pose_tokenizer is None:
+        return np.zeros((len(axis_angle), 0), np.int64)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(axis_angle), chunk):
+            pose = Pose.from_axis_angle(torch.from_numpy(np.ascontiguousarray(axis_angle[i:i + chunk])))
+            out.append(pose_tokenizer.encode(pose.rotation_6d()).cpu().numpy().astype(np.int64))
+    return np.concatenate(out) if out else np.zeros((0, 80), np.int64)
+
+
+def _render(joints: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    images, joints_2d = [], []
+    for j in joints:
+        view = render_views(j, rng, views=IMAGE_VIEW)["clip"]
+        images.append(view["image"])
+        joints_2d.append(view["joints_2d"])
+    size = IMAGE_VIEW["clip"]
+    return (np.stack(images) if images else np.zeros((0, *size, 3), np.uint8),
+            np.stack(joints_2d).astype(np.float32) if joints_2d else np.zeros((0, 22, 2), np.float32))
+
+
+def build_pool(seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | None) -> Pool:
+    """Draw every part of a pool (see the module docstring); logs the time of each part."""
+    start = time.perf_counter()
+    axis_angle, _ = sample_poses(sizes.poses, _rng(seed, "poses"))
+    joints_m, _ = joints_and_rotations(axis_angle)
+    facts = facts_for_poses(axis_angle)
+    codes = encode_codes(pose_tokenizer, axis_angle)
+    log.info("pool seed %d: %d poses with facts and codes in %.1f s", seed, sizes.poses, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    pair_rng = _rng(seed, "pairs")
+    pair_a, pair_b, _ = sample_pairs(sizes.pairs, pair_rng)
+    joints_a, rot_a = joints_and_rotations(pair_a)
+    joints_b, rot_b = joints_and_rotations(pair_b)
+    pair_texts = []
+    for i in range(sizes.pairs):
+        texts = [describe_pair(joints_a[i], joints_b[i], pair_rng, rot_a[i], rot_b[i])
+                 for _ in range(sizes.texts_per_pair)]
+        pair_texts.append([(t, f) for t, f in texts if t])
+    pair_facts_b = facts_for_poses(pair_b)
+    codes_a, codes_b = encode_codes(pose_tokenizer, pair_a), encode_codes(pose_tokenizer, pair_b)
+    log.info("pool seed %d: %d pairs in %.1f s", seed, sizes.pairs, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    render_rng = _rng(seed, "renders")
+    n_pose, n_pair = min(sizes.pose_images, sizes.poses), min(sizes.pair_images, sizes.pairs)
+    chosen = np.concatenate([joints_m[:n_pose], joints_a[:n_pair], joints_b[:n_pair]])
+    images, joints_2d = _render(chosen, render_rng)
+    image_joints_m = (chosen - chosen[:, :1]).astype(np.float32)
+    log.info("pool seed %d: %d renders in %.1f s", seed, len(chosen), time.perf_counter() - start)
+    return Pool(seed, sizes, axis_angle, joints_m.astype(np.float32), facts, codes, pair_a, pair_b,
+                joints_a.astype(np.float32), joints_b.astype(np.float32), codes_a, codes_b, pair_texts, pair_facts_b,
+                images, joints_2d, image_joints_m, np.arange(n_pose), n_pose + np.arange(n_pair),
+                n_pose + n_pair + np.arange(n_pair))
+
+
+def load_or_build_pool(directory: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module) -> Pool:
+    """The pool cached as `directory/pool-seed{seed}.pkl` (rebuilt when its sizes or version differ)."""
+    path = Path(directory) / f"pool-seed{seed}.pkl"
+    if path.is_file():
+        with path.open("rb") as handle:
+            stored = pickle.load(handle)  # noqa: S301 - our own cache file, written below
+        if stored.get("version") == POOL_VERSION and stored["pool"].sizes == sizes:
+            pool = stored["pool"]
+            # Codes belong to a pose tokenizer, not to the data: re-encode (seconds) so a cached pool can never
+            # carry codes of another tokenizer.
+            pool.codes = encode_codes(pose_tokenizer, pool.axis_angle)
+            pool.pair_codes_a = encode_codes(pose_tokenizer, pool.pair_a)
+            pool.pair_codes_b = encode_codes(pose_tokenizer, pool.pair_b)
+            return pool
+    pool = build_pool(seed, sizes, pose_tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        pickle.dump({"version": POOL_VERSION, "pool": pool}, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return pool

@@ -1,0 +1,156 @@
+"""Stage 2, the vision side of unipose-tiny: pretrain both towers on renders, then serve frozen image features.
+
+Both towers see exactly what they see at inference: each render goes through `preprocess_batch` (the CLIP view
+and the Pose-ViT view cut from ONE image, as the task classes do with a user's image).
+
+* Pose-ViT: regression of the 22 joints from its feature map, 2D (the render's pixel positions, normalised) and
+  3D (root-relative metres), through a linear head used only here. This is the pose-specific prior the real
+  model gets from TokenHMR.
+* CLIP-like tower: contrastive (symmetric InfoNCE) against a tiny caption encoder of our own (mean of token
+  embeddings of the caption + a linear map), on render / caption pairs with captions drawn fresh every step,
+  so its patch tokens carry the facts a caption states.
+
+Both objectives run in the same steps on the same batch (one optimiser, summed losses): the renders and their
+preprocessing are shared and the 2 CPU cores are the budget. The heads and the caption encoder are discarded.
+After pretraining the towers are frozen; `image_features` computes the fused (pre-projector) features of every
+pool image once, and the projector + LLM train on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from unipose_sdk.data.captions import caption as make_caption
+from unipose_sdk.models.preprocess import preprocess_batch
+from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.text.tokenizer import TextTokenizer
+
+log = logging.getLogger("unipose_sdk.training")
+
+VISION_SHARE_OF_STAGE2 = 0.5
+EMBED_DIM = 128
+_CHUNK = 64
+
+
+def pool_pixels(model: UniPoseModel, pool: Any) -> tuple[Tensor, Tensor]:
+    """Every pool image through the inference preprocessing -> (clip [M, 3, S, S], pose [M, 3, H, W]) float16."""
+    config = model.config
+    clips, poses = [], []
+    for i in range(0, len(pool.images), _CHUNK):
+        clip, pose = preprocess_batch(list(pool.images[i:i + _CHUNK]), config.clip, config.pose_vit)
+        clips.append(clip.half())
+        poses.append(pose.half())
+    return torch.cat(clips), torch.cat(poses)
+
+
+class JointHead(nn.Module):
+    """Pose-ViT map [B, C, h, w] -> 22 x (2D + 3D) joints."""
+
+    def __init__(self, channels: int, cells: int, num_joints: int = 22) -> None:
+        super().__init__()
+        self.num_joints = num_joints
+        self.linear = nn.Linear(channels * cells, num_joints * 5)
+
+    def forward(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.linear(feature_map.flatten(1)).view(-1, self.num_joints, 5)
+        return out[..., :2], out[..., 2:]
+
+
+class CaptionEncoder(nn.Module):
+    """Mean of the caption's token embeddings, then a linear map: enough to say which facts a caption states."""
+
+    def __init__(self, vocab_size: int, dim: int = EMBED_DIM) -> None:
+        super().__init__()
+        self.embed = nn.EmbeddingBag(vocab_size, dim, mode="mean")
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids: Tensor, offsets: Tensor) -> Tensor:
+        return self.proj(self.embed(ids, offsets))
+
+
+def contrastive_loss(image_vectors: Tensor, text_vectors: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE: image i belongs with caption i."""
+    image_vectors = F.normalize(image_vectors, dim=-1)
+    text_vectors = F.normalize(text_vectors, dim=-1)
+    logits = logit_scale.exp().clamp(max=100.0) * image_vectors @ text_vectors.t()
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def _pose_index_of_image(pool: Any) -> np.ndarray:
+    """For each pool image, the pose whose facts describe it (pair images use B's / A's own facts)."""
+    index = np.full(len(pool.images), -1, dtype=np.int64)
+    index[pool.image_of_pose] = np.arange(len(pool.image_of_pose))
+    return index
+
+
+def pretrain_vision(model: UniPoseModel, pool: Any, tokenizer: TextTokenizer, settings: Any) -> dict[str, Any]:
+    """Pose-ViT joint regression + CLIP-like contrastive training on the pool's pose renders."""
+    from unipose_sdk.training.pipeline import SECONDS_PER_VISION_STEP, STAGE_SHARE, run_steps
+
+    device = torch.device(settings.device)
+    clip_pixels, pose_pixels = pool_pixels(model, pool)
+    pose_of_image = _pose_index_of_image(pool)
+    usable = np.flatnonzero(pose_of_image >= 0)  # renders of single poses (they have facts and captions)
+    config = model.config
+    grid_h, grid_w = config.pose_vit.grid_hw
+    head = JointHead(config.pose_vit.embed_dim, grid_h * grid_w).to(device)
+    caption_encoder = CaptionEncoder(config.vocab.text_vocab_size).to(device)
+    image_proj = nn.Linear(config.clip.hidden_size, EMBED_DIM).to(device)
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+    towers = [model.vision.clip, model.vision.pose_vit]
+    for tower in towers:
+        tower.train()
+    params = [p for m in (*towers, head, caption_encoder, image_proj) for p in m.parameters()] + [logit_scale]
+    rng = np.random.default_rng([settings.seed, 20])
+    size = float(pool.images.shape[1])
+    batch_size = max(8, 2 * settings.batch_size)
+
+    def step_fn(step: int) -> tuple[Tensor, dict[str, float]]:
+        chosen = usable[rng.choice(len(usable), size=min(batch_size, len(usable)), replace=False)]
+        index = torch.from_numpy(chosen)
+        pose_map = model.vision.pose_vit(pose_pixels[index].float().to(device))
+        pred_2d, pred_3d = head(pose_map)
+        target_2d = torch.from_numpy(pool.image_joints_2d[chosen] / size - 0.5).to(device)
+        target_3d = torch.from_numpy(pool.image_joints_m[chosen]).to(device)
+        regression = F.mse_loss(pred_2d, target_2d) * 10.0 + F.mse_loss(pred_3d, target_3d) * 10.0
+        clip_tokens = model.vision.clip(clip_pixels[index].float().to(device))  # [B, N, C]
+        image_vectors = image_proj(clip_tokens.mean(dim=1))
+        ids, offsets = [], []
+        for i in chosen:
+            offsets.append(len(ids))
+            ids += tokenizer.encode(make_caption(pool.facts[pose_of_image[i]], rng))
+        text_vectors = caption_encoder(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))
+        contrastive = contrastive_loss(image_vectors, text_vectors, logit_scale)
+        with torch.no_grad():
+            error_mm = (pred_3d - target_3d).norm(dim=-1).mean().item() * 1000
+        return regression + contrastive, {"regression": regression.item(), "contrastive": contrastive.item(),
+                                          "joint_error_mm": error_mm}
+
+    steps, seconds = settings.plan("vision", STAGE_SHARE[2] * VISION_SHARE_OF_STAGE2, SECONDS_PER_VISION_STEP)
+    summary = run_steps("stage2-vision", params, steps, 1e-3, seconds, step_fn)
+    for tower in towers:
+        tower.eval()
+    return summary
+
+
+@torch.no_grad()
+def image_features(model: UniPoseModel, pool: Any, device: str | torch.device) -> Tensor:
+    """Fused (pre-projector) features of every pool image with the frozen towers: [M, N, Cc + Cp] float16."""
+    clip_pixels, pose_pixels = pool_pixels(model, pool)
+    model.vision.eval()
+    out = []
+    for i in range(0, len(clip_pixels), _CHUNK):
+        fused = model.vision.fused_features(clip_pixels[i:i + _CHUNK].float().to(device),
+                                            pose_pixels[i:i + _CHUNK].float().to(device))
+        out.append(fused.half().cpu())
+    model.vision.requires_grad_(False)
+    model.vision.projector.requires_grad_(True)
+    return torch.cat(out)
