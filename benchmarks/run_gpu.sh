@@ -6,10 +6,11 @@
 #   bash benchmarks/run_gpu.sh kernels    # benchmarks/bench_attention.py on CUDA (Triton vs SDPA / Flex)
 #   bash benchmarks/run_gpu.sh tiny       # unipose-tiny latency on CUDA, batches 1 and 8, all backends
 #   bash benchmarks/run_gpu.sh 7b         # the unipose-7b configuration, random bf16 weights, batches 1 and 8
+#   bash benchmarks/run_gpu.sh 7b1 / 7b8  # the same, one batch size per call (compiling the 7B graphs takes minutes)
 #   QUICK=1 bash benchmarks/run_gpu.sh 7b # fewer runs / shorter answers (when a call has a time limit)
 #
 # Where a single command may run at most ~10 minutes (the project's device machines), run the stages as
-# separate calls: check+kernels, tiny, 7b. Results: benchmarks/results/{attention_cuda,latency_tiny_cuda,
+# separate calls: check + kernels, tiny, 7b1, 7b8. Results: benchmarks/results/{attention_cuda,latency_tiny_cuda,
 # latency_7b_cuda}.{json,md,png} and run_gpu_<stage>.log; copied to $OUT when that is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ log() { echo "[run_gpu $(date +%H:%M:%S)] $*"; }
 copy_out() {
   if [[ -n "${OUT:-}" ]]; then
     mkdir -p "$OUT"
-    for f in "$RESULTS"/attention_cuda.* "$RESULTS"/latency_*_cuda.* "$RESULTS"/run_gpu_*.log; do
+    for f in "$RESULTS"/attention_cuda.* "$RESULTS"/latency_*_cuda*.* "$RESULTS"/run_gpu_*.log; do
       [[ -f "$f" ]] && cp "$f" "$OUT/"
     done
   fi
@@ -59,6 +60,16 @@ stage_7b() {
     --load-note "run_gpu.sh 7b (random weights)" -o "$RESULTS"
 }
 
+stage_7b1() {
+  python benchmarks/bench_latency.py --device cuda --model 7b --batch 1 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+    --name latency_7b_cuda_b1 --load-note "run_gpu.sh 7b1 (random weights)" -o "$RESULTS"
+}
+
+stage_7b8() {
+  python benchmarks/bench_latency.py --device cuda --model 7b --batch 8 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+    --name latency_7b_cuda_b8 --load-note "run_gpu.sh 7b8 (random weights)" -o "$RESULTS"
+}
+
 run_stage() {
   local name="$1"
   log "stage $name"
@@ -71,6 +82,6 @@ run_stage() {
 
 case "$STAGE" in
   all) rc=0; for s in check kernels tiny 7b; do run_stage "$s" || rc=1; done; exit $rc ;;
-  check|kernels|tiny|7b) run_stage "$STAGE" ;;
+  check|kernels|tiny|7b|7b1|7b8) run_stage "$STAGE" ;;
   *) echo "usage: $0 [all|check|kernels|tiny|7b]" >&2; exit 2 ;;
 esac

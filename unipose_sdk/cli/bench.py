@@ -694,7 +694,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
 def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     device_type = "cuda" if result["device"].startswith("cuda") else "cpu"
-    stem = out_dir / f"latency_{result['model']}_{device_type}"
+    stem = out_dir / (result.get("name") or f"latency_{result['model']}_{device_type}")
     paths = {"json": str(stem.with_suffix(".json")), "markdown": str(stem.with_suffix(".md")),
              "chart": str(stem.with_suffix(".png"))}
     result["outputs"] = paths
@@ -724,6 +724,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--onnx-dir", default=None, help="exported model directory for the onnxruntime backend")
+    parser.add_argument("--name", default=None, help="output file stem (default latency_<model>_<device>)")
     parser.add_argument("--load-note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("-o", "--output", default="benchmarks/results", help="results directory")
 
@@ -741,6 +742,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         compile_cpu=args.compile, onnx_dir=args.onnx_dir, only=args.backends, dtype=args.dtype,
     )
     result["load_note"] = args.load_note
+    result["name"] = args.name
     write_outputs(result, Path(args.output))
     return result
 

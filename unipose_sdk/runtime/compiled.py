@@ -32,7 +32,9 @@ from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig
 from unipose_sdk.models.llm import KVCache, LMOutput, MistralLM
 
-_DEFAULT_BUCKET = 64
+# Prompts are left-padded to a multiple of this: few prefill graphs to compile (each costs seconds on the tiny model,
+# about a minute at 7B), at the price of at most 127 padded rows per prefill.
+_DEFAULT_BUCKET = 128
 _DEFAULT_CACHE_STEP = 256
 
 
@@ -107,7 +109,9 @@ class FastLM:
         """The batch size's static cache, grown (reallocated) only when a call needs more slots than it has."""
         dtype = dtype or self.llm.dtype
         cache = self._caches.get(batch_size)
-        if cache is None or cache.max_length < max_length or cache.k[0].dtype != dtype:
+        # A cache made inside inference_mode cannot be written outside it (and the other way round): realloc.
+        if (cache is None or cache.max_length < max_length or cache.k[0].dtype != dtype
+                or cache.k[0].is_inference() != torch.is_inference_mode_enabled()):
             cache = self.llm.new_cache(batch_size, _round_up(max_length, self.cache_step), dtype=dtype)
             if self.compiled:
                 for tensor in cache.k + cache.v:
