@@ -1,0 +1,129 @@
+"""Evaluation metric functions on inputs with known answers, and the report writers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unipose_sdk.data.captions import compose_caption
+from unipose_sdk.data.facts import Fact
+from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
+from unipose_sdk.data.poses import joints_and_rotations, sample_poses
+from unipose_sdk.evaluation import metrics as M
+from unipose_sdk.evaluation.runner import to_markdown, write_report
+
+
+def _rotation_z(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def poses() -> tuple[np.ndarray, np.ndarray]:
+    axis_angle, _ = sample_poses(6, 11)
+    return axis_angle, M.joints_of(axis_angle)
+
+
+def test_mpjpe_is_zero_for_the_truth_and_ignores_the_pelvis_position(poses) -> None:  # type: ignore[no-untyped-def]
+    _, joints = poses
+    assert np.allclose(M.mpjpe_mm(joints, joints), 0.0)
+    assert np.allclose(M.mpjpe_mm(joints + np.array([0.3, -1.0, 2.0]), joints), 0.0, atol=1e-4)
+
+
+def test_mpjpe_of_one_moved_joint(poses) -> None:  # type: ignore[no-untyped-def]
+    _, joints = poses
+    moved = joints.copy()
+    moved[:, 5, 0] += 0.022  # 22 mm on one of 22 joints -> 1 mm mean
+    assert np.allclose(M.mpjpe_mm(moved, joints), 1.0, atol=1e-3)
+
+
+def test_pa_mpjpe_removes_scale_rotation_and_translation_but_mpjpe_does_not(poses) -> None:  # type: ignore[no-untyped-def]
+    _, joints = poses
+    transformed = 1.3 * joints @ _rotation_z(0.7).T + np.array([0.5, 0.1, -0.2])
+    assert np.allclose(M.pa_mpjpe_mm(transformed, joints), 0.0, atol=1e-3)
+    assert (M.mpjpe_mm(transformed, joints) > 50).all()
+
+
+def test_procrustes_fit_is_least_squares(poses) -> None:  # type: ignore[no-untyped-def]
+    _, joints = poses
+    other = joints[::-1].copy()
+    aligned = M.procrustes_align(other, joints)
+    pelvis_aligned = other - other[:, :1] + joints[:, :1]
+    sq = lambda a: ((a - joints) ** 2).sum(axis=(1, 2))  # noqa: E731
+    assert (sq(aligned) <= sq(pelvis_aligned) + 1e-9).all()
+    assert (sq(aligned) <= sq(1.1 * aligned - 0.1 * joints.mean(axis=1, keepdims=True)) + 1e-9).all()
+
+
+def test_fact_holds_fraction() -> None:
+    truth = [Fact("knee_bend", "left", math.nan, "bent"), Fact("sit", "body", math.nan, "sitting")]
+    stated = [Fact("knee_bend", "left", math.nan, "bent"), Fact("knee_bend", "right", math.nan, "straight")]
+    assert M.fact_holds_fraction(stated, truth) == 0.5
+    assert M.fact_holds_fraction(truth, truth) == 1.0
+    assert math.isnan(M.fact_holds_fraction([], truth))
+
+
+def test_a_true_caption_scores_full_precision_and_recall(poses) -> None:  # type: ignore[no-untyped-def]
+    axis_angle, _ = poses
+    facts = M.facts_of(axis_angle)
+    rng = np.random.default_rng(0)
+    for pose_facts in facts:
+        text, stated = compose_caption(pose_facts, rng)
+        scores = M.description_scores(text, pose_facts, stated)
+        assert scores["precision"] == 1.0 and scores["recall"] == 1.0
+    # another pose's caption is not all true of this pose, and recalls less
+    text, stated = compose_caption(facts[1], rng, max_facts=8)
+    assert M.description_scores(text, facts[0], compose_caption(facts[0], rng)[1])["recall"] < 1.0
+
+
+def test_pair_and_edit_scores_on_the_true_pair() -> None:
+    rng = np.random.default_rng(4)
+    pose_a, pose_b, _ = sample_pairs(4, 5)
+    joints_a, rot_a = joints_and_rotations(pose_a)
+    joints_b, rot_b = joints_and_rotations(pose_b)
+    facts_b = M.facts_of(pose_b)
+    facts_a = M.facts_of(pose_a)
+    for i in range(4):
+        text, stated = describe_pair(joints_a[i], joints_b[i], rng, rot_a[i], rot_b[i])
+        if not text:
+            continue
+        truth = pair_facts(joints_a[i], joints_b[i], rot_a[i], rot_b[i])
+        scores = M.pair_scores(text, truth, stated)
+        assert scores["recall"] == 1.0 and scores["precision"] >= 0.5
+        level_changes = [f for f in stated if f.kind not in M.MOVE_KINDS]
+        if level_changes:
+            assert M.edit_holds_fraction(stated, facts_b[i]) == 1.0  # B has what the instruction asks
+            assert M.edit_holds_fraction(stated, facts_a[i]) < 1.0  # A does not (it is a change)
+    assert M.pair_scores("", [], [])["precision"] == 0.0
+
+
+def test_mean_pose_of_copies_is_the_pose_and_is_a_valid_average(poses) -> None:  # type: ignore[no-untyped-def]
+    axis_angle, _ = poses
+    copies = np.repeat(axis_angle[:1], 5, axis=0)
+    assert np.allclose(M.joints_of(M.mean_pose_axis_angle(copies)[None]), M.joints_of(axis_angle[:1]), atol=1e-4)
+    mean = M.mean_pose_axis_angle(axis_angle)
+    assert mean.shape == (66,) and np.isfinite(mean).all()
+
+
+def test_most_frequent_text_picks_the_most_common_statements() -> None:
+    texts = ["a", "b", "c"]
+    keys = [[("sit", "body", "sitting")], [("knee", "left", "bent")], [("knee", "left", "bent")]]
+    assert M.most_frequent_text(texts, keys) == "b"
+    assert M.most_frequent_text(texts, keys, min_facts=2) == "a"  # nobody qualifies: the first
+
+
+def test_report_writers(tmp_path: Path) -> None:
+    metric = {"model": 0.9, "baseline": 0.4, "baseline_name": "mean pose", "higher_is_better": True,
+              "beats_baseline": True}
+    report = {"model": "m", "model_is_random": False, "quick": True, "seed": 0, "eval_seed": 10007,
+              "sizes": {"poses": 2, "pairs": 1, "pose_images": 1, "pair_images": 1},
+              "baselines": {"most_frequent_caption": "x.", "most_frequent_instruction": "y."},
+              "metrics": {"text_to_pose": {"facts_hold": metric}}, "beats_all_baselines": True,
+              "seconds": {"total": 1.0}}
+    json_path, md_path = write_report(report, tmp_path / "ev")
+    assert json.loads(json_path.read_text())["metrics"]["text_to_pose"]["facts_hold"]["model"] == 0.9
+    assert "| text_to_pose | facts_hold (higher is better) | 0.900 | 0.400 | mean pose | yes |" in md_path.read_text()
+    assert to_markdown(report) == md_path.read_text()

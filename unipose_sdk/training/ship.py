@@ -1,0 +1,163 @@
+"""Ship a trained run as the embedded unipose-tiny model (`assets/unipose-tiny/`).
+
+    python -m unipose_sdk.training.ship export  --run RUN_DIR --out CANDIDATE_DIR
+    unipose evaluate --model CANDIDATE_DIR -o CANDIDATE_DIR/evaluation
+    python -m unipose_sdk.training.ship install --candidate CANDIDATE_DIR
+
+`export` writes the last completed stage as a float16 SDK directory (the pose tokenizer stays float32), with the
+text tokenizer, so it can be evaluated exactly as it will ship. `install` refuses a candidate whose evaluation
+does not beat every trivial baseline; otherwise it copies `config.json` and `model.safetensors` into the assets
+(each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/` stay), with the evaluation report and a
+model card built from the training and evaluation records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
+EVALUATION_NAME = "evaluation"
+TRAINING_NAME = "training.json"
+
+
+def export(run: Path, out: Path) -> Path:
+    """The run's last stage -> a float16 SDK directory at `out` (with tokenizer and the run's training records)."""
+    stage_dir = final_model_dir(run)
+    loaded = load_model(stage_dir)
+    stages = {}
+    for stage in (1, 2, 3):
+        info = Path(run) / f"stage{stage}" / STAGE_INFO
+        if info.is_file():
+            stages[f"stage{stage}"] = json.loads(info.read_text(encoding="utf-8"))
+    source = (f"unipose train (stages {', '.join(k[-1] for k in stages)}, seed {stages[next(iter(stages))]['seed']}) "
+              "on the synthetic data engine; see MODEL_CARD.md")
+    save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=False, source=source,
+               overwrite=True)
+    (Path(out) / TRAINING_NAME).write_text(json.dumps(stages, indent=2), encoding="utf-8")
+    return Path(out)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> None:
+    report_path = Path(candidate) / f"{EVALUATION_NAME}.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if not report["beats_all_baselines"] and not force:
+        losing = [f"{task}.{name}" for task, metrics in report["metrics"].items()
+                  for name, m in metrics.items() if not m["beats_baseline"]]
+        raise SystemExit(f"not shipping {candidate}: it does not beat the trivial baseline on {losing}")
+    training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        _copy_atomic(Path(candidate) / name, assets / name)
+    for suffix in (".json", ".md"):
+        _copy_atomic(Path(candidate) / f"{EVALUATION_NAME}{suffix}", assets / f"{EVALUATION_NAME}{suffix}")
+    (assets / "MODEL_CARD.md").write_text(model_card(report, training, assets), encoding="utf-8")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -> str:
+    config = json.loads((assets / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+    llm, clip, pose_vit = config["llm"], config["clip"], config["pose_vit"]
+    size_mb = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file()) / 1e6
+    rows = []
+    for task, metrics in report["metrics"].items():
+        for name, m in metrics.items():
+            rows.append(f"| {task} | {name} | {m['model']:.3f} | {m['baseline']:.3f} ({m['baseline_name']}) |")
+    stage_rows = []
+    for name, info in training.items():
+        language = info.get("language", {})
+        vision = info.get("vision")
+        parts = [f"LLM {language.get('steps', 0)} steps ({language.get('ended_by', '?')})"]
+        if vision:
+            parts.insert(0, f"vision {vision['steps']} steps")
+        stage_rows.append(f"| {name} | {_minutes(info['seconds'])} | {', '.join(parts)} | batch {info['batch_size']} |")
+    data_seconds = next(iter(training.values())).get("data_seconds", 0.0)
+    total = sum(info["seconds"] for info in training.values()) + data_seconds
+    return f"""# unipose-tiny (embedded model)
+
+A small UniPose-style model that ships inside `unipose-sdk`, so the four task classes work offline out of the box.
+It has the structure of the real 7B model (pose VQ-VAE tokenizer, CLIP-like tower + Pose-ViT + projector,
+Mistral-style LLM with the mixed attention mask and 80 learned pose queries) at toy size, trained only on the
+project's **synthetic** data engine. It is a demonstration and test model, not a pose estimator for real photos.
+
+Licence: Apache-2.0.
+
+## Sizes
+- LLM: {llm['num_hidden_layers']} layers, hidden {llm['hidden_size']}, {llm['num_attention_heads']} query / \
+{llm['num_key_value_heads']} KV heads of {llm['head_dim']}, MLP {llm['intermediate_size']}, vocabulary {llm['vocab_size']} \
+(1024 text ids + 512 pose codes + BEGIN/END + image markers + 80 pose queries)
+- CLIP-like tower: {clip['num_hidden_layers']} layers x {clip['hidden_size']} on {clip['image_size']} px \
+({clip['image_size'] // clip['patch_size']}x{clip['image_size'] // clip['patch_size']} patches); \
+Pose-ViT: {pose_vit['depth']} layers x {pose_vit['embed_dim']} on {pose_vit['image_height']}x{pose_vit['image_width']} crops
+- Pose tokenizer: the shipped `pose_tokenizer/` (frozen during training; a copy is inside `model.safetensors`)
+- Files in this directory: {size_mb:.1f} MB (weights float16, pose tokenizer float32)
+
+## Data
+Everything is generated by `unipose_sdk.data` with fixed seeds: sampled plausible poses (archetypes, blends, free
+poses), captions from 27 geometric facts in six voices, pose pairs (region edits) with imperative instructions,
+and mannequin renders (112 px square; both towers' views are cut from it as at inference). Training pool: seed
+{next(iter(training.values()))['seed']}; evaluation: a different seed ({report['eval_seed']}).
+
+## Training (`unipose train`, CPU, 2 shared cores)
+| stage | wall time | steps | notes |
+|---|---|---|---|
+{chr(10).join(stage_rows)}
+
+Data pool generation: {_minutes(data_seconds)}. Total: {_minutes(total)}.
+Stage 1: text-to-pose, pose description, pose difference, pose editing (teacher forcing; pose answers as BEGIN +
+the 80 query positions, one bidirectional block, query k predicting code k). Stage 2: Pose-ViT joint regression
+(2D + 3D) and CLIP-like contrastive training against a tiny caption encoder, then the projector and LLM on the
+image tasks with frozen towers. Stage 3: all seven tasks with the templates plus three or four paraphrases each.
+
+## Evaluation (`unipose evaluate`, held-out synthetic data)
+| task | metric | model | trivial baseline |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Full report: `evaluation.md` / `evaluation.json`.
+
+## Limitations
+- Trained for minutes on CPU on synthetic data only: poses are coarse, descriptions state a few common facts,
+  and renders of a capsule mannequin are the only images it has seen; real photos are out of distribution.
+- The text side knows only the data engine's phrasing (and a 1024-id tokenizer built on it).
+- Metrics are on synthetic held-out data from the same engine, not on PoseScript / PoseFix / 3DPW.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True)
+    i = sub.add_parser("install")
+    i.add_argument("--candidate", type=Path, required=True)
+    i.add_argument("--assets", type=Path, default=ASSETS_DIR)
+    i.add_argument("--force", action="store_true", help="ship even if a baseline is not beaten")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        print(f"wrote {export(args.run, args.out)}")
+    else:
+        install(args.candidate, args.assets, args.force)
+        print(f"installed {args.candidate} into {args.assets}")
+
+
+if __name__ == "__main__":
+    main()
