@@ -58,7 +58,7 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     report = json.loads(report_path.read_text(encoding="utf-8"))
     if not report["beats_all_baselines"] and not force:
         losing = [f"{task}.{name}" for task, metrics in report["metrics"].items()
-                  for name, m in metrics.items() if not m["beats_baseline"]]
+                  for name, m in metrics.items() if m.get("gate", True) and not m["beats_baseline"]]
         raise SystemExit(f"not shipping {candidate}: it does not beat the trivial baseline on {losing}")
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -79,7 +79,8 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
     rows = []
     for task, metrics in report["metrics"].items():
         for name, m in metrics.items():
-            rows.append(f"| {task} | {name} | {m['model']:.3f} | {m['baseline']:.3f} ({m['baseline_name']}) |")
+            note = "" if m.get("gate", True) else ", reference only"
+            rows.append(f"| {task} | {name} | {m['model']:.3f} | {m['baseline']:.3f} ({m['baseline_name']}{note}) |")
     stage_rows = []
     for name, info in training.items():
         language = info.get("language", {})
