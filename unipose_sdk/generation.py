@@ -170,23 +170,28 @@ def prefill_with_pose(
 
 
 @torch.no_grad()
-def decode_step(model: LanguageModel, cache: KVCache, state: DecodeState, tokens: Tensor, active: Tensor) -> Tensor:
+def decode_step(model: LanguageModel, cache: KVCache, state: DecodeState, tokens: Tensor, active: Tensor,
+                kv_length: int | None = None) -> Tensor:
     """Feed one token per row (tokens [B]); rows with active[b] False compute but do not advance.
 
+    kv_length: attend only the first kv_length cache slots (every row's written slots; None: the whole cache).
     Returns the next-token logits [B, V].
     """
     zeros = torch.zeros_like(state.next_slot)
     mask = MixedMask(block_start=zeros, block_end=zeros, key_start=state.key_start, query_offset=state.next_slot)
-    out = model(tokens.unsqueeze(1), positions=state.next_position.unsqueeze(1), mask=mask, cache=cache)
+    out = model(tokens.unsqueeze(1), positions=state.next_position.unsqueeze(1), mask=mask, cache=cache,
+                kv_length=kv_length)
     state.advance(active, 1)
     return out.logits[:, -1]
 
 
 @torch.no_grad()
-def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: VocabLayout, active: Tensor) -> Tensor:
+def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: VocabLayout, active: Tensor,
+              kv_length: int | None = None) -> Tensor:
     """Feed BEGIN + the learned pose queries as one (1 + Q)-token call, Q = vocab.num_pose_tokens.
 
     BEGIN is causal; the Q query positions form one bidirectional block. Only rows with active[b] True advance.
+    kv_length: as in `decode_step`.
     Returns the logits at the query positions [B, Q, V]: query k predicts pose token k (no shift).
     """
     batch = state.next_slot.shape[0]
@@ -207,6 +212,7 @@ def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: V
         positions=state.next_position.unsqueeze(1) + steps,  # positions stay sequential (plain RoPE)
         mask=mask,
         cache=cache,
+        kv_length=kv_length,
         logits_positions=slice(1, None),
     )
     state.advance(active, 1 + num_queries)
@@ -343,6 +349,9 @@ def generate(
     cache = model.new_cache(batch, padded + max_new_tokens + vocab.num_pose_tokens)  # slack: see module docstring
     results = [GenerationResult() for _ in range(batch)]
     pending = [vocab.pad_id] * batch  # the token each row feeds next
+    # Host copy of every row's next cache slot (no device sync needed): a call of T tokens writes slots up to
+    # max(slots) + T, so attending that many slots instead of the whole cache skips the unwritten tail.
+    slots = [padded] * batch
 
     def accept(b: int, token: int) -> None:
         """Append a sampled token to row b's stream, or finish the row."""
@@ -390,6 +399,7 @@ def generate(
             state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
             for b in (b for b in range(batch) if keep[b]):
                 take_pose(b, codes[b])
+                slots[b] += 1 + vocab.num_pose_tokens
         # Rows that did not keep the block stay at slot P: their appended rows are scratch (module docstring).
     clock.end("prefill_pose" if one_pass else "prefill")
 
@@ -401,17 +411,21 @@ def generate(
         if any(posing):
             # The rows that emitted BEGIN run their pose step; the others wait (they do not advance).
             clock.begin()
-            query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device))
+            query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device),
+                                     kv_length=max(slots) + 1 + vocab.num_pose_tokens)
             codes = pose_codes_from_logits(query_logits, vocab).cpu()
             for b in (b for b in range(batch) if posing[b]):
                 take_pose(b, codes[b])
+                slots[b] += 1 + vocab.num_pose_tokens
             clock.end("pose_step", "pose_steps")
             running = [out.finish_reason is None for out in results]
             if not any(running):
                 return results
         clock.begin()
         tokens = torch.tensor([pending[b] if running[b] else vocab.pad_id for b in range(batch)], device=device)
-        logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device))
+        logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device),
+                             kv_length=max(slots) + 1)
+        slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
         # The one host synchronisation per token: the stop check needs the sampled ids.
         for b, token in enumerate(logits.argmax(dim=-1).tolist()):
             if running[b]:

@@ -142,6 +142,10 @@ class FastLM:
         if logits_positions is None or logits_positions.step is not None or logits_positions.stop is not None:
             raise ValueError(f"FastLM compiles calls with logits_positions=slice(start, None); got {logits_positions}")
         inputs = input_ids if input_ids is not None else input_embeds.to(self.llm.dtype)  # type: ignore[union-attr]
+        if kv_length != inputs.shape[1]:
+            # Decode and pose steps attend the whole static cache (masked): a kv_length that grows with every
+            # token would make every step a new graph. Only a prefill of a fresh cache (kv_length == T) keeps it.
+            kv_length = None
         key = (inputs.dtype.is_floating_point, tuple(inputs.shape), cache.max_length, kv_length,
                logits_positions.start)
         first = key not in self._seen
