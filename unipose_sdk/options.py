@@ -65,8 +65,10 @@ class BaseOptions:
         text of the answer (END, "." and eos carry no information, so this only costs decode steps).
     one_pass: pose tasks run the prompt and the pose block as one forward over the weights (same tokens as the
         step-by-step path); False runs them as two calls.
-    compile: torch backend: compile the decoder calls (CUDA graphs on CUDA). None: on for CUDA, off on the CPU,
-        where it was measured not to pay off for the embedded model (benchmarks/results).
+    compile: torch backend: compile the decoder calls (CUDA graphs on CUDA). None: on for CUDA, off on the CPU:
+        there the embedded model's text decode gets ~1.8x faster, but the pose answers get slower (prompts padded
+        to a compile bucket) and every new shape costs seconds to a minute of compiling
+        (benchmarks/results/latency_tiny_cpu_compile.md). Turn it on for long-running text-heavy CPU services.
     """
 
     model: str | Path | None = None
