@@ -289,7 +289,7 @@ def test_encoder_end_to_end_equals_its_parts(tiny_encoder: VisionEncoder) -> Non
         out = encoder(clip_pixels, pose_pixels)
         fused = fuse_vision_features(encoder.clip(clip_pixels), encoder.pose_vit(pose_pixels), 8)
         expected = encoder.projector(fused)
-    assert out.shape == (2, encoder.num_image_tokens, TINY.llm.hidden_size) == (2, 64, 256)
+    assert out.shape == (2, encoder.num_image_tokens, TINY.llm.hidden_size)
     torch.testing.assert_close(out, expected)
     # Images are independent: the batch is not mixed.
     with torch.no_grad():
