@@ -5,7 +5,7 @@ engine as training. Each metric is reported next to a trivial baseline, so the n
 
     tokenizer       reconstruction MPJPE of encode -> decode                  | mean pose
     text_to_pose    share of the prompt's facts holding on the generated pose,
-                    MPJPE to the pose the prompt describes                     | mean pose
+                    MPJPE to the pose the prompt describes (reference only)    | mean pose
     pose_description / image_description
                     precision (stated facts true of the pose), recall (of a
                     reference caption's facts)                                 | most frequent caption
@@ -136,8 +136,10 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         base_holds = [M.fact_holds_fraction(composed[i][1], base.mean_pose_facts) for i in keep]
         error = M.mpjpe_mm(M.joints_of(generated), true_joints[keep])
         return {"facts_hold": _metric(M.nan_mean(holds), M.nan_mean(base_holds), "mean pose", True),
+                # A caption fits many poses, and the mean pose minimises the expected error over all of them: a
+                # model that picks one pose the text allows can lose to it. Reported, not required.
                 "mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints[keep], true_joints[keep]).mean(),
-                                    "mean pose", False)}
+                                    "mean pose", False, gate=False)}
 
     def description(texts: list[str], indices: Sequence[int]) -> dict[str, Any]:
         refs = [M.compose_caption(pool.facts[i], rng)[1] for i in indices]
