@@ -1,5 +1,9 @@
 """The shipped unipose-tiny weights: they load completely, are not the random placeholder, and a small fixed
-evaluation subset stays above floors set a margin below the shipped evaluation (assets/unipose-tiny/evaluation.md).
+evaluation subset stays above floors.
+
+Skipped while no trained weights are shipped (`assets/unipose-tiny/model.safetensors` absent: the first CPU run
+did not beat the trivial baselines, so nothing was installed). Whoever ships weights sets the floors below a
+margin under what the shipped model scores on this subset (and on assets/unipose-tiny/evaluation.md).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ pytestmark = pytest.mark.skipif(not embedded_model_is_trained(), reason="no trai
 
 SUBSET_SEED = 424242  # neither the training seed nor the evaluation seed
 SUBSET_POSES = 8
-# Floors a margin below what the shipped model scores on this exact subset (see the report for the full numbers).
+# Floors for this exact subset: provisional until weights ship (then: a margin below the shipped scores).
 FLOOR_TEXT_TO_POSE_FACTS = 0.50
 FLOOR_DESCRIPTION_PRECISION = 0.50
 CEILING_ESTIMATION_MPJPE_MM = 230.0
