@@ -40,6 +40,7 @@ from unipose_sdk.export import specs as S
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
+from unipose_sdk.fileio import replace_directory
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
@@ -378,24 +379,8 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
         if src.tokenizer is not None:
             src.tokenizer.save(tmp)
         (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
-        _replace_directory(tmp, target)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """Move `new` into place; an existing target (overwrite) is moved aside first and removed after the swap."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from unipose_sdk.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from unipose_sdk.body.pose import Pose
@@ -67,20 +67,9 @@ class _Result:
             render_poses_png(poses, directory / f"{stem}.png", titles=titles)
             written.append(directory / f"{stem}.png")
         json_path = directory / f"{stem}.json"
-        _write_text_atomic(json_path, json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(json_path, json.dumps(self.to_dict(), indent=2))
         written.append(json_path)
         return written
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -18,15 +18,12 @@ so a failed save leaves the previous file (or nothing) behind. Pickles are never
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +31,7 @@ import torch
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_NAMES
 from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError, UniPoseFileNotFoundError
+from unipose_sdk.fileio import atomic_write
 
 JSON_FORMAT_NAME = "unipose-pose"
 JSON_FORMAT_VERSION = 1
@@ -57,45 +55,6 @@ class PoseFile:
     layout: str  # "smplx-npz", "amass-npz", "amass-poses-npz", "npy", "json"
 
 
-# ---------------------------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`. If `write` (or anything
-    else) fails, the temporary file is removed and `path` is untouched. Returns the final path."""
-    path = Path(path).expanduser()
-    if not path.parent.is_dir():
-        raise UniPoseFileNotFoundError(f"received the output path {str(path)!r} whose directory does not exist; "
-                                       f"expected a path in an existing directory. Create {str(path.parent)!r} "
-                                       f"first.")
-    if path.is_dir():
-        raise InvalidInputError(f"received the output path {str(path)!r}, which is a directory; expected a file "
-                                f"path. Add a file name, e.g. {str(path / 'pose.npz')!r}.")
-    # mkstemp makes the file 0600; give it the mode an ordinary new file gets (or the one it replaces).
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_current_umask()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return path
-
-
-def _current_umask() -> int:
-    # The only portable way to read the umask is to set it; read it once, at first use.
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-_UMASK: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from unipose_sdk.body.io import atomic_write
+from unipose_sdk.fileio import atomic_write
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
 from unipose_sdk.errors import InvalidInputError

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from importlib import resources
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from unipose_sdk.checkpoint.common import load_state_dict_strict
 from unipose_sdk.errors import CheckpointError, ModelNotFoundError
+from unipose_sdk.fileio import atomic_write_bytes
 from unipose_sdk.models.config import PoseTokenizerConfig, get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 
@@ -179,20 +179,6 @@ def load_official_checkpoint(path: str | os.PathLike, config: PoseTokenizerConfi
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def config_to_dict(config: PoseTokenizerConfig) -> dict[str, Any]:
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config)}
 
@@ -222,10 +208,10 @@ def save_pose_tokenizer(
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
-    _atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT_NAME}))
-    _atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(config_to_dict(model.config), indent=2) + "\n").encode())
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT_NAME}))
+    atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(config_to_dict(model.config), indent=2) + "\n").encode())
     for name, value in (extra_files or {}).items():
-        _atomic_write_bytes(directory / name, (json.dumps(value, indent=2) + "\n").encode())
+        atomic_write_bytes(directory / name, (json.dumps(value, indent=2) + "\n").encode())
     return directory
 
 

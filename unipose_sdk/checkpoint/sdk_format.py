@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from unipose_sdk.errors import CheckpointError, ModelNotFoundError
+from unipose_sdk.fileio import replace_directory
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.text.tokenizer import TOKENIZER_FILE, TextTokenizer
 
@@ -91,27 +92,11 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp)
-        _replace_directory(tmp, target)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing target is moved aside first and removed only after the swap."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def _vocab_for(config: Any) -> tuple[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    from unipose_sdk.body.io import atomic_write
+    from unipose_sdk.fileio import atomic_write
 
     text = json.dumps(data, indent=2)
     # One line per list of numbers (80 codes per pose), so the file stays readable.

@@ -22,13 +22,13 @@ import dataclasses
 import json
 import os
 import string
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from unipose_sdk.errors import BackendUnavailableError, ModelNotFoundError, VocabularyError
+from unipose_sdk.fileio import atomic_write_text
 from unipose_sdk.models.config import VocabLayout, get_preset
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -145,8 +145,8 @@ class TextTokenizer:
             "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
             "unipose_vocab_layout": dataclasses.asdict(self.layout),
         }
-        _atomic_write_text(out / TOKENIZER_FILE, self.backend.to_str(pretty=False))
-        _atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2))
+        atomic_write_text(out / TOKENIZER_FILE, self.backend.to_str(pretty=False))
+        atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2))
         return out
 
     # ---- use ------------------------------------------------------------------------------------------
@@ -194,17 +194,6 @@ def _backend_via_transformers(directory: Path) -> Tokenizer:
             fix='Install sentencepiece and protobuf (pip install "unipose-sdk[hf]") so the conversion can run.',
         )
     return backend
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- a small tokenizer for the embedded model and the tests ------------------------------------------------
