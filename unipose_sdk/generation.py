@@ -307,6 +307,73 @@ class _StageClock:
                 self.timings[count_key] = self.timings.get(count_key, 0.0) + 1
 
 
+class AnswerStreams:
+    """The per-row bookkeeping of greedy generation, shared by every generation loop (this module's and the
+    step-by-step reference in the benchmarks): the id streams, the token each row feeds next, and when a row ends.
+
+    A row ends on eos, when max_new_tokens is reached (a pose block counts 82 ids; a BEGIN without room for its
+    whole block ends the row instead of leaving a block cut short), or after its first pose when stop_after_pose.
+    """
+
+    def __init__(self, batch: int, vocab: VocabLayout, max_new_tokens: int, stop_after_pose: bool = False) -> None:
+        self.results = [GenerationResult() for _ in range(batch)]
+        self.pending = [vocab.pad_id] * batch  # the token each row feeds next
+        self.vocab = vocab
+        self.max_new_tokens = max_new_tokens
+        self.stop_after_pose = stop_after_pose
+        self.pose_block_ids = vocab.num_pose_tokens + 2  # BEGIN, the codes, END
+
+    def accept(self, b: int, token: int) -> None:
+        """Append a sampled token to row b's stream, or finish the row."""
+        out = self.results[b]
+        if token == self.vocab.pose_begin_id and len(out.token_ids) + self.pose_block_ids > self.max_new_tokens:
+            out.finish_reason = "length"
+            return
+        out.token_ids.append(token)
+        if token == self.vocab.eos_id:
+            out.finish_reason = "eos"
+        elif len(out.token_ids) >= self.max_new_tokens:
+            out.finish_reason = "length"
+        self.pending[b] = token
+
+    def accept_first(self, tokens: Sequence[int], first_token: int | None) -> None:
+        """The prefill's greedy tokens, or `first_token` forced in their place (flagged where they differ)."""
+        for b, token in enumerate(tokens):
+            if first_token is not None:
+                self.results[b].forced_first_token = token != first_token
+                token = first_token
+            self.accept(b, token)
+
+    def accept_running(self, tokens: Sequence[int], running: Sequence[bool]) -> None:
+        for b, token in enumerate(tokens):
+            if running[b]:
+                self.accept(b, token)
+
+    def take_pose(self, b: int, codes: Tensor) -> None:
+        """Row b ran its pose step with these codes [Q]: append the block; END is fed next, never predicted."""
+        out = self.results[b]
+        out.pose_codes.append(codes.clone())
+        out.token_ids.extend(self.vocab.pose_token_ids(codes).tolist() + [self.vocab.pose_end_id])
+        self.pending[b] = self.vocab.pose_end_id
+        if self.stop_after_pose:
+            out.finish_reason = "pose"
+        elif len(out.token_ids) >= self.max_new_tokens:
+            out.finish_reason = "length"
+
+    def running(self) -> list[bool]:
+        return [out.finish_reason is None for out in self.results]
+
+    def posing(self) -> list[bool]:
+        """Rows that emitted BEGIN and still run: their next call is the pose step."""
+        return [out.finish_reason is None and token == self.vocab.pose_begin_id
+                for out, token in zip(self.results, self.pending)]
+
+    def next_tokens(self) -> list[int]:
+        """The token each row feeds to the next decode step (padding for finished rows)."""
+        return [token if out.finish_reason is None else self.vocab.pad_id
+                for out, token in zip(self.results, self.pending)]
+
+
 @torch.no_grad()
 def generate(
     model: LanguageModel,
@@ -345,69 +412,38 @@ def generate(
     _check_lengths(lengths, max_new_tokens, max_context)
 
     batch, padded = len(rows), prompt_embeds.shape[1]
-    pose_block_ids = vocab.num_pose_tokens + 2  # BEGIN, the codes, END
     cache = model.new_cache(batch, padded + max_new_tokens + vocab.num_pose_tokens)  # slack: see module docstring
-    results = [GenerationResult() for _ in range(batch)]
-    pending = [vocab.pad_id] * batch  # the token each row feeds next
+    streams = AnswerStreams(batch, vocab, max_new_tokens, stop_after_pose)
     # Host copy of every row's next cache slot (no device sync needed): a call of T tokens writes slots up to
     # max(slots) + T, so attending that many slots instead of the whole cache skips the unwritten tail.
     slots = [padded] * batch
 
-    def accept(b: int, token: int) -> None:
-        """Append a sampled token to row b's stream, or finish the row."""
-        out = results[b]
-        if token == vocab.pose_begin_id and len(out.token_ids) + pose_block_ids > max_new_tokens:
-            out.finish_reason = "length"
-            return
-        out.token_ids.append(token)
-        if token == vocab.eos_id:
-            out.finish_reason = "eos"
-        elif len(out.token_ids) >= max_new_tokens:
-            out.finish_reason = "length"
-        pending[b] = token
-
-    def take_pose(b: int, codes: Tensor) -> None:
-        """Row b ran its pose step with these codes [Q]: append the block; END is fed next, never predicted."""
-        out = results[b]
-        out.pose_codes.append(codes.clone())
-        out.token_ids.extend(vocab.pose_token_ids(codes).tolist() + [vocab.pose_end_id])
-        pending[b] = vocab.pose_end_id
-        if stop_after_pose:
-            out.finish_reason = "pose"
-        elif len(out.token_ids) >= max_new_tokens:
-            out.finish_reason = "length"
-
     if one_pass is None:
         one_pass = first_token is not None and first_token == vocab.pose_begin_id
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
-    one_pass = one_pass and max_new_tokens >= pose_block_ids
+    one_pass = one_pass and max_new_tokens >= streams.pose_block_ids
 
     clock.begin()
     if one_pass:
         logits, query_logits, state = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
     else:
         logits, state = prefill(model, cache, prompt_embeds, lengths)
-    for b, token in enumerate(logits.argmax(dim=-1).tolist()):
-        if first_token is not None:
-            results[b].forced_first_token = token != first_token
-            token = first_token
-        accept(b, token)
+    streams.accept_first(logits.argmax(dim=-1).tolist(), first_token)
     if one_pass:
-        keep = [results[b].finish_reason is None and pending[b] == vocab.pose_begin_id for b in range(batch)]
+        keep = streams.posing()
         if any(keep):
             codes = pose_codes_from_logits(query_logits, vocab).cpu()
             state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
             for b in (b for b in range(batch) if keep[b]):
-                take_pose(b, codes[b])
+                streams.take_pose(b, codes[b])
                 slots[b] += 1 + vocab.num_pose_tokens
         # Rows that did not keep the block stay at slot P: their appended rows are scratch (module docstring).
     clock.end("prefill_pose" if one_pass else "prefill")
 
     while True:
-        running = [out.finish_reason is None for out in results]
-        if not any(running):
-            return results
-        posing = [running[b] and pending[b] == vocab.pose_begin_id for b in range(batch)]
+        if not any(streams.running()):
+            return streams.results
+        posing = streams.posing()
         if any(posing):
             # The rows that emitted BEGIN run their pose step; the others wait (they do not advance).
             clock.begin()
@@ -415,19 +451,17 @@ def generate(
                                      kv_length=max(slots) + 1 + vocab.num_pose_tokens)
             codes = pose_codes_from_logits(query_logits, vocab).cpu()
             for b in (b for b in range(batch) if posing[b]):
-                take_pose(b, codes[b])
+                streams.take_pose(b, codes[b])
                 slots[b] += 1 + vocab.num_pose_tokens
             clock.end("pose_step", "pose_steps")
-            running = [out.finish_reason is None for out in results]
-            if not any(running):
-                return results
+            if not any(streams.running()):
+                return streams.results
         clock.begin()
-        tokens = torch.tensor([pending[b] if running[b] else vocab.pad_id for b in range(batch)], device=device)
+        running = streams.running()
+        tokens = torch.tensor(streams.next_tokens(), device=device)
         logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device),
                              kv_length=max(slots) + 1)
         slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
         # The one host synchronisation per token: the stop check needs the sampled ids.
-        for b, token in enumerate(logits.argmax(dim=-1).tolist()):
-            if running[b]:
-                accept(b, token)
+        streams.accept_running(logits.argmax(dim=-1).tolist(), running)
         clock.end("decode", "decode_steps")

@@ -125,37 +125,18 @@ class HFReference:
             cache = DynamicCache(config=self.model.config)
         except TypeError:  # older transformers
             cache = DynamicCache()
-        pose_block_ids = vocab.num_pose_tokens + 2
-        results = [GenerationResult() for _ in range(batch)]
-        pending = [vocab.pad_id] * batch
-
-        def accept(b: int, token: int) -> None:
-            out = results[b]
-            if token == vocab.pose_begin_id and len(out.token_ids) + pose_block_ids > max_new_tokens:
-                out.finish_reason = "length"
-                return
-            out.token_ids.append(token)
-            if token == vocab.eos_id:
-                out.finish_reason = "eos"
-            elif len(out.token_ids) >= max_new_tokens:
-                out.finish_reason = "length"
-            pending[b] = token
+        streams = generation.AnswerStreams(batch, vocab, max_new_tokens)
 
         clock.begin()
         positions = (torch.arange(padded, device=self.device).unsqueeze(0) - (padded - length).unsqueeze(1))
         logits = self.forward(prompt, positions.clamp(min=0), self.additive_mask(valid, padded, None), cache)
         next_position = length.clone()
-        for b, token in enumerate(logits[:, -1].argmax(dim=-1).tolist()):
-            if first_token is not None:
-                results[b].forced_first_token = token != first_token
-                token = first_token
-            accept(b, token)
+        streams.accept_first(logits[:, -1].argmax(dim=-1).tolist(), first_token)
         clock.end("prefill")
         while True:
-            running = [r.finish_reason is None for r in results]
-            if not any(running):
-                return results
-            posing = [running[b] and pending[b] == vocab.pose_begin_id for b in range(batch)]
+            if not any(streams.running()):
+                return streams.results
+            posing = streams.posing()
             if any(posing):
                 clock.begin()
                 active = torch.tensor(posing, device=self.device)
@@ -170,27 +151,19 @@ class HFReference:
                 next_position = next_position + active.long() * (1 + vocab.num_pose_tokens)
                 codes = pose_codes_from_logits(logits[:, 1:].float(), vocab).cpu()
                 for b in (b for b in range(batch) if posing[b]):
-                    out = results[b]
-                    out.pose_codes.append(codes[b].clone())
-                    out.token_ids.extend(vocab.pose_token_ids(codes[b]).tolist() + [vocab.pose_end_id])
-                    pending[b] = vocab.pose_end_id
-                    if len(out.token_ids) >= max_new_tokens:
-                        out.finish_reason = "length"
+                    streams.take_pose(b, codes[b])
                 clock.end("pose_step", "pose_steps")
-                running = [r.finish_reason is None for r in results]
-                if not any(running):
-                    return results
+                if not any(streams.running()):
+                    return streams.results
             clock.begin()
+            running = streams.running()
             active = torch.tensor(running, device=self.device)
-            tokens = torch.tensor([pending[b] if running[b] else vocab.pad_id for b in range(batch)],
-                                  device=self.device)
+            tokens = torch.tensor(streams.next_tokens(), device=self.device)
             valid = torch.cat([valid, active.unsqueeze(1)], dim=1)
             logits = self.forward(embed(tokens.unsqueeze(1)), next_position.unsqueeze(1),
                                   self.additive_mask(valid, 1, None), cache)
             next_position = next_position + active.long()
-            for b, token in enumerate(logits[:, -1].argmax(dim=-1).tolist()):
-                if running[b]:
-                    accept(b, token)
+            streams.accept_running(logits[:, -1].argmax(dim=-1).tolist(), running)
             clock.end("decode", "decode_steps")
 
 
