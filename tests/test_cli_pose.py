@@ -19,15 +19,6 @@ from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than two fighting over a busy machine (8x in CI runs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """An SDK-format tokenizer directory (seeded random weights: the CLI plumbing, not the quality, is tested)."""

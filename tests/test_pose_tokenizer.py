@@ -26,15 +26,6 @@ from unipose_sdk.models.pose_tokenizer import (
 TINY = get_preset("unipose-tiny").pose_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than two fighting over a busy machine (8x in CI runs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _official_keys(width: int, code_dim: int, codebook: int) -> dict[str, tuple[int, ...]]:
     """The released checkpoint's tokenizer keys and shapes, written out by hand from the official layer list
     (Sequential indices count ReLU / Upsample layers too)."""

@@ -32,15 +32,6 @@ from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 TINY = get_preset("unipose-tiny").pose_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than two fighting over a busy machine (8x in CI runs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model() -> PoseTokenizer:
     return random_tiny_tokenizer(seed=3)
