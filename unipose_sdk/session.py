@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from unipose_sdk import generation
 from unipose_sdk.body.pose import Pose
+from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR, load_embedded
 from unipose_sdk.errors import BackendUnavailableError, ModelNotFoundError
 from unipose_sdk.options import EMBEDDED_MODEL, Backend, BaseOptions
 from unipose_sdk.results import RunInfo
@@ -31,13 +31,6 @@ from unipose_sdk.text.tokenizer import TextTokenizer
 
 log = logging.getLogger("unipose_sdk")
 
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / EMBEDDED_MODEL
-
-
-@dataclass
-class GenerationTimings:
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
 
 
 class UniPose:
@@ -75,13 +68,11 @@ class UniPose:
 
     @classmethod
     def _load_uncached(cls, options: BaseOptions, device: torch.device, dtype: torch.dtype) -> "UniPose":
-        from unipose_sdk.checkpoint.embedded import load_embedded
         from unipose_sdk.checkpoint.sdk_format import load_model
 
         if options.num_threads is not None:
             torch.set_num_threads(options.num_threads)
         backend = options.backend
-        fallback = None
         if backend is Backend.AUTO:
             # The torch backend is the only one that needs no exported artifacts; exported directories are
             # recognised by their content and served by ONNX Runtime.
@@ -93,7 +84,7 @@ class UniPose:
                     backend = Backend.ONNXRUNTIME
         if backend is Backend.ONNXRUNTIME or backend is Backend.TENSORRT:
             return cls._load_exported(options, backend, device)
-        path = EMBEDDED_MODEL_DIR if options.is_embedded_model else Path(options.model)
+        path = EMBEDDED_DIR if options.is_embedded_model else Path(options.model)
         if not path.exists():
             raise ModelNotFoundError(
                 f"received model={str(options.model)!r}; expected an existing model directory (SDK format: "
@@ -112,7 +103,7 @@ class UniPose:
         name = EMBEDDED_MODEL if options.is_embedded_model else str(path)
         if loaded.is_random:
             log.warning("%s: %s", name, loaded.source)
-        return cls(runtime, loaded.tokenizer, name, loaded.is_random, fallback)
+        return cls(runtime, loaded.tokenizer, name, loaded.is_random)
 
     @classmethod
     def _load_exported(cls, options: BaseOptions, backend: Backend, device: torch.device) -> "UniPose":
