@@ -8,7 +8,12 @@ and the Pose-ViT view cut from ONE image, as the task classes do with a user's i
   model gets from TokenHMR.
 * CLIP-like tower: contrastive (symmetric InfoNCE) against a tiny caption encoder of our own (mean of token
   embeddings of the caption + a linear map), on render / caption pairs with captions drawn fresh every step,
-  so its patch tokens carry the facts a caption states.
+  so its patch tokens carry the facts a caption states. Alone, this objective never left chance level on the
+  first CPU run (loss stuck at ln(batch) for 500 steps): with random captions that state a few facts each, the
+  signal is too weak for a tower trained from scratch to find the body in the render. So the tower is also
+  supervised directly with what the captions are made of: a multi-label head predicts every fact key (kind,
+  subject, level) that holds on the pose, and a joint head regresses the root-relative 3D joints. Both are
+  cheap, and they make its tokens carry exactly what the image-description task has to put into words.
 
 Both objectives run in the same steps on the same batch (one optimiser, summed losses): the renders and their
 preprocessing are shared and the 2 CPU cores are the budget. The heads and the caption encoder are discarded.
@@ -63,6 +68,28 @@ class JointHead(nn.Module):
         return out[..., :2], out[..., 2:]
 
 
+class FactHead(nn.Module):
+    """CLIP tokens [B, N, C] -> logits [B, num_keys]: which fact keys hold (mean and max over the tokens)."""
+
+    def __init__(self, channels: int, num_keys: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * channels, num_keys)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.linear(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=-1))
+
+
+def fact_key_targets(pool: Any, pose_indices: np.ndarray) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """The fact keys seen in the pool (sorted) and a [len(pose_indices), num_keys] float32 0/1 target matrix."""
+    keys = sorted({f.key for facts in pool.facts for f in facts})
+    column = {k: i for i, k in enumerate(keys)}
+    targets = np.zeros((len(pose_indices), len(keys)), np.float32)
+    for row, i in enumerate(pose_indices):
+        for f in pool.facts[i]:
+            targets[row, column[f.key]] = 1.0
+    return keys, targets
+
+
 class CaptionEncoder(nn.Module):
     """Mean of the caption's token embeddings, then a linear map: enough to say which facts a caption states."""
 
@@ -102,13 +129,19 @@ def pretrain_vision(model: UniPoseModel, pool: Any, tokenizer: TextTokenizer, se
     config = model.config
     grid_h, grid_w = config.pose_vit.grid_hw
     head = JointHead(config.pose_vit.embed_dim, grid_h * grid_w).to(device)
+    clip_joint_head = nn.Linear(config.clip.hidden_size, 3 * 22).to(device)  # on the mean token
+    fact_keys, fact_targets_all = fact_key_targets(pool, pose_of_image[usable])
+    fact_target_of_image = np.zeros((len(pool.images), len(fact_keys)), np.float32)
+    fact_target_of_image[usable] = fact_targets_all
+    fact_head = FactHead(config.clip.hidden_size, len(fact_keys)).to(device)
     caption_encoder = CaptionEncoder(config.vocab.text_vocab_size).to(device)
     image_proj = nn.Linear(config.clip.hidden_size, EMBED_DIM).to(device)
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
     towers = [model.vision.clip, model.vision.pose_vit]
     for tower in towers:
         tower.train()
-    params = [p for m in (*towers, head, caption_encoder, image_proj) for p in m.parameters()] + [logit_scale]
+    heads = (head, caption_encoder, image_proj, clip_joint_head, fact_head)
+    params = [p for m in (*towers, *heads) for p in m.parameters()] + [logit_scale]
     rng = np.random.default_rng([settings.seed, 20])
     size = float(pool.images.shape[1])
     batch_size = max(8, 2 * settings.batch_size)
@@ -129,16 +162,30 @@ def pretrain_vision(model: UniPoseModel, pool: Any, tokenizer: TextTokenizer, se
             ids += tokenizer.encode(make_caption(pool.facts[pose_of_image[i]], rng))
         text_vectors = caption_encoder(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))
         contrastive = contrastive_loss(image_vectors, text_vectors, logit_scale)
+        fact_logits = fact_head(clip_tokens)
+        fact_target = torch.from_numpy(fact_target_of_image[chosen]).to(device)
+        facts = F.binary_cross_entropy_with_logits(fact_logits, fact_target)
+        clip_3d = clip_joint_head(clip_tokens.mean(dim=1)).view(-1, 22, 3)
+        clip_regression = F.mse_loss(clip_3d, target_3d) * 10.0
         with torch.no_grad():
             error_mm = (pred_3d - target_3d).norm(dim=-1).mean().item() * 1000
-        return regression + contrastive, {"regression": regression.item(), "contrastive": contrastive.item(),
-                                          "joint_error_mm": error_mm}
+            clip_error_mm = (clip_3d - target_3d).norm(dim=-1).mean().item() * 1000
+            fact_f1 = _f1(fact_logits > 0, fact_target > 0.5)
+        loss = regression + contrastive + 10.0 * facts + clip_regression
+        return loss, {"regression": regression.item(), "contrastive": contrastive.item(), "facts_bce": facts.item(),
+                      "fact_f1": fact_f1, "joint_error_mm": error_mm, "clip_joint_error_mm": clip_error_mm}
 
     steps, seconds = settings.plan("vision", STAGE_SHARE[2] * VISION_SHARE_OF_STAGE2, SECONDS_PER_VISION_STEP)
     summary = run_steps("stage2-vision", params, steps, 1e-3, seconds, step_fn)
     for tower in towers:
         tower.eval()
     return summary
+
+
+def _f1(predicted: Tensor, truth: Tensor) -> float:
+    """Micro F1 of multi-label predictions."""
+    hits = float((predicted & truth).sum())
+    return 2 * hits / max(1.0, float(predicted.sum()) + float(truth.sum()))
 
 
 @torch.no_grad()
