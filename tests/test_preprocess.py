@@ -207,6 +207,8 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
         (torch.zeros(2, 5, 5), "shape"),
         (np.full((2, 2, 3), np.nan, np.float32), "NaN"),
         (torch.tensor([[0.5, float("inf")]]), "NaN or infinite"),
+        (torch.tensor([[0.5, -float("inf")]]), "NaN or infinite"),
+        (torch.tensor([[0.2, float("nan"), 0.7]]), "NaN or infinite"),  # one NaN among valid pixels
         (np.full((2, 2, 3), 200.0, np.float32), "Divide by 255"),
         (np.zeros((2, 2, 3), np.int64), "dtype int64"),
         (np.zeros((2, 2, 3), np.complex64), "dtype complex64"),
@@ -220,6 +222,13 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
 def test_rejected_inputs(bad: object, match: str) -> None:
     with pytest.raises(InvalidImageError, match=match):
         load_image(bad)  # type: ignore[arg-type]
+
+
+def test_float_pixels_within_the_slack_are_clamped_and_in_range_ones_kept() -> None:
+    inside = torch.tensor([[0.0, 0.25], [0.5, 1.0]])
+    assert torch.equal(load_image(inside)[..., 0], inside)
+    rounded = torch.tensor([[-5e-4, 0.5], [1.0004, 1.0]])  # someone else's bicubic overshoot
+    assert torch.equal(load_image(rounded)[..., 0], rounded.clamp(0.0, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -165,18 +165,20 @@ def _to_unit_float(array: np.ndarray | Tensor, source: str) -> Tensor:
     if not tensor.is_floating_point():
         raise _bad_dtype(source, dtype_name)
     tensor = tensor.to(torch.float32)
-    if not bool(torch.isfinite(tensor).all()):
+    # One pass for both checks: min / max propagate NaN, and an infinity is its own min or max.
+    low_t, high_t = torch.aminmax(tensor)
+    low, high = float(low_t), float(high_t)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidImageError.make(
             f"a {source} containing NaN or infinite values", "finite pixel values", "Fix the code that made the image."
         )
-    low, high = float(tensor.min()), float(tensor.max())
     if low < -_FLOAT_RANGE_SLACK or high > 1.0 + _FLOAT_RANGE_SLACK:
         raise InvalidImageError.make(
             f"a float {source} with values in [{low:.4g}, {high:.4g}]",
             "float pixel values in [0, 1]",
             "Divide by 255 if it holds 0..255 values, or pass it as uint8.",
         )
-    return tensor.clamp(0.0, 1.0)
+    return tensor if 0.0 <= low and high <= 1.0 else tensor.clamp(0.0, 1.0)
 
 
 def _bad_dtype(source: str, dtype_name: str) -> InvalidImageError:
@@ -222,8 +224,12 @@ def _normalise(image_chw: Tensor, mean: Sequence[float], std: Sequence[float]) -
 
 def clip_view(image: ImageLike, config: CLIPVisionConfig) -> Tensor:
     """The CLIP tower's input [3, S, S] (Hugging Face CLIPImageProcessor semantics, S = config.image_size)."""
+    return _clip_view_chw(load_image(image).permute(2, 0, 1), config)
+
+
+def _clip_view_chw(image_chw: Tensor, config: CLIPVisionConfig) -> Tensor:
     size = config.image_size
-    resized = _resize_short_side(load_image(image).permute(2, 0, 1), size)  # [3, h, w], min(h, w) == S
+    resized = _resize_short_side(image_chw, size)  # [3, h, w], min(h, w) == S
     top = (resized.shape[-2] - size) // 2
     left = (resized.shape[-1] - size) // 2
     return _normalise(resized[:, top : top + size, left : left + size], config.image_mean, config.image_std)
@@ -231,13 +237,22 @@ def clip_view(image: ImageLike, config: CLIPVisionConfig) -> Tensor:
 
 def pose_vit_view(image: ImageLike, config: PoseViTConfig) -> Tensor:
     """The Pose-ViT input [3, image_height, image_width] (torchvision Resize + CenterCrop, then central columns)."""
+    _check_pose_vit_config(config)
+    return _pose_vit_view_chw(load_image(image).permute(2, 0, 1), config)
+
+
+def _check_pose_vit_config(config: PoseViTConfig) -> None:
     square = config.resize_size
     if config.image_height != square or config.image_width > square:
         raise ValueError(
             f"Pose-ViT config crops {config.image_height}x{config.image_width} out of a {square} square; the height "
             "must equal resize_size and the width must not exceed it"
         )
-    resized = _resize_short_side(load_image(image).permute(2, 0, 1), square)
+
+
+def _pose_vit_view_chw(image_chw: Tensor, config: PoseViTConfig) -> Tensor:
+    square = config.resize_size
+    resized = _resize_short_side(image_chw, square)
     # torchvision CenterCrop: int(round(offset)), Python's round-half-even.
     top = round((resized.shape[-2] - square) / 2.0)
     left = round((resized.shape[-1] - square) / 2.0)
@@ -262,14 +277,15 @@ def preprocess_batch(
         items = [images]  # type: ignore[list-item]
     if not items:
         raise InvalidInputError.make("an empty list of images", "at least one image", "Pass one or more images.")
+    _check_pose_vit_config(pose_config)
     clip_views, pose_views = [], []
     for index, item in enumerate(items):
         try:
-            rgb = load_image(item)  # decode once, view twice
+            rgb_chw = load_image(item).permute(2, 0, 1)  # decode and check once, view twice
         except (InvalidImageError, UniPoseFileNotFoundError) as error:
             raise type(error)(f"image {index} of {len(items)}: {error}") from error
-        clip_views.append(clip_view(rgb, clip_config))
-        pose_views.append(pose_vit_view(rgb, pose_config))
+        clip_views.append(_clip_view_chw(rgb_chw, clip_config))
+        pose_views.append(_pose_vit_view_chw(rgb_chw, pose_config))
     return torch.stack(clip_views), torch.stack(pose_views)
 
 
