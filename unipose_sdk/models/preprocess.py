@@ -5,6 +5,7 @@
     pose_vit_view(image, cfg)   -> [3, H, W]   short side -> resize_size (bicubic), centre crop square,
                                                ImageNet mean/std, then the central `image_width` columns
     preprocess_batch(images, clip_cfg, pose_cfg) -> ([B, 3, S, S], [B, 3, H, W])
+    clip_geometry / pose_vit_geometry(h, w, cfg) -> ViewGeometry: each view's resize size and crop box
     crop_person(image, bbox_xyxy)               -> [side, side, 3] HMR-style square crop around a person box
 
 The official pipeline (liyiheng23/UniPose inference.py) builds the CLIP view with Hugging Face's CLIPImageProcessor
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,14 +208,43 @@ def resize_bicubic(image_chw: Tensor, size_hw: tuple[int, int]) -> Tensor:
     return x[0]
 
 
-def _resize_short_side(image_chw: Tensor, short: int) -> Tensor:
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a view's pixels come from: resize the whole image to `resized_hw`, then keep rows [top, top + height)
+    and columns [left, left + width). The reference views and the fast path (runtime/fast_vision.py) both read it,
+    so they cannot drift apart."""
+
+    resized_hw: tuple[int, int]
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def _short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
     """Short side -> `short`, long side int(short * long / short_before) (both references truncate)."""
-    height, width = image_chw.shape[-2:]
     if height <= width:
-        size = (short, int(short * width / height))
-    else:
-        size = (int(short * height / width), short)
-    return resize_bicubic(image_chw, size)
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
+def clip_geometry(height: int, width: int, config: CLIPVisionConfig) -> ViewGeometry:
+    """CLIPImageProcessor: short side -> S, centre crop S x S with floor((h - S) / 2) offsets."""
+    size = config.image_size
+    resized = _short_side_size(height, width, size)
+    return ViewGeometry(resized, (resized[0] - size) // 2, (resized[1] - size) // 2, size, size)
+
+
+def pose_vit_geometry(height: int, width: int, config: PoseViTConfig) -> ViewGeometry:
+    """torchvision Resize + CenterCrop (int(round(offset)), Python's round-half-even), then the central
+    `image_width` columns of the square (7B: 32 columns off each side, the official [..., 32:-32])."""
+    _check_pose_vit_config(config)
+    square = config.resize_size
+    resized = _short_side_size(height, width, square)
+    top = round((resized[0] - square) / 2.0)
+    left = round((resized[1] - square) / 2.0)
+    margin = (square - config.image_width) // 2
+    return ViewGeometry(resized, top, left + margin, config.image_height, config.image_width)
 
 
 def _normalise(image_chw: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -222,17 +253,20 @@ def _normalise(image_chw: Tensor, mean: Sequence[float], std: Sequence[float]) -
     return (image_chw - mean_t) / std_t
 
 
+def _view(image_chw: Tensor, geometry: ViewGeometry, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    g = geometry
+    resized = resize_bicubic(image_chw, g.resized_hw)
+    return _normalise(resized[:, g.top : g.top + g.height, g.left : g.left + g.width], mean, std)
+
+
 def clip_view(image: ImageLike, config: CLIPVisionConfig) -> Tensor:
     """The CLIP tower's input [3, S, S] (Hugging Face CLIPImageProcessor semantics, S = config.image_size)."""
     return _clip_view_chw(load_image(image).permute(2, 0, 1), config)
 
 
 def _clip_view_chw(image_chw: Tensor, config: CLIPVisionConfig) -> Tensor:
-    size = config.image_size
-    resized = _resize_short_side(image_chw, size)  # [3, h, w], min(h, w) == S
-    top = (resized.shape[-2] - size) // 2
-    left = (resized.shape[-1] - size) // 2
-    return _normalise(resized[:, top : top + size, left : left + size], config.image_mean, config.image_std)
+    geometry = clip_geometry(image_chw.shape[-2], image_chw.shape[-1], config)
+    return _view(image_chw, geometry, config.image_mean, config.image_std)
 
 
 def pose_vit_view(image: ImageLike, config: PoseViTConfig) -> Tensor:
@@ -251,14 +285,8 @@ def _check_pose_vit_config(config: PoseViTConfig) -> None:
 
 
 def _pose_vit_view_chw(image_chw: Tensor, config: PoseViTConfig) -> Tensor:
-    square = config.resize_size
-    resized = _resize_short_side(image_chw, square)
-    # torchvision CenterCrop: int(round(offset)), Python's round-half-even.
-    top = round((resized.shape[-2] - square) / 2.0)
-    left = round((resized.shape[-1] - square) / 2.0)
-    cropped = _normalise(resized[:, top : top + square, left : left + square], config.image_mean, config.image_std)
-    margin = (square - config.image_width) // 2  # 7B: 32, i.e. the official [..., 32:-32]
-    return cropped[:, :, margin : margin + config.image_width]
+    geometry = pose_vit_geometry(image_chw.shape[-2], image_chw.shape[-1], config)
+    return _view(image_chw, geometry, config.image_mean, config.image_std)
 
 
 def preprocess_batch(
