@@ -48,6 +48,7 @@ benchmarks/results for the measurement behind that choice.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unipose_sdk.models.attention import mixed_attention
-from unipose_sdk.models.attention_mask import MixedMask
+from unipose_sdk.models.attention_mask import MixedMask, dense_mask
 from unipose_sdk.models.config import LLMConfig
 from unipose_sdk.models.llm import KVCache, LMOutput, MistralLM, RMSNorm, rope_cos_sin
 
@@ -65,6 +66,9 @@ _DEFAULT_BUCKET = 128
 _DEFAULT_CACHE_STEP = 256
 # Copy the linear weights into matmul-friendly packed [in, out] matrices only when they take at most this much (CPU).
 PACK_LIMIT_BYTES = 128 * 2**20
+# Multi-token calls with at most this many scores per head (Tq * Tk) attend with SDPA and a per-call mask bias;
+# longer ones with the fused kernel (see _LeanForward._attention_plan).
+SDPA_MAX_SCORES = 300 * 300
 
 
 def _round_up(value: int, step: int) -> int:
@@ -95,10 +99,20 @@ def _version(tensor: Tensor) -> int:
 class _LayerWeights(NamedTuple):
     input_norm: RMSNorm
     post_attention_norm: RMSNorm
-    qkv_t: tuple[Tensor, ...]  # (packed [C, (H + 2 Hkv) D],) or (q [C, H D], k [C, Hkv D], v [C, Hkv D]) views
+    # packed: ([C, (2 (H + Hkv) + Hkv) D],) with columns q, k, swapped q, swapped k, v (see _LeanForward._qkv);
+    # else transposed views (q [C, H D], k [C, Hkv D], v [C, Hkv D])
+    qkv_t: tuple[Tensor, ...]
     o_t: Tensor  # [H D, C]
-    gate_up_t: tuple[Tensor, ...]  # (packed [C, 2 I],) or (gate [C, I], up [C, I])
+    gate_up_t: tuple[Tensor, ...]  # packed: ([C, 2 I],); else (gate [C, I], up [C, I])
     down_t: Tensor  # [I, C]
+
+
+class _CallPlan(NamedTuple):
+    """What every layer of one call shares, prepared once per call."""
+
+    # (cache layer [B, Hkv, Tmax, D], new [B, Hkv, T, D], or [B, Hkv, D] for one token) -> None
+    write: Callable[[Tensor, Tensor], Any]
+    attend: Callable[[Tensor, Tensor, Tensor], Tensor]  # (q [N, H, D], k, v [B, Hkv, Tk, D]) -> [N, H * D]
 
 
 class _LeanForward:
@@ -116,48 +130,60 @@ class _LeanForward:
         self.scale = config.head_dim**-0.5  # what mixed_attention uses by default
         self.dtype = llm.dtype
         self.device = llm.device
-        layers = llm.model.layers
+        self.on_cpu = self.device.type == "cpu"  # host reads of small int tensors cost no device sync
         if pack is None:
             linear_bytes = sum(m.weight.numel() * m.weight.element_size() for m in llm.modules()
                                if isinstance(m, torch.nn.Linear))
-            pack = self.device.type == "cpu" and linear_bytes <= PACK_LIMIT_BYTES
+            pack = self.on_cpu and linear_bytes <= PACK_LIMIT_BYTES
         self.packed = pack
         with torch.no_grad():
-            self.layers = [self._layer_weights(layer, pack) for layer in layers]
+            self.layers = [self._layer_weights(layer) for layer in llm.model.layers]
             self.embed_weight = llm.model.embed_tokens.weight.detach()
-            self.lm_head_t = self._transposed(pack, llm.lm_head)[0]
+            self.lm_head_t = self._transposed(llm.lm_head)[0]
             self.final_norm: RMSNorm = llm.model.norm
             self.rope_table = self._rope_table(config.max_position_embeddings)
-            # allowed / masked key as additive bias (the lowest finite value: see _decode_mask)
-            self._bias_values = (torch.zeros((), dtype=self.dtype, device=self.device),
-                                 torch.tensor(torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device))
             self.key_ids = torch.arange(config.max_position_embeddings, device=self.device, dtype=torch.int32)
-            self._norm_constants = {
-                id(norm): (torch.tensor(float(norm.weight.shape[0]), device=self.device),
-                           torch.tensor(norm.eps, device=self.device))
-                for norm in [self.final_norm] + [n for w in self.layers for n in w[:2]]
-            }
+
+            def scalar(value: float, dtype: torch.dtype = self.dtype) -> Tensor:
+                # 0-dim tensors: aten wraps a Python scalar operand into a new tensor (and casts it) on every call.
+                return torch.tensor(value, dtype=dtype, device=self.device)
+
+            self._zero, self._lowest, self._minus_inf = scalar(0.0), scalar(torch.finfo(self.dtype).min), scalar(
+                float("-inf"))
+            self._norm_constants = {id(norm): (scalar(float(norm.weight.shape[0]), torch.float32),
+                                               scalar(norm.eps, torch.float32))
+                                    for norm in [self.final_norm] + [n for w in self.layers for n in w[:2]]}
         self._fingerprint = self._current_fingerprint()
 
-    @staticmethod
-    def _transposed(pack: bool, *modules: torch.nn.Linear) -> tuple[Tensor, ...]:
+    def _transposed(self, *modules: torch.nn.Linear) -> tuple[Tensor, ...]:
         """The weights [out, in] of `modules` as [in, out] operands of torch.mm.
 
-        pack: one contiguous copy [in, sum(out)]. MKL's skinny matmul reads a contiguous [in, out] operand 1.3-3x
-        faster than the transposed view of [out, in] on the tiny model's shapes (one query row), and one packed
-        matmul replaces several dispatches. Otherwise: transposed views, no memory."""
+        Packed: one contiguous copy [in, sum(out)]. MKL's matmul of one row reads a contiguous [in, out] operand
+        1.3-3x faster than the transposed view of [out, in] on the tiny model's shapes, and one packed matmul
+        replaces several dispatches. Otherwise transposed views: no memory."""
         weights = [m.weight.detach() for m in modules]
-        if pack:
+        if self.packed:
             return (torch.cat(weights, dim=0).t().contiguous(),)
         return tuple(w.t() for w in weights)
 
-    @classmethod
-    def _layer_weights(cls, layer: Any, pack: bool) -> _LayerWeights:
+    def _layer_weights(self, layer: Any) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
-        return _LayerWeights(layer.input_layernorm, layer.post_attention_layernorm,
-                             cls._transposed(pack, attn.q_proj, attn.k_proj, attn.v_proj),
-                             cls._transposed(pack, attn.o_proj)[0],
-                             cls._transposed(pack, mlp.gate_proj, mlp.up_proj), cls._transposed(pack, mlp.down_proj)[0])
+        if self.packed:
+            # Extra columns computing rotate_half's halves swapped ([x2, x1] per head) for q and k: RoPE is then
+            # three elementwise ops on matmul outputs, no concatenation of halves per layer (+25 % qkv bytes).
+            half = self.head_dim // 2
+
+            def swapped(weight: Tensor) -> Tensor:  # [heads * D, C], rows (h, d) -> (h, (d + D/2) mod D)
+                per_head = weight.view(-1, self.head_dim, weight.shape[1])
+                return torch.cat((per_head[:, half:], per_head[:, :half]), dim=1).view_as(weight)
+
+            q, k, v = attn.q_proj.weight.detach(), attn.k_proj.weight.detach(), attn.v_proj.weight.detach()
+            qkv_t = (torch.cat((q, k, swapped(q), swapped(k), v), dim=0).t().contiguous(),)
+        else:
+            qkv_t = self._transposed(attn.q_proj, attn.k_proj, attn.v_proj)
+        return _LayerWeights(layer.input_layernorm, layer.post_attention_layernorm, qkv_t,
+                             self._transposed(attn.o_proj)[0], self._transposed(mlp.gate_proj, mlp.up_proj),
+                             self._transposed(mlp.down_proj)[0])
 
     def _rope_table(self, length: int) -> Tensor:
         """[length, 2 * D]: cos, then sin with the sign of rotate_half folded in (-sin on the first half)."""
@@ -181,22 +207,18 @@ class _LeanForward:
         if self.rope_table.shape[0] < count:
             self.rope_table = self._rope_table(count)
         if self.key_ids.shape[0] < count:
-            # allowed / masked key as additive bias (the lowest finite value: see _decode_mask)
-            self._bias_values = (torch.zeros((), dtype=self.dtype, device=self.device),
-                                 torch.tensor(torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device))
             self.key_ids = torch.arange(count, device=self.device, dtype=torch.int32)
 
-    # ---------------------------------------------------------------- pieces
+    # ---------------------------------------------------------------- per layer
 
     def _norm(self, x: Tensor, norm: RMSNorm) -> Tensor:
-        """The module's float32 arithmetic (x * x is what pow(2) computes) without its casts, the temporaries
-        updated in place. (F.rms_norm gives the same values but decomposes into twice the ops on the CPU.)"""
+        """The module's float32 arithmetic without its casts: mean = sum / size as aten computes it, x * x as
+        pow(2) computes it, (sum / size) + eps as one addcdiv. (F.rms_norm gives the same values but decomposes
+        into twice the ops on the CPU.)"""
         if x.dtype != torch.float32:
             return norm(x)  # half precision: the module's cast order matters
-        # mean = sum / size, as aten's mean computes it; 0-dim tensors instead of Python scalars, which aten
-        # wraps into tensors and casts on every call.
         size, eps = self._norm_constants[id(norm)]
-        inverse_rms = (x * x).sum(-1, keepdim=True).div_(size).add_(eps).rsqrt_()
+        inverse_rms = torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), size).rsqrt_()
         return (x * inverse_rms).mul_(norm.weight)
 
     def _rope(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -207,18 +229,20 @@ class _LeanForward:
     def _qkv(self, h: Tensor, weights: _LayerWeights, cos: Tensor, signed_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h [N, C] -> rotated q [N, H, D], rotated k [N, Hkv, D], v [N, Hkv, D] (views where possible)."""
         n, heads, kv_heads, dim = h.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        if len(weights.qkv_t) == 1:
-            qkv = torch.mm(h, weights.qkv_t[0]).view(n, heads + 2 * kv_heads, dim)
-            qk = self._rope(qkv[:, : heads + kv_heads], cos, signed_sin)  # q and k rotated in one pass
-            return qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
+        if self.packed:
+            qk_heads = heads + kv_heads
+            out = torch.mm(h, weights.qkv_t[0]).view(n, 2 * qk_heads + kv_heads, dim)
+            # q and k rotated in one pass: x * cos + [x2, x1] * signed_sin, [x2, x1] from the swapped columns
+            qk = out[:, :qk_heads] * cos + out[:, qk_heads : 2 * qk_heads] * signed_sin
+            return qk[:, :heads], qk[:, heads:], out[:, 2 * qk_heads :]
         q_t, k_t, v_t = weights.qkv_t
         q = self._rope(torch.mm(h, q_t).view(n, heads, dim), cos, signed_sin)
         k = self._rope(torch.mm(h, k_t).view(n, kv_heads, dim), cos, signed_sin)
         return q, k, torch.mm(h, v_t).view(n, kv_heads, dim)
 
     def _mlp(self, x: Tensor, h: Tensor, weights: _LayerWeights) -> Tensor:
-        """x + down(silu(gate(h)) * up(h)), the residual add folded into the last matmul."""
-        if len(weights.gate_up_t) == 1:
+        """x + down(silu(gate(h)) * up(h)), the residual add folded into the last matmul (beta = 1)."""
+        if self.packed:
             gate_up = torch.mm(h, weights.gate_up_t[0])
             size = gate_up.shape[1] // 2
             gate, up = gate_up[:, :size], gate_up[:, size:]
@@ -226,14 +250,67 @@ class _LeanForward:
             gate, up = torch.mm(h, weights.gate_up_t[0]), torch.mm(h, weights.gate_up_t[1])
         return torch.addmm(x, F.silu(gate).mul_(up), weights.down_t)
 
-    def _decode_mask(self, mask: MixedMask, num_keys: int) -> tuple[Tensor, Tensor | None]:
-        """For one query per row: the additive bias [B * Hkv or 1, 1, Tk] and the rows that see any key [B*Hkv, 1, 1]
-        (None when all do, known without a device sync only on the CPU).
+    # ---------------------------------------------------------------- per call
 
-        The allowed keys of a query at slot `pos` are one interval [key_start, limit): limit is pos + 1, or the
-        block's end when pos lies inside the block (the whole block and everything before it). Masked keys get the
-        lowest finite value rather than -inf, so a row without any key stays finite; it is zeroed like the
-        reference does."""
+    def _plan(self, mask: MixedMask, batch: int, num_tokens: int, num_keys: int) -> _CallPlan:
+        # On the CPU the mask's few ints are read once, and the cases below are decided on the host.
+        host = torch.stack(mask.fields()).tolist() if self.on_cpu else None
+        return _CallPlan(self._writer(mask.query_offset, host, batch, num_tokens),
+                         self._one_token_attention(mask, host, num_keys) if num_tokens == 1
+                         else self._multi_token_attention(mask, batch, num_tokens, num_keys))
+
+    def _writer(self, query_offset: Tensor, host: list | None, batch: int, num_tokens: int
+                ) -> Callable[[Tensor, Tensor], Any]:
+        """Token t of row b goes to cache slot offset[b] + t (the write offset is the mask's query offset): one
+        scatter per layer with an index built once per call, or, when every row writes at the same known offset
+        (prefill, batch 1), a plain copy into the slot range (~5x cheaper than scatter for a long call)."""
+        if host is not None and len(set(host[3])) == 1:
+            start = host[3][0]
+            if num_tokens == 1:
+                return lambda cache_layer, new: cache_layer.select(2, start).copy_(new)
+            return lambda cache_layer, new: cache_layer.narrow(2, start, num_tokens).copy_(new)
+        slots = query_offset.to(torch.long).view(batch, 1, 1, 1)
+        if num_tokens > 1:
+            slots = slots + torch.arange(num_tokens, device=query_offset.device).view(1, 1, num_tokens, 1)
+            index = slots.expand(batch, self.num_kv_heads, num_tokens, self.head_dim)
+            return lambda cache_layer, new: cache_layer.scatter_(2, index, new)
+        index = slots.expand(batch, self.num_kv_heads, 1, self.head_dim)
+        return lambda cache_layer, new: cache_layer.scatter_(2, index, new.unsqueeze(2))
+
+    def _one_token_attention(self, mask: MixedMask, host: list | None, num_keys: int
+                             ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """Decode: baddbmm (scores * scale + mask bias) / softmax / bmm, the query heads of each KV head as its
+        rows (no repeated K/V). The fused kernel re-tiles every key and allocates scratch on each call, which one
+        query row cannot amortise.
+
+        The keys a query at slot `pos` may see are one interval [key_start, limit): limit is pos + 1, or the block's
+        end when pos lies inside the block. Masked keys get the lowest finite bias rather than -inf, so a row
+        without any key stays finite; it is then zeroed, as the reference does. When every row sees every
+        attended slot (batch 1, no padding: known on the CPU), there is no bias at all."""
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        groups = heads // kv_heads
+        bias, has_key = self._one_token_mask(mask, host, num_keys)
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            batch, _, keys, _ = k.shape
+            q = q.reshape(batch * kv_heads, groups, dim)  # a view at batch 1
+            scores = torch.baddbmm(bias, q, k.reshape(batch * kv_heads, keys, dim).transpose(1, 2), alpha=self.scale)
+            out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(batch * kv_heads, keys, dim))
+            if has_key is not None:
+                out = out * has_key
+            return out.view(batch, heads * dim)
+
+        return attend
+
+    def _one_token_mask(self, mask: MixedMask, host: list | None, num_keys: int) -> tuple[Tensor, Tensor | None]:
+        """The additive bias [B * Hkv or 1, 1, Tk] (or a 0-dim zero) and the rows seeing any key [B * Hkv, 1, 1]
+        (None when all do)."""
+        kv_heads = self.num_kv_heads
+        if host is not None:
+            limits = [min(num_keys, max(pos + 1, end) if start <= pos < end else pos + 1)
+                      for start, end, pos in zip(host[0], host[1], host[3])]
+            if all(ks <= 0 for ks in host[2]) and all(limit == num_keys for limit in limits):
+                return self._zero, None
         block_start, block_end, key_start, query_offset = mask.fields()
         batch = query_offset.shape[0]
         after_query = query_offset + 1
@@ -241,72 +318,80 @@ class _LeanForward:
         limit = torch.where(in_block, torch.maximum(after_query, block_end), after_query)
         keys = self.key_ids.narrow(0, 0, num_keys)
         allowed = (keys >= key_start.view(batch, 1)) & (keys < limit.view(batch, 1))  # [B, Tk]
-        bias = torch.where(allowed, *self._bias_values).view(batch, 1, num_keys)
-        kv_heads = self.num_kv_heads
+        bias = torch.where(allowed, self._zero, self._lowest).view(batch, 1, num_keys)
         if batch > 1 and kv_heads > 1:
             bias = bias.repeat_interleave(kv_heads, dim=0)
-        has_key = limit.clamp(max=num_keys) > key_start.clamp(min=0)
-        if has_key.device.type == "cpu" and bool(has_key.all()):
+        if host is not None and all(limit > max(ks, 0) for limit, ks in zip(limits, host[2])):
             return bias, None
+        has_key = limit.clamp(max=num_keys) > key_start.clamp(min=0)
         return bias, has_key.to(bias.dtype).repeat_interleave(kv_heads).view(batch * kv_heads, 1, 1)
 
-    def _decode_attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, has_key: Tensor | None) -> Tensor:
-        """q [B, H, D] (one query per row), k, v [B, Hkv, Tk, D] -> [B, H * D]."""
-        batch, kv_heads, num_keys, dim = k.shape
-        groups = self.num_heads // kv_heads
-        q = q.reshape(batch * kv_heads, groups, dim)  # the query heads of one KV head are its rows
-        scores = torch.baddbmm(bias, q, k.reshape(batch * kv_heads, num_keys, dim).transpose(1, 2), alpha=self.scale)
-        out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(batch * kv_heads, num_keys, dim))
-        if has_key is not None:
-            out = out * has_key
-        return out.view(batch, self.num_heads * dim)
+    def _multi_token_attention(self, mask: MixedMask, batch: int, num_tokens: int, num_keys: int
+                               ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """Up to `SDPA_MAX_SCORES` scores per head: SDPA with the mask as an additive bias built once per call (the
+        `sdpa_dense` reference's mask and values without rebuilding the mask in every layer); the fused kernel's
+        fixed cost per call (re-tiling the keys, scratch, op dispatch) makes it slower there, ahead from ~300 x 300
+        on. Longer calls: `mixed_attention` (the fused kernel by default)."""
+        heads, dim = self.num_heads, self.head_dim
+
+        def heads_first(q: Tensor) -> Tensor:  # [N, H, D] -> [B, H, T, D]
+            return q.view(batch, num_tokens, heads, dim).transpose(1, 2)
+
+        def flatten(out: Tensor) -> Tensor:  # [B, H, T, D] -> [N, H * D]
+            return out.transpose(1, 2).reshape(batch * num_tokens, heads * dim)
+
+        if num_tokens * num_keys > SDPA_MAX_SCORES:
+            return lambda q, k, v: flatten(mixed_attention(heads_first(q), k, v, mask))
+        allowed = dense_mask(mask, num_tokens, num_keys)  # [B, 1, T, Tk]
+        has_key = allowed.any(dim=-1, keepdim=True)
+        # As sdpa_dense: a query row without any key sees everything, then is zeroed.
+        bias = torch.where(allowed | ~has_key, self._zero, self._minus_inf)
+        keep = None if self.on_cpu and bool(has_key.all()) else has_key.to(bias.dtype)
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            out = F.scaled_dot_product_attention(heads_first(q), k, v, attn_mask=bias, scale=self.scale,
+                                                 enable_gqa=True)
+            return flatten(out if keep is None else out * keep)
+
+        return attend
 
     # ---------------------------------------------------------------- the forward
 
     def __call__(self, inputs: Tensor, positions: Tensor, mask: MixedMask, cache: KVCache, kv_length: int | None,
                  logits_positions: slice | None) -> Tensor | None:
         """inputs: ids [B, T] or embeddings [B, T, C]; the rest as in `MistralLM.forward`. Returns the logits."""
-        if inputs.is_floating_point():
-            x = inputs if inputs.dtype == self.dtype else inputs.to(self.dtype)
-        else:
-            x = F.embedding(inputs, self.embed_weight)
-        batch, num_tokens, hidden_size = x.shape
+        batch, num_tokens = inputs.shape[:2]
         n = batch * num_tokens
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        x = x.reshape(n, hidden_size)
-        cos, signed_sin = F.embedding(positions.reshape(n), self.rope_table).view(n, 2, 1, dim).unbind(1)
+        if inputs.is_floating_point():
+            x = (inputs if inputs.dtype == self.dtype else inputs.to(self.dtype)).reshape(n, -1)
+        else:
+            x = torch.index_select(self.embed_weight, 0, inputs.reshape(n))  # [N, C]
+        cos, signed_sin = torch.index_select(self.rope_table, 0, positions.reshape(n)).view(n, 2, 1, dim).unbind(1)
         num_keys = cache.max_length if kv_length is None else kv_length
-
-        # Shared by every layer: where this call's keys and values go, and for one token the mask as a bias.
-        # The write offset is the mask's query offset: token t of row b goes to cache slot offset[b] + t.
-        slots = mask.query_offset.to(torch.long).view(batch, 1, 1, 1)
-        if num_tokens > 1:
-            slots = slots + torch.arange(num_tokens, device=x.device).view(1, 1, num_tokens, 1)
-        index = slots.expand(batch, kv_heads, num_tokens, dim)
-        if num_tokens == 1:
-            bias, has_key = self._decode_mask(mask, num_keys)
+        plan = self._plan(mask, batch, num_tokens, num_keys)
 
         for layer_index, weights in enumerate(self.layers):
             q, k, v = self._qkv(self._norm(x, weights.input_norm), weights, cos, signed_sin)
             keys, values = cache.k[layer_index], cache.v[layer_index]
-            keys.scatter_(2, index, k.view(batch, num_tokens, kv_heads, dim).transpose(1, 2))
-            values.scatter_(2, index, v.view(batch, num_tokens, kv_heads, dim).transpose(1, 2))
+            if num_tokens == 1:  # k, v [B, Hkv, D]
+                plan.write(keys, k)
+                plan.write(values, v)
+            else:
+                plan.write(keys, k.view(batch, num_tokens, kv_heads, dim).transpose(1, 2))
+                plan.write(values, v.view(batch, num_tokens, kv_heads, dim).transpose(1, 2))
             if kv_length is not None:
                 keys, values = keys.narrow(2, 0, kv_length), values.narrow(2, 0, kv_length)
-            if num_tokens == 1:
-                attended = self._decode_attention(q, keys, values, bias, has_key)
-            else:
-                q = q.view(batch, num_tokens, heads, dim).transpose(1, 2)
-                attended = mixed_attention(q, keys, values, mask).transpose(1, 2).reshape(n, heads * dim)
-            x = torch.addmm(x, attended, weights.o_t)
+            x = torch.addmm(x, plan.attend(q, keys, values), weights.o_t)
             x = self._mlp(x, self._norm(x, weights.post_attention_norm), weights)
 
         if logits_positions is None:
             return None
-        hidden = x.view(batch, num_tokens, hidden_size)[:, logits_positions]
-        kept = hidden.shape[1]
-        hidden = self._norm(hidden.reshape(batch * kept, hidden_size), self.final_norm)
-        logits = torch.mm(hidden, self.lm_head_t).view(batch, kept, -1)
+        start, stop, step = logits_positions.indices(num_tokens)
+        kept = len(range(start, stop, step))
+        if kept != num_tokens:  # the final norm and the LM head only where logits are asked for
+            x = x.view(batch, num_tokens, -1)[:, logits_positions].reshape(batch * kept, -1)
+        logits = torch.mm(self._norm(x, self.final_norm), self.lm_head_t).view(batch, kept, -1)
         return logits if logits.dtype == torch.float32 else logits.float()
 
 
