@@ -104,7 +104,27 @@ def initial_model(seed: int, pose_tokenizer_path: Path | None = None) -> UniPose
     tokenizer = load_pose_tokenizer(pose_tokenizer_path)
     model.pose_tokenizer.load_state_dict(tokenizer.state_dict())
     model.pose_tokenizer.requires_grad_(False)
+    init_pose_code_rows(model, seed)
     return model
+
+
+def init_pose_code_rows(model: UniPoseModel, seed: int, std: float = 0.02) -> None:
+    """Start the embedding and LM-head rows of the pose ids from the frozen codebook (randomly projected to the
+    LLM width, scaled to `std`), instead of independent noise.
+
+    Codes whose codebook vectors are close decode to similar joint configurations; with this start the LLM sees
+    that similarity from step 0 (similar codes read alike, and a hidden state near one code's row also scores
+    its neighbours), which speeds up both reading poses (description, difference, editing) and writing them."""
+    layout = model.config.vocab
+    codebook = model.pose_tokenizer.quantizer.codebook.detach().float()  # [K, code_dim]
+    generator = torch.Generator().manual_seed(seed + 7)
+    projection = torch.randn(codebook.shape[1], model.config.llm.hidden_size, generator=generator)
+    rows = (codebook - codebook.mean(0)) @ projection
+    rows = rows * (std / rows.std())
+    ids = slice(layout.pose_id_offset, layout.pose_id_offset + layout.codebook_size)
+    with torch.no_grad():
+        model.llm.model.embed_tokens.weight[ids] = rows
+        model.llm.lm_head.weight[ids] = rows
 
 
 def cosine_lr(progress: float, peak: float, warmup: float = 0.04, floor: float = 0.1) -> float:

@@ -40,10 +40,10 @@ _PARTS = {"poses": 1, "pairs": 2, "renders": 3}
 
 @dataclass
 class PoolSizes:
-    poses: int = 6000
-    pairs: int = 1500
-    pose_images: int = 2000  # renders of poses[:pose_images]
-    pair_images: int = 400  # renders of pairs[:pair_images], A and B
+    poses: int = 12000
+    pairs: int = 3000
+    pose_images: int = 8000  # renders of poses[:pose_images]
+    pair_images: int = 1000  # renders of pairs[:pair_images], A and B
     texts_per_pair: int = 2
 
 
