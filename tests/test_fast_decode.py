@@ -84,6 +84,14 @@ def test_lean_forward_matches_the_plain_model_call_by_call(model: MistralLM, pac
     assert fast.lean_forward().packed is pack
 
 
+def test_device_side_mask_path_matches(model: MistralLM) -> None:
+    """Off the CPU the mask is never read on the host (no device sync): run that path here by pretending."""
+    fast = FastLM(model, pack=False)
+    fast.lean_forward().on_cpu = False
+    for plain, lean in run_both(model, fast, padded_prefill_then_steps()):
+        torch.testing.assert_close(lean, plain, atol=ATOL, rtol=1e-5)
+
+
 def test_long_multi_token_calls_take_the_fused_kernel_and_still_match(model: MistralLM,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     calls = padded_prefill_then_steps()
