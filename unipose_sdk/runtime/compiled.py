@@ -10,31 +10,40 @@ clearing is safe: every slot a query may see (the mixed mask is causal in slots,
 `key_start`) is written earlier in the same call; stale slots are masked, and hold finite values from earlier
 calls, so they contribute exact zeros.
 
-Eager calls (`compile=False`, the default on the CPU) run `_LeanForward` instead of `MistralLM.forward`. At batch 1
-on the tiny model a decode step of the plain forward is ~130 aten ops plus ~170 no-op dtype casts, each costing
-microseconds of dispatch, and a fused attention call whose setup costs ~0.3 ms for one query row: the overhead,
-not the arithmetic, is the decode time. The lean forward computes the same function over the same weights:
-- RoPE cos/sin come from a table [positions, 2 * D] built once with the same arithmetic as `rope_cos_sin` (the
-  same values) and gathered with one embedding lookup per call; the sign of `rotate_half` is folded into the
-  sin half, so rotating q and k together is roll, mul, mul, add.
-- What every layer shares (the cache-slot index of the writes, the decode mask) is built once per call.
-- A one-token call (decode) attends with SDPA over the attended cache slots, the query heads of each KV head as
-  query rows of that head (grouped-query attention without repeating K/V), without a mask when nothing in those
-  slots is masked. The fused C++ kernel re-tiles all keys and allocates scratch on every call, which one query
-  row cannot amortise. Short multi-token calls (the tiny model's prefill and pose block) take SDPA with the mask
-  as an additive bias built once per call (the reference's own attention, not rebuilt in every layer); long ones
-  the fused kernel.
-- `torch.mm` / `torch.addmm` on transposed views of the weights instead of `F.linear` (fewer dispatch layers),
-  the residual adds folded into addmm (beta = 1); RMSNorm as `F.rms_norm` in float32 (the same values as the
-  module); no dtype casts where the tensor already has the target dtype; the final norm and the LM head only
-  at the positions that get logits.
-- On the CPU, when the copies are small (`PACK_LIMIT_BYTES`), q/k/v and gate/up are packed into one weight each:
-  one mm instead of three and two. Packing copies weights, which a GPU or a 7B model cannot afford (and where the
-  matmuls are bandwidth-bound, so packing gains nothing); there the separate weights are used in place. The
-  packed copies are checked against the parameters (storage and version counter) at every `new_cache` (once per
-  generation) and rebuilt when the weights changed.
-Everything but the attention of one-token calls gives bitwise the plain forward's values (tests check it); the
-decode attention differs in summation order only (float tolerance, identical greedy tokens).
+Eager calls (`compile=False`, the default on the CPU) of the generation loop run `_LeanForward` instead of
+`MistralLM.forward` (anything else, and any call with gradients enabled, runs the plain forward). At batch 1 on
+the tiny model the plain forward's decode step was ~300 top-level aten ops (~60 of them no-op dtype casts), each
+costing microseconds of dispatch, plus a fused attention call costing ~0.3 ms of setup for one query row: the
+overhead, not the arithmetic, was the decode time. The lean forward computes the same function over the same
+weights in ~170 ops:
+- RoPE cos/sin come from a table [positions, 2 * D] built once with `rope_cos_sin`'s arithmetic (the same values)
+  and read with one lookup per call (one view at batch 1), not recomputed (arange, pow, cat, cos, sin) per call.
+  The sign of `rotate_half` is folded into the sin half of the table.
+- What every layer shares is prepared once per call: the cache write (a plain copy into the slot range when all
+  rows write at the same offset, else one scatter index), and the attention mask. On the CPU the mask's few ints
+  are read on the host (no device to sync with), so the common cases are decided without tensor ops.
+- One-token calls (decode) attend with SDPA over the attended cache slots, the query heads of each KV head as
+  query rows of that head (grouped-query attention without repeating K/V), with no mask at all when nothing in
+  those slots is masked (batch 1 without padding). The fused C++ kernel re-tiles all keys and allocates scratch
+  on every call, which one query row cannot amortise. Multi-token calls up to `SDPA_MAX_SCORES` (the tiny
+  model's prefill and pose block) take SDPA with the mask as an additive bias built once per call: the
+  reference's own attention (`sdpa_dense`) without rebuilding the mask in every layer. Longer ones take
+  `mixed_attention` (the fused kernel by default), which is ahead there.
+- `torch.mm` / `torch.addmm` instead of `F.linear` (fewer dispatch layers), the residual adds folded into addmm
+  (beta = 1); RMSNorm with the module's float32 arithmetic minus its casts, its constants as 0-dim tensors (aten
+  wraps every Python scalar operand into a new tensor per call); no dtype casts where the tensor already has
+  the target dtype; the final norm and the LM head only at the positions that get logits.
+- On the CPU, when the linear weights are small (`PACK_LIMIT_BYTES`), they are copied once into contiguous
+  [in, out] matrices, q/k/v and gate/up packed into one each: MKL multiplies one row by a contiguous [in, out]
+  matrix 1.3-3x faster than by the transposed view of [out, in], and one packed matmul replaces three or two.
+  The packed q/k weight also carries the q/k columns with their halves swapped, so RoPE is three elementwise
+  ops on matmul outputs. A GPU or a 7B model cannot afford a second copy of the weights (and there the matmuls
+  are bandwidth-bound, so packing gains nothing): they use transposed views of the parameters. The copies are
+  checked against the parameters (storage and version counter) at every `new_cache` (once per generation) and
+  rebuilt when the weights changed.
+Numerics: the same operations on the same values except for summation order (matmul layout, attention
+kernel), so logits agree within float tolerance (~1e-6) and greedy tokens are the reference's; the tests compare
+call by call (decode, padded prefill, pose block at per-row offsets) and token by token.
 
 Compiled calls (`compile=True`): every generation call goes through `torch.compile(fullgraph=True,
 dynamic=False)` of the plain forward. The shapes the loop produces are few by construction: the decode step
@@ -254,9 +263,17 @@ class _LeanForward:
 
     # ---------------------------------------------------------------- per call
 
+    def _rows(self, table: Tensor, index: Tensor, n: int) -> Tensor:
+        """table[index.flatten()] -> [n, width]; one row on the CPU by a view (a gather costs ~5x more)."""
+        if n == 1 and self.on_cpu:
+            row = int(index)
+            if 0 <= row < table.shape[0]:  # else index_select raises its out-of-range error
+                return table.narrow(0, row, 1)
+        return torch.index_select(table, 0, index.reshape(n))
+
     def _plan(self, mask: MixedMask, batch: int, num_tokens: int, num_keys: int) -> _CallPlan:
         # On the CPU the mask's few ints are read once, and the cases below are decided on the host.
-        host = torch.stack(mask.fields()).tolist() if self.on_cpu else None
+        host = [field.tolist() for field in mask.fields()] if self.on_cpu else None
         return _CallPlan(self._writer(mask.query_offset, host, batch, num_tokens),
                          self._one_token_attention(mask, host, num_keys) if num_tokens == 1
                          else self._multi_token_attention(mask, batch, num_tokens, num_keys))
@@ -366,8 +383,8 @@ class _LeanForward:
         if inputs.is_floating_point():
             x = (inputs if inputs.dtype == self.dtype else inputs.to(self.dtype)).reshape(n, -1)
         else:
-            x = torch.index_select(self.embed_weight, 0, inputs.reshape(n))  # [N, C]
-        cos, signed_sin = torch.index_select(self.rope_table, 0, positions.reshape(n)).view(n, 2, 1, dim).unbind(1)
+            x = self._rows(self.embed_weight, inputs, n)  # [N, C]
+        cos, signed_sin = self._rows(self.rope_table, positions, n).view(n, 2, 1, dim).unbind(1)
         num_keys = cache.max_length if kv_length is None else kv_length
         plan = self._plan(mask, batch, num_tokens, num_keys)
 
