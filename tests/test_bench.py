@@ -85,3 +85,13 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path: Path) -> None:
 def test_bench_rejects_bad_arguments(argv: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["bench", *argv, "-o", str(tmp_path)])
+
+
+def test_reference_rows_take_the_reference_vision_route_and_fast_rows_the_fast_one() -> None:
+    from unipose_sdk.cli.bench import make_backends
+
+    session = UniPose.load(BaseOptions(device="cpu", compile=False))
+    backends = {b.name: b for b in make_backends(session, torch.device("cpu"), compile_cpu=False)}
+    assert backends["ref-hf-eager"].reference_vision and backends["ref-sdk-eager"].reference_vision
+    assert not backends["sdk-fast"].reference_vision
+    assert "reference vision" in backends["ref-sdk-eager"].label and "fast vision" in backends["sdk-fast"].label

@@ -14,8 +14,11 @@ Backends, all in one process on the same weights and inputs (method: /work/share
 - `onnxruntime`: the exported graphs through ONNX Runtime, when an export directory is given (--onnx-dir).
 
 Every backend runs the task through the SDK's own pipeline (`tasks/pipeline.py`: prompt building, images,
-pose tokenizer) with the same prompt builders as the task classes; only the generation call differs. The vision
-towers and the pose tokenizer are the SDK's eager modules for every torch backend.
+pose tokenizer) with the same prompt builders as the task classes; only the generation call and the vision route
+differ. The reference rows take the reference vision route (`preprocess.preprocess_batch` + the VisionEncoder
+module); the fast rows take the SDK's default one (`runtime/fast_vision.py`: resize as cropped matrix products,
+then packed towers on torch or the vision graph on ONNX Runtime; equal within float rounding). The pose tokenizer
+is the SDK's eager module for every torch backend.
 
 Output under -o: `latency_<model>_<device>.json` (raw: machine, versions, command, git commit, load note, every
 run), `.md` (tables) and `.png` (chart). The last stdout line is the JSON.
@@ -180,6 +183,7 @@ class Backend:
     one_pass: bool
     session: Any = None
     warmup_ms: Callable[[], float] = field(default=lambda: 0.0)
+    reference_vision: bool = False  # the reference vision route (see the module docstring)
 
 
 def _generate_with(session: Any, llm: Any, *, attention: str | None = None) -> Callable[..., Any]:
@@ -215,13 +219,16 @@ def make_backends(session: Any, device: torch.device, compile_cpu: bool, onnx_se
 
     raw: MistralLM = session.runtime.llm.llm
     backends = [
-        Backend("ref-hf-eager", "reference 1: transformers Mistral eager, DynamicCache, 4-D mask, step by step",
-                _generate_with(session, HFReference(raw)), pose_only=False, one_pass=False),
-        Backend("ref-sdk-eager", "reference 2: SDK model eager, dense masked SDPA, step by step",
-                _generate_with(session, raw, attention="sdpa_dense"), pose_only=False, one_pass=False),
+        Backend("ref-hf-eager", "reference 1: transformers Mistral eager, DynamicCache, 4-D mask, step by step; "
+                "reference vision", _generate_with(session, HFReference(raw)), pose_only=False, one_pass=False,
+                reference_vision=True),
+        Backend("ref-sdk-eager", "reference 2: SDK model eager, dense masked SDPA, step by step; reference vision",
+                _generate_with(session, raw, attention="sdpa_dense"), pose_only=False, one_pass=False,
+                reference_vision=True),
     ]
     fast = FastLM(raw)
-    backends.append(Backend("sdk-fast", "SDK fast path: fused attention, static cache, one pass, pose only",
+    backends.append(Backend("sdk-fast", "SDK fast path: fused attention, static cache, one pass, pose only; fast "
+                            "vision (matrix-product resize, packed towers)",
                             _generate_with(session, fast), pose_only=True, one_pass=True))
     if device.type == "cuda" or compile_cpu:
         compiled = FastLM(raw, compile=True)
@@ -229,7 +236,8 @@ def make_backends(session: Any, device: torch.device, compile_cpu: bool, onnx_se
                                 _generate_with(session, compiled), pose_only=True, one_pass=True,
                                 warmup_ms=lambda: compiled.warmup_ms))
     if onnx_session is not None:
-        backends.append(Backend("onnxruntime", "SDK fast path on ONNX Runtime (exported graphs)", None,
+        backends.append(Backend("onnxruntime", "SDK fast path on ONNX Runtime (exported graphs; matrix-product "
+                                "resize, then the vision graph)", None,
                                 pose_only=True, one_pass=True, session=onnx_session))
     if only:
         backends = [b for b in backends if b.name in only]
@@ -261,11 +269,12 @@ def run_task(task: str, session: Any, backend: Backend, inputs: dict[str, Any], 
 
     session = backend.session or session
     gen = backend.generate_fn
+    reference = backend.reference_vision
     kw = {"pose_only": backend.pose_only, "one_pass": backend.one_pass, "generate_fn": gen}
     if task == "estimate":
         return answer_with_poses(session, lambda: [session.prompts.build_task(Task.POSE_ESTIMATION)
                                                    for _ in inputs["image"]], max_new_tokens,
-                                 lambda: images_to_embeds(session, inputs["image"]), **kw)
+                                 lambda: images_to_embeds(session, inputs["image"], reference=reference), **kw)
     if task == "generate":
         return answer_with_poses(session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t)
                                                    for t in inputs["text"]], max_new_tokens, **kw)
@@ -286,7 +295,8 @@ def run_task(task: str, session: Any, backend: Backend, inputs: dict[str, Any], 
     if task == "describe_image":
         return answer_with_text(session, lambda: [session.prompts.build_task(Task.IMAGE_DESCRIPTION)
                                                   for _ in inputs["image"]], max_new_tokens,
-                                lambda: images_to_embeds(session, inputs["image"]), generate_fn=gen)
+                                lambda: images_to_embeds(session, inputs["image"], reference=reference),
+                                generate_fn=gen)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 

@@ -33,6 +33,11 @@ class Runtime(ABC):
     @abstractmethod
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor: ...
 
+    def encode_images_reference(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
+        """The vision encoder as the model defines it (the benchmark's reference rows); backends whose
+        `encode_images` is an optimised re-implementation (torch: runtime/fast_vision.py) override this."""
+        return self.encode_images(clip_pixels, pose_pixels)
+
     @abstractmethod
     def encode_poses(self, pose_6d: Tensor) -> Tensor: ...
 

@@ -9,13 +9,14 @@ from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.runtime.compiled import FastLM
+from unipose_sdk.runtime.fast_vision import FastVisionTowers
 
 
 class TorchRuntime(Runtime):
     backend = "torch"
 
     def __init__(self, model: nn.Module, config: UniPoseConfig, device: torch.device, dtype: torch.dtype,
-                 compile: bool = False) -> None:
+                 compile: bool = False, fast_vision: bool = True) -> None:
         """`model` has `.llm` (MistralLM), `.vision` (VisionEncoder) and `.pose_tokenizer` (PoseTokenizer).
 
         The decoder is served through `FastLM` (runtime/compiled.py): a static KV cache reused across calls,
@@ -23,6 +24,10 @@ class TorchRuntime(Runtime):
 
         The LLM and vision towers run in `dtype`; the pose tokenizer stays float32: it is small, and its
         nearest-code search is where low precision would change tokens.
+
+        `encode_images` runs the towers through `FastVisionTowers` (runtime/fast_vision.py: the same weights, fewer
+        and larger ops; equal to the module within float rounding) unless `fast_vision` is False;
+        `encode_images_reference` always runs the VisionEncoder module itself.
         """
         self.config = config
         self.device = device
@@ -33,6 +38,7 @@ class TorchRuntime(Runtime):
         model.vision.to(device=device, dtype=dtype)
         model.pose_tokenizer.to(device=device, dtype=torch.float32)
         self._llm = FastLM(model.llm, compile=compile)
+        self._fast_towers = FastVisionTowers(model.vision) if fast_vision else None
 
     @property
     def llm(self) -> LanguageModel:
@@ -40,6 +46,12 @@ class TorchRuntime(Runtime):
 
     @torch.inference_mode()
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
+        if self._fast_towers is None:
+            return self.encode_images_reference(clip_pixels, pose_pixels)
+        return self._fast_towers(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def encode_images_reference(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
         return self._model.vision(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
 
     @torch.inference_mode()
@@ -53,5 +65,6 @@ class TorchRuntime(Runtime):
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
         self._llm = None  # type: ignore[assignment]
+        self._fast_towers = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,282 @@
+"""The vision stage of the fast backends: the same views and towers as the reference, with less work per call.
+
+    pixels = FastPreprocessor(config.clip, config.pose_vit)
+    clip_pixels, pose_pixels = pixels(rgb_images)          # [H, W, 3] float images from preprocess.load_image
+    towers = FastVisionTowers(model.vision)
+    image_embeds = towers(clip_pixels, pose_pixels)        # [B, N, C], VisionEncoder's contract
+
+Why it is faster, and what it gives up. At batch 1 on the tiny model the reference stage is many small calls:
+four antialiased resize passes in torch's generic (scalar) kernel over the whole image, then some 130 tower ops,
+each a few microseconds of dispatch around very little arithmetic.
+- Resizing. An antialiased bicubic resize along one axis is a linear map, so each view's resize-and-crop is two
+  small matrix products: rows = Wy @ clamp(image @ Wx^T), clamped, with Wx / Wy holding only the rows of the
+  cropped outputs (columns the crop drops are never computed) and only the band of image rows the kept outputs
+  read. The matrices are torch's own interpolation weights (the resize of an identity image), cached per image
+  size; both views share one horizontal product.
+- Towers. Patch embeddings as one matrix product over non-overlapping patches (the convolutions' stride equals
+  their kernel), CLIP's q / k / v as one fused projection, the CLS token and biases folded into the position
+  table, tokens kept as a [B * T, C] matrix so every linear is a single addmm, and the Pose-ViT-to-CLIP-grid
+  fusion (pad + bilinear) as one precomputed [N, h * w] matrix.
+Sums are reassociated (matrix products instead of the kernels' own loops), so results differ from the reference
+in the last float bits: tests hold the pixels within 1e-5 and the embeddings within 1e-4 of it, with the same pose
+codes end to end. The reference (`preprocess.preprocess_batch` + `VisionEncoder`) stays the definition; the
+benchmark's reference rows run it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.models import preprocess
+from unipose_sdk.models.config import CLIPVisionConfig, PoseViTConfig
+from unipose_sdk.models.vision import VisionEncoder, fuse_vision_features
+
+# Fusing CLIP's q / k / v copies their weights; past this many extra bytes (7B-sized towers: ~150 MB) the three
+# projections run separately instead: at that width each is compute-bound and fusing saves nothing.
+_MAX_FUSED_QKV_BYTES = 32 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+@lru_cache(maxsize=64)
+def resize_weights(in_size: int, out_size: int) -> Tensor:
+    """[out_size, in_size] float32: the weights torch's antialiased bicubic resize gives each input sample.
+
+    Read off the kernel itself by resizing an identity image (channel i is the unit impulse at sample i), so the
+    weights are exactly the reference's; an axis that keeps its size is left alone, as `resize_bicubic` does."""
+    if in_size == out_size:
+        return torch.eye(in_size)
+    impulses = torch.eye(in_size).view(1, in_size, 1, in_size)
+    out = F.interpolate(impulses, size=(1, out_size), mode="bicubic", antialias=True, align_corners=False)
+    return out[0, :, 0, :].t().contiguous()
+
+
+def _band(weights: Tensor) -> tuple[int, int]:
+    """[first, last + 1) of the input samples that any output reads."""
+    used = (weights != 0).any(dim=0).nonzero()
+    return int(used[0]), int(used[-1]) + 1
+
+
+class _ViewPlan:
+    """One image size -> both views: cropped resize matrices and the image rows they read."""
+
+    def __init__(self, height: int, width: int, clip: CLIPVisionConfig, pose: PoseViTConfig) -> None:
+        views = (preprocess.clip_geometry(height, width, clip), preprocess.pose_vit_geometry(height, width, pose))
+        wx = [resize_weights(width, g.resized_hw[1])[g.left : g.left + g.width] for g in views]
+        wy = [resize_weights(height, g.resized_hw[0])[g.top : g.top + g.height] for g in views]
+        bands = [_band(w) for w in wy]
+        self.row_start = min(b[0] for b in bands)
+        self.row_end = max(b[1] for b in bands)
+        self.wx_t = torch.cat(wx).t().contiguous()  # [W, clip_w + pose_w]: both views in one product
+        self.split = wx[0].shape[0]
+        self.wy = [w[:, self.row_start : self.row_end].contiguous() for w in wy]  # [view_h, band]
+        self.norms = [_norm_tensors(clip.image_mean, clip.image_std), _norm_tensors(pose.image_mean, pose.image_std)]
+
+    def __call__(self, images_chw: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, 3, H, W] in [0, 1] -> (clip [B, 3, S, S], pose [B, 3, h, w])."""
+        band = images_chw[:, :, self.row_start : self.row_end]
+        horizontal = torch.matmul(band, self.wx_t).clamp_(0.0, 1.0)  # [B, 3, band, clip_w + pose_w]
+        parts = (horizontal[..., : self.split], horizontal[..., self.split :])
+        views = []
+        for part, wy, (mean, std) in zip(parts, self.wy, self.norms):
+            resized = torch.matmul(wy, part).clamp_(0.0, 1.0)
+            views.append(resized.sub_(mean).div_(std))
+        return views[0], views[1]
+
+
+def _norm_tensors(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    return torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+
+class FastPreprocessor:
+    """`preprocess_batch` for images that are already loaded ([H, W, 3] float in [0, 1], `preprocess.load_image`),
+    as matrix products (see the module docstring). Images of one size run as one batch."""
+
+    def __init__(self, clip: CLIPVisionConfig, pose: PoseViTConfig, max_plans: int = 16) -> None:
+        self.clip = clip
+        self.pose = pose
+        self.max_plans = max_plans
+        self._plans: dict[tuple[int, int], _ViewPlan] = {}
+
+    def plan(self, height: int, width: int) -> _ViewPlan:
+        key = (height, width)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= self.max_plans:  # a stream of odd sizes: keep the cache bounded
+                self._plans.pop(next(iter(self._plans)))
+            plan = self._plans[key] = _ViewPlan(height, width, self.clip, self.pose)
+        return plan
+
+    def __call__(self, images_hwc: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        if not images_hwc:
+            raise InvalidInputError.make("an empty list of images", "at least one image", "Pass one or more images.")
+        clip_views: list[Tensor | None] = [None] * len(images_hwc)
+        pose_views: list[Tensor | None] = [None] * len(images_hwc)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images_hwc):
+            by_size.setdefault((image.shape[0], image.shape[1]), []).append(index)
+        for (height, width), indices in by_size.items():
+            batch = torch.stack([images_hwc[i] for i in indices]).permute(0, 3, 1, 2)  # [b, 3, H, W]
+            clip, pose = self.plan(height, width)(batch.to(torch.float32))
+            for j, i in enumerate(indices):
+                clip_views[i], pose_views[i] = clip[j], pose[j]
+        return torch.stack(clip_views), torch.stack(pose_views)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Towers
+
+
+def _patches(pixels: Tensor, patch: int, grid_hw: tuple[int, int]) -> Tensor:
+    """[B, C, H, W] -> [B * gh * gw, C * patch * patch], row-major over the grid, channel-major inside a patch (the
+    flattening of a Conv2d weight [out, C, patch, patch])."""
+    batch, channels = pixels.shape[:2]
+    gh, gw = grid_hw
+    x = pixels[:, :, : gh * patch, : gw * patch].reshape(batch, channels, gh, patch, gw, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch * gh * gw, channels * patch * patch)
+
+
+def _quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class _Block:
+    """A pre-norm transformer block on a [B * T, C] token matrix, from either tower's weights."""
+
+    def __init__(self, norm1: nn.LayerNorm, qkv: Sequence[tuple[Tensor, Tensor]], out: nn.Linear,
+                 norm2: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, num_heads: int, activation: str) -> None:
+        self.norm1 = (norm1.weight, norm1.bias, norm1.eps)
+        self.norm2 = (norm2.weight, norm2.bias, norm2.eps)
+        self.qkv = list(qkv)  # one fused (weight, bias) or three
+        self.out = (out.weight, out.bias)
+        self.fc1 = (fc1.weight, fc1.bias)
+        self.fc2 = (fc2.weight, fc2.bias)
+        self.num_heads = num_heads
+        self.activation = {"quick_gelu": _quick_gelu, "gelu": F.gelu}[activation]
+
+    def __call__(self, x: Tensor, batch: int, tokens: int) -> Tensor:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        h = F.layer_norm(x, (width,), *self.norm1)
+        if len(self.qkv) == 1:
+            qkv = F.linear(h, *self.qkv[0]).view(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            q, k, v = (F.linear(h, *p).view(batch, tokens, self.num_heads, head_dim).transpose(1, 2) for p in self.qkv)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch * tokens, width)
+        x = torch.addmm(x, attended, self.out[0].t()).add_(self.out[1])
+        h = self.activation(F.linear(F.layer_norm(x, (width,), *self.norm2), *self.fc1))
+        return torch.addmm(x, h, self.fc2[0].t()).add_(self.fc2[1])
+
+
+def _check_pixels(pixels: Tensor, expected_hw: tuple[int, int], what: str) -> None:
+    if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != expected_hw:
+        raise InvalidInputError.make(
+            f"{what} pixels of shape {tuple(pixels.shape)}", f"[B, 3, {expected_hw[0]}, {expected_hw[1]}]",
+            "Build the pixels with FastPreprocessor or preprocess.preprocess_batch for this model's config.")
+
+
+class FastVisionTowers:
+    """`VisionEncoder.forward` over the same weight tensors, with fewer and larger ops (see the module docstring).
+
+    Holds references to the encoder's parameters (no copies, except CLIP's fused q / k / v when small and the
+    folded position tables), so it follows the encoder's device and dtype at construction time."""
+
+    def __init__(self, vision: VisionEncoder, max_fused_qkv_bytes: int = _MAX_FUSED_QKV_BYTES) -> None:
+        clip, pose_vit, projector = vision.clip, vision.pose_vit, vision.projector
+        self.clip_config, self.pose_config = clip.config, pose_vit.config
+        with torch.no_grad():
+            model = clip.vision_model
+            embeddings = model.embeddings
+            self.clip_patch = embeddings.patch_embedding.weight.flatten(1)  # [C, 3 * p * p] (a view)
+            # The CLS token is the only token without a patch: put it in position slot 0, give patches a zero row.
+            self.clip_positions = embeddings.position_embedding.weight.clone()
+            self.clip_positions[0] += embeddings.class_embedding
+            self.clip_pre_norm = (model.pre_layrnorm.weight, model.pre_layrnorm.bias, model.pre_layrnorm.eps)
+            layers = model.encoder.layers[: clip.num_layers_run]
+            width = self.clip_config.hidden_size
+            fused_bytes = len(layers) * 3 * width * (width + 1) * embeddings.patch_embedding.weight.element_size()
+            self.qkv_fused = fused_bytes <= max_fused_qkv_bytes
+            self.clip_blocks = [self._clip_block(layer) for layer in layers]
+            conv = pose_vit.patch_embed.proj
+            self.pose_patch = conv.weight.flatten(1)
+            self.pose_padding = conv.padding[0]
+            # Conv bias and the shared CLS slot of pos_embed folded into one per-patch table [h * w, C].
+            positions = pose_vit.pos_embed[0, 1:] + pose_vit.pos_embed[0, :1]
+            self.pose_positions = positions + conv.bias if conv.bias is not None else positions
+            self.pose_blocks = [
+                _Block(b.norm1, [(b.attn.qkv.weight, b.attn.qkv.bias)], b.attn.proj, b.norm2, b.mlp.fc1, b.mlp.fc2,
+                       b.attn.num_heads, "gelu") for b in pose_vit.blocks]
+            self.pose_last_norm = (pose_vit.last_norm.weight, pose_vit.last_norm.bias, pose_vit.last_norm.eps)
+            self.fusion = self._fusion_matrix(vision).to(self.clip_positions)
+            first, last = projector[0], projector[2]
+            self.projector = ((first.weight, first.bias), (last.weight, last.bias))
+
+    def _clip_block(self, layer: nn.Module) -> _Block:
+        attn = layer.self_attn
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        if self.qkv_fused:
+            qkv = [(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))]
+        else:
+            qkv = [(p.weight, p.bias) for p in projections]
+        return _Block(layer.layer_norm1, qkv, attn.out_proj, layer.layer_norm2, layer.mlp.fc1, layer.mlp.fc2,
+                      attn.num_heads, self.clip_config.hidden_act)
+
+    def _fusion_matrix(self, vision: VisionEncoder) -> Tensor:
+        """fuse_vision_features' pad + bilinear resize as a [N, h * w] matrix, read off by fusing unit maps."""
+        grid_h, grid_w = self.pose_config.grid_hw
+        cells = grid_h * grid_w
+        units = torch.eye(cells).view(cells, 1, grid_h, grid_w)  # cell i's unit map as a 1-channel image
+        fused = fuse_vision_features(torch.zeros(cells, self.clip_config.num_patches, 0), units,
+                                     self.clip_config.grid_size)  # [cells, N, 1]
+        return fused[:, :, 0].t().contiguous()
+
+    @torch.inference_mode()
+    def __call__(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
+        clip_hw = (self.clip_config.image_size, self.clip_config.image_size)
+        _check_pixels(clip_pixels, clip_hw, "CLIP")
+        _check_pixels(pose_pixels, (self.pose_config.image_height, self.pose_config.image_width), "Pose-ViT")
+        if clip_pixels.shape[0] != pose_pixels.shape[0]:
+            raise InvalidInputError.make(
+                f"{clip_pixels.shape[0]} CLIP views and {pose_pixels.shape[0]} Pose-ViT views",
+                "one view of each kind per image", "Build both views from the same list of images.")
+        dtype = self.clip_patch.dtype
+        batch = clip_pixels.shape[0]
+        clip_tokens = self._clip(clip_pixels.to(dtype), batch)  # [B, N, Cc]
+        pose_tokens = torch.matmul(self.fusion, self._pose_vit(pose_pixels.to(dtype), batch))  # [B, N, Cp]
+        fused = torch.cat([clip_tokens, pose_tokens], dim=-1).flatten(0, 1)  # [B * N, Cc + Cp]
+        (w1, b1), (w2, b2) = self.projector
+        return F.linear(F.gelu(F.linear(fused, w1, b1)), w2, b2).view(batch, clip_tokens.shape[1], -1)
+
+    def _clip(self, pixels: Tensor, batch: int) -> Tensor:
+        config = self.clip_config
+        grid = config.grid_size
+        width = config.hidden_size
+        patches = torch.mm(_patches(pixels, config.patch_size, (grid, grid)), self.clip_patch.t())
+        tokens = grid * grid + 1
+        x = torch.cat([patches.new_zeros(batch, 1, width), patches.view(batch, grid * grid, width)], dim=1)
+        x = F.layer_norm(x + self.clip_positions, (width,), *self.clip_pre_norm).view(batch * tokens, width)
+        for block in self.clip_blocks:
+            x = block(x, batch, tokens)
+        return x.view(batch, tokens, width)[:, 1:]
+
+    def _pose_vit(self, pixels: Tensor, batch: int) -> Tensor:
+        config = self.pose_config
+        grid_h, grid_w = config.grid_hw
+        pad = self.pose_padding
+        padded = F.pad(pixels, (pad, pad, pad, pad)) if pad else pixels
+        x = torch.mm(_patches(padded, config.patch_size, (grid_h, grid_w)), self.pose_patch.t())
+        tokens = grid_h * grid_w
+        x = (x.view(batch, tokens, -1) + self.pose_positions).view(batch * tokens, -1)
+        for block in self.pose_blocks:
+            x = block(x, batch, tokens)
+        x = F.layer_norm(x, (x.shape[-1],), *self.pose_last_norm)
+        return x.view(batch, tokens, -1)  # [B, h * w, Cp], row-major like the map's flatten
