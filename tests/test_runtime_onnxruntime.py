@@ -209,3 +209,29 @@ def test_sessions_share_torchs_thread_budget_and_do_not_spin(exported: Path) -> 
     options = spinning._graphs["vision"].session.get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_bench_loads_an_export_or_exports_the_tiny_model_first(exported: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from unipose_sdk.cli.bench import load_onnx_session
+    from unipose_sdk.export import onnx as export_module
+
+    cpu = torch.device("cpu")
+    assert load_onnx_session(None, cpu)[0] is None
+    session, note = load_onnx_session(str(exported), cpu)
+    assert session.runtime.backend == "onnxruntime" and note.startswith(f"loaded {exported}")
+    assert "idle threads sleep" in note
+    (tmp_path / "junk").mkdir()
+    session, note = load_onnx_session(str(tmp_path / "junk"), cpu)
+    assert session is None and "not a directory written by `unipose export`" in note
+    calls = []
+
+    def fake_export(model, out, **kwargs):  # type: ignore[no-untyped-def]  # a copy stands in for the 60 s export
+        calls.append((model, kwargs["precision"]))
+        shutil.copytree(exported, out)
+
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    session, note = load_onnx_session(str(tmp_path / "new"), cpu)
+    assert calls == [(None, "fp32")] and session is not None and note.startswith("exported the embedded unipose-tiny")
+    session, note = load_onnx_session(str(tmp_path / "other"), cpu, model="7b")  # no export of the random 7B
+    assert session is None and calls == [(None, "fp32")]

@@ -11,7 +11,8 @@ Backends, all in one process on the same weights and inputs (method: /work/share
   pose block in one forward, pose tasks stop after the pose block. Eager model calls.
 - `sdk-fast-compiled`: the same with the model calls compiled (`torch.compile`, CUDA graphs on CUDA). Default on
   CUDA; on the CPU only with --compile (compiling takes minutes there).
-- `onnxruntime`: the exported graphs through ONNX Runtime, when an export directory is given (--onnx-dir).
+- `onnxruntime`: the exported graphs through ONNX Runtime, when an export directory is given (--onnx-dir; for the
+  tiny model a new path is exported first, so `unipose bench --onnx-dir out/tiny-onnx` reproduces every row).
 
 Every backend runs the task through the SDK's own pipeline (`tasks/pipeline.py`: prompt building, images,
 pose tokenizer) with the same prompt builders as the task classes; only the generation call and the vision route
@@ -486,14 +487,29 @@ def load_session(model: str, device: torch.device, dtype: torch.dtype | None) ->
         "tokenizer is a small BPE padded to the 7B layout (prompt lengths differ slightly from the official one)")
 
 
-def load_onnx_session(onnx_dir: str | None, device: torch.device) -> tuple[Any, str]:
+def load_onnx_session(onnx_dir: str | None, device: torch.device, model: str = "tiny") -> tuple[Any, str]:
+    """The onnxruntime backend's session, or None and why. For the tiny model a missing directory is exported
+    first (the embedded unipose-tiny, fp32, validated), so one command reproduces the ONNX Runtime rows."""
     if not onnx_dir:
         return None, "not run: pass --onnx-dir <directory written by `unipose export`>"
     try:
+        from unipose_sdk.export.validate import is_export_directory
         from unipose_sdk.options import BaseOptions
         from unipose_sdk.session import UniPose
 
-        return UniPose.load(BaseOptions(model=onnx_dir, backend="onnxruntime", device=device.type)), "loaded"
+        note = f"loaded {onnx_dir}"
+        if model == "tiny" and not Path(onnx_dir).exists():
+            from unipose_sdk.export.onnx import export_onnx
+
+            started = time.perf_counter()
+            export_onnx(None, onnx_dir, precision="fp32", progress=False)
+            note = f"exported the embedded unipose-tiny (fp32) to {onnx_dir} in {time.perf_counter() - started:.0f} s"
+        elif not is_export_directory(onnx_dir):
+            return None, (f"not run: {onnx_dir} is not a directory written by `unipose export` (pass a new path "
+                          "with --model tiny to export into it)")
+        session = UniPose.load(BaseOptions(model=onnx_dir, backend="onnxruntime", device=device.type))
+        return session, (f"{note}; {torch.get_num_threads()} intra-op threads per session (torch's count), "
+                         "idle threads sleep")
     except Exception as exc:  # the backend is optional: say why it is missing instead of failing the benchmark
         return None, f"not run: {type(exc).__name__}: {exc}"
 
@@ -513,7 +529,7 @@ def bench(model: str = "tiny", device_name: str = "cpu", batches: Sequence[int] 
                    None: None}[dtype]
     started = time.perf_counter()
     session, weights_note = load_session(model, device, torch_dtype)
-    onnx_session, onnx_note = load_onnx_session(onnx_dir, device)
+    onnx_session, onnx_note = load_onnx_session(onnx_dir, device, model)
     backends = make_backends(session, device, compile_cpu, onnx_session, only)
     raw: MistralLM = session.runtime.llm.llm
     weight_bytes = sum(p.numel() * p.element_size() for p in raw.parameters())
@@ -706,7 +722,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="on the CPU, also time the compiled fast path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
-    parser.add_argument("--onnx-dir", default=None, help="exported model directory for the onnxruntime backend")
+    parser.add_argument("--onnx-dir", default=None,
+                        help="exported model directory for the onnxruntime backend (tiny: exported there first when "
+                             "it does not exist)")
     parser.add_argument("--name", default=None, help="output file stem (default latency_<model>_<device>)")
     parser.add_argument("--load-note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("-o", "--output", default="benchmarks/results", help="results directory")
