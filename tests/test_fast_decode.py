@@ -124,8 +124,11 @@ def test_rope_table_and_norm_are_the_plain_models_values(model: MistralLM) -> No
     assert torch.equal(rows[:, CONFIG.head_dim : CONFIG.head_dim + half], -sin[0, :, :half])
     x = torch.randn(5, CONFIG.hidden_size) * 3
     norm: RMSNorm = model.model.layers[0].input_layernorm
+    unfolded = FastLM(model, pack=False).lean_forward()
+    assert lean.folded and not unfolded.folded
     with torch.no_grad():
-        assert torch.equal(lean._norm(x, norm), norm(x))
+        assert torch.equal(unfolded._norm(x, norm), norm(x))
+        assert torch.equal(lean._norm(x, norm) * norm.weight, norm(x))  # the weight lives in the packed matmul
     lean.ensure_positions(2048)  # grows for caches longer than the configured context
     assert lean.rope_table.shape[0] == 2048 and lean.key_ids.shape[0] == 2048
 

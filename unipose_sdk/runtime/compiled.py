@@ -37,12 +37,13 @@ weights in ~170 ops:
   [in, out] matrices, q/k/v and gate/up packed into one each: MKL multiplies one row by a contiguous [in, out]
   matrix 1.3-3x faster than by the transposed view of [out, in], and one packed matmul replaces three or two.
   The packed q/k weight also carries the q/k columns with their halves swapped, so RoPE is three elementwise
-  ops on matmul outputs. A GPU or a 7B model cannot afford a second copy of the weights (and there the matmuls
+  ops on matmul outputs, and in float32 the copies absorb the RMSNorm weights in front of them (diag(w) W). A GPU or a 7B model cannot afford a second copy of the weights (and there the matmuls
   are bandwidth-bound, so packing gains nothing): they use transposed views of the parameters. The copies are
   checked against the parameters (storage and version counter) at every `new_cache` (once per generation) and
   rebuilt when the weights changed.
 Numerics: the same operations on the same values except for summation order (matmul layout, attention
-kernel), so logits agree within float tolerance (~1e-6) and greedy tokens are the reference's; the tests compare
+kernel) and the folded norm weights (rounded once in the product), so logits agree within float tolerance
+(~1e-6) and greedy tokens are the reference's; the tests compare
 call by call (decode, padded prefill, pose block at per-row offsets) and token by token.
 
 Compiled calls (`compile=True`): every generation call goes through `torch.compile(fullgraph=True,
@@ -147,11 +148,13 @@ class _LeanForward:
                                if isinstance(m, torch.nn.Linear))
             pack = self.on_cpu and linear_bytes <= PACK_LIMIT_BYTES
         self.packed = pack
+        # Packed float32 copies also absorb the RMSNorm weights (see _norm); views and half precision cannot.
+        self.folded = pack and self.dtype == torch.float32
         with torch.no_grad():
             self.layers = [self._layer_weights(layer) for layer in llm.model.layers]
             self.embed_weight = llm.model.embed_tokens.weight.detach()
-            self.lm_head_t = self._transposed(llm.lm_head)[0]
             self.final_norm: RMSNorm = llm.model.norm
+            self.lm_head_t = self._transposed(llm.lm_head, norm=self.final_norm)[0]
             self.rope_table = self._rope_table(config.max_position_embeddings)
             self.key_ids = torch.arange(config.max_position_embeddings, device=self.device, dtype=torch.int32)
 
@@ -166,16 +169,18 @@ class _LeanForward:
                                     for norm in [self.final_norm] + [n for w in self.layers for n in w[:2]]}
         self._fingerprint = self._current_fingerprint()
 
-    def _transposed(self, *modules: torch.nn.Linear) -> tuple[Tensor, ...]:
+    def _transposed(self, *modules: torch.nn.Linear, norm: RMSNorm | None = None) -> tuple[Tensor, ...]:
         """The weights [out, in] of `modules` as [in, out] operands of torch.mm.
 
         Packed: one contiguous copy [in, sum(out)]. MKL's matmul of one row reads a contiguous [in, out] operand
         1.3-3x faster than the transposed view of [out, in] on the tiny model's shapes, and one packed matmul
-        replaces several dispatches. Otherwise transposed views: no memory."""
+        replaces several dispatches. Otherwise transposed views: no memory.
+        norm: the RMSNorm in front of these matmuls; folded: its weight scales the rows, (x * w) W = x (diag(w) W)."""
         weights = [m.weight.detach() for m in modules]
-        if self.packed:
-            return (torch.cat(weights, dim=0).t().contiguous(),)
-        return tuple(w.t() for w in weights)
+        if not self.packed:
+            return tuple(w.t() for w in weights)
+        packed = torch.cat(weights, dim=0).t().contiguous()
+        return (packed.mul_(norm.weight.detach().unsqueeze(1)) if norm is not None and self.folded else packed,)
 
     def _layer_weights(self, layer: Any) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
@@ -189,11 +194,15 @@ class _LeanForward:
                 return torch.cat((per_head[:, half:], per_head[:, :half]), dim=1).view_as(weight)
 
             q, k, v = attn.q_proj.weight.detach(), attn.k_proj.weight.detach(), attn.v_proj.weight.detach()
-            qkv_t = (torch.cat((q, k, swapped(q), swapped(k), v), dim=0).t().contiguous(),)
+            qkv_t = torch.cat((q, k, swapped(q), swapped(k), v), dim=0).t().contiguous()
+            if self.folded:
+                qkv_t.mul_(layer.input_layernorm.weight.detach().unsqueeze(1))
+            qkv = (qkv_t,)
         else:
-            qkv_t = self._transposed(attn.q_proj, attn.k_proj, attn.v_proj)
-        return _LayerWeights(layer.input_layernorm, layer.post_attention_layernorm, qkv_t,
-                             self._transposed(attn.o_proj)[0], self._transposed(mlp.gate_proj, mlp.up_proj),
+            qkv = self._transposed(attn.q_proj, attn.k_proj, attn.v_proj)
+        return _LayerWeights(layer.input_layernorm, layer.post_attention_layernorm, qkv,
+                             self._transposed(attn.o_proj)[0],
+                             self._transposed(mlp.gate_proj, mlp.up_proj, norm=layer.post_attention_layernorm),
                              self._transposed(mlp.down_proj)[0])
 
     def _rope_table(self, length: int) -> Tensor:
@@ -225,12 +234,13 @@ class _LeanForward:
     def _norm(self, x: Tensor, norm: RMSNorm) -> Tensor:
         """The module's float32 arithmetic without its casts: mean = sum / size as aten computes it, x * x as
         pow(2) computes it, (sum / size) + eps as one addcdiv. (F.rms_norm gives the same values but decomposes
-        into twice the ops on the CPU.)"""
+        into twice the ops on the CPU.) Folded: the weight is already in the next matmul's packed copy (5-9 %
+        of a tiny-model decode step; the products round differently, float tolerance)."""
         if x.dtype != torch.float32:
             return norm(x)  # half precision: the module's cast order matters
         size, eps = self._norm_constants[id(norm)]
         inverse_rms = torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), size).rsqrt_()
-        return (x * inverse_rms).mul_(norm.weight)
+        return x * inverse_rms if self.folded else (x * inverse_rms).mul_(norm.weight)
 
     def _rope(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
         """x [N, heads, D] -> x * cos + rotate_half(x) * sin; rotate_half(x) * sin = [x2, x1] * signed_sin."""
