@@ -81,11 +81,11 @@ def test_fast_towers_match_the_encoder(batch: int) -> None:
     with torch.inference_mode():
         want = encoder(clip, pose)
     fast = FastVisionTowers(encoder)
-    assert fast.qkv_fused
+    assert fast.packed and len(fast.clip_blocks[0].qkv) == 1
     torch.testing.assert_close(fast(clip, pose), want, atol=1e-5, rtol=1e-4)
 
 
-def test_fast_towers_other_layouts_unfused_qkv_gelu_last_layer_no_padding() -> None:
+def test_fast_towers_unpacked_gelu_last_layer_no_padding() -> None:
     config = dataclasses.replace(
         TINY,
         clip=dataclasses.replace(TINY.clip, hidden_act="gelu", select_layer=-1, num_hidden_layers=2),
@@ -95,8 +95,10 @@ def test_fast_towers_other_layouts_unfused_qkv_gelu_last_layer_no_padding() -> N
     clip, pose = _pixels(config, 2)
     with torch.inference_mode():
         want = encoder(clip, pose)
-    fast = FastVisionTowers(encoder, max_fused_qkv_bytes=0)
-    assert not fast.qkv_fused and len(fast.clip_blocks) == 2
+    fast = FastVisionTowers(encoder, max_packed_bytes=0)  # the 7B-sized route: views of the module tensors
+    assert not fast.packed and len(fast.clip_blocks) == 2 and len(fast.clip_blocks[0].qkv) == 3
+    out_proj = encoder.clip.vision_model.encoder.layers[0].self_attn.out_proj.weight
+    assert fast.clip_blocks[0].out[0].data_ptr() == out_proj.data_ptr()  # a view, not a copy
     torch.testing.assert_close(fast(clip, pose), want, atol=1e-5, rtol=1e-4)
 
 

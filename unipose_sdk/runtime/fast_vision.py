@@ -14,9 +14,10 @@ each a few microseconds of dispatch around very little arithmetic.
   read. The matrices are torch's own interpolation weights (the resize of an identity image), cached per image
   size; both views share one horizontal product.
 - Towers. Patch embeddings as one matrix product over non-overlapping patches (the convolutions' stride equals
-  their kernel), CLIP's q / k / v as one fused projection, the CLS token and biases folded into the position
-  table, tokens kept as a [B * T, C] matrix so every linear is a single addmm, and the Pose-ViT-to-CLIP-grid
-  fusion (pad + bilinear) as one precomputed [N, h * w] matrix.
+  their kernel), CLIP's q / k / v as one fused projection, weights as contiguous [in, out] matrices (the layout
+  MKL's small products are fastest on), the CLS token and biases folded into the position tables, tokens kept
+  as a [B * T, C] matrix so every linear is a single addmm, and the Pose-ViT-to-CLIP-grid fusion (pad +
+  bilinear) as one precomputed [N, h * w] matrix.
 Sums are reassociated (matrix products instead of the kernels' own loops), so results differ from the reference
 in the last float bits: tests hold the pixels within 1e-5 and the embeddings within 1e-4 of it, with the same pose
 codes end to end. The reference (`preprocess.preprocess_batch` + `VisionEncoder`) stays the definition; the
@@ -37,9 +38,11 @@ from unipose_sdk.models import preprocess
 from unipose_sdk.models.config import CLIPVisionConfig, PoseViTConfig
 from unipose_sdk.models.vision import VisionEncoder, fuse_vision_features
 
-# Fusing CLIP's q / k / v copies their weights; past this many extra bytes (7B-sized towers: ~150 MB) the three
-# projections run separately instead: at that width each is compute-bound and fusing saves nothing.
-_MAX_FUSED_QKV_BYTES = 32 * 2**20
+# Packing copies weights (CLIP's fused q / k / v; every weight as a contiguous [in, out] matrix, the layout MKL's
+# small GEMMs run fastest on: a [65, 512] x [512, 128] product takes 70 us that way and 174 us on the module's
+# [out, in] weight read transposed). Past this many bytes (7B-sized towers: ~2 GB) the towers run on the module's
+# own tensors instead: at that size each product is compute-bound and a second copy would cost more than it saves.
+_MAX_PACKED_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,16 +152,16 @@ def _quick_gelu(x: Tensor) -> Tensor:
 
 
 class _Block:
-    """A pre-norm transformer block on a [B * T, C] token matrix, from either tower's weights."""
+    """A pre-norm transformer block on a [B * T, C] token matrix, from either tower's weights. Linear weights are
+    [in, out] matrices (contiguous copies when packed, transposed views of the module's tensors otherwise)."""
 
-    def __init__(self, norm1: nn.LayerNorm, qkv: Sequence[tuple[Tensor, Tensor]], out: nn.Linear,
-                 norm2: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, num_heads: int, activation: str) -> None:
+    def __init__(self, norm1: nn.LayerNorm, qkv: Sequence[tuple[Tensor, Tensor]], out: tuple[Tensor, Tensor],
+                 norm2: nn.LayerNorm, fc1: tuple[Tensor, Tensor], fc2: tuple[Tensor, Tensor], num_heads: int,
+                 activation: str) -> None:
         self.norm1 = (norm1.weight, norm1.bias, norm1.eps)
         self.norm2 = (norm2.weight, norm2.bias, norm2.eps)
         self.qkv = list(qkv)  # one fused (weight, bias) or three
-        self.out = (out.weight, out.bias)
-        self.fc1 = (fc1.weight, fc1.bias)
-        self.fc2 = (fc2.weight, fc2.bias)
+        self.out, self.fc1, self.fc2 = out, fc1, fc2
         self.num_heads = num_heads
         self.activation = {"quick_gelu": _quick_gelu, "gelu": F.gelu}[activation]
 
@@ -167,14 +170,16 @@ class _Block:
         head_dim = width // self.num_heads
         h = F.layer_norm(x, (width,), *self.norm1)
         if len(self.qkv) == 1:
-            qkv = F.linear(h, *self.qkv[0]).view(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            weight, bias = self.qkv[0]
+            qkv = torch.addmm(bias, h, weight).view(batch, tokens, 3, self.num_heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
         else:
-            q, k, v = (F.linear(h, *p).view(batch, tokens, self.num_heads, head_dim).transpose(1, 2) for p in self.qkv)
+            q, k, v = (torch.addmm(b, h, w).view(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
+                       for w, b in self.qkv)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch * tokens, width)
-        x = torch.addmm(x, attended, self.out[0].t()).add_(self.out[1])
-        h = self.activation(F.linear(F.layer_norm(x, (width,), *self.norm2), *self.fc1))
-        return torch.addmm(x, h, self.fc2[0].t()).add_(self.fc2[1])
+        x = torch.addmm(x, attended, self.out[0]).add_(self.out[1])
+        h = self.activation(torch.addmm(self.fc1[1], F.layer_norm(x, (width,), *self.norm2), self.fc1[0]))
+        return torch.addmm(x, h, self.fc2[0]).add_(self.fc2[1])
 
 
 def _check_pixels(pixels: Tensor, expected_hw: tuple[int, int], what: str) -> None:
@@ -185,50 +190,60 @@ def _check_pixels(pixels: Tensor, expected_hw: tuple[int, int], what: str) -> No
 
 
 class FastVisionTowers:
-    """`VisionEncoder.forward` over the same weight tensors, with fewer and larger ops (see the module docstring).
+    """`VisionEncoder.forward` over the same weights, with fewer and larger ops (see the module docstring).
 
-    Holds references to the encoder's parameters (no copies, except CLIP's fused q / k / v when small and the
-    folded position tables), so it follows the encoder's device and dtype at construction time."""
+    `packed`: weights copied into the fastest layout (CPU, towers up to `max_packed_bytes`); otherwise the towers
+    read the module's own tensors (views, no copies). Built for the encoder's device and dtype at construction."""
 
-    def __init__(self, vision: VisionEncoder, max_fused_qkv_bytes: int = _MAX_FUSED_QKV_BYTES) -> None:
+    def __init__(self, vision: VisionEncoder, max_packed_bytes: int = _MAX_PACKED_BYTES) -> None:
         clip, pose_vit, projector = vision.clip, vision.pose_vit, vision.projector
         self.clip_config, self.pose_config = clip.config, pose_vit.config
+        model = clip.vision_model
+        layers = model.encoder.layers[: clip.num_layers_run]
+        used = [*layers, pose_vit, projector, model.embeddings]
+        weight_bytes = sum(p.numel() * p.element_size() for m in used for p in m.parameters())
+        device = model.embeddings.patch_embedding.weight.device
+        self.packed = device.type == "cpu" and weight_bytes <= max_packed_bytes
         with torch.no_grad():
-            model = clip.vision_model
             embeddings = model.embeddings
-            self.clip_patch = embeddings.patch_embedding.weight.flatten(1)  # [C, 3 * p * p] (a view)
+            self.clip_patch = self._in_out(embeddings.patch_embedding.weight.flatten(1))  # [3 * p * p, C]
             # The CLS token is the only token without a patch: put it in position slot 0, give patches a zero row.
             self.clip_positions = embeddings.position_embedding.weight.clone()
             self.clip_positions[0] += embeddings.class_embedding
             self.clip_pre_norm = (model.pre_layrnorm.weight, model.pre_layrnorm.bias, model.pre_layrnorm.eps)
-            layers = model.encoder.layers[: clip.num_layers_run]
-            width = self.clip_config.hidden_size
-            fused_bytes = len(layers) * 3 * width * (width + 1) * embeddings.patch_embedding.weight.element_size()
-            self.qkv_fused = fused_bytes <= max_fused_qkv_bytes
             self.clip_blocks = [self._clip_block(layer) for layer in layers]
             conv = pose_vit.patch_embed.proj
-            self.pose_patch = conv.weight.flatten(1)
+            self.pose_patch = self._in_out(conv.weight.flatten(1))
             self.pose_padding = conv.padding[0]
             # Conv bias and the shared CLS slot of pos_embed folded into one per-patch table [h * w, C].
             positions = pose_vit.pos_embed[0, 1:] + pose_vit.pos_embed[0, :1]
             self.pose_positions = positions + conv.bias if conv.bias is not None else positions
             self.pose_blocks = [
-                _Block(b.norm1, [(b.attn.qkv.weight, b.attn.qkv.bias)], b.attn.proj, b.norm2, b.mlp.fc1, b.mlp.fc2,
-                       b.attn.num_heads, "gelu") for b in pose_vit.blocks]
+                _Block(b.norm1, [self._linear(b.attn.qkv)], self._linear(b.attn.proj), b.norm2,
+                       self._linear(b.mlp.fc1), self._linear(b.mlp.fc2), b.attn.num_heads, "gelu")
+                for b in pose_vit.blocks]
             self.pose_last_norm = (pose_vit.last_norm.weight, pose_vit.last_norm.bias, pose_vit.last_norm.eps)
             self.fusion = self._fusion_matrix(vision).to(self.clip_positions)
-            first, last = projector[0], projector[2]
-            self.projector = ((first.weight, first.bias), (last.weight, last.bias))
+            self.projector = (self._linear(projector[0]), self._linear(projector[2]))
+
+    def _in_out(self, weight: Tensor) -> Tensor:
+        """[out, in] -> [in, out]: a contiguous copy when packed, else a view."""
+        return weight.t().contiguous() if self.packed else weight.t()
+
+    def _linear(self, linear: nn.Module) -> tuple[Tensor, Tensor]:
+        return self._in_out(linear.weight), linear.bias
 
     def _clip_block(self, layer: nn.Module) -> _Block:
         attn = layer.self_attn
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        if self.qkv_fused:
-            qkv = [(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))]
+        if self.packed:  # one [C, 3C] product instead of three
+            qkv = [(torch.cat([p.weight for p in projections]).t().contiguous(),
+                    torch.cat([p.bias for p in projections]))]
         else:
-            qkv = [(p.weight, p.bias) for p in projections]
-        return _Block(layer.layer_norm1, qkv, attn.out_proj, layer.layer_norm2, layer.mlp.fc1, layer.mlp.fc2,
-                      attn.num_heads, self.clip_config.hidden_act)
+            qkv = [self._linear(p) for p in projections]
+        return _Block(layer.layer_norm1, qkv, self._linear(attn.out_proj), layer.layer_norm2,
+                      self._linear(layer.mlp.fc1), self._linear(layer.mlp.fc2), attn.num_heads,
+                      self.clip_config.hidden_act)
 
     def _fusion_matrix(self, vision: VisionEncoder) -> Tensor:
         """fuse_vision_features' pad + bilinear resize as a [N, h * w] matrix, read off by fusing unit maps."""
@@ -248,19 +263,19 @@ class FastVisionTowers:
             raise InvalidInputError.make(
                 f"{clip_pixels.shape[0]} CLIP views and {pose_pixels.shape[0]} Pose-ViT views",
                 "one view of each kind per image", "Build both views from the same list of images.")
-        dtype = self.clip_patch.dtype
+        dtype = self.clip_positions.dtype
         batch = clip_pixels.shape[0]
         clip_tokens = self._clip(clip_pixels.to(dtype), batch)  # [B, N, Cc]
         pose_tokens = torch.matmul(self.fusion, self._pose_vit(pose_pixels.to(dtype), batch))  # [B, N, Cp]
         fused = torch.cat([clip_tokens, pose_tokens], dim=-1).flatten(0, 1)  # [B * N, Cc + Cp]
         (w1, b1), (w2, b2) = self.projector
-        return F.linear(F.gelu(F.linear(fused, w1, b1)), w2, b2).view(batch, clip_tokens.shape[1], -1)
+        return torch.addmm(b2, F.gelu(torch.addmm(b1, fused, w1)), w2).view(batch, clip_tokens.shape[1], -1)
 
     def _clip(self, pixels: Tensor, batch: int) -> Tensor:
         config = self.clip_config
         grid = config.grid_size
         width = config.hidden_size
-        patches = torch.mm(_patches(pixels, config.patch_size, (grid, grid)), self.clip_patch.t())
+        patches = torch.mm(_patches(pixels, config.patch_size, (grid, grid)), self.clip_patch)
         tokens = grid * grid + 1
         x = torch.cat([patches.new_zeros(batch, 1, width), patches.view(batch, grid * grid, width)], dim=1)
         x = F.layer_norm(x + self.clip_positions, (width,), *self.clip_pre_norm).view(batch * tokens, width)
@@ -273,7 +288,7 @@ class FastVisionTowers:
         grid_h, grid_w = config.grid_hw
         pad = self.pose_padding
         padded = F.pad(pixels, (pad, pad, pad, pad)) if pad else pixels
-        x = torch.mm(_patches(padded, config.patch_size, (grid_h, grid_w)), self.pose_patch.t())
+        x = torch.mm(_patches(padded, config.patch_size, (grid_h, grid_w)), self.pose_patch)
         tokens = grid_h * grid_w
         x = (x.view(batch, tokens, -1) + self.pose_positions).view(batch * tokens, -1)
         for block in self.pose_blocks:
