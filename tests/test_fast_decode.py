@@ -61,7 +61,8 @@ def padded_prefill_then_steps() -> list[dict]:
     def positions(slot: torch.Tensor, count: int = 1) -> torch.Tensor:
         return (slot - key_start).long().unsqueeze(1) + torch.arange(count)
 
-    calls = [dict(input_embeds=torch.randn(2, 12, CONFIG.hidden_size), positions=positions(offsets(0, 0), 12).clamp(min=0),
+    calls = [dict(input_embeds=torch.randn(2, 12, CONFIG.hidden_size),
+                  positions=positions(offsets(0, 0), 12).clamp(min=0),
                   mask=MixedMask(zeros, zeros, key_start, zeros), kv_length=12)]  # logits everywhere, pads too
     calls.append(dict(input_ids=torch.tensor([[5], [6]]), positions=positions(offsets(12, 12)), kv_length=13,
                       mask=MixedMask(zeros, zeros, key_start, offsets(12, 12))))

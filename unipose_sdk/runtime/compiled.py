@@ -37,10 +37,11 @@ weights in ~170 ops:
   [in, out] matrices, q/k/v and gate/up packed into one each: MKL multiplies one row by a contiguous [in, out]
   matrix 1.3-3x faster than by the transposed view of [out, in], and one packed matmul replaces three or two.
   The packed q/k weight also carries the q/k columns with their halves swapped, so RoPE is three elementwise
-  ops on matmul outputs, and in float32 the copies absorb the RMSNorm weights in front of them (diag(w) W). A GPU or a 7B model cannot afford a second copy of the weights (and there the matmuls
-  are bandwidth-bound, so packing gains nothing): they use transposed views of the parameters. The copies are
-  checked against the parameters (storage and version counter) at every `new_cache` (once per generation) and
-  rebuilt when the weights changed.
+  ops on matmul outputs, and in float32 the copies absorb the RMSNorm weights in front of them (diag(w) W).
+  A GPU or a 7B model cannot afford a second copy of the weights (and there the matmuls are bandwidth-bound,
+  so packing gains nothing): they use transposed views of the parameters. The copies are checked against the
+  parameters (storage and version counter) at every `new_cache` (once per generation) and rebuilt when the
+  weights changed.
 Numerics: the same operations on the same values except for summation order (matmul layout, attention
 kernel) and the folded norm weights (rounded once in the product), so logits agree within float tolerance
 (~1e-6) and greedy tokens are the reference's; the tests compare
@@ -389,7 +390,7 @@ class _LeanForward:
         """inputs: ids [B, T] or embeddings [B, T, C]; the rest as in `MistralLM.forward`. Returns the logits."""
         batch, num_tokens = inputs.shape[:2]
         n = batch * num_tokens
-        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        kv_heads, dim = self.num_kv_heads, self.head_dim
         if inputs.is_floating_point():
             x = (inputs if inputs.dtype == self.dtype else inputs.to(self.dtype)).reshape(n, -1)
         else:
