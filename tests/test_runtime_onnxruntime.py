@@ -213,8 +213,9 @@ def test_sessions_share_torchs_thread_budget_and_do_not_spin(exported: Path) -> 
 
 def test_bench_loads_an_export_or_exports_the_tiny_model_first(exported: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from unipose_sdk.cli.bench import load_onnx_session
     from unipose_sdk.export import onnx as export_module
+
+    from unipose_sdk.cli.bench import load_onnx_session
 
     cpu = torch.device("cpu")
     assert load_onnx_session(None, cpu)[0] is None

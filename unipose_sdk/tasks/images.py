@@ -9,8 +9,9 @@ Two routes, equal within float rounding (same pose codes end to end):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
