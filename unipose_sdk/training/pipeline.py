@@ -54,10 +54,11 @@ STAGE3_TASKS = {Task.POSE_ESTIMATION: 0.18, Task.IMAGE_DESCRIPTION: 0.12, Task.I
 # Share of the budget per stage; stage 2 splits its share between vision pretraining and the image tasks.
 STAGE_SHARE = {1: 0.42, 2: 0.36, 3: 0.22}
 # The fastest seconds per step seen per device type (batch 16 LLM steps; batch 32 through both towers): the step
-# count of a stage is its time share over this, so on an idle machine a stage ends by steps (deterministic), on
-# a busy one by its time share.
-# Measured on a quiet 2-core Xeon: vision steps 0.25-0.33 s (the 0.8 s first assumed left 2/3 of the vision
-# time share unused); LLM steps about 0.3-0.4 s, over 1 s when the cores are shared.
+# count of a stage is its time share over this, so a stage ends by steps (deterministic) only on a machine at
+# least this fast, otherwise by its time share. Measured on a quiet 2-core Xeon: vision steps 0.25-0.33 s (the
+# 0.8 s first assumed left 2/3 of the vision time share unused); LLM steps 0.3-0.4 s, over 1 s when the cores
+# are shared. So on such a CPU every stage ends by time (all did in the 111-minute run) and a CPU run is not
+# step-deterministic; each stage's training.json records the steps it took and what ended it.
 SECONDS_PER_LLM_STEP = {"cpu": 0.3, "cuda": 0.03}
 SECONDS_PER_VISION_STEP = {"cpu": 0.25, "cuda": 0.03}
 

@@ -79,15 +79,16 @@ class FactHead(nn.Module):
         return self.linear(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=-1))
 
 
-def fact_key_targets(pool: Any, pose_indices: np.ndarray) -> tuple[list[tuple[str, str, str]], np.ndarray]:
-    """The fact keys seen in the pool (sorted) and a [len(pose_indices), num_keys] float32 0/1 target matrix."""
+def fact_key_targets(pool: Any, pose_of_image: np.ndarray) -> np.ndarray:
+    """[num_images, num_keys] float32 0/1: which of the pool's fact keys (sorted) hold on each image's pose; all
+    zero for images without one (pose index -1: pair renders, never drawn for these losses)."""
     keys = sorted({f.key for facts in pool.facts for f in facts})
     column = {k: i for i, k in enumerate(keys)}
-    targets = np.zeros((len(pose_indices), len(keys)), np.float32)
-    for row, i in enumerate(pose_indices):
-        for f in pool.facts[i]:
+    targets = np.zeros((len(pose_of_image), len(keys)), np.float32)
+    for row, i in enumerate(pose_of_image):
+        for f in pool.facts[i] if i >= 0 else ():
             targets[row, column[f.key]] = 1.0
-    return keys, targets
+    return targets
 
 
 class CaptionEncoder(nn.Module):
@@ -130,10 +131,8 @@ def pretrain_vision(model: UniPoseModel, pool: Any, tokenizer: TextTokenizer, se
     grid_h, grid_w = config.pose_vit.grid_hw
     head = JointHead(config.pose_vit.embed_dim, grid_h * grid_w).to(device)
     clip_joint_head = nn.Linear(config.clip.hidden_size, 3 * 22).to(device)  # on the mean token
-    fact_keys, fact_targets_all = fact_key_targets(pool, pose_of_image[usable])
-    fact_target_of_image = np.zeros((len(pool.images), len(fact_keys)), np.float32)
-    fact_target_of_image[usable] = fact_targets_all
-    fact_head = FactHead(config.clip.hidden_size, len(fact_keys)).to(device)
+    fact_target_of_image = fact_key_targets(pool, pose_of_image)
+    fact_head = FactHead(config.clip.hidden_size, fact_target_of_image.shape[1]).to(device)
     caption_encoder = CaptionEncoder(config.vocab.text_vocab_size).to(device)
     image_proj = nn.Linear(config.clip.hidden_size, EMBED_DIM).to(device)
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
