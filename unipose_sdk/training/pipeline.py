@@ -11,8 +11,9 @@ Each stage reads the previous stage's directory and writes `OUT/stage{k}/` in th
 resumes at the first incomplete stage. The pose tokenizer is the shipped one, frozen throughout. Training runs
 inside `use_attention_impl("sdpa_dense")`: the fused attention kernels are forward-only.
 
-Steps per stage are fixed by the budget (`--budget-minutes`) and a per-device step-time estimate, so a run is
-deterministic given the seed; a wall-clock guard stops a stage early (and says so) when the machine is slower.
+Steps per stage are fixed by the budget (`--budget-minutes`) and a per-device step-time estimate; a wall-clock
+guard stops a stage early (and records `ended_by: time`) when the machine is slower. A run is deterministic given
+the seed only when every stage ends by steps; on a 2-core CPU they end by time.
 """
 
 from __future__ import annotations
