@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from unipose_sdk.export import specs as S
@@ -378,6 +379,8 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
             report.graphs.append(entry)
         if src.tokenizer is not None:
             src.tokenizer.save(tmp)
+        codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
+        np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
         (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
         replace_directory(tmp, target)
     except BaseException:

@@ -32,6 +32,9 @@ FORMAT_NAME = "unipose-sdk/onnx"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16")
 GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
+# The pose codebook [K, D] float32 as .npy beside the graphs: expected-code pose decoding (config pose_decoding)
+# weights it on the host; it is also inside pose_decoder.onnx, but not under a name one can rely on.
+POSE_CODEBOOK_FILE = "pose_codebook.npy"
 # The 2 GB protobuf limit: graphs whose weights exceed it keep their tensors in a `<file>.data` file beside them.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 

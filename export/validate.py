@@ -126,6 +126,7 @@ class ExportedModel:
     is_random: bool
     source: str
     graphs: dict[str, GraphInfo]
+    pose_codebook: np.ndarray | None = None  # [K, D] float32; None in exports written before it existed
 
 
 def read_graph_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -174,4 +175,18 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
             raise CheckpointError.make(f"graph {name} exported from a different model config than decoder.onnx",
                                        "one model per export directory", "Re-export all graphs together.")
     return ExportedModel(root, config, first[S.META_PRECISION], first[S.META_EMISSION],
-                         json.loads(first.get(S.META_IS_RANDOM, "false")), first.get(S.META_SOURCE, ""), graphs)
+                         json.loads(first.get(S.META_IS_RANDOM, "false")), first.get(S.META_SOURCE, ""), graphs,
+                         read_pose_codebook(root, config))
+
+
+def read_pose_codebook(root: Path, config: UniPoseConfig) -> np.ndarray | None:
+    """The export's `pose_codebook.npy` [K, D] float32, or None when the directory has none."""
+    path = root / S.POSE_CODEBOOK_FILE
+    if not path.is_file():
+        return None
+    codebook = np.load(path, allow_pickle=False)
+    expected = (config.pose_tokenizer.codebook_size, config.pose_tokenizer.code_dim)
+    if codebook.shape != expected:
+        raise CheckpointError.make(f"{path} of shape {codebook.shape}", f"the codebook shape {expected} of the config",
+                                   "Re-export the model: this file belongs to another pose tokenizer.")
+    return codebook.astype(np.float32)

@@ -300,3 +300,18 @@ def test_lora_merge_arithmetic_and_errors() -> None:
         merge_lora({"x.weight": w}, {"m": (a, b)}, cfg, lambda m: None, "t")
     with pytest.raises(CheckpointError, match="shapes do not fit"):
         merge_lora({"x.weight": w.T.contiguous()}, {"m": (a, b)}, cfg, lambda m: "x.weight", "t")
+
+
+def test_pose_decoding_is_part_of_the_config() -> None:
+    import dataclasses
+
+    from unipose_sdk.models.config import UniPoseConfig
+
+    tiny, big = get_preset("unipose-tiny"), get_preset("unipose-7b")
+    assert (tiny.pose_decoding, big.pose_decoding) == ("expected_code", "argmax")  # 7B: the official decoding
+    assert UniPoseConfig.from_dict(tiny.to_dict()) == tiny
+    written_before = tiny.to_dict()
+    del written_before["pose_decoding"]
+    assert UniPoseConfig.from_dict(written_before).pose_decoding == "argmax"
+    with pytest.raises(ValueError, match="pose_decoding='soft'.*expected one of"):
+        dataclasses.replace(tiny, pose_decoding="soft")

@@ -183,6 +183,37 @@ def test_pose_codes_take_the_argmax_over_codebook_ids_only() -> None:
     assert pose_codes_from_logits(logits, VOCAB).tolist() == [[3, VOCAB.codebook_size - 1]]
 
 
+def test_expected_code_decoding_lands_between_the_codes_the_model_hesitates_over() -> None:
+    # Codes on a line: code k sits at x = k. A query split evenly between codes 2 and 6 decodes to code 4 (the
+    # expected vector), where the argmax would pick one end; a confident query keeps its argmax.
+    book = torch.zeros(VOCAB.codebook_size, 2)
+    book[:, 0] = torch.arange(VOCAB.codebook_size, dtype=torch.float32)
+    logits = torch.full((1, 3, VOCAB.vocab_size), -30.0)
+    logits[0, :, 5] = 50.0  # text ids never take part
+    first = VOCAB.pose_id_offset
+    logits[0, 0, first + 2] = logits[0, 0, first + 6] = 10.0
+    logits[0, 1, first + 9] = 10.0
+    logits[0, 2, first + 1] = 10.0
+    logits[0, 2, first + 3] = 10.0 + torch.log(torch.tensor(3.0))  # weights 1:3 -> x = 2.5 -> code 2 or 3
+    codes = pose_codes_from_logits(logits, VOCAB, book)
+    assert codes[0, :2].tolist() == [4, 9]
+    assert codes[0, 2].item() in (2, 3)
+    assert pose_codes_from_logits(logits, VOCAB).tolist()[0][:2] in ([2, 9], [6, 9])
+    # A codebook of one distinct vector per code and a confident model: both decodings agree.
+    confident = torch.randn(2, 80, VOCAB.vocab_size) * 40
+    assert torch.equal(pose_codes_from_logits(confident, VOCAB, torch.eye(VOCAB.codebook_size) * 100),
+                       pose_codes_from_logits(confident, VOCAB))
+
+
+def test_generate_uses_the_codebook_when_given(model: MistralLM) -> None:
+    book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
+    plain = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=90)[0]
+    soft = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=90, pose_code_vectors=book)[0]
+    assert len(soft.pose_codes) == len(plain.pose_codes) == 1
+    assert int(soft.pose_codes[0].max()) < VOCAB.codebook_size
+    assert len(soft.token_ids) == len(plain.token_ids)
+
+
 def test_length_and_input_errors(model: MistralLM) -> None:
     with pytest.raises(InvalidTextError, match="max_new_tokens"):
         generate(model, [[1] * 200], VOCAB, max_new_tokens=57)  # 257 > 256 positions

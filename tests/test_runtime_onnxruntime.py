@@ -179,6 +179,27 @@ def test_damaged_directories_are_refused(exported: Path, tmp_path: Path) -> None
         Generator.from_pretrained(notok, backend="onnxruntime")
 
 
+def test_the_export_carries_the_pose_codebook_for_expected_code_decoding(exported: Path, tmp_path: Path) -> None:
+    from unipose_sdk.session import UniPose
+
+    onnx = Generator.from_pretrained(exported, backend="onnxruntime", device="cpu", **SHORT)
+    ref = Generator.from_pretrained(None, backend="torch", device="cpu", **SHORT)
+    assert onnx.session.config.pose_decoding == "expected_code"
+    assert torch.equal(onnx.session.pose_code_vectors, ref.session.pose_code_vectors)
+    assert onnx.generate("arms crossed").run.fallback is None
+    # An export from before the codebook file: argmax decoding, and every result says so.
+    old = tmp_path / "old-export"
+    shutil.copytree(exported, old)
+    (old / S.POSE_CODEBOOK_FILE).unlink()
+    UniPose._cache.clear()
+    result = Generator.from_pretrained(old, backend="onnxruntime", device="cpu", **SHORT).generate("arms crossed")
+    assert "pose_decoding='expected_code'" in result.run.fallback and "argmax" in result.run.fallback
+    # A codebook of the wrong shape is refused.
+    np.save(old / S.POSE_CODEBOOK_FILE, np.zeros((3, 2), np.float32))
+    with pytest.raises(CheckpointError, match="pose_codebook.npy of shape"):
+        read_directory(old)
+
+
 def test_backend_errors(exported: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError, match="unipose export"):
         Generator.from_pretrained(None, backend="onnxruntime")

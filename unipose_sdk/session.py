@@ -48,8 +48,22 @@ class UniPose:
         self.model_name = model_name
         self.model_is_random = model_is_random
         self.fallback = fallback
+        self.pose_code_vectors = self._pose_code_vectors()
         self.lock = threading.RLock()
         self.closed = False
+
+    def _pose_code_vectors(self) -> Tensor | None:
+        """The codebook for expected-code pose decoding when the model's config asks for it (None: argmax)."""
+        if self.config.pose_decoding != "expected_code":
+            return None
+        codebook = self.runtime.pose_codebook()
+        if codebook is None:
+            note = (f"the model asks for pose_decoding='expected_code', but its {self.runtime.backend} files carry "
+                    "no pose codebook (exported before pose_codebook.npy existed): poses are decoded by argmax; "
+                    "re-export the model to get the decoding it was trained for")
+            log.warning(note)
+            self.fallback = f"{self.fallback}; {note}" if self.fallback else note
+        return codebook
 
     # ------------------------------------------------------------------ loading
 
@@ -189,6 +203,7 @@ class UniPose:
                 max_context=self.config.llm.max_position_embeddings,
                 first_token=self.config.vocab.pose_begin_id if force_pose else None,
                 one_pass=one_pass, stop_after_pose=stop_after_pose, timings=stages,
+                pose_code_vectors=self.pose_code_vectors,
             )
         stages["llm"] = (time.perf_counter() - start) * 1e3
         return results, stages

@@ -114,7 +114,7 @@ class HFReference:
     @torch.inference_mode()
     def generate(self, rows: Sequence[Tensor], vocab: VocabLayout, max_new_tokens: int, *,
                  first_token: int | None = None, timings: dict[str, float] | None = None,
-                 ) -> list[GenerationResult]:
+                 pose_code_vectors: Tensor | None = None) -> list[GenerationResult]:
         """Greedy generation, steps one by one, all rows in lockstep (HF batching: a row that waits or has
         finished still receives tokens, masked out of every later query). Same output as `generation.generate`."""
         from transformers import DynamicCache
@@ -153,7 +153,7 @@ class HFReference:
                 logits = self.forward(torch.cat([begin, queries], dim=1), next_position.unsqueeze(1) + steps, mask,
                                       cache)
                 next_position = next_position + active.long() * (1 + vocab.num_pose_tokens)
-                codes = pose_codes_from_logits(logits[:, 1:].float(), vocab).cpu()
+                codes = pose_codes_from_logits(logits[:, 1:].float(), vocab, pose_code_vectors).cpu()
                 for b in (b for b in range(batch) if posing[b]):
                     streams.take_pose(b, codes[b])
                 clock.end("pose_step", "pose_steps")
@@ -202,12 +202,14 @@ def _generate_with(session: Any, llm: Any, *, attention: str | None = None) -> C
         with torch.inference_mode(), forced:
             embeds = session.embed_rows(rows, image_embeds)
             if isinstance(llm, HFReference):
-                results = llm.generate(embeds, vocab, max_new_tokens, first_token=first, timings=stages)
+                results = llm.generate(embeds, vocab, max_new_tokens, first_token=first, timings=stages,
+                                       pose_code_vectors=session.pose_code_vectors)
             else:
                 results = generation.generate(llm, embeds, vocab, max_new_tokens,
                                               max_context=session.config.llm.max_position_embeddings,
                                               first_token=first, one_pass=one_pass,
-                                              stop_after_pose=stop_after_pose, timings=stages)
+                                              stop_after_pose=stop_after_pose, timings=stages,
+                                              pose_code_vectors=session.pose_code_vectors)
         stages["llm"] = (time.perf_counter() - start) * 1e3
         return results, stages
 

@@ -156,6 +156,9 @@ class ProjectorConfig:
     output_size: int = 4096
 
 
+POSE_DECODINGS = ("argmax", "expected_code")
+
+
 @dataclass(frozen=True)
 class UniPoseConfig:
     name: str
@@ -166,6 +169,10 @@ class UniPoseConfig:
     projector: ProjectorConfig
     pose_tokenizer: PoseTokenizerConfig
     max_text_tokens: int = 2048  # the context the SDK allows for prompts + answers
+    # How a pose block's logits become codes (`generation.pose_codes_from_logits`): "argmax" per query, as the
+    # official decoding does; or "expected_code": the codebook vector expected under each query's softmax over
+    # the codes, snapped to the nearest code. unipose-tiny is trained for the second (training.batches.CodeTargets).
+    pose_decoding: str = "argmax"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -179,6 +186,8 @@ class UniPoseConfig:
             raise ValueError("projector input_size must equal CLIP hidden + Pose-ViT embed dim")
         if self.projector.output_size != self.llm.hidden_size:
             raise ValueError("projector output_size must equal the LLM hidden size")
+        if self.pose_decoding not in POSE_DECODINGS:
+            raise ValueError(f"pose_decoding={self.pose_decoding!r}: expected one of {POSE_DECODINGS}")
 
     @property
     def image_tokens(self) -> int:
@@ -206,6 +215,7 @@ class UniPoseConfig:
             projector=build(ProjectorConfig, data["projector"]),
             pose_tokenizer=build(PoseTokenizerConfig, data["pose_tokenizer"]),
             max_text_tokens=data.get("max_text_tokens", 2048),
+            pose_decoding=data.get("pose_decoding", "argmax"),  # configs written before the field: official
             extra=dict(data.get("extra", {})),
         )
 
@@ -254,6 +264,7 @@ def _unipose_tiny() -> UniPoseConfig:
         projector=ProjectorConfig(input_size=256, hidden_size=256, output_size=128),
         pose_tokenizer=PoseTokenizerConfig(width=128, code_dim=64, codebook_size=512, num_tokens=80),
         max_text_tokens=512,
+        pose_decoding="expected_code",
     )
 
 

@@ -44,6 +44,11 @@ class Runtime(ABC):
     @abstractmethod
     def decode_poses(self, codes: Tensor) -> Tensor: ...
 
+    def pose_codebook(self) -> Tensor | None:
+        """The pose tokenizer's codebook [K, D] float32 on the host, for expected-code pose decoding
+        (config `pose_decoding`); None when this backend's files do not carry it."""
+        return None
+
     def close(self) -> None:
         """Release device memory and sessions; the runtime is unusable afterwards."""
 

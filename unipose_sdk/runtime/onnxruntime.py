@@ -271,6 +271,10 @@ class OnnxRuntimeRuntime(Runtime):
     def decode_poses(self, codes: Tensor) -> Tensor:
         return self._graphs["pose_decoder"].run({"codes": codes.to(self.device, torch.long)})[0].float()
 
+    def pose_codebook(self) -> Tensor | None:
+        codebook = self.exported.pose_codebook
+        return None if codebook is None else torch.from_numpy(codebook)
+
     def close(self) -> None:
         self._graphs = {}
         self._llm = None  # type: ignore[assignment]

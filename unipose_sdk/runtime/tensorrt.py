@@ -144,6 +144,10 @@ class TensorRTRuntime(Runtime):
     def decode_poses(self, codes: Tensor) -> Tensor:
         return self._engines["pose_decoder"].run({"codes": codes})[0].float()
 
+    def pose_codebook(self) -> Tensor | None:
+        codebook = self.exported.pose_codebook
+        return None if codebook is None else torch.from_numpy(codebook)
+
     def close(self) -> None:
         self._engines = {}
         self._llm = None  # type: ignore[assignment]

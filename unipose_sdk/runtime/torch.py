@@ -62,6 +62,9 @@ class TorchRuntime(Runtime):
     def decode_poses(self, codes: Tensor) -> Tensor:
         return self._model.pose_tokenizer.decode_6d(codes.to(self.device)).float()
 
+    def pose_codebook(self) -> Tensor | None:
+        return self._model.pose_tokenizer.quantizer.codebook.detach().float().cpu()
+
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
         self._llm = None  # type: ignore[assignment]
