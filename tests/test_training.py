@@ -11,6 +11,7 @@ import torch
 
 from unipose_sdk import generation
 from unipose_sdk.checkpoint.pose_tokenizer import random_tiny_tokenizer
+from unipose_sdk.checkpoint.sdk_format import load_model
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import dense_mask
 from unipose_sdk.models.config import get_preset
@@ -19,6 +20,7 @@ from unipose_sdk.text.prompts import PromptBuilder, Task
 from unipose_sdk.training.batches import (
     IGNORE,
     PARAPHRASES,
+    CodeTargets,
     ExampleBuilder,
     collate,
     draw_batch,
@@ -198,3 +200,48 @@ def test_stage_one_runs_and_is_skipped_when_complete(tmp_path: Path) -> None:
     again = train(settings)
     assert info_file.read_text() == before  # not retrained
     assert again["stage1"] == json.loads(before)
+
+
+def test_code_targets_share_the_target_between_codes_that_decode_alike() -> None:
+    book = torch.tensor([[0.0, 0.0], [0.1, 0.0], [4.0, 0.0], [8.0, 0.0]])
+    targets = CodeTargets(book, sigma=0.5)
+    assert torch.allclose(targets.kernel.sum(1), torch.ones(4))
+    assert targets.kernel[0, 1] > 0.4 and targets.kernel[0, 2] < 1e-6  # a near-duplicate shares the mass
+    assert targets.kernel[0].argmax() == 0
+    with pytest.raises(ValueError, match="sigma=0"):
+        CodeTargets(book, sigma=0)
+
+
+def test_soft_code_loss_trains_and_reports_the_same_keys(pool, builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = MistralLM(CONFIG.llm)
+    targets = CodeTargets(torch.randn(LAYOUT.codebook_size, 8, generator=torch.Generator().manual_seed(1)))
+    poses = draw_batch(pool, builder, {Task.TEXT_TO_POSE: 1.0}, 4, np.random.default_rng(2), False)
+    texts = draw_batch(pool, builder, {Task.POSE_DESCRIPTION: 1.0}, 2, np.random.default_rng(3), False)
+    with use_attention_impl("sdpa_dense"):
+        loss, stats = sequence_loss(model, poses, model.embed(poses.input_ids), LAYOUT, targets)
+        _, text_stats = sequence_loss(model, texts, model.embed(texts.input_ids), LAYOUT, targets)
+        plain, _ = sequence_loss(model, texts, model.embed(texts.input_ids), LAYOUT)
+        loss.backward()
+    assert set(stats) == set(text_stats) == {"loss", "code_accuracy", "text_accuracy", "code_latent_mse"}
+    assert stats["code_latent_mse"] > 0 and np.isnan(text_stats["code_latent_mse"])
+    assert text_stats["loss"] == pytest.approx(plain.item())  # text-only batches: plain cross-entropy
+    assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
+
+
+def test_a_run_continues_from_a_stage_of_an_earlier_run(tmp_path: Path) -> None:
+    earlier = TrainSettings(out=tmp_path / "earlier", stages=(1,), batch_size=2, pool_sizes=TINY_POOL,
+                            steps_override={"stage1": 2})
+    train(earlier)
+    start = load_model(tmp_path / "earlier" / "stage1").model.llm.lm_head.weight.clone()
+    later = TrainSettings(out=tmp_path / "later", stages=(3,), batch_size=2, pool_sizes=TINY_POOL,
+                          steps_override={"stage3": 2}, init_from=tmp_path / "earlier" / "stage1")
+    info = train(later)["stage3"]
+    assert info["language"]["steps"] == 2 and info["code_sigma"] == 0.5
+    assert info["init_from"]["path"] == str(tmp_path / "earlier" / "stage1")
+    assert info["init_from"]["records"]["stage1"]["language"]["steps"] == 2
+    continued = load_model(tmp_path / "later" / "stage3").model.llm.lm_head.weight
+    assert not torch.equal(continued.float(), start.float())  # trained further, from the earlier weights
+    with pytest.raises(FileNotFoundError, match="not an SDK model directory"):
+        train(TrainSettings(out=tmp_path / "bad", stages=(3,), pool_sizes=TINY_POOL, steps_override={"stage3": 1},
+                            init_from=tmp_path / "nowhere"))

@@ -29,7 +29,8 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger("unipose_sdk").addHandler(handler)
     settings = TrainSettings(out=args.out, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
-                             pose_tokenizer=args.pose_tokenizer)
+                             pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
+                             code_sigma=args.code_sigma or None)
     results = train(settings)
     summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
     print(json.dumps(summary, indent=2))
@@ -47,4 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pose-tokenizer", type=Path, default=None,
                         help="pose tokenizer directory (default: the shipped embedded one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="continue from this stage directory of an earlier run (e.g. OLD/stage3): the first "
+                             "stage in --stages starts from it instead of this run's previous stage")
+    parser.add_argument("--code-sigma", type=float, default=0.5,
+                        help="width of the codebook-distance kernel of the pose-code targets (0: one-hot targets)")
     parser.set_defaults(handler=_train)
