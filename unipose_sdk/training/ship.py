@@ -5,15 +5,20 @@
     python -m unipose_sdk.training.ship install --candidate CANDIDATE_DIR
 
 `export` writes the last completed stage as a float16 SDK directory (the pose tokenizer stays float32), with the
-text tokenizer, so it can be evaluated exactly as it will ship. `install` refuses a candidate whose evaluation
-does not beat every trivial baseline; otherwise it copies `config.json` and `model.safetensors` into the assets
-(each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/` stay), with the evaluation report and a
-model card built from the training and evaluation records.
+text tokenizer and the pose decoding it ships with, so it can be evaluated exactly as it will ship.
+
+`install` ships a candidate only when its evaluation improves on what is shipped (`improves_on`): against
+trained shipped weights, it must win on more gated metrics than it loses and beat at least as many trivial
+baselines; against the random placeholder, it must beat the trivial baseline on a majority of the gated
+metrics (so a broken run never ships). It then copies `config.json` and `model.safetensors` into the assets
+(each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/` stay), with the evaluation report and
+a model card built from the training and evaluation records.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -30,10 +35,14 @@ EVALUATION_NAME = "evaluation"
 TRAINING_NAME = "training.json"
 
 
-def export(run: Path, out: Path) -> Path:
-    """The run's last stage -> a float16 SDK directory at `out` (with tokenizer and the run's training records)."""
+def export(run: Path, out: Path, pose_decoding: str = "expected_code") -> Path:
+    """The run's last stage -> a float16 SDK directory at `out` (with tokenizer and the run's training records).
+
+    pose_decoding: written into the shipped config (see `UniPoseConfig.pose_decoding`); the tiny model is
+    trained with codebook-kernel targets, for which "expected_code" decoding is the match."""
     stage_dir = final_model_dir(run)
     loaded = load_model(stage_dir)
+    loaded.model.config = dataclasses.replace(loaded.model.config, pose_decoding=pose_decoding)
     stages = {}
     for stage in (1, 2, 3):
         info = Path(run) / f"stage{stage}" / STAGE_INFO
@@ -53,19 +62,47 @@ def _copy_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> None:
-    report_path = Path(candidate) / f"{EVALUATION_NAME}.json"
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    if not report["beats_all_baselines"] and not force:
-        losing = [f"{task}.{name}" for task, metrics in report["metrics"].items()
-                  for name, m in metrics.items() if m.get("gate", True) and not m["beats_baseline"]]
-        raise SystemExit(f"not shipping {candidate}: it does not beat the trivial baseline on {losing}")
+def _gated(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f"{task}.{name}": m for task, metrics in report["metrics"].items() for name, m in metrics.items()
+            if m.get("gate", True)}
+
+
+def improves_on(candidate: dict[str, Any], shipped: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the candidate's evaluation improves on the shipped one (None: the random placeholder), and why."""
+    ours = _gated(candidate)
+    beaten = [k for k, m in ours.items() if m["beats_baseline"]]
+    if shipped is None or shipped.get("model_is_random", False):
+        ok = 2 * len(beaten) > len(ours)
+        return ok, (f"beats the trivial baseline on {len(beaten)} of {len(ours)} gated metrics "
+                    f"({'a majority' if ok else 'not a majority'}); nothing trained is shipped yet")
+    theirs = _gated(shipped)
+    common = sorted(set(ours) & set(theirs))
+    wins = [k for k in common if (ours[k]["model"] < theirs[k]["model"]) == (not ours[k]["higher_is_better"])
+            and ours[k]["model"] != theirs[k]["model"]]
+    losses = [k for k in common if k not in wins and ours[k]["model"] != theirs[k]["model"]]
+    shipped_beaten = sum(1 for m in theirs.values() if m["beats_baseline"])
+    ok = len(wins) > len(losses) and len(beaten) >= shipped_beaten
+    return ok, (f"better than the shipped weights on {len(wins)} gated metrics, worse on {len(losses)} {losses}; "
+                f"beats {len(beaten)} trivial baselines (shipped: {shipped_beaten})")
+
+
+def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> str:
+    report = json.loads((Path(candidate) / f"{EVALUATION_NAME}.json").read_text(encoding="utf-8"))
+    if report.get("model_is_random", False):
+        raise SystemExit(f"not shipping {candidate}: its evaluation says the weights are random")
+    shipped_path = assets / f"{EVALUATION_NAME}.json"
+    shipped = json.loads(shipped_path.read_text(encoding="utf-8")) if (assets / WEIGHTS_FILE).is_file() and \
+        shipped_path.is_file() else None
+    ok, why = improves_on(report, shipped)
+    if not ok and not force:
+        raise SystemExit(f"not shipping {candidate}: {why}")
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         _copy_atomic(Path(candidate) / name, assets / name)
     for suffix in (".json", ".md"):
         _copy_atomic(Path(candidate) / f"{EVALUATION_NAME}{suffix}", assets / f"{EVALUATION_NAME}{suffix}")
     (assets / "MODEL_CARD.md").write_text(model_card(report, training, assets), encoding="utf-8")
+    return why
 
 
 def _minutes(seconds: float) -> str:
@@ -151,13 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     i = sub.add_parser("install")
     i.add_argument("--candidate", type=Path, required=True)
     i.add_argument("--assets", type=Path, default=ASSETS_DIR)
-    i.add_argument("--force", action="store_true", help="ship even if a baseline is not beaten")
+    i.add_argument("--force", action="store_true", help="ship even if the evaluation does not improve")
     args = parser.parse_args(argv)
     if args.command == "export":
         print(f"wrote {export(args.run, args.out)}")
     else:
-        install(args.candidate, args.assets, args.force)
-        print(f"installed {args.candidate} into {args.assets}")
+        why = install(args.candidate, args.assets, args.force)
+        print(f"installed {args.candidate} into {args.assets}: {why}")
 
 
 if __name__ == "__main__":

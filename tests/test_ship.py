@@ -1,0 +1,94 @@
+"""Shipping a trained run as the embedded model: export writes what ships, install ships only improvements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from unipose_sdk.models.config import get_preset
+from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.training.pipeline import STAGE_INFO, load_text_tokenizer
+from unipose_sdk.training.ship import export, improves_on, install
+
+
+def _metric(model: float, baseline: float, higher: bool = True, gate: bool = True) -> dict:
+    beats = model > baseline if higher else model < baseline
+    return {"model": model, "baseline": baseline, "baseline_name": "trivial", "higher_is_better": higher,
+            "beats_baseline": beats, "gate": gate}
+
+
+def _report(facts: float, mpjpe: float, precision: float, random: bool = False) -> dict:
+    return {"model_is_random": random, "quick": False, "eval_seed": 10007,
+            "metrics": {"text_to_pose": {"facts_hold": _metric(facts, 0.3),
+                                         "mpjpe_mm": _metric(mpjpe, 245.0, higher=False, gate=False)},
+                        "estimation": {"mpjpe_mm": _metric(mpjpe, 230.0, higher=False)},
+                        "pose_description": {"precision": _metric(precision, 0.5)}}}
+
+
+def test_first_shipment_needs_a_majority_of_baselines_beaten() -> None:
+    ok, why = improves_on(_report(0.6, 200.0, 0.4), None)  # beats 2 of 3 gated baselines
+    assert ok and "2 of 3" in why
+    ok, why = improves_on(_report(0.2, 240.0, 0.4), None)  # beats 1 of 3
+    assert not ok and "not a majority" in why
+    assert improves_on(_report(0.6, 200.0, 0.4), _report(0.0, 999.0, 0.0, random=True))[0]
+
+
+def test_a_later_shipment_must_improve_on_the_shipped_weights() -> None:
+    shipped = _report(0.6, 200.0, 0.55)
+    better = _report(0.7, 190.0, 0.52)  # wins facts and estimation, loses precision, still beats 3 baselines
+    assert improves_on(better, shipped)[0]
+    worse = _report(0.7, 210.0, 0.45)  # wins 1, loses 2
+    ok, why = improves_on(worse, shipped)
+    assert not ok and "worse on 2" in why
+    fewer_baselines = _report(0.65, 180.0, 0.45)  # wins 2, loses 1, but beats 2 baselines instead of 3
+    assert not improves_on(fewer_baselines, shipped)[0]
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    model = UniPoseModel.from_config(get_preset("unipose-tiny"))
+    save_model(model, run / "stage1", load_text_tokenizer(), dtype=torch.float32, source="test stage",
+               overwrite=True)
+    info = {"stage": 1, "seconds": 12.0, "seed": 0, "batch_size": 2, "data_seconds": 1.0,
+            "language": {"steps": 3, "ended_by": "steps"}}
+    (run / "stage1" / STAGE_INFO).write_text(json.dumps(info))
+    return run
+
+
+def test_export_writes_float16_weights_and_the_pose_decoding(run_dir: Path, tmp_path: Path) -> None:
+    candidate = export(run_dir, tmp_path / "candidate")
+    loaded = load_model(candidate)
+    assert not loaded.is_random and loaded.model.config.pose_decoding == "expected_code"
+    assert json.loads((candidate / CONFIG_FILE).read_text())["dtype"] == "float16"
+    assert json.loads((candidate / "training.json").read_text())["stage1"]["language"]["steps"] == 3
+    assert load_model(export(run_dir, tmp_path / "argmax", "argmax")).model.config.pose_decoding == "argmax"
+
+
+def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_path: Path) -> None:
+    candidate = export(run_dir, tmp_path / "candidate")
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for name, report in (("evaluation.json", _report(0.2, 240.0, 0.4)),):  # a majority of baselines lost
+        (candidate / name).write_text(json.dumps(report))
+    (candidate / "evaluation.md").write_text("# report\n")
+    with pytest.raises(SystemExit, match="not a majority"):
+        install(candidate, assets)
+    assert not (assets / WEIGHTS_FILE).exists()  # nothing half-installed
+    (candidate / "evaluation.json").write_text(json.dumps(_report(0.0, 0.0, 0.0, random=True)))
+    with pytest.raises(SystemExit, match="random"):
+        install(candidate, assets)
+    (candidate / "evaluation.json").write_text(json.dumps(_report(0.6, 200.0, 0.55)))
+    assert "2 of 3" not in install(candidate, assets)  # 3 of 3
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "evaluation.json", "evaluation.md", "MODEL_CARD.md"):
+        assert (assets / name).is_file()
+    card = (assets / "MODEL_CARD.md").read_text()
+    assert "| stage1 |" in card and "facts_hold" in card
+    # Now trained weights are shipped: the same candidate again is no improvement.
+    with pytest.raises(SystemExit, match="better than the shipped weights on 0"):
+        install(candidate, assets)
