@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from unipose_sdk.checkpoint.embedded import embedded_model_is_trained  # noqa: E402
 from unipose_sdk.export import specs as S  # noqa: E402
 from unipose_sdk.export.onnx import DecoderGraph, example_inputs, export_graph, export_onnx  # noqa: E402
 from unipose_sdk.export.validate import compare, read_graph_metadata  # noqa: E402
@@ -84,7 +85,8 @@ def test_exported_graph_carries_its_metadata_and_tokenizer(pose_graphs: Path) ->
     assert json.loads(meta[S.META_CONFIG])["name"] == "unipose-tiny"
     assert json.loads(meta[S.META_VOCAB])["pose_begin_id"] == get_preset("unipose-tiny").vocab.pose_begin_id
     assert S.GraphSpec.from_dict(json.loads(meta[S.META_SPEC])).output_names == ["pose_6d", "rotmat"]
-    assert meta[S.META_PRECISION] == "fp32" and json.loads(meta[S.META_IS_RANDOM]) is True
+    assert meta[S.META_PRECISION] == "fp32"
+    assert json.loads(meta[S.META_IS_RANDOM]) is (not embedded_model_is_trained())
     assert (pose_graphs / "tokenizer.json").is_file()
     assert not list(pose_graphs.parent.glob(".*.tmp"))
 

@@ -23,6 +23,7 @@ from unipose_sdk.export.validate import is_export_directory, read_directory  # n
 
 from unipose_sdk import generation  # noqa: E402
 from unipose_sdk.body.examples import example_pose_names, load_example_pose  # noqa: E402
+from unipose_sdk.checkpoint.embedded import embedded_model_is_trained  # noqa: E402
 from unipose_sdk.errors import (  # noqa: E402
     BackendUnavailableError,
     CheckpointError,
@@ -93,7 +94,8 @@ def test_the_four_description_tasks_identical(exported: Path, image_rgb: np.ndar
 def test_auto_backend_picks_onnxruntime_for_an_export_directory(exported: Path) -> None:
     generator = Generator.from_pretrained(exported, **SHORT)
     assert generator.session.runtime.backend == "onnxruntime"
-    assert generator.session.run_info().model_is_random  # the flag travels inside the graphs' metadata
+    # The flag travels inside the graphs' metadata.
+    assert generator.session.run_info().model_is_random == (not embedded_model_is_trained())
 
 
 def test_language_model_matches_mistral_call_by_call(exported: Path) -> None:
@@ -137,7 +139,8 @@ def test_pose_graphs_match_the_tokenizer(exported: Path) -> None:
 
 def test_every_graph_describes_itself(exported: Path) -> None:
     info = read_directory(exported)
-    assert info.precision == "fp32" and info.emission == "decomposed" and info.is_random
+    assert info.precision == "fp32" and info.emission == "decomposed"
+    assert info.is_random is (not embedded_model_is_trained())
     assert info.config.name == "unipose-tiny"
     decoder = info.graphs["decoder"]
     assert decoder.spec.input_names[:7] == ["input_embeds", "positions", "block_start", "block_end", "key_start",

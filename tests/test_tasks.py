@@ -12,6 +12,7 @@ from PIL import Image
 
 from unipose_sdk.body.examples import load_example_pose
 from unipose_sdk.body.pose import Pose
+from unipose_sdk.checkpoint.embedded import embedded_model_is_trained
 from unipose_sdk.errors import (InvalidImageError, InvalidInputError, InvalidPoseError, InvalidTextError,
                                 ModelNotFoundError, UniPoseError, UniPoseFileNotFoundError)
 from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult
@@ -54,8 +55,8 @@ def test_generate_returns_a_pose_with_joints_and_timing(generator: Generator) ->
     assert len(result.pose_codes) == 80 and all(0 <= c < 512 for c in result.pose_codes)
     assert {"preprocess", "llm", "detokenize", "total"} <= set(result.timing_ms)
     assert result.run.backend == "torch" and result.run.device == "cpu"
-    # Until the trained embedded model ships, every result says its model is a random placeholder.
-    assert result.run.model == "unipose-tiny" and result.run.model_is_random
+    # Every result says whether the embedded weights are the trained ones or the random placeholder.
+    assert result.run.model == "unipose-tiny" and result.run.model_is_random == (not embedded_model_is_trained())
     # The pose tokens decode to exactly the returned pose.
     decoded = generator.session.decode_poses(torch.tensor([result.pose_codes]))
     assert decoded.allclose(result.pose, atol=1e-5)
