@@ -92,3 +92,13 @@ def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_pa
     # Now trained weights are shipped: the same candidate again is no improvement.
     with pytest.raises(SystemExit, match="better than the shipped weights on 0"):
         install(candidate, assets)
+
+
+def test_the_history_of_continued_weights_lists_every_earlier_stage_first() -> None:
+    from unipose_sdk.training.ship import training_history
+
+    s1, s2 = {"seconds": 1.0}, {"seconds": 2.0}
+    earlier = {"stage1": s1, "stage2": s2}
+    later = {"seconds": 3.0, "init_from": {"path": "old/stage2", "records": earlier}}
+    assert training_history({"stage3": later}) == [("stage1", s1), ("stage2", s2), ("stage3 (continued)", later)]
+    assert training_history(earlier) == [("stage1", s1), ("stage2", s2)]
