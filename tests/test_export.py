@@ -117,7 +117,10 @@ def test_fp16_embed_graph_is_half_and_checked_against_float32(tmp_path: Path) ->
     report = export_onnx(None, tmp_path / "fp16", precision="fp16", graphs=("embed",), progress=False,
                          optimize=False)
     entry = report.graphs[0]
-    assert entry.validated == "yes" and 0 < entry.max_abs_diff < 1e-2  # a real fp16 rounding error, in bounds
+    # In bounds; exactly 0 when the source weights are float16 already (the shipped embedded model), an fp16
+    # rounding error for the float32 placeholder.
+    assert entry.validated == "yes" and 0 <= entry.max_abs_diff < 1e-2
+    assert (entry.max_abs_diff == 0) == embedded_model_is_trained()
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(tmp_path / "fp16" / "embed.onnx"), providers=["CPUExecutionProvider"])
