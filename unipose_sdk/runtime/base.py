@@ -45,8 +45,8 @@ class Runtime(ABC):
     def decode_poses(self, codes: Tensor) -> Tensor: ...
 
     def pose_codebook(self) -> Tensor | None:
-        """The pose tokenizer's codebook [K, D] float32 on the host, for expected-code pose decoding
-        (config `pose_decoding`); None when this backend's files do not carry it."""
+        """The pose tokenizer's codebook [K, D] float32 on the runtime's device (where the logits are), for
+        expected-code pose decoding (config `pose_decoding`); None when this backend's files do not carry it."""
         return None
 
     def close(self) -> None:

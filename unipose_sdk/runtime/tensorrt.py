@@ -146,7 +146,7 @@ class TensorRTRuntime(Runtime):
 
     def pose_codebook(self) -> Tensor | None:
         codebook = self.exported.pose_codebook
-        return None if codebook is None else torch.from_numpy(codebook)
+        return None if codebook is None else torch.from_numpy(codebook).to(self.device)  # where the logits are
 
     def close(self) -> None:
         self._engines = {}

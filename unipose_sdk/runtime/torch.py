@@ -63,7 +63,7 @@ class TorchRuntime(Runtime):
         return self._model.pose_tokenizer.decode_6d(codes.to(self.device)).float()
 
     def pose_codebook(self) -> Tensor | None:
-        return self._model.pose_tokenizer.quantizer.codebook.detach().float().cpu()
+        return self._model.pose_tokenizer.quantizer.codebook.detach().float()  # on the model's device
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
