@@ -219,6 +219,12 @@ def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: V
     return out.logits
 
 
+def expected_code_vectors(code_logits: Tensor, codebook: Tensor) -> Tensor:
+    """The codebook vector [..., D] expected under the softmax of the code logits [..., K]: what expected-code
+    pose decoding snaps to the codebook, and what training pulls onto the target code (training.CodeTargets)."""
+    return torch.softmax(code_logits.float(), dim=-1) @ codebook
+
+
 def pose_codes_from_logits(query_logits: Tensor, vocab: VocabLayout, code_vectors: Tensor | None = None) -> Tensor:
     """Logits at the pose-query positions [B, Q, V] -> codebook indices [B, Q] (int64).
 
@@ -239,7 +245,7 @@ def pose_codes_from_logits(query_logits: Tensor, vocab: VocabLayout, code_vector
     if code_vectors is None:
         return code_logits.argmax(dim=-1)
     book = code_vectors.to(device=code_logits.device, dtype=torch.float32)
-    expected = torch.softmax(code_logits.float(), dim=-1) @ book  # [B, Q, D]
+    expected = expected_code_vectors(code_logits, book)  # [B, Q, D]
     # |e - b|^2 = |e|^2 - 2 e.b + |b|^2; |e|^2 is the same for every code of a query, so it can be left out.
     distance = book.pow(2).sum(-1) - 2 * expected @ book.T  # [B, Q, K]
     return distance.argmin(dim=-1)

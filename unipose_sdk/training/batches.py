@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unipose_sdk.generation import expected_code_vectors
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import VocabLayout
 from unipose_sdk.text.prompts import TASK_TEMPLATES, PromptBuilder, Task
@@ -262,7 +263,7 @@ def sequence_loss(llm: torch.nn.Module, batch: Batch, embeds: Tensor, layout: Vo
         code_nll = -(kernel * log_probs[is_code][:, code_range]).sum()
         loss = (text_nll + code_nll) / targets.numel()
         book = code_targets.codebook.to(logits.device)
-        expected = torch.softmax(logits[is_code][:, code_range], dim=-1) @ book
+        expected = expected_code_vectors(logits[is_code][:, code_range], book)
         latent_mse = (expected - book[codes]).pow(2).mean()
         loss = loss + code_targets.latent_weight * latent_mse
         stats["code_latent_mse"] = float(latent_mse.detach())

@@ -246,9 +246,6 @@ def _load_stage(settings: TrainSettings, stage: int) -> UniPoseModel:
 
 
 def _load_model_dir(directory: Path, device: str) -> UniPoseModel:
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"init_from={str(directory)!r} is not an SDK model directory (no config.json); "
-                                "pass a stage directory of an earlier run, e.g. RUN/stage3")
     model = load_model(directory).model
     # Assign-loaded tensors may be memory-mapped views: give training its own writable float32 copies.
     model = model.float()
@@ -295,6 +292,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             raise RuntimeError(f"stage {stage} needs stage {stage - 1} first (no {_stage_dir(settings, stage - 1)})")
         torch.manual_seed(settings.seed + stage)
         if continuing:
+            if not (Path(settings.init_from) / "config.json").is_file():
+                raise FileNotFoundError(f"init_from={str(settings.init_from)!r} is not an SDK model directory (no "
+                                        "config.json); pass a stage directory of an earlier run, e.g. RUN/stage3")
             model = _load_model_dir(Path(settings.init_from), settings.device)
         elif stage == 1:
             model = initial_model(settings.seed, settings.pose_tokenizer).to(settings.device)

@@ -77,9 +77,12 @@ def improves_on(candidate: dict[str, Any], shipped: dict[str, Any] | None) -> tu
                     f"({'a majority' if ok else 'not a majority'}); nothing trained is shipped yet")
     theirs = _gated(shipped)
     common = sorted(set(ours) & set(theirs))
-    wins = [k for k in common if (ours[k]["model"] < theirs[k]["model"]) == (not ours[k]["higher_is_better"])
-            and ours[k]["model"] != theirs[k]["model"]]
-    losses = [k for k in common if k not in wins and ours[k]["model"] != theirs[k]["model"]]
+
+    def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return a["model"] > b["model"] if a["higher_is_better"] else a["model"] < b["model"]
+
+    wins = [k for k in common if better(ours[k], theirs[k])]
+    losses = [k for k in common if better(theirs[k], ours[k])]
     shipped_beaten = sum(1 for m in theirs.values() if m["beats_baseline"])
     ok = len(wins) > len(losses) and len(beaten) >= shipped_beaten
     return ok, (f"better than the shipped weights on {len(wins)} gated metrics, worse on {len(losses)} {losses}; "
