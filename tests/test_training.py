@@ -245,3 +245,15 @@ def test_a_run_continues_from_a_stage_of_an_earlier_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not an SDK model directory"):
         train(TrainSettings(out=tmp_path / "bad", stages=(3,), pool_sizes=TINY_POOL, steps_override={"stage3": 1},
                             init_from=tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "wide"])
+def test_train_cli_refuses_a_bad_code_sigma_before_doing_anything(value: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), "--code-sigma", value])
+    assert exit_info.value.code == 2
+    assert f"--code-sigma {value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

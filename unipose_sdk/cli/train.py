@@ -19,6 +19,17 @@ def _stages(text: str) -> tuple[int, ...]:
     return stages
 
 
+def _code_sigma(text: str) -> float:
+    try:
+        sigma = float(text)
+    except ValueError:
+        sigma = -1.0
+    if not sigma >= 0:
+        raise argparse.ArgumentTypeError(f"--code-sigma {text!r}: expected a width >= 0 in codebook distance units "
+                                         "(0.5 is the default; 0 trains with one-hot code targets)")
+    return sigma
+
+
 def _train(args: argparse.Namespace) -> int:
     from unipose_sdk.training.pipeline import TrainSettings, train
 
@@ -51,6 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="continue from this stage directory of an earlier run (e.g. OLD/stage3): the first "
                              "stage in --stages starts from it instead of this run's previous stage")
-    parser.add_argument("--code-sigma", type=float, default=0.5,
+    parser.add_argument("--code-sigma", type=_code_sigma, default=0.5,
                         help="width of the codebook-distance kernel of the pose-code targets (0: one-hot targets)")
     parser.set_defaults(handler=_train)
