@@ -221,7 +221,9 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         timed(name, fn)
     run = session.run_info()
     report = {
-        "model": run.model, "model_is_random": run.model_is_random, "quick": quick, "seed": seed,
+        # The directory's name, not its path: reports are shipped and committed, and must not carry machine paths.
+        "model": Path(run.model).name or run.model, "model_is_random": run.model_is_random,
+        "quick": quick, "seed": seed,
         "eval_seed": seed + EVAL_SEED_OFFSET,
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from unipose_sdk.fileio import atomic_write_text
+from unipose_sdk.options import EMBEDDED_MODEL as EMBEDDED_NAME
 from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
@@ -102,8 +104,11 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         _copy_atomic(Path(candidate) / name, assets / name)
-    for suffix in (".json", ".md"):
-        _copy_atomic(Path(candidate) / f"{EVALUATION_NAME}{suffix}", assets / f"{EVALUATION_NAME}{suffix}")
+    # The shipped report names the shipped model, not the candidate directory it was measured in.
+    report = {**report, "model": EMBEDDED_NAME}
+    atomic_write_text(assets / f"{EVALUATION_NAME}.json", json.dumps(report, indent=2) + "\n")
+    markdown = (Path(candidate) / f"{EVALUATION_NAME}.md").read_text(encoding="utf-8").split("\n", 1)
+    atomic_write_text(assets / f"{EVALUATION_NAME}.md", "\n".join([f"# Evaluation of {EMBEDDED_NAME}", *markdown[1:]]))
     (assets / "MODEL_CARD.md").write_text(model_card(report, training, assets), encoding="utf-8")
     return why
 
