@@ -1,6 +1,6 @@
 """Configuration dataclasses for every part of the UniPose model, and the two presets.
 
-`unipose-7b` reproduces the released model's sizes exactly (see shared/design/unipose-reference.md);
+`unipose-7b` reproduces the released model's sizes exactly (the checkpoint's config.json and tensor shapes);
 `unipose-tiny` is the small model embedded in the package and used by the tests.
 Every size the code needs is read from here; no module hard-codes a width.
 """

@@ -1,6 +1,6 @@
 """The text tokenizer: a Hugging Face `tokenizers` backend plus UniPose's added tokens at fixed ids.
 
-The released model's vocabulary (see shared/design/unipose-reference.md) is the Mistral sentencepiece vocabulary
+The released model's vocabulary (its tokenizer.json and added_tokens.json) is the Mistral sentencepiece vocabulary
 followed by tokens UniPose added with `tokenizer.add_tokens`, in this order:
 
     <pose_id_0> .. <pose_id_{K-1}>        codebook index k -> id text_vocab_size + k
