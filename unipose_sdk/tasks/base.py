@@ -73,6 +73,15 @@ class TaskBase:
         """Load `model` (None or "unipose-tiny": the embedded default; else a model directory)."""
         return cls(cls.options_class(model=model, backend=backend, device=device, dtype=dtype, **options))
 
+    @classmethod
+    def from_session(cls, session: UniPose, options: BaseOptions | None = None):  # type: ignore[no-untyped-def]
+        """The task over a session that is already loaded (e.g. one built around a runtime of your own); the
+        where-to-load fields of `options` are not read."""
+        task = cls.__new__(cls)
+        task.options = options if options is not None else cls.options_class()
+        task.session = session
+        return task
+
     def __enter__(self):  # type: ignore[no-untyped-def]
         return self
 
