@@ -59,3 +59,7 @@ class ExportValidationError(UniPoseError, RuntimeError):
 
 class VocabularyError(UniPoseError):
     """A text tokenizer whose added-token ids differ from the model's vocabulary layout."""
+
+
+class ConfigError(CheckpointError, ValueError):
+    """A model or tokenizer config (config.json) has a field of the wrong type, out of range, or inconsistent."""
