@@ -16,11 +16,12 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from unipose_sdk.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENS_FORMAT = "unipose-pose-tokens"
 TOKENS_VERSION = 1
@@ -126,6 +127,8 @@ def read_tokens_document(path: str | Path, tokenizer: Any) -> torch.Tensor:
         raise InvalidInputError.make(f"{str(p)!r} with code lists of lengths {sorted({len(r) for r in rows})}",
                                      f"{tokenizer.config.num_tokens} codes per pose",
                                      "Re-create the file with `unipose pose tokenize`.")
+    import torch
+
     return torch.tensor(rows, dtype=torch.long)
 
 
