@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from unipose_sdk.errors import CheckpointError
 
 _MAX_LISTED = 20
+_FINITE_BLOCK = 1 << 24  # elements checked at a time
 
 
 def _listing(keys: list[str]) -> str:
@@ -17,8 +18,46 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
 
 
-def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and mis-shaped keys; return quietly when all match."""
+def _all_finite(tensor: Tensor) -> bool:
+    flat = tensor.detach().reshape(-1)
+    # In blocks, so a 7B embedding does not need a boolean copy of its full size.
+    return all(bool(torch.isfinite(flat[i:i + _FINITE_BLOCK]).all()) for i in range(0, flat.numel(), _FINITE_BLOCK))
+
+
+def _dtype_name(tensor: Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def check_tensor_values(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Raise CheckpointError naming the tensors whose kind does not match the model's (an integer or bool tensor
+    where the model holds floats, or the reverse) and the floating tensors holding NaN or infinity."""
+    expected = module.state_dict()
+    wrong_kind = sorted(
+        f"{k} ({_dtype_name(state_dict[k])}, model {_dtype_name(expected[k])})"
+        for k in set(expected) & set(state_dict)
+        if state_dict[k].is_floating_point() != expected[k].is_floating_point()
+        or state_dict[k].is_complex() != expected[k].is_complex())
+    if wrong_kind:
+        raise CheckpointError.make(
+            f"checkpoint {source} with {len(wrong_kind)} tensors of the wrong kind: {_listing(wrong_kind)}",
+            "floating-point weights where the model has floating-point weights",
+            "The file was damaged or written by another tool; convert or download it again.")
+    non_finite = sorted(k for k in set(expected) & set(state_dict)
+                        if state_dict[k].is_floating_point() and not _all_finite(state_dict[k]))
+    if non_finite:
+        raise CheckpointError.make(
+            f"checkpoint {source} with NaN or infinite values in {len(non_finite)} tensors: {_listing(non_finite)}",
+            "finite weights", "These weights come from a diverged or damaged run; use another checkpoint.")
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str,
+                     check_values: bool = True) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys, then (`check_values`) tensors of
+    the wrong kind or with non-finite values; return quietly when all match."""
+    not_tensors = sorted(str(k) for k, v in state_dict.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise CheckpointError.make(f"checkpoint {source} whose entries {_listing(not_tensors)} are not tensors",
+                                   "a tensor for every key", "Pass the weights file this loader expects.")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -39,6 +78,8 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source
             f"checkpoint {source} does not match {type(module).__name__}: " + "; ".join(parts)
             + ". Check that the checkpoint is the right kind and that the model config (preset) matches it."
         )
+    if check_values:
+        check_tensor_values(module, state_dict, source)
 
 
 def load_state_dict_strict(

@@ -41,6 +41,7 @@ from unipose_sdk.checkpoint.lora import (
     merge_lora,
     read_adapter_config,
 )
+from unipose_sdk.checkpoint.safe_pickle import load_torch_file
 from unipose_sdk.checkpoint.sdk_format import LoadedModel, read_weights
 from unipose_sdk.errors import CheckpointError, ModelNotFoundError
 from unipose_sdk.models.config import UniPoseConfig, get_preset
@@ -147,26 +148,31 @@ def remap(state: Mapping[str, Tensor], table: KeyTable, source: str,
 
 # ---- reading files ------------------------------------------------------------------------------------------
 def torch_load_tensors(path: Path, what: str) -> dict[str, Tensor]:
-    """A .bin / .ckpt holding a dict of tensors (or {'state_dict': ...}), loaded without running pickled code."""
+    """A .bin / .ckpt holding a dict of tensors (or {'state_dict': ...}), read without running pickled code
+    (checkpoint.safe_pickle; zip-format files are memory-mapped when they hold only tensors)."""
     if not path.is_file():
         raise CheckpointError.make(f"no file {path}", what, "Check the path; re-download the piece if needed.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except Exception:  # noqa: BLE001 - Lightning checkpoints may pickle config objects: use the stubbing loader
-        from unipose_sdk.checkpoint.pose_tokenizer import _torch_load  # safe loader shared with the tokenizer
-
-        data = _torch_load(path)
+    data = load_torch_file(path, what, mmap=True)
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):
         raise CheckpointError.make(f"{path} holding a {type(data).__name__}", f"{what} (a dict of tensors)",
                                    "Pass the file named in the release instructions.")
-    return {k: v for k, v in data.items() if isinstance(v, Tensor)}
+    return {str(k): v for k, v in data.items() if isinstance(v, Tensor)}
 
 
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object file of the release (index, config); CheckpointError naming the file when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+        raise CheckpointError.make(f"{path}, which is not readable JSON ({type(exc).__name__}: {str(exc)[:200]})",
+                                   f"{what} (a JSON object)", "The download is damaged; download that file again.") \
+            from None
+    if not isinstance(data, dict):
+        raise CheckpointError.make(f"{path} holding a JSON {type(data).__name__}", f"{what} (a JSON object)",
+                                   "The download is damaged; download that file again.")
+    return data
 
 
 def read_hf_weights(directory: Path, what: str) -> dict[str, Tensor]:
@@ -175,7 +181,14 @@ def read_hf_weights(directory: Path, what: str) -> dict[str, Tensor]:
                                ("pytorch_model.bin.index.json", lambda p: torch_load_tensors(p, what))):
         index_path = directory / index_name
         if index_path.is_file():
-            weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(index_path, f"the shard index of {what}").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map or not all(
+                    isinstance(k, str) and isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+                    for k, v in weight_map.items()):
+                raise CheckpointError.make(
+                    f"{index_path} whose 'weight_map' is {str(weight_map)[:80]!r}",
+                    "a non-empty object of tensor name -> shard file name in this directory",
+                    "The download is damaged; download the index file again.")
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (directory / s).is_file()]
             if missing:
@@ -240,8 +253,8 @@ def _check_llm_config(directory: Path, config: UniPoseConfig, projector: bool) -
     path = directory / "config.json"
     if not path.is_file():
         return
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data = data.get("text_config", data)
+    data = read_json(path, "a Hugging Face model config")
+    data = data.get("text_config", data) if isinstance(data.get("text_config", data), dict) else data
     wanted = {"hidden_size": config.llm.hidden_size, "num_hidden_layers": config.llm.num_hidden_layers,
               "intermediate_size": config.llm.intermediate_size, "num_attention_heads": config.llm.num_attention_heads,
               "num_key_value_heads": config.llm.num_key_value_heads}
@@ -293,9 +306,10 @@ def load_official_state(paths: OfficialPaths, config: UniPoseConfig) -> tuple[di
             f"the full {vocab}-row embedding and LM head (the rows of UniPose's added tokens come only from there)",
             "Use the UniPose directory of the release; the base alone has no pose-token embeddings.")
     if paths.pose_vqvae is not None:
-        from unipose_sdk.checkpoint.pose_tokenizer import _torch_load, official_state_dict
+        from unipose_sdk.checkpoint.pose_tokenizer import official_state_dict
 
-        vq = official_state_dict(_torch_load(paths.pose_vqvae), str(paths.pose_vqvae))
+        vq = official_state_dict(load_torch_file(paths.pose_vqvae, "the pose VQ-VAE Lightning checkpoint"),
+                                 str(paths.pose_vqvae))
         _fill_part(state, "pose_tokenizer.", *remap(vq, POSE_VQVAE_KEYS, f"pose-vqvae {paths.pose_vqvae}"),
                    "--pose-vqvae", merged=paths.merged is not None)
     if paths.clip is not None:
@@ -364,7 +378,8 @@ def validate_state(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, 
                 groups.append(f"{len(keys)} of {hint} (e.g. {', '.join(keys[:4])})")
         parts.append(f"{len(missing)} missing keys: " + "; ".join(groups))
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_listing([f'{k} (from {origin.get(k, source)})' for k in unexpected])}")
+        listed = _listing([f"{k} (from {origin.get(k, source)})" for k in unexpected])
+        parts.append(f"{len(unexpected)} unexpected keys: {listed}")
     if mis_shaped:
         parts.append(f"{len(mis_shaped)} keys with the wrong shape: {_listing(mis_shaped)}")
     raise CheckpointError.make(f"{source} with " + "; ".join(parts), "exactly the model's keys and shapes",

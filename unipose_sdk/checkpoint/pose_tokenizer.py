@@ -2,8 +2,9 @@
 
 Two formats:
 - the official release: a PyTorch Lightning checkpoint file (`best_MPJPE.ckpt`) whose `state_dict` holds
-  `encoder.*`, `decoder.*`, `quantizer.codebook` plus training-only entries (every key containing "loss",
-  which the official loader drops too);
+  `encoder.*`, `decoder.*`, `quantizer.codebook` plus training-only entries (the loss module's buffers, metric
+  states ...), which are ignored as the official non-strict loader ignores them; read without running pickled
+  code (checkpoint.safe_pickle);
 - the SDK's own: a directory with `config.json` (the PoseTokenizerConfig) and `model.safetensors`.
 
 `load_pose_tokenizer(None)` gives the tokenizer embedded in the package (unipose-tiny).
@@ -15,20 +16,20 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from unipose_sdk.checkpoint.common import load_state_dict_strict
+from unipose_sdk.checkpoint.common import check_state_dict, load_state_dict_strict
+from unipose_sdk.checkpoint.safe_pickle import load_torch_file
 from unipose_sdk.errors import CheckpointError, ModelNotFoundError
 from unipose_sdk.fileio import atomic_write_bytes
-from unipose_sdk.models.config import PoseTokenizerConfig, get_preset
+from unipose_sdk.models.config import PoseTokenizerConfig, build_config, get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_NAME = "unipose-sdk/pose-tokenizer"
 FORMAT_VERSION = 1
-# Keys of the Lightning module that are not part of the tokenizer: the loss module (always; the official
-# loader drops them) and, when a training run attached them, metric states.
-_DROPPED_KEY_PARTS = ("loss",)
-_DROPPED_PREFIXES = ("metric.",)
+# The tokenizer's parts (PoseTokenizer's top-level modules): every other key of a checkpoint is ignored.
+TOKENIZER_PREFIXES = ("encoder.", "decoder.", "quantizer.")
 
 
 def embedded_tokenizer_dir() -> Path:
@@ -53,97 +52,42 @@ def embedded_tokenizer_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _Stub:
-    """Stands in for any class a checkpoint pickles besides tensors (hyper-parameters, callback states).
-
-    Constructing or filling it runs no code from the checkpoint; the values are discarded anyway."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
-        return _Stub()
-
-
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "int", "float", "str", "bool", "tuple",
-                  "list", "dict", "range"}
-
-
-class _StubbingUnpickler(pickle.Unpickler):
-    """Resolves only tensor-rebuild helpers, storages, dtypes and plain containers; every other global becomes
-    `_Stub`. Used when `weights_only=True` refuses a checkpoint because of foreign objects next to the weights."""
-
-    stubbed: ClassVar[set[str]] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            (module == "torch._utils" and name.startswith("_rebuild"))
-            or (module.startswith("torch") and name.endswith("Storage"))
-            or (module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, type(torch.device("cpu")))))
-            or (module == "torch" and name in ("device", "Size"))
-            or (module == "collections" and name in ("OrderedDict", "defaultdict"))
-            or (module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS)
-            or (module == "torch.serialization" and name == "_get_layout")
-            or (module == "torch" and name.endswith("_format"))
-        )
-        if allowed:
-            return super().find_class(module, name)
-        _StubbingUnpickler.stubbed.add(f"{module}.{name}")
-        return _Stub
-
-
-class _StubbingPickleModule:
-    """A `pickle_module` for torch.load that uses _StubbingUnpickler."""
-
-    Unpickler = _StubbingUnpickler
-    load = staticmethod(pickle.load)
-    __name__ = "unipose_stubbing_pickle"
-
-
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_error = exc
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds (RuntimeError, EOFError, IndexError...)
-        raise CheckpointError.make(
-            f"{path}, which torch.load cannot read ({type(exc).__name__}: {str(exc)[:200]})",
-            "a PyTorch Lightning checkpoint file (.ckpt) or an SDK pose-tokenizer directory",
-            "Check that the file is complete (re-download it) and that it is the pose VQ-VAE checkpoint.",
-        ) from None
-    # weights_only refused a global: retry with every non-tensor object replaced by an inert stub.
-    _StubbingUnpickler.stubbed = set()
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubbingPickleModule)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
-        raise CheckpointError.make(
-            f"{path}, which cannot be unpickled safely ({first_error}; then {type(exc).__name__}: {exc})",
-            "a checkpoint holding tensors and plain containers",
-            "Re-save it with `torch.save({'state_dict': model.state_dict()}, path)`.",
-        ) from None
-    logger.info("checkpoint %s: ignored non-tensor objects %s", path, sorted(_StubbingUnpickler.stubbed))
-    return ckpt
+    return load_torch_file(path, "the pose VQ-VAE Lightning checkpoint (.ckpt) or an SDK pose-tokenizer directory")
 
 
 def official_state_dict(ckpt: Any, source: str) -> dict[str, Tensor]:
-    """Lightning checkpoint dict -> tokenizer state dict (drops keys containing 'loss' and metric states)."""
+    """Lightning checkpoint dict -> tokenizer state dict.
+
+    Like the official loader (non-strict), keys of other modules the training run attached (the loss, metrics,
+    a discriminator ...) are not the tokenizer's business: only keys under the tokenizer's own parts
+    (`TOKENIZER_PREFIXES`) are kept, and the rest is listed in one log note. Keys containing "loss" are dropped
+    wherever they sit, as the official loader does. The strict load that follows still refuses missing,
+    unexpected (inside those parts) and mis-shaped keys."""
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
         state = ckpt["state_dict"]
     elif isinstance(ckpt, Mapping) and all(isinstance(v, Tensor) for v in ckpt.values()) and ckpt:
         state = ckpt  # a bare state dict saved with torch.save(model.state_dict())
     else:
-        keys = sorted(ckpt)[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise CheckpointError.make(
             f"{source} with top-level content {keys}", "a Lightning checkpoint with a 'state_dict' entry",
             "Pass the pose VQ-VAE checkpoint (best_MPJPE.ckpt), or an SDK pose-tokenizer directory.",
         )
-    dropped = [k for k in state if any(p in k for p in _DROPPED_KEY_PARTS) or k.startswith(_DROPPED_PREFIXES)]
+    not_keys = sorted(repr(k) for k in state if not isinstance(k, str))
+    if not_keys:
+        raise CheckpointError.make(f"{source} whose state_dict has non-string keys {not_keys[:5]}",
+                                   "parameter names as keys", "Pass the pose VQ-VAE checkpoint (best_MPJPE.ckpt).")
+    kept = {k: v for k, v in state.items() if k.startswith(TOKENIZER_PREFIXES) and "loss" not in k}
+    dropped = sorted(set(state) - set(kept))
     if dropped:
-        logger.info("checkpoint %s: dropped %d training-only keys (%s ...)", source, len(dropped), dropped[:3])
-    return {k: v for k, v in state.items() if k not in set(dropped) and isinstance(v, Tensor)}
+        logger.info("checkpoint %s: dropped %d training-only keys outside the tokenizer (%s)", source, len(dropped),
+                    ", ".join(dropped[:8]) + (", ..." if len(dropped) > 8 else ""))
+    not_tensors = sorted(k for k, v in kept.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise CheckpointError.make(f"{source} whose entries {not_tensors[:10]} are not tensors",
+                                   "a tensor for every tokenizer key", "Pass the pose VQ-VAE checkpoint as released.")
+    return kept
 
 
 def infer_config(state_dict: Mapping[str, Tensor], base: PoseTokenizerConfig | None = None) -> PoseTokenizerConfig:
@@ -168,6 +112,7 @@ def load_official_checkpoint(path: str | os.PathLike, config: PoseTokenizerConfi
         )
     state = official_state_dict(_torch_load(path), str(path))
     model = PoseTokenizer(config or infer_config(state))
+    check_state_dict(model, state, str(path))  # before the float cast: an integer weight is refused, not cast
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, str(path))
     model.quantizer.initialized.fill_(True)
     model.source = f"official checkpoint {path}"
@@ -183,17 +128,16 @@ def config_to_dict(config: PoseTokenizerConfig) -> dict[str, Any]:
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config)}
 
 
-def config_from_dict(data: Mapping[str, Any], source: str) -> PoseTokenizerConfig:
-    values = data.get("config") if isinstance(data, Mapping) else None
-    names = {f.name for f in dataclasses.fields(PoseTokenizerConfig)}
-    if data.get("format") != FORMAT_NAME or not isinstance(values, Mapping) or set(values) - names:
+def config_from_dict(data: Any, source: str) -> PoseTokenizerConfig:
+    """The config.json of an SDK pose-tokenizer directory -> PoseTokenizerConfig, every field checked by type and
+    range (ConfigError naming the file, field and value)."""
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
+        found = data.get("format") if isinstance(data, Mapping) else f"a JSON {type(data).__name__}"
         raise CheckpointError.make(
-            f"{source} with format {data.get('format')!r} and fields "
-            f"{sorted(values) if isinstance(values, Mapping) else None}",
-            f"format {FORMAT_NAME!r} with PoseTokenizerConfig fields {sorted(names)}",
+            f"{source} with format {found!r}", f"format {FORMAT_NAME!r} with a 'config' object",
             "Write the directory with save_pose_tokenizer(), or pass the official .ckpt file instead.",
         )
-    return PoseTokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return build_config(PoseTokenizerConfig, data.get("config"), source, prefix="config.")
 
 
 def save_pose_tokenizer(
@@ -228,17 +172,18 @@ def load_sdk_directory(directory: str | os.PathLike) -> PoseTokenizer:
             "Point at a directory written by save_pose_tokenizer(), or at the official .ckpt file.",
         )
     try:
-        data = json.loads((directory / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
         raise CheckpointError.make(f"{directory / CONFIG_FILE} that is not JSON ({exc})", "a JSON config",
                                    "Re-write the directory with save_pose_tokenizer().") from None
     config = config_from_dict(data, str(directory / CONFIG_FILE))
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # truncated / corrupt header or data
         raise CheckpointError.make(f"{directory / WEIGHTS_FILE} that safetensors cannot read ({exc})",
                                    "a safetensors file", "Re-write the directory with save_pose_tokenizer().") from None
     model = PoseTokenizer(config)
+    check_state_dict(model, state, str(directory / WEIGHTS_FILE))  # before the float cast (see above)
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, str(directory / WEIGHTS_FILE))
     model.quantizer.initialized.fill_(True)
     model.source = f"SDK directory {directory}"
