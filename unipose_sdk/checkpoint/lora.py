@@ -66,9 +66,13 @@ def read_adapter_config(directory: Path) -> LoraConfig:
         raise CheckpointError.make(f"no {ADAPTER_CONFIG_FILE} in {directory}",
                                    "the PEFT adapter config of the UniPose release",
                                    "Pass the UniPose directory as downloaded (it holds the LoRA adapter).") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError.make(f"{path} that is not valid JSON ({exc})", "a PEFT adapter config",
-                                   "Re-download the UniPose directory.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+        raise CheckpointError.make(f"{path} that is not valid JSON ({type(exc).__name__}: {exc})",
+                                   "a PEFT adapter config", "Re-download the UniPose directory.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError.make(f"{path} holding a JSON {type(data).__name__}", "a PEFT adapter config object",
+                                   "Re-download the UniPose directory.")
+    _check_adapter_types(data, path)
     problems = []
     if data.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type={data.get('peft_type')!r}")
@@ -82,17 +86,46 @@ def read_adapter_config(directory: Path) -> LoraConfig:
         raise CheckpointError.make(f"adapter config {path} with {', '.join(problems)}",
                                    "a plain LoRA adapter (peft_type LORA, no DoRA, bias 'none', no modules_to_save)",
                                    "Merge this adapter with PEFT, save the merged model, and convert it with --merged.")
-    try:
-        target = data.get("target_modules") or ()
-        return LoraConfig(
-            r=int(data["r"]), lora_alpha=float(data["lora_alpha"]),
-            target_modules=tuple([target] if isinstance(target, str) else target),
-            use_rslora=bool(data.get("use_rslora", False)), fan_in_fan_out=bool(data.get("fan_in_fan_out", False)),
-            rank_pattern=dict(data.get("rank_pattern") or {}), alpha_pattern=dict(data.get("alpha_pattern") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError.make(f"adapter config {path} without a usable r / lora_alpha ({exc})",
-                                   "integer r and numeric lora_alpha", "Re-download the UniPose directory.") from None
+    target = data.get("target_modules") or ()
+    return LoraConfig(
+        r=data["r"], lora_alpha=float(data["lora_alpha"]),
+        target_modules=tuple([target] if isinstance(target, str) else target),
+        use_rslora=bool(data.get("use_rslora", False)), fan_in_fan_out=bool(data.get("fan_in_fan_out", False)),
+        rank_pattern=dict(data.get("rank_pattern") or {}), alpha_pattern=dict(data.get("alpha_pattern") or {}),
+    )
+
+
+def _is_rank(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_alpha(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_adapter_types(data: dict, path: Path) -> None:
+    """The fields the merge uses, by type and range: a wrong one would scale every adapted weight wrongly."""
+    checks = [
+        ("r", data.get("r"), _is_rank(data.get("r")), "an integer >= 1"),
+        ("lora_alpha", data.get("lora_alpha"), _is_alpha(data.get("lora_alpha")), "a finite number"),
+        ("target_modules", data.get("target_modules"),
+         data.get("target_modules") is None or isinstance(data.get("target_modules"), str)
+         or (isinstance(data.get("target_modules"), list) and all(isinstance(t, str) for t in data["target_modules"])),
+         "a module name or a list of them"),
+        ("rank_pattern", data.get("rank_pattern"),
+         data.get("rank_pattern") is None or (isinstance(data.get("rank_pattern"), dict)
+                                              and all(_is_rank(v) for v in data["rank_pattern"].values())),
+         "an object of module pattern -> integer rank >= 1"),
+        ("alpha_pattern", data.get("alpha_pattern"),
+         data.get("alpha_pattern") is None or (isinstance(data.get("alpha_pattern"), dict)
+                                               and all(_is_alpha(v) for v in data["alpha_pattern"].values())),
+         "an object of module pattern -> finite alpha"),
+    ] + [(flag, data.get(flag), isinstance(data.get(flag, False), bool), "true or false")
+         for flag in ("use_rslora", "fan_in_fan_out")]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise CheckpointError.make(f"adapter config {path} with {name} = {value!r} ({type(value).__name__})",
+                                       expected, "Re-download the UniPose directory; the adapter config is damaged.")
 
 
 def adapter_weights_path(directory: Path) -> Path:

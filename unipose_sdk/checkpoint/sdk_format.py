@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from unipose_sdk.errors import CheckpointError, ModelNotFoundError
+from unipose_sdk.errors import CheckpointError, ConfigError, ModelNotFoundError
 from unipose_sdk.fileio import replace_directory
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.text.tokenizer import TOKENIZER_FILE, TextTokenizer
@@ -115,9 +115,10 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
             f"directory {str(root)!r} without {CONFIG_FILE} (contents: {sorted(p.name for p in root.iterdir())[:12]})",
             f"an SDK model directory ({CONFIG_FILE} + {WEIGHTS_FILE} + {TOKENIZER_FILE})",
             "For the official release use `unipose convert --base ... --unipose ...` to write one.") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError.make(f"{config_path} that is not valid JSON ({exc})", "the JSON written by save_model",
-                                   "Re-convert the model; the file is damaged.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+        raise CheckpointError.make(f"{config_path} that is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})",
+                                   "the JSON written by save_model", "Re-convert the model; the file is damaged.") \
+            from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         if isinstance(meta, dict):
             kind = meta.get("format") or meta.get("model_type") or meta.get("architectures")
@@ -131,16 +132,20 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError.make(
             f"format_version {meta.get('format_version')!r} in {config_path}", f"version {FORMAT_VERSION}",
             "Upgrade unipose-sdk (newer files) or re-convert the model with this version.")
+    for name, kinds, expected in (("is_random", (bool,), "true or false"), ("source", (str,), "a string"),
+                                  ("dtype", (str, list), "a dtype name or a list of them")):
+        if name in meta and not isinstance(meta[name], kinds):
+            raise ConfigError.make(
+                f"{config_path}: {name} = {meta[name]!r} ({type(meta[name]).__name__})", expected,
+                "Fix that field (or re-convert the model with this SDK version).")
     return meta
 
 
 def read_config(directory: str | os.PathLike) -> UniPoseConfig:
+    """The UniPoseConfig of an SDK directory, every field checked by type and range (ConfigError naming the file,
+    the field and its value)."""
     meta = read_metadata(directory)
-    try:
-        return UniPoseConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError.make(f"an unusable model config in {directory} ({exc})", "a UniPoseConfig dict",
-                                   "Re-convert the model with this SDK version.") from None
+    return UniPoseConfig.from_dict(meta.get("config"), source=f"{Path(directory) / CONFIG_FILE} (config)")
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:

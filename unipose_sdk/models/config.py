@@ -8,8 +8,13 @@ Every size the code needs is read from here; no module hard-codes a width.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar
+
+from unipose_sdk.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -197,27 +202,146 @@ class UniPoseConfig:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "UniPoseConfig":
-        def build(cls: type, values: dict[str, Any]) -> Any:
-            names = {f.name: f for f in dataclasses.fields(cls)}
-            unknown = sorted(set(values) - set(names))
-            if unknown:
-                raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-            # JSON turns tuples into lists; the dataclasses are frozen and hashable, so turn them back.
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    def from_dict(data: Mapping[str, Any], source: str = "the config") -> UniPoseConfig:
+        """A config as `to_dict` wrote it (e.g. the `config` entry of an SDK model's config.json). Every field is
+        checked by type and range first (see `build_config`); ConfigError names `source`, the field and value."""
+        if not isinstance(data, Mapping):
+            _refuse(source, "UniPoseConfig", data, "a JSON object of UniPoseConfig fields")
+        parts = {"llm": LLMConfig, "vocab": VocabLayout, "clip": CLIPVisionConfig, "pose_vit": PoseViTConfig,
+                 "projector": ProjectorConfig, "pose_tokenizer": PoseTokenizerConfig}
+        missing = sorted({"name", *parts} - set(data))
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(UniPoseConfig)})
+        if missing or unknown:
+            raise ConfigError.make(
+                f"{source} with missing fields {missing} and unknown fields {unknown}",
+                f"the UniPoseConfig fields {sorted(f.name for f in dataclasses.fields(UniPoseConfig))}",
+                "Re-convert the model with this SDK version (the file is damaged or from another tool).")
+        built = {name: build_config(cls, data[name], source, prefix=f"{name}.") for name, cls in parts.items()}
+        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "extra") if k in data}
+        top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding
+        _check_fields(UniPoseConfig, top, source, prefix="")
+        try:
+            return UniPoseConfig(**built, **{**top, "extra": dict(top.get("extra", {}))})
+        except ValueError as exc:  # the cross-part checks of __post_init__
+            raise ConfigError.make(f"{source} whose parts disagree: {exc}", "one consistent UniPoseConfig",
+                                   "Re-convert the model; a hand-edited config must change every part together.") \
+                from None
 
-        return UniPoseConfig(
-            name=data["name"],
-            llm=build(LLMConfig, data["llm"]),
-            vocab=build(VocabLayout, data["vocab"]),
-            clip=build(CLIPVisionConfig, data["clip"]),
-            pose_vit=build(PoseViTConfig, data["pose_vit"]),
-            projector=build(ProjectorConfig, data["projector"]),
-            pose_tokenizer=build(PoseTokenizerConfig, data["pose_tokenizer"]),
-            max_text_tokens=data.get("max_text_tokens", 2048),
-            pose_decoding=data.get("pose_decoding", "argmax"),  # configs written before the field: official
-            extra=dict(data.get("extra", {})),
-        )
+
+# ---- validation of configs read from files --------------------------------------------------------------------
+# Ranges that differ from the defaults (ints: a positive size; floats: a finite number > 0), as (text, test).
+_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "VocabLayout.bos_id": ("an id >= 0", lambda v: v >= 0),
+    "VocabLayout.eos_id": ("an id >= 0", lambda v: v >= 0),
+    "VocabLayout.pad_id": ("an id >= 0", lambda v: v >= 0),
+    "CLIPVisionConfig.select_layer": ("a non-zero layer index (negative counts from the end)", lambda v: v != 0),
+    "CLIPVisionConfig.hidden_act": ("'quick_gelu' or 'gelu'", lambda v: v in ("quick_gelu", "gelu")),
+    "CLIPVisionConfig.image_mean": ("three finite numbers", lambda v: math.isfinite(v)),
+    "PoseViTConfig.image_mean": ("three finite numbers", lambda v: math.isfinite(v)),
+    "PoseViTConfig.patch_padding": ("pixels >= 0", lambda v: v >= 0),
+    "PoseTokenizerConfig.ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "UniPoseConfig.pose_decoding": (f"one of {POSE_DECODINGS}", lambda v: v in POSE_DECODINGS),
+    "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
+}
+_DEFAULT_RANGES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    int: ("an integer >= 1", lambda v: v >= 1),
+    float: ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    str: ("a string", lambda v: True),
+    bool: ("true or false", lambda v: True),
+}
+
+
+def _refuse(source: str, field_name: str, value: Any, expected: str) -> NoReturn:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise ConfigError.make(f"{source}: {field_name} = {shown} ({type(value).__name__})", expected,
+                           "Fix that field (or re-convert / re-save the model with this SDK version).")
+
+
+def _is_type(value: Any, kind: type) -> bool:
+    if kind is float:  # JSON writes 1.0 as 1 only by hand, so ints are fine for floats; bools never are
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_fields(cls: type, values: Mapping[str, Any], source: str, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        label = f"{prefix}{name}"
+        hint = hints[name]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        text, test = _RANGES.get(f"{cls.__name__}.{name}", (None, None))
+        if origin is tuple:
+            kind = args[0]
+            length = None if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+            default_text, default_test = _DEFAULT_RANGES[kind]
+            expected = (f"a list of {length or 'one or more'} values, each {text or default_text}")
+            if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length) or not value:
+                _refuse(source, label, value, expected)
+            if not all(_is_type(v, kind) and (test or default_test)(v) for v in value):
+                _refuse(source, label, value, expected)
+        elif origin is dict or hint is dict:
+            if not isinstance(value, dict):
+                _refuse(source, label, value, "a JSON object")
+        else:
+            default_text, default_test = _DEFAULT_RANGES[hint]
+            expected = f"{hint.__name__}: {text or default_text}"
+            if not _is_type(value, hint) or not (test or default_test)(value):
+                _refuse(source, label, value, expected)
+
+
+def _check_consistency(config: Any, source: str, prefix: str) -> None:
+    def need(ok: bool, field_name: str, expected: str) -> None:
+        if not ok:
+            _refuse(source, prefix + field_name, getattr(config, field_name), expected)
+
+    if isinstance(config, LLMConfig):
+        need(config.num_attention_heads % config.num_key_value_heads == 0, "num_attention_heads",
+             f"a multiple of num_key_value_heads={config.num_key_value_heads}")
+        need(config.head_dim % 2 == 0, "head_dim", "an even number (rotary embeddings turn pairs of channels)")
+    elif isinstance(config, CLIPVisionConfig):
+        need(config.hidden_size % config.num_attention_heads == 0, "hidden_size",
+             f"a multiple of num_attention_heads={config.num_attention_heads}")
+        need(config.image_size >= config.patch_size, "image_size", f">= patch_size={config.patch_size}")
+        need(abs(config.select_layer) <= config.num_hidden_layers, "select_layer",
+             f"a layer index within num_hidden_layers={config.num_hidden_layers}")
+    elif isinstance(config, PoseViTConfig):
+        need(config.embed_dim % config.num_heads == 0, "embed_dim", f"a multiple of num_heads={config.num_heads}")
+        need(min(config.image_height, config.image_width) + 2 * config.patch_padding >= config.patch_size,
+             "patch_size", "at most the padded crop size")
+    elif isinstance(config, VocabLayout):
+        for name in ("bos_id", "eos_id", "pad_id"):
+            need(getattr(config, name) < config.text_vocab_size, name,
+                 f"an id below text_vocab_size={config.text_vocab_size}")
+    elif isinstance(config, PoseTokenizerConfig):
+        lengths = config.encoder_lengths
+        need(all(b == 2 * a for a, b in zip(lengths, lengths[1:])), "encoder_lengths",
+             "lengths that double from one to the next (official: 40, 80, 160)")
+        need(config.decoder_lengths[-1] == config.num_joints, "decoder_lengths",
+             f"a sequence ending at num_joints={config.num_joints}")
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def build_config(cls: type[ConfigT], values: Any, source: str, prefix: str = "") -> ConfigT:
+    """One config dataclass from a JSON object read from `source`: unknown fields, wrong types (a string for a
+    number, a bool for an int), values out of range (sizes < 1, non-finite or non-positive eps / rope_theta) and
+    inconsistent sizes (heads that do not divide the width ...) raise ConfigError naming the field and value."""
+    if not isinstance(values, Mapping):
+        _refuse(source, prefix.rstrip(".") or cls.__name__, values, f"a JSON object of {cls.__name__} fields")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError.make(f"{source}: unknown {cls.__name__} fields {[prefix + u for u in unknown]}",
+                               f"only the fields {sorted(names)}",
+                               "Remove them, or upgrade unipose-sdk if the file was written by a newer version.")
+    _check_fields(cls, values, source, prefix)
+    # JSON turns tuples into lists; the dataclasses are frozen and hashable, so turn them back.
+    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    _check_consistency(config, source, prefix)
+    return config
 
 
 def _unipose_7b() -> UniPoseConfig:
