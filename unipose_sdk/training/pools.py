@@ -15,9 +15,12 @@ Deterministic given (seed, sizes, pose tokenizer): each part draws from its own 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import pickle
+import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,24 +146,78 @@ def build_pool(seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | No
                 n_pose + n_pair + np.arange(n_pair))
 
 
-def load_or_build_pool(directory: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module) -> Pool:
-    """The pool cached as `directory/pool-seed{seed}.pkl` (rebuilt when its sizes or version differ)."""
-    path = Path(directory) / f"pool-seed{seed}.pkl"
-    if path.is_file():
-        with path.open("rb") as handle:
-            stored = pickle.load(handle)  # noqa: S301 - our own cache file, written below
-        if stored.get("version") == POOL_VERSION and stored["pool"].sizes == sizes:
-            pool = stored["pool"]
-            # Codes belong to a pose tokenizer, not to the data: re-encode (seconds) so a cached pool can never
-            # carry codes of another tokenizer.
-            pool.codes = encode_codes(pose_tokenizer, pool.axis_angle)
-            pool.pair_codes_a = encode_codes(pose_tokenizer, pool.pair_a)
-            pool.pair_codes_b = encode_codes(pose_tokenizer, pool.pair_b)
-            return pool
-    pool = build_pool(seed, sizes, pose_tokenizer)
+# The arrays of a Pool stored in the cache (codes are not: they belong to a pose tokenizer and are re-encoded).
+_CACHED_ARRAYS = ("axis_angle", "joints_m", "pair_a", "pair_b", "pair_joints_a", "pair_joints_b", "images",
+                  "image_joints_2d", "image_joints_m", "image_of_pose", "image_of_pair_a", "image_of_pair_b")
+_META_ARRAY = "meta_json"  # the texts and facts, as UTF-8 JSON bytes in a uint8 array
+
+
+def cache_path(directory: Path, seed: int) -> Path:
+    return Path(directory) / f"pool-seed{seed}.npz"
+
+
+def save_pool(pool: Pool, path: Path) -> None:
+    """Write the pool as one npz of plain arrays (no pickled objects; readable with allow_pickle=False), atomically."""
+    meta = {
+        "version": POOL_VERSION, "seed": pool.seed, "sizes": dataclasses.asdict(pool.sizes),
+        "facts": [[dataclasses.astuple(f) for f in facts] for facts in pool.facts],
+        "pair_texts": [[[text, [dataclasses.astuple(f) for f in pair_facts]] for text, pair_facts in texts]
+                       for texts in pool.pair_texts],
+        "pair_facts_b": [[dataclasses.astuple(f) for f in facts] for facts in pool.pair_facts_b],
+    }
+    arrays = {name: np.ascontiguousarray(getattr(pool, name)) for name in _CACHED_ARRAYS}
+    arrays[_META_ARRAY] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
-        pickle.dump({"version": POOL_VERSION, "pool": pool}, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_pool(path: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | None) -> Pool | None:
+    """The cached pool, or None (logged) when the file is absent, damaged or made for other seeds / sizes."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in _CACHED_ARRAYS}
+            meta = json.loads(data[_META_ARRAY].tobytes().decode("utf-8"))
+        if meta["version"] != POOL_VERSION or meta["seed"] != seed or meta["sizes"] != dataclasses.asdict(sizes):
+            log.info("pool cache %s was made for other sizes or another version: rebuilding it", path)
+            return None
+        facts = [[Fact(*f) for f in fs] for fs in meta["facts"]]
+        pair_texts = [[(text, [PairFact(*f) for f in pair_facts]) for text, pair_facts in texts]
+                      for texts in meta["pair_texts"]]
+        pair_facts_b = [[Fact(*f) for f in fs] for fs in meta["pair_facts_b"]]
+        if len(facts) != len(arrays["axis_angle"]) or len(pair_texts) != len(arrays["pair_a"]):
+            raise ValueError("facts and arrays of different lengths")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("pool cache %s is unreadable (%s: %s): rebuilding it", path, type(exc).__name__, exc)
+        return None
+    # Codes belong to a pose tokenizer, not to the data: re-encode (seconds) so a cached pool can never carry codes
+    # of another tokenizer.
+    return Pool(seed, sizes, arrays["axis_angle"], arrays["joints_m"], facts,
+                encode_codes(pose_tokenizer, arrays["axis_angle"]), arrays["pair_a"], arrays["pair_b"],
+                arrays["pair_joints_a"], arrays["pair_joints_b"], encode_codes(pose_tokenizer, arrays["pair_a"]),
+                encode_codes(pose_tokenizer, arrays["pair_b"]), pair_texts, pair_facts_b, arrays["images"],
+                arrays["image_joints_2d"], arrays["image_joints_m"], arrays["image_of_pose"],
+                arrays["image_of_pair_a"], arrays["image_of_pair_b"])
+
+
+def load_or_build_pool(directory: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module) -> Pool:
+    """The pool cached as `directory/pool-seed{seed}.npz` (rebuilt when absent, damaged, or of other sizes).
+
+    A cache written by earlier versions (`pool-seed{seed}.pkl`, a pickle) is never opened: unpickling a file
+    under a user-chosen directory could run code. It is left in place and named in the log."""
+    legacy = Path(directory) / f"pool-seed{seed}.pkl"
+    if legacy.is_file():
+        log.warning("ignoring the old pickled pool cache %s (pickles are not loaded); you may delete it", legacy)
+    path = cache_path(directory, seed)
+    pool = read_pool(path, seed, sizes, pose_tokenizer)
+    if pool is None:
+        pool = build_pool(seed, sizes, pose_tokenizer)
+        save_pool(pool, path)
     return pool
