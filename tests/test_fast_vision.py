@@ -1,6 +1,6 @@
-"""The fast vision stage (runtime/fast_vision.py) against the reference one (preprocess_batch + VisionEncoder):
-pixels within 1e-5, embeddings within 1e-5 on random weights, the same pose codes end to end, and the benchmark's
-reference rows still on the reference route."""
+"""The fast vision stage (preprocess/fast.py + runtime/fast_vision.py) against the reference one (preprocess_batch +
+VisionEncoder): pixels within 1e-5, embeddings within 1e-5 on random weights, the same pose codes end to end, and
+the benchmark's reference sessions on the reference route."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unipose_sdk import preprocess
 from unipose_sdk.errors import InvalidInputError
-from unipose_sdk.models import preprocess
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.vision import VisionEncoder
-from unipose_sdk.runtime.fast_vision import FastPreprocessor, FastVisionTowers, resize_weights
+from unipose_sdk.preprocess import FastPreprocessor, resize_weights
+from unipose_sdk.runtime.fast_vision import FastVisionTowers
 
 TINY = get_preset("unipose-tiny")
 BIG = get_preset("unipose-7b")
@@ -114,37 +115,42 @@ def test_fast_towers_reject_bad_pixels() -> None:
 
 
 def test_both_routes_give_the_same_pose_codes_on_the_embedded_model() -> None:
-    from unipose_sdk.options import BaseOptions
+    from unipose_sdk.bench.references import load_parts, reference_sessions
+    from unipose_sdk.options import BaseOptions, EstimatorOptions
     from unipose_sdk.session import UniPose
+    from unipose_sdk.tasks import Estimator
     from unipose_sdk.tasks.images import images_to_embeds
-    from unipose_sdk.tasks.pipeline import answer_with_poses
-    from unipose_sdk.text.prompts import Task
 
     session = UniPose.load(BaseOptions(device="cpu", compile=False))
+    parts = load_parts("unipose-tiny", torch.device("cpu"), torch.float32)
+    reference_session = dict((name, s) for name, _, s in reference_sessions(parts))["ref-sdk-eager"]
     images = [(np.random.default_rng(i).random((180, 130, 3)) * 255).astype(np.uint8) for i in range(2)]
-    runtime = session.runtime
     config = session.config
-    reference = images_to_embeds(session, images, reference=True)
+    reference = images_to_embeds(reference_session, images)
     loaded = [preprocess.load_image(i) for i in images]
     with torch.inference_mode():  # the reference route is the module on preprocess_batch's pixels, exactly
-        module = runtime._model.vision(*preprocess.preprocess_batch(loaded, config.clip, config.pose_vit))
+        module = parts.model.vision(*preprocess.preprocess_batch(loaded, config.clip, config.pose_vit))
     assert torch.equal(reference, module)
     fast = images_to_embeds(session, images)
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=0)
     codes = []
-    for route in (True, False):
-        answers = answer_with_poses(
-            session, lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images], 90,
-            lambda route=route: images_to_embeds(session, images, reference=route))
-        codes.append([a.codes for a in answers])
+    for route in (reference_session, session):
+        results = Estimator.from_session(route, EstimatorOptions(max_new_tokens=90)).estimate(images)
+        codes.append([list(r.pose_codes) for r in results])
     assert codes[0] == codes[1]
 
 
-def test_torch_runtime_without_fast_vision_runs_the_module() -> None:
+def test_reference_runtime_runs_the_module_and_the_torch_runtime_the_packed_towers() -> None:
+    from unipose_sdk.bench.references import EagerSDK, ReferenceRuntime, load_parts
     from unipose_sdk.checkpoint.embedded import load_embedded
     from unipose_sdk.runtime.torch import TorchRuntime
 
+    parts = load_parts("unipose-tiny", torch.device("cpu"), torch.float32)
+    runtime = ReferenceRuntime(parts.model, parts.config, EagerSDK(parts.model.llm), "reference")
+    clip, pose = _pixels(parts.config, 1)
+    with torch.inference_mode():
+        want = parts.model.vision(clip, pose)
+    assert torch.equal(runtime.encode_images(clip, pose), want)
     loaded = load_embedded(torch.device("cpu"), torch.float32)
-    runtime = TorchRuntime(loaded.model, loaded.config, torch.device("cpu"), torch.float32, fast_vision=False)
-    clip, pose = _pixels(loaded.config, 1)
-    assert torch.equal(runtime.encode_images(clip, pose), runtime.encode_images_reference(clip, pose))
+    fast = TorchRuntime(loaded.model, loaded.config, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(fast.encode_images(clip, pose), want, atol=1e-4, rtol=0)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from unipose_sdk.errors import InvalidImageError, InvalidInputError, UniPoseFileNotFoundError
 from unipose_sdk.models.config import get_preset
-from unipose_sdk.models.preprocess import (
+from unipose_sdk.preprocess import (
     clip_view,
     crop_person,
     load_image,

@@ -239,12 +239,13 @@ def test_bench_loads_an_export_or_exports_the_tiny_model_first(exported: Path, t
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from unipose_sdk.export import onnx as export_module
 
-    from unipose_sdk.cli.bench import load_onnx_session
+    from unipose_sdk.bench.harness import load_onnx_session
 
     cpu = torch.device("cpu")
     assert load_onnx_session(None, cpu)[0] is None
     session, note = load_onnx_session(str(exported), cpu)
-    assert session.runtime.backend == "onnxruntime" and note.startswith(f"loaded {exported}")
+    assert session.runtime.backend == "onnxruntime" and note.startswith(f"loaded {exported.name}")
+    assert str(exported) not in note  # the note goes into committed results: no path of this machine
     assert "idle threads sleep" in note
     (tmp_path / "junk").mkdir()
     session, note = load_onnx_session(str(tmp_path / "junk"), cpu)
@@ -258,5 +259,5 @@ def test_bench_loads_an_export_or_exports_the_tiny_model_first(exported: Path, t
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     session, note = load_onnx_session(str(tmp_path / "new"), cpu)
     assert calls == [(None, "fp32")] and session is not None and note.startswith("exported the embedded unipose-tiny")
-    session, note = load_onnx_session(str(tmp_path / "other"), cpu, model="7b")  # no export of the random 7B
+    session, note = load_onnx_session(str(tmp_path / "other"), cpu, model="unipose-7b")  # no export of a random 7B
     assert session is None and calls == [(None, "fp32")]

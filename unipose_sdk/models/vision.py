@@ -50,7 +50,7 @@ def _check_pixels(pixels: Tensor, expected_hw: tuple[int, int], what: str) -> No
         raise InvalidInputError.make(
             f"{what} pixels of shape {tuple(pixels.shape)}",
             f"[B, 3, {expected_hw[0]}, {expected_hw[1]}]",
-            "Build the pixels with unipose_sdk.models.preprocess.preprocess_batch for this model's config.",
+            "Build the pixels with unipose_sdk.preprocess.preprocess_batch for this model's config.",
         )
 
 

@@ -211,7 +211,7 @@ def resize_bicubic(image_chw: Tensor, size_hw: tuple[int, int]) -> Tensor:
 @dataclass(frozen=True)
 class ViewGeometry:
     """Where a view's pixels come from: resize the whole image to `resized_hw`, then keep rows [top, top + height)
-    and columns [left, left + width). The reference views and the fast path (runtime/fast_vision.py) both read it,
+    and columns [left, left + width). The reference views and the fast path (preprocess/fast.py) both read it,
     so they cannot drift apart."""
 
     resized_hw: tuple[int, int]

@@ -1,6 +1,7 @@
 """The Runtime interface: what the task classes need from a backend, with named tensors.
 
-A Runtime owns the model's parts on one device and exposes four things:
+A Runtime owns the model's parts on one device and exposes these:
+- `pixel_views(images)`: loaded images ([H, W, 3] float in [0, 1]) -> the two views the towers read;
 - `llm`: the decoder, in the form `unipose_sdk.generation` drives (`LanguageModel`: embed, embed_pose_queries,
   new_cache, and a call that runs T new tokens against the KV cache under a MixedMask);
 - `encode_images(clip_pixels [B,3,S,S], pose_pixels [B,3,H,W]) -> image_embeds [B, N, C]`;
@@ -12,12 +13,14 @@ implement the same names over their graphs, so the task classes never know which
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.preprocess.fast import fast_preprocessor
 
 
 class Runtime(ABC):
@@ -33,10 +36,11 @@ class Runtime(ABC):
     @abstractmethod
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor: ...
 
-    def encode_images_reference(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
-        """The vision encoder as the model defines it (the benchmark's reference rows); backends whose
-        `encode_images` is an optimised re-implementation (torch: runtime/fast_vision.py) override this."""
-        return self.encode_images(clip_pixels, pose_pixels)
+    def pixel_views(self, images_hwc: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Loaded images -> (clip_pixels [B, 3, S, S], pose_pixels [B, 3, H, W]) for `encode_images`. Every backend
+        shares the matrix-product route (`unipose_sdk.preprocess.fast`); a runtime with an image pipeline of its
+        own (e.g. one that resizes on its device) overrides this."""
+        return fast_preprocessor(self.config.clip, self.config.pose_vit)(images_hwc)
 
     @abstractmethod
     def encode_poses(self, pose_6d: Tensor) -> Tensor: ...

@@ -16,7 +16,7 @@ class TorchRuntime(Runtime):
     backend = "torch"
 
     def __init__(self, model: nn.Module, config: UniPoseConfig, device: torch.device, dtype: torch.dtype,
-                 compile: bool = False, fast_vision: bool = True) -> None:
+                 compile: bool = False) -> None:
         """`model` has `.llm` (MistralLM), `.vision` (VisionEncoder) and `.pose_tokenizer` (PoseTokenizer).
 
         The decoder is served through `FastLM` (runtime/compiled.py): a static KV cache reused across calls,
@@ -26,8 +26,7 @@ class TorchRuntime(Runtime):
         nearest-code search is where low precision would change tokens.
 
         `encode_images` runs the towers through `FastVisionTowers` (runtime/fast_vision.py: the same weights, fewer
-        and larger ops; equal to the module within float rounding) unless `fast_vision` is False;
-        `encode_images_reference` always runs the VisionEncoder module itself.
+        and larger ops; equal to the module within float rounding).
         """
         self.config = config
         self.device = device
@@ -38,7 +37,7 @@ class TorchRuntime(Runtime):
         model.vision.to(device=device, dtype=dtype)
         model.pose_tokenizer.to(device=device, dtype=torch.float32)
         self._llm = FastLM(model.llm, compile=compile)
-        self._fast_towers = FastVisionTowers(model.vision) if fast_vision else None
+        self._towers = FastVisionTowers(model.vision)
 
     @property
     def llm(self) -> LanguageModel:
@@ -46,13 +45,7 @@ class TorchRuntime(Runtime):
 
     @torch.inference_mode()
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
-        if self._fast_towers is None:
-            return self.encode_images_reference(clip_pixels, pose_pixels)
-        return self._fast_towers(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
-
-    @torch.inference_mode()
-    def encode_images_reference(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
-        return self._model.vision(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
+        return self._towers(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
@@ -68,6 +61,6 @@ class TorchRuntime(Runtime):
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
         self._llm = None  # type: ignore[assignment]
-        self._fast_towers = None
+        self._towers = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -2,8 +2,7 @@
 
 Pose answers take the fast path by default: the prompt and the pose block run as one forward over the weights
 (`one_pass`), and generation stops after the pose block (`pose_only`): END, "." and eos carry no information.
-`options.pose_only=False` also decodes the trailing text. `generate_fn` replaces `UniPose.generate` (same
-signature): the benchmarks use it to run the PyTorch references through this same pipeline.
+`options.pose_only=False` also decodes the trailing text.
 """
 
 from __future__ import annotations
@@ -30,13 +29,9 @@ class Answer:
     codes: list[int] | None = None
 
 
-GenerateFn = Callable[..., tuple[list, dict[str, float]]]
-
-
 def run_generation(session: UniPose, build_prompts: Callable[[], list[PromptRow]],
                    encode_images: Callable[[], Tensor | None] | None, max_new_tokens: int,
-                   force_pose: bool, generate_fn: GenerateFn | None = None, **generate_options: object,
-                   ) -> tuple[list, Timer]:
+                   force_pose: bool, **generate_options: object) -> tuple[list, Timer]:
     """Build prompts and images, then generate; the caller holds the session lock."""
     timer = Timer(session.runtime.device)
     with timer.stage("preprocess"):
@@ -45,8 +40,7 @@ def run_generation(session: UniPose, build_prompts: Callable[[], list[PromptRow]
     if encode_images is not None:
         with timer.stage("vision"):
             image_embeds = encode_images()
-    generate_fn = generate_fn if generate_fn is not None else session.generate
-    outputs, stages = generate_fn(rows, image_embeds, max_new_tokens, force_pose=force_pose, **generate_options)
+    outputs, stages = session.generate(rows, image_embeds, max_new_tokens, force_pose=force_pose, **generate_options)
     timer.add(stages)
     return outputs, timer
 
@@ -54,7 +48,7 @@ def run_generation(session: UniPose, build_prompts: Callable[[], list[PromptRow]
 def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptRow]], max_new_tokens: int,
                       encode_images: Callable[[], Tensor | None] | None = None, *,
                       options: BaseOptions | None = None, pose_only: bool | None = None,
-                      one_pass: bool | None = None, generate_fn: GenerateFn | None = None) -> list[Answer]:
+                      one_pass: bool | None = None) -> list[Answer]:
     """For the pose tasks (estimate, generate, edit): the answer starts with a pose block.
 
     pose_only / one_pass: explicit values win, then `options`, then the defaults (both True)."""
@@ -67,7 +61,7 @@ def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptR
     budget = max(max_new_tokens, vocab.num_pose_tokens + 4)
     with session.lock:
         outputs, timer = run_generation(session, build_prompts, encode_images, budget, force_pose=True,
-                                        generate_fn=generate_fn, one_pass=one_pass, stop_after_pose=pose_only)
+                                        one_pass=one_pass, stop_after_pose=pose_only)
         missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
         if missing:
             raise UniPoseError(f"the model produced no pose block for batch items {missing}; expected one per "
@@ -81,12 +75,10 @@ def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptR
 
 
 def answer_with_text(session: UniPose, build_prompts: Callable[[], list[PromptRow]], max_new_tokens: int,
-                     encode_images: Callable[[], Tensor | None] | None = None, *,
-                     generate_fn: GenerateFn | None = None) -> list[Answer]:
+                     encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
     """For the description tasks: free text (no one-pass speculation: a text answer rarely starts with a pose,
     and speculating would add 81 rows to every prefill)."""
     with session.lock:
-        outputs, timer = run_generation(session, build_prompts, encode_images, max_new_tokens, force_pose=False,
-                                        generate_fn=generate_fn)
+        outputs, timer = run_generation(session, build_prompts, encode_images, max_new_tokens, force_pose=False)
         timing = timer.finish(len(outputs))
     return [Answer(text=session.answer_text(out), timing_ms=timing) for out in outputs]

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from unipose_sdk.data.captions import caption as make_caption
-from unipose_sdk.models.preprocess import preprocess_batch
 from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.preprocess import preprocess_batch
 from unipose_sdk.text.tokenizer import TextTokenizer
 
 log = logging.getLogger("unipose_sdk.training")
