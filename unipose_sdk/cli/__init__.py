@@ -1,7 +1,8 @@
 """The `unipose` command line.
 
 Each module in this package that defines `register(subparsers)` adds its own subcommands; a handler returns
-an exit code. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (any InvalidInputError,
+an exit code. Modules import torch and the model code inside their handlers only, so `unipose --help` and argument
+errors answer at once. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (any InvalidInputError,
 missing file or unreadable checkpoint).
 """
 
@@ -21,11 +22,16 @@ _USER_ERRORS = (errors.InvalidInputError, errors.UniPoseFileNotFoundError, error
                 errors.VocabularyError, errors.BackendUnavailableError)
 
 
+# The order of `unipose --help`: the tasks, then working with poses and models, then measuring and training.
+_ORDER = ("tasks", "pose", "info", "convert", "export", "bench", "evaluate", "data", "train")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unipose", description="UniPose inference SDK command line.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (rank.get(m.name, len(rank)), m.name)):
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         if hasattr(module, "register"):
             module.register(subparsers)
@@ -34,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what was typed, for commands that record how their output was made
     try:
         return int(args.handler(args) or 0)
     except _USER_ERRORS as exc:
