@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=lambda text: [int(n) for n in text.split(",")],
                         default=[1, max(1, torch.get_num_threads())], help="CPU thread counts, e.g. 1,2")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results", metavar="DIR",
+                        help="results directory (default: benchmarks/results of this checkout)")
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
@@ -247,14 +248,15 @@ def main() -> None:
             note += (f" The CPU was shared with other jobs during the run (1-min load average {load_before[0]:.1f}"
                      f" before, {load_after[0]:.1f} after, on {os.cpu_count()} cores): absolute times are noisy,"
                      " the ratios measured in the same process are the result.")
+        command = ["python", *(Path(a).name if Path(a).is_absolute() else a for a in sys.argv)]  # no machine paths
         meta = {"device": device, "machine": machine_info(device), "versions": versions(),
-                "kernels": kernel_status(), "command": [sys.executable, *sys.argv], "git_commit": git_commit(),
+                "kernels": kernel_status(), "command": command, "git_commit": git_commit(),
                 "load_average_before": load_before, "load_average_after": load_after, "note": note,
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record = {**meta, "results": rows}
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / f"attention_{device}.json").write_text(json.dumps(record, indent=1) + "\n")
-        (args.out_dir / f"attention_{device}.md").write_text(markdown(device, rows, meta))
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / f"attention_{device}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (args.output / f"attention_{device}.md").write_text(markdown(device, rows, meta))
         print(markdown(device, rows, meta))
         summary[device] = [{k: r[k] for k in ("impl", "threads", "B", "T", "median_ms", "p90_ms", "median_cpu_ms") if k in r}
                            for r in rows]

@@ -1,30 +1,18 @@
 #!/usr/bin/env python
-"""End-to-end latency per task and backend against the two PyTorch references (same as `unipose bench`).
+"""End-to-end latency per task and backend against the two PyTorch references: `unipose bench`, from a checkout.
 
-    python benchmarks/bench_latency.py --quick                      # smoke run, tiny model on the CPU, seconds
-    python benchmarks/bench_latency.py --threads 1 -o benchmarks/results   # the CPU table (a few minutes)
-    python benchmarks/bench_latency.py --device cuda --model 7b --batch 1 8   # GPU only: random bf16 7B
+    python benchmarks/bench_latency.py --quick -o /tmp/bench                  # smoke run, unipose-tiny on the CPU
+    python benchmarks/bench_latency.py --threads 2 --onnx-dir /tmp/tiny-onnx -o benchmarks/results --overwrite
+    python benchmarks/bench_latency.py --device cuda --model unipose-7b --batch-size 1 8 -o benchmarks/results
 
-The implementation lives in `unipose_sdk/cli/bench.py` so the installed `unipose bench` command runs the same
-code. Writes latency_<model>_<device>.{json,md,png} under -o; the last stdout line is the JSON.
+The benchmark is the library `unipose_sdk.bench`; this script and the installed command run the same code.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from unipose_sdk.cli.bench import add_arguments, run_from_args
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    result = run_from_args(parser.parse_args(argv))
-    print(json.dumps(result))
-    return 0
-
+from unipose_sdk.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -46,27 +46,27 @@ stage_check() {
 }
 
 stage_kernels() {
-  python benchmarks/bench_attention.py --device cuda --out-dir "$RESULTS"
+  python benchmarks/bench_attention.py --device cuda -o "$RESULTS"
 }
 
 stage_tiny() {
-  python benchmarks/bench_latency.py --device cuda --model tiny --batch 1 8 "${QUICK_ARGS[@]}" \
+  python benchmarks/bench_latency.py --device cuda --model unipose-tiny --batch-size 1 8 --overwrite "${QUICK_ARGS[@]}" \
     --load-note "run_gpu.sh tiny" -o "$RESULTS"
 }
 
 stage_7b() {
   # Latency does not depend on weight values: random bf16 weights, the 7B shapes (~14.5 GB of LLM weights).
-  python benchmarks/bench_latency.py --device cuda --model 7b --batch 1 8 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+  python benchmarks/bench_latency.py --device cuda --model unipose-7b --batch-size 1 8 --dtype bfloat16 --overwrite "${QUICK_ARGS[@]}" \
     --load-note "run_gpu.sh 7b (random weights)" -o "$RESULTS"
 }
 
 stage_7b1() {
-  python benchmarks/bench_latency.py --device cuda --model 7b --batch 1 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+  python benchmarks/bench_latency.py --device cuda --model unipose-7b --batch-size 1 --dtype bfloat16 --overwrite "${QUICK_ARGS[@]}" \
     --name latency_7b_cuda_b1 --load-note "run_gpu.sh 7b1 (random weights)" -o "$RESULTS"
 }
 
 stage_7b8() {
-  python benchmarks/bench_latency.py --device cuda --model 7b --batch 8 --dtype bfloat16 "${QUICK_ARGS[@]}" \
+  python benchmarks/bench_latency.py --device cuda --model unipose-7b --batch-size 8 --dtype bfloat16 --overwrite "${QUICK_ARGS[@]}" \
     --name latency_7b_cuda_b8 --load-note "run_gpu.sh 7b8 (random weights)" -o "$RESULTS"
 }
 

@@ -140,7 +140,7 @@ def test_cli_export_writes_a_directory(tmp_path: Path, capsys: pytest.CaptureFix
         return export_module.ExportReport(Path(output_dir), kwargs["precision"], kwargs["emission"])
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
-    assert main(["export", "--precision", "fp16", "--no-validate", "--quiet", "-o", str(tmp_path / "o")]) == 0
+    assert main(["export", "--dtype", "float16", "--no-validate", "--quiet", "-o", str(tmp_path / "o")]) == 0
     assert calls["precision"] == "fp16" and calls["validate"] is False and calls["emission"] == "decomposed"
     assert "graph" in capsys.readouterr().out
     monkeypatch.undo()

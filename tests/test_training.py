@@ -253,7 +253,7 @@ def test_train_cli_refuses_a_bad_code_sigma_before_doing_anything(value: str, tm
     from unipose_sdk.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--out", str(tmp_path / "run"), "--code-sigma", value])
+        main(["train", "-o", str(tmp_path / "run"), "--code-sigma", value])
     assert exit_info.value.code == 2
     assert f"--code-sigma {value!r}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

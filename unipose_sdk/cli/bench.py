@@ -36,24 +36,27 @@ def _positive(value: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=_model, default="unipose-tiny", metavar="NAME|DIR",
-                        help=f"{' or '.join(MODEL_NAMES)} (random weights), or a model directory (default %(default)s)")
+                        help="unipose-tiny (the embedded model), unipose-7b (its shapes, random weights) or a model "
+                             "directory (default %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: float32 (CPU), bfloat16 (CUDA)")
     parser.add_argument("--batch-size", type=_positive, nargs="+", default=None, metavar="N",
                         help="one or more batch sizes (default: 1 8; --quick: 1)")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None, help="run only these rows")
-    parser.add_argument("--runs", type=_positive, default=None, help="timed runs per cell (default 10; --quick 3)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up runs per cell (default 2; --quick 1)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=None, help="text budget (default 32; --quick 12)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), metavar="TASK",
+                        help=f"{', '.join(TASKS)} (default: all)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None, metavar="ROW",
+                        help=f"run only these rows: {', '.join(BACKENDS)} (default: all that apply)")
+    parser.add_argument("--runs", type=_positive, default=None, metavar="N", help="timed runs (default 10; quick 3)")
+    parser.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up runs (default 2; quick 1)")
+    parser.add_argument("--max-new-tokens", type=_positive, default=None, metavar="N", help="default 32; quick 12")
     parser.add_argument("--quick", action="store_true", help="few runs, batch 1, short answers: a smoke run")
     parser.add_argument("--compile", action="store_true", help="on the CPU, also time the compiled fast path")
-    parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=_positive, default=None, metavar="N", help="torch CPU threads")
     parser.add_argument("--onnx-dir", default=None, metavar="DIR",
                         help="a `unipose export` directory for the ONNX Runtime rows; with unipose-tiny a new DIR "
                              "is exported first")
     parser.add_argument("--name", default=None, help="output file stem (default latency_<model>_<device>)")
-    parser.add_argument("--load-note", default="", help="free text stored with the results (e.g. machine load)")
+    parser.add_argument("--load-note", default="", metavar="TEXT", help="stored with the results")
     parser.add_argument("--overwrite", action="store_true", help="replace results of the same name in the output")
     parser.add_argument("-o", "--output", default="bench-results", metavar="DIR",
                         help="results directory, created if missing (default %(default)s)")

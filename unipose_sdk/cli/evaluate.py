@@ -21,7 +21,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="evaluate a model on held-out synthetic data")
-    parser.add_argument("--model", default=None, help="SDK model directory (default: the embedded unipose-tiny)")
+    parser.add_argument("--model", default=None, metavar="NAME|DIR",
+                        help="unipose-tiny (the embedded model, default) or an SDK model directory")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="report path without suffix (writes .json and .md), or a directory")
     parser.add_argument("--quick", action="store_true", help="a small subset (seconds instead of minutes)")

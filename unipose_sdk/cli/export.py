@@ -1,8 +1,8 @@
 """`unipose export`: a model -> a directory of validated ONNX graphs (and TensorRT engines beside them).
 
     unipose export -o out/tiny-onnx                                   # the embedded unipose-tiny, fp32
-    unipose export --model models/unipose-7b --precision fp16 -o out/7b-fp16
-    unipose export --model models/unipose-7b --format engine --precision fp16 -o out/7b-trt   # needs TensorRT
+    unipose export --model models/unipose-7b --dtype float16 -o out/7b-fp16
+    unipose export --model models/unipose-7b --format engine --dtype float16 -o out/7b-trt   # needs TensorRT
 
 The directory is written under a temporary name and renamed into place once every graph passed validation.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from unipose_sdk.export.specs import PRECISIONS
+from unipose_sdk.formats import DTYPE_NAMES, dtype
 
 _EMISSIONS = ("decomposed", "attention23", "custom")
 
@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
         trt = require_tensorrt()  # fail before a long ONNX export when TensorRT is missing
         emission = emission or attention_emission_for(trt.__version__)
-    report = export_onnx(args.model, args.output, precision=args.precision, emission=emission or "decomposed",
+    report = export_onnx(args.model, args.output, precision=dtype(args.dtype).short, emission=emission or "decomposed",
                          opset=args.opset, validate=not args.no_validate, overwrite=args.overwrite,
                          progress=not args.quiet)
     print(report.table())
@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, metavar="M",
                         help="SDK model directory, or unipose-tiny (default: the embedded model)")
     parser.add_argument("--format", default="onnx", choices=("onnx", "engine"))
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="LLM / vision precision (pose tokenizer graphs stay fp32); fp16 for GPUs")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
+                        help="LLM / vision dtype (pose tokenizer graphs stay float32); float16 for GPUs")
     parser.add_argument("--attention", default=None, choices=_EMISSIONS,
                         help="attention form in the graphs (default: decomposed; for engines, what the installed "
                              "TensorRT imports)")

@@ -13,7 +13,8 @@ def _stages(text: str) -> tuple[int, ...]:
     try:
         stages = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--stages {text!r}: expected comma-separated stage numbers, e.g. 1,2,3")
+        raise argparse.ArgumentTypeError(
+            f"--stages {text!r}: expected comma-separated stage numbers, e.g. 1,2,3") from None
     if not stages or any(s not in (1, 2, 3) for s in stages):
         raise argparse.ArgumentTypeError(f"--stages {text!r}: stages are 1, 2 and 3")
     return stages
@@ -34,11 +35,11 @@ def _train(args: argparse.Namespace) -> int:
     from unipose_sdk.training.pipeline import TrainSettings, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    args.out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(args.out / "train.log")
+    args.output.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(args.output / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("unipose_sdk").addHandler(handler)
-    settings = TrainSettings(out=args.out, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
+    settings = TrainSettings(out=args.output, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None)
@@ -50,7 +51,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train the embedded unipose-tiny model (stages 1-3)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory (stage checkpoints, data cache, log)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                        help="run directory (stage checkpoints, data cache, log)")
     parser.add_argument("--stages", type=_stages, default=(1, 2, 3), help="comma-separated stages (default 1,2,3)")
     parser.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock budget for all stages")
     parser.add_argument("--seed", type=int, default=0)
