@@ -264,3 +264,41 @@ def test_missing_embedded_tokenizer_falls_back_loudly(tmp_path: Path, monkeypatc
         second = load_pose_tokenizer()
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(second.quantizer.codebook, loaded.quantizer.codebook)
+
+
+# ------------------------------------------------------------------------------------------------ extra modules
+
+
+def test_keys_of_other_modules_are_ignored_with_one_note(tmp_path: Path, model: PoseTokenizer, poses: torch.Tensor,
+                                                         caplog) -> None:
+    """A released checkpoint may carry a training loss's buffers, metric states or a discriminator: the official
+    non-strict loader ignores them, so must we (in one logged note), while the tokenizer's own keys stay strict."""
+    extra = {"loss.vertex_loss.smpl_faces": torch.zeros(10, 3, dtype=torch.long), "metric.mpjpe.total": torch.ones(()),
+             "discriminator.fc.weight": torch.randn(4, 4), "perceptual.vgg.0.weight": torch.randn(2, 2),
+             "encoder.aux_loss_weight": torch.ones(1)}
+    path = _write_lightning(tmp_path / "extra.ckpt", {**model.state_dict(), **extra})
+    with caplog.at_level(logging.INFO):
+        loaded = load_pose_tokenizer(path)
+    assert torch.equal(loaded.encode(poses), model.encode(poses))
+    notes = [r.getMessage() for r in caplog.records if "training-only keys" in r.getMessage()]
+    assert len(notes) == 1
+    for key in ("discriminator.fc.weight", "metric.mpjpe.total", "perceptual.vgg.0.weight", "encoder.aux_loss_weight"):
+        assert key in notes[0]
+    # Still refused: a missing key, a mis-shaped key, an unknown key inside the tokenizer's own parts.
+    for change, expected in (("missing", "1 missing keys: quantizer.codebook"),
+                             ("shape", r"decoder.decoder.16.bias (checkpoint (5,)"),
+                             ("inside", "1 unexpected keys: decoder.extra_head.weight")):
+        state = {**model.state_dict(), **extra}
+        if change == "missing":
+            del state["quantizer.codebook"]
+        elif change == "shape":
+            state["decoder.decoder.16.bias"] = torch.zeros(5)
+        else:
+            state["decoder.extra_head.weight"] = torch.zeros(3)
+        with pytest.raises(CheckpointError) as info:
+            load_pose_tokenizer(_write_lightning(tmp_path / f"{change}.ckpt", state))
+        assert expected in str(info.value) and f"{change}.ckpt" in str(info.value)
+
+
+def test_the_kept_prefixes_are_the_tokenizer_modules() -> None:
+    assert {k.split(".")[0] + "." for k in PoseTokenizer(TINY).state_dict()} == set(ckpt_mod.TOKENIZER_PREFIXES)

@@ -248,12 +248,13 @@ def load_torch_file(path: str | os.PathLike, what: str, *, mmap: bool = False) -
         first_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds (RuntimeError, EOFError, OSError ...)
         raise CheckpointError.make(
-            f"{path}, which torch cannot read ({type(exc).__name__}: {str(exc)[:200]})", what,
+            f"{path}, which torch.load cannot read ({type(exc).__name__}: {str(exc)[:200]})", what,
             "Check that the file is complete (download it again) and that it is the file this option expects.",
         ) from None
     if not is_zip:
         raise CheckpointError.make(
-            f"{path}, a legacy-format (non-zip) torch file holding objects besides tensors ({first_error})",
+            f"{path}, a legacy-format (non-zip) torch file that torch.load cannot read with weights only, e.g. "
+            f"because it holds objects besides tensors ({first_error})",
             f"{what}: tensors and plain containers, or a zip-format torch file", _RESAVE_HINT)
     return _load_zip_restricted(path, what, first_error)
 
