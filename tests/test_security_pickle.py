@@ -271,6 +271,77 @@ def test_a_truncated_archive_with_metadata_is_a_checkpoint_error(tmp_path: Path)
         load_torch_file(path, "a checkpoint")
 
 
+# ------------------------------------------------------------------------------------------------ the unpickler itself
+
+
+class Calls:
+    """Pickles as a call of `func(*args)` (what every code-running payload is)."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (self.func, self.args)
+
+
+def _calls(marker: Path) -> dict[str, object]:
+    import functools
+    import subprocess
+
+    return {
+        "eval": Calls(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        "exec": Calls(builtins.exec, f"open({str(marker)!r}, 'w')"),
+        "getattr": Calls(builtins.getattr, Calls(builtins.__import__, "os"), "system"),
+        "__import__": Calls(builtins.__import__, "os"),
+        "subprocess.Popen": Calls(subprocess.Popen, ["touch", str(marker)]),
+        "torch.load": Calls(torch.load, str(marker)),
+        "functools.partial": Calls(functools.partial, os.system, f"touch '{marker}'"),
+        "pathlib.Path.touch": Calls(pathlib.Path.touch, pathlib.Path(marker)),
+        "bytearray": Calls(bytearray, 10**12),  # a size, not data: refused, nothing is allocated
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_calls(Path("x"))))
+def test_calls_outside_tensor_rebuild_are_refused(tmp_path: Path, name: str) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": TrainConfig(), "x": _calls(marker)[name]}, path)
+    with pytest.raises(CheckpointError, match="asks to call") as info:
+        load_torch_file(path, "a checkpoint")
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def _with_data_pkl(path: Path, data_pkl: bytes) -> Path:
+    """Replace the pickle of a torch zip archive, keeping its storage records."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        records = {n: archive.read(n) for n in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in records.items():
+            archive.writestr(name, data_pkl if name.endswith("/data.pkl") else data)
+    return path
+
+
+@pytest.mark.parametrize(("data_pkl", "expected"), [
+    (b"cos\nsystem\n(S'touch MARKER'\ntR.", "asks to call os.system"),  # protocol 0 GLOBAL + REDUCE
+    (b"(S'touch MARKER'\nios\nsystem\n.", "asks to call os.system"),  # protocol 0 INST
+    (b"cbuiltins\nopen\n(S'MARKER'\nS'w'\ntR.", "asks to call builtins.open"),
+    (b"ctorch\nload\n(S'MARKER'\ntR.", "asks to call torch.load"),
+    (b"ctorch._utils\n_rebuild_tensor_v2\n(ctorch\nFloatStorage\n(S'storage'\nctorch\nFloatStorage\nS'0'\n"
+     b"S'cpu'\nI99\ntQI0\n(I99\ntp0\n(I1\ntI00\ncollections\nOrderedDict\n)RtR.", "cannot be read"),
+], ids=["reduce", "inst", "open", "torch.load", "storage-size-lie"])
+def test_hand_made_archives(tmp_path: Path, data_pkl: bytes, expected: str) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"w": torch.ones(4)}, path)
+    _with_data_pkl(path, data_pkl.replace(b"MARKER", str(marker).encode()))
+    with pytest.raises(CheckpointError, match=expected):
+        load_torch_file(path, "a checkpoint")
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------------------------ training pools
 
 

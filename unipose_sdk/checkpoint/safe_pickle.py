@@ -49,8 +49,9 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
     "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
 }
-_BUILTINS = frozenset({"set", "frozenset", "tuple", "list", "dict", "int", "float", "complex", "str", "bytes",
-                       "bytearray", "bool", "slice", "range"})
+# Containers and scalars protocol-2 pickles rebuild by calling their type (sets, complex numbers); no type that
+# allocates from a size argument (bytes, bytearray, range), so a file cannot ask for memory it does not hold.
+_BUILTINS = frozenset({"set", "frozenset", "tuple", "list", "dict", "int", "float", "complex", "str", "bool"})
 # Reconstructors of metadata that checkpoints commonly carry next to the weights; none of it is needed to
 # rebuild tensors, so they return a placeholder instead of being called.
 _INERT_RECONSTRUCTORS = frozenset({
@@ -195,9 +196,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(builtins, name)
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageKind(_STORAGE_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None),
-                                            (torch.dtype, torch.layout, torch.memory_format)):
-            return getattr(torch, name)
+        # vars(), not getattr(): torch's module __getattr__ would import submodules for unknown names.
+        if module == "torch" and isinstance(vars(torch).get(name), (torch.dtype, torch.layout, torch.memory_format)):
+            return vars(torch)[name]
         qualified = f"{module}.{name}"
         self.placeholders.add(qualified)
         if (module, name) in _INERT_RECONSTRUCTORS:
@@ -234,6 +235,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _Storage(data.untyped_storage(), dtype, numel)
 
 
+def _weights_only_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that says what it refused (its preamble recommends
+    weights_only=False, which is exactly what must not be done with a file of unknown origin)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "GLOBAL" in line or "error" in line.lower()] or lines[-1:] or [repr(exc)]
+    return useful[0][:300]
+
+
 def load_torch_file(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any:
     """Read a torch `.ckpt` / `.bin` / `.pt` file without running code from it (see the module docstring).
 
@@ -245,7 +254,7 @@ def load_torch_file(path: str | os.PathLike, what: str, *, mmap: bool = False) -
             is_zip = handle.read(4) == ZIP_MAGIC
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
-        first_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        first_error = _weights_only_reason(exc)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds (RuntimeError, EOFError, OSError ...)
         raise CheckpointError.make(
             f"{path}, which torch.load cannot read ({type(exc).__name__}: {str(exc)[:200]})", what,
