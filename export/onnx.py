@@ -14,21 +14,28 @@ custom op, which `unipose_sdk.kernels.onnx` translates (decomposed MatMul/Softma
 `Attention`, or a custom node). In half precision the attention runs in float32 inside the graph (a Cast around
 the same translation), and RMSNorm already computes in float32 in the model.
 
-Every file carries its metadata (config, vocabulary layout, spec, SDK version, precision) in metadata_props, the
-text tokenizer is copied beside the graphs, and the directory is written under a temporary name and renamed into
-place only after every graph has been validated against torch (`validate.py`).
+Every file carries its metadata (config, vocabulary layout, spec, SDK version, precision) and the export's
+identity (a random export id, the sha256 of the source weights, the sha256 of the codebook and tokenizer files
+written beside the graphs) in metadata_props; runtime/artifacts.py reads them back and refuses parts of
+different exports. The directory is written under a temporary name (created with the umask's mode, like every
+file in it) and renamed into place in one step only after every graph has been validated against torch
+(`validate.py`); an error, Ctrl-C or SIGTERM removes the temporary directory, and an existing directory is only
+replaced with overwrite=True.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
-import tempfile
+import signal
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from unipose_sdk.export import specs as S
 
+from unipose_sdk import formats
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
@@ -45,10 +53,9 @@ from unipose_sdk.fileio import replace_directory
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.runtime.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
 log = logging.getLogger("unipose_sdk")
-
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------- graph wrappers
@@ -221,6 +228,8 @@ class ExportReport:
     precision: str
     emission: str
     graphs: list[GraphReport] = field(default_factory=list)
+    export_id: str = ""
+    weights_sha256: str = ""
 
     def table(self) -> str:
         rows = [("graph", "size MB", "time s", "max diff", "validated")]
@@ -240,28 +249,27 @@ class _Source:
     tokenizer: Any
     is_random: bool
     source: str
+    weights_sha256: str  # of model.safetensors when the weights come from one, else of the state dict
 
 
 def _load_source(model: Any, dtype: torch.dtype) -> _Source:
+    from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR
+    from unipose_sdk.checkpoint.sdk_format import WEIGHTS_FILE
     from unipose_sdk.models.unipose import UniPoseModel
 
     if isinstance(model, UniPoseModel):
-        return _Source(model, model.config, None, False, "in-memory UniPoseModel")
-    if model is None or str(model) == "unipose-tiny":
-        from unipose_sdk.checkpoint.embedded import load_embedded
-
-        loaded = load_embedded("cpu", dtype)
-        name = "unipose-tiny"
-    else:
-        from unipose_sdk.checkpoint.sdk_format import load_model
-
-        if not isinstance(model, (str, os.PathLike)):
-            raise InvalidInputError.make(f"model of type {type(model).__name__}",
-                                         "None, 'unipose-tiny', an SDK model directory or a UniPoseModel",
-                                         "Pass the model directory written by `unipose convert`.")
-        loaded = load_model(model, "cpu", dtype)
-        name = str(model)
-    return _Source(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, f"{name}: {loaded.source}")
+        return _Source(model, model.config, None, False, "in-memory UniPoseModel",
+                       state_dict_sha256(model.state_dict()))
+    if not (model is None or isinstance(model, (str, os.PathLike))):
+        raise InvalidInputError.make(f"model of type {type(model).__name__}",
+                                     f"None, {formats.EMBEDDED_MODEL!r}, an SDK model directory or a UniPoseModel",
+                                     "Pass the model directory written by `unipose convert`.")
+    loaded = formats.load_torch_model(model, "cpu", dtype)
+    name = formats.EMBEDDED_MODEL if formats.is_embedded(model) else str(model)
+    weights = (EMBEDDED_DIR if formats.is_embedded(model) else Path(model)) / WEIGHTS_FILE
+    digest = file_sha256(weights) if weights.is_file() else state_dict_sha256(loaded.model.state_dict())
+    return _Source(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, f"{name}: {loaded.source}",
+                   digest)
 
 
 def _part_at(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -285,7 +293,8 @@ def graph_modules(source_model: Any, name: str, dtype: torch.dtype) -> nn.Module
     raise InvalidInputError.make(f"graph {name!r}", f"one of {S.GRAPH_NAMES}", "Pick a graph from the specs.")
 
 
-def metadata_props(spec: S.GraphSpec, src: _Source, precision: str, emission: str) -> dict[str, str]:
+def metadata_props(spec: S.GraphSpec, src: _Source, precision: str, emission: str, export_id: str,
+                   file_digests: dict[str, str]) -> dict[str, str]:
     return {
         S.META_FORMAT: S.FORMAT_NAME,
         S.META_FORMAT_VERSION: str(S.FORMAT_VERSION),
@@ -301,6 +310,9 @@ def metadata_props(spec: S.GraphSpec, src: _Source, precision: str, emission: st
         S.META_EMISSION: emission,
         S.META_IS_RANDOM: json.dumps(bool(src.is_random)),
         S.META_SOURCE: src.source,
+        S.META_EXPORT_ID: export_id,
+        S.META_WEIGHTS_SHA256: src.weights_sha256,
+        S.META_FILES: json.dumps(file_digests, sort_keys=True),
     }
 
 
@@ -327,63 +339,124 @@ def _file_size_mb(path: Path) -> float:
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM ends a process without unwinding its stack, which would leave the temporary directory behind; while
+    an export runs (in the main thread, where Python delivers signals) the first SIGTERM raises SystemExit(143)
+    instead, so the same cleanup runs as for an error or Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:  # a second signal must not interrupt the cleanup the first one started
+            fired = True
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree with SIGINT / SIGTERM held back until it is done (they are delivered afterwards)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = mask(signal.SIG_BLOCK, held) if mask is not None else None
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if mask is not None:
+            mask(signal.SIG_SETMASK, previous)
+
+
+def _refuse_existing(target: Path) -> CheckpointError:
+    return CheckpointError.make(f"output directory {str(target)!r}, which already exists", "a new directory",
+                                "Choose another output path, or pass overwrite=True / --overwrite.")
+
+
 def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx", *, precision: str = "fp32",
-                emission: str = "decomposed", opset: int = 18, graphs: tuple[str, ...] = S.GRAPH_NAMES,
+                emission: str = "decomposed", opset: int = S.OPSET_RANGE[0], graphs: tuple[str, ...] = S.GRAPH_NAMES,
                 validate: bool = True, overwrite: bool = False, progress: bool = True,
                 optimize: bool = True) -> ExportReport:
     """Export `model` (None / "unipose-tiny", an SDK model directory, or a UniPoseModel) to `output_dir`.
 
-    precision: fp32 | fp16 | bf16 for the LLM and vision graphs (the pose tokenizer graphs are always fp32).
+    precision: float32 | float16 | bfloat16 (or fp32 | fp16 | bf16) for the LLM and vision graphs (the pose
+        tokenizer graphs are always float32); the graphs record the short name.
     emission: how attention is written (see unipose_sdk.kernels.onnx): "decomposed" (opset 18..20, any ONNX
         Runtime, TensorRT < 10.14 such as JetPack 6), "attention23", "custom".
+    opset: within specs.OPSET_RANGE and at least what the emission needs; anything else is refused.
     optimize: run the ONNX optimizer on each graph (constant folding, fusions); ONNX Runtime optimizes again at
         load time, so turning it off only trades a little load time for a faster export.
     validate: run each graph in ONNX Runtime against the float32 torch model; a miss raises
         ExportValidationError naming the graph and its max / mean difference, and nothing is written.
+    overwrite: replace an existing `output_dir` (only once the new export is complete); without it an existing
+        directory is refused, also one that appears while the export runs.
     """
     from tqdm import tqdm
     from unipose_sdk.export.validate import validate_graph
+    from unipose_sdk.kernels import onnx as kernels_onnx
 
-    S.check_precision(precision)
+    precision = S.check_precision(precision)
+    if emission not in kernels_onnx.EMISSIONS:
+        raise InvalidInputError.make(f"emission={emission!r}", f"one of {kernels_onnx.EMISSIONS}",
+                                     "Use 'decomposed' unless the runtime imports the opset-23 Attention op.")
+    S.check_opset(opset, kernels_onnx.opset_for(emission))  # type: ignore[arg-type]
     target = Path(output_dir)
     if target.exists() and not overwrite:
-        raise CheckpointError.make(f"output directory {str(target)!r}, which already exists", "a new directory",
-                                   "Choose another output path, or pass overwrite=True / --overwrite.")
+        raise _refuse_existing(target)
     unknown = [g for g in graphs if g not in S.GRAPH_NAMES]
     if unknown:
         raise InvalidInputError.make(f"graphs {unknown}", f"names from {S.GRAPH_NAMES}", "Fix the graph names.")
-    dtype = _TORCH_DTYPES[precision]
+    dtype = formats.torch_dtype(precision)
     # The reference for validation is float32; without validation load straight at the export precision.
     src = _load_source(model, torch.float32 if validate else dtype)
     specs = S.graph_specs(src.config, precision, opset=opset)
-    report = ExportReport(target, precision, emission)
+    export_id = uuid.uuid4().hex
+    report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):
-            spec = specs[name]
-            started = time.perf_counter()
-            graph_dtype = _TORCH_DTYPES[spec.precision]
-            module = graph_modules(src.model, name, graph_dtype)
-            path = tmp / spec.file_name
-            export_graph(module, spec, src.config, path, graph_dtype, metadata_props(spec, src, precision, emission),
-                         emission, optimize)
-            entry = GraphReport(name, spec.file_name, _file_size_mb(path), time.perf_counter() - started)
-            if validate:
-                reference = graph_modules(src.model, name, torch.float32)
-                entry.max_abs_diff, entry.mean_abs_diff, entry.validated = validate_graph(
-                    path, spec, src.config, reference, graph_dtype)
-                del reference
-            del module
-            report.graphs.append(entry)
-        if src.tokenizer is not None:
-            src.tokenizer.save(tmp)
-        codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
-        np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
-        (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
-        replace_directory(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # os.mkdir applies the umask (tempfile.mkdtemp would force 0700 on the finished directory).
+    tmp = target.parent / f".{target.name}.{export_id[:8]}.tmp"
+    with _sigterm_unwinds():
+        try:
+            os.mkdir(tmp)
+            # The files beside the graphs first: every graph records their digests.
+            if src.tokenizer is not None:
+                src.tokenizer.save(tmp)
+            codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
+            np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
+            digests = {name: file_sha256(tmp / name) for name in (S.POSE_CODEBOOK_FILE, *TOKENIZER_FILES)
+                       if (tmp / name).is_file()}
+            for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):
+                spec = specs[name]
+                started = time.perf_counter()
+                graph_dtype = formats.torch_dtype(spec.precision)
+                module = graph_modules(src.model, name, graph_dtype)
+                path = tmp / spec.file_name
+                export_graph(module, spec, src.config, path, graph_dtype,
+                             metadata_props(spec, src, precision, emission, export_id, digests), emission, optimize)
+                entry = GraphReport(name, spec.file_name, _file_size_mb(path), time.perf_counter() - started)
+                if validate:
+                    reference = graph_modules(src.model, name, torch.float32)
+                    entry.max_abs_diff, entry.mean_abs_diff, entry.validated = validate_graph(
+                        path, spec, src.config, reference, graph_dtype)
+                    del reference
+                del module
+                report.graphs.append(entry)
+            (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
+            if overwrite:
+                replace_directory(tmp, target)
+            else:
+                try:  # one step; fails when another writer created a non-empty target meanwhile
+                    os.rename(tmp, target)
+                except OSError:
+                    raise _refuse_existing(target) from None
+        except BaseException:
+            _remove_tree(tmp)
+            raise
     return report

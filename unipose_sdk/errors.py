@@ -63,3 +63,11 @@ class VocabularyError(UniPoseError):
 
 class ConfigError(CheckpointError, ValueError):
     """A model or tokenizer config (config.json) has a field of the wrong type, out of range, or inconsistent."""
+
+
+class InvalidOptionError(InvalidInputError):
+    """An option has an unknown name or a value of the wrong type or range."""
+
+
+class OutputExistsError(InvalidInputError, FileExistsError):
+    """An output would replace existing files, and replacing was not asked for (overwrite / --overwrite)."""
