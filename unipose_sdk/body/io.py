@@ -14,6 +14,11 @@ Writing picks the layout from the extension: .npz -> smplx keys (float32 axis-an
 matrices ((22, 3, 3) for one pose, (B, 22, 3, 3) otherwise), .json -> the JSON schema above with axis-angle.
 Every write goes to a temporary file in the target directory that is renamed over the target only once complete,
 so a failed save leaves the previous file (or nothing) behind. Pickles are never unpickled.
+
+Reading checks before it reads: the path must name a regular file (a FIFO would block, a device stream forever),
+a JSON document may nest at most `MAX_JSON_DEPTH` levels and its numbers must be JSON numbers (not strings or
+booleans), every stored value must fit a float32, and a damaged .npz member is a PoseFormatError naming the file
+and the member.
 """
 
 from __future__ import annotations
@@ -21,22 +26,26 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_NAMES
-from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError, UniPoseFileNotFoundError
-from unipose_sdk.fileio import atomic_write
+from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError
+from unipose_sdk.fileio import atomic_write, open_regular_file, parse_json
 
 JSON_FORMAT_NAME = "unipose-pose"
 JSON_FORMAT_VERSION = 1
 _JSON_ROTATION_FORMATS = {"axis_angle": 3, "rotmat": (3, 3), "rotation_6d": 6}
 WRITE_EXTENSIONS = (".npz", ".npy", ".json")
+# The pose JSON nests 5 levels at most (document, poses, pose, joint, matrix row); deeper input is refused before
+# it is parsed (a deep enough document would exhaust the parser's recursion).
+MAX_JSON_DEPTH = 8
 
 _ACCEPTED_LAYOUTS = (
     "a .npz with smplx keys (global_orient + body_pose [+ transl, betas]) or AMASS keys (root_orient + pose_body, "
@@ -58,26 +67,16 @@ class PoseFile:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _existing_file(path: str | os.PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInputError(f"received {type(path).__name__}; expected a file path (str or pathlib.Path). "
-                                f"Pass the path of a pose file.")
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UniPoseFileNotFoundError(f"received the path {str(p)!r}, which does not exist; expected a pose file "
-                                       f"({_ACCEPTED_LAYOUTS}). Check the path (relative paths start at "
-                                       f"{os.getcwd()!r}).")
-    if p.is_dir():
-        raise PoseFormatError(f"received {str(p)!r}, which is a directory; expected a pose file "
-                              f"({_ACCEPTED_LAYOUTS}). Name a file inside it.")
-    return p
+_FILE_FIX = f"Name a pose file ({_ACCEPTED_LAYOUTS})."
 
 
 def detect_pose_format(path: str | os.PathLike) -> str:
     """'npz', 'npy' or 'json', from the file's first bytes (not its extension)."""
-    p = _existing_file(path)
-    with open(p, "rb") as handle:
-        head = handle.read(64)
+    with open_regular_file(path, "pose file", PoseFormatError, _FILE_FIX) as handle:
+        return _format_of(Path(path).expanduser(), handle.read(64))
+
+
+def _format_of(p: Path, head: bytes) -> str:
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "npz"
     if head.startswith(b"\x93NUMPY"):
@@ -105,7 +104,13 @@ def _float_array(value: np.ndarray, p: Path, key: str) -> np.ndarray:
     if not np.all(np.isfinite(value)):
         raise InvalidPoseError(f"received {str(p)!r} whose '{key}' holds NaN or infinite values; expected finite "
                                f"numbers. Repair or drop those rows.")
-    return value.astype(np.float32)
+    with np.errstate(over="ignore"):
+        single = value.astype(np.float32)
+    if not np.all(np.isfinite(single)):
+        worst = float(np.max(np.abs(value)))
+        raise InvalidPoseError(f"received {str(p)!r} whose '{key}' holds values up to {worst:.3g}, beyond float32's "
+                               f"range (3.4e38); expected values a float32 pose file can hold. Repair the producer.")
+    return single
 
 
 def _optional_transl(value: np.ndarray | None, batch: int, p: Path, key: str) -> np.ndarray | None:
@@ -142,10 +147,14 @@ def _smplx_pose(root: np.ndarray, body: np.ndarray, p: Path) -> Pose:
     return Pose.from_smpl(root, body)
 
 
-def _read_npz(p: Path) -> PoseFile:
+# What numpy and zipfile raise for damaged archives and members (a bad CRC, a truncated stream, a bad header).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, NotImplementedError)
+
+
+def _read_npz(p: Path, handle: BinaryIO) -> PoseFile:
     try:
-        archive = np.load(p, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        archive = np.load(handle, allow_pickle=False)
+    except _DAMAGED as exc:
         raise PoseFormatError(f"received {str(p)!r}, which looks like a .npz archive but cannot be read ({exc}); "
                               f"expected {_ACCEPTED_LAYOUTS}. Re-create the file.") from None
     with archive:
@@ -156,9 +165,13 @@ def _read_npz(p: Path) -> PoseFile:
                 return None
             try:
                 return archive[key]
-            except ValueError:  # an object array: would need unpickling
-                raise PoseFormatError(f"received {str(p)!r} whose '{key}' is a pickled object array; expected a "
-                                      f"numeric array. Re-save it with numeric dtypes.") from None
+            except ValueError as exc:
+                if "allow_pickle" in str(exc):  # an object array: would need unpickling
+                    raise PoseFormatError(f"received {str(p)!r} whose '{key}' is a pickled object array; expected "
+                                          f"a numeric array. Re-save it with numeric dtypes.") from None
+                raise _damaged_member(p, key, exc) from None
+            except _DAMAGED as exc:
+                raise _damaged_member(p, key, exc) from None
 
         if {"global_orient", "body_pose"} <= keys:
             layout, rot = "smplx-npz", lambda: _smplx_pose(
@@ -186,57 +199,83 @@ def _read_npz(p: Path) -> PoseFile:
         return PoseFile(pose, transl, _optional_betas(get("betas"), p), layout)
 
 
-def _read_npy(p: Path) -> PoseFile:
+def _damaged_member(p: Path, key: str, exc: BaseException) -> PoseFormatError:
+    return PoseFormatError(f"received {str(p)!r} whose member '{key}' is damaged ({type(exc).__name__}: {exc}); "
+                           f"expected a readable .npz archive. Re-create the file (a copy may have been cut short).")
+
+
+def _read_npy(p: Path, handle: BinaryIO) -> PoseFile:
     try:
-        array = np.load(p, allow_pickle=False)
+        array = np.load(handle, allow_pickle=False)
     except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise PoseFormatError(f"received {str(p)!r}, a .npy that cannot be read ({exc}); expected a numeric "
+                                  f"(22, 3, 3) or (B, 22, 3, 3) array. Re-create the file.") from None
         raise PoseFormatError(f"received {str(p)!r}, a .npy that cannot be read without unpickling ({exc}); "
                               f"expected a numeric (22, 3, 3) or (B, 22, 3, 3) array. Re-save it with "
                               f"np.save(path, rotmat.astype(np.float32)).") from None
+    except (EOFError, OSError) as exc:
+        raise PoseFormatError(f"received {str(p)!r}, a .npy that cannot be read ({exc}); expected a complete "
+                              f"numeric array file. Re-create the file (a copy may have been cut short).") from None
     if not np.issubdtype(array.dtype, np.floating):
         raise PoseFormatError(f"received {str(p)!r}, a .npy of dtype {array.dtype} and shape {list(array.shape)}; "
                               f"expected floating-point rotation matrices (22, 3, 3) or (B, 22, 3, 3).")
+    if np.issubdtype(array.dtype, np.floating) and array.size:
+        array = _float_array(array, p, "array")
     try:
         return PoseFile(Pose.from_any(array), None, None, "npy")
     except InvalidPoseError as exc:
         if "matches no pose layout" in str(exc):
             raise PoseFormatError(f"received {str(p)!r}, a .npy of shape {list(array.shape)}; expected "
                                   f"(22, 3, 3) or (B, 22, 3, 3) rotation matrices (the UniPose demo layout), or "
-                                  f"another shape Pose.from_any recognises ([B, 66], [B, 22, 3], [B, 22, 6]).") from None
+                                  f"another shape Pose.from_any recognises ([B, 66], [B, 22, 3], [B, 22, 6])."
+                                  ) from None
         raise _pose_error_in(p, exc) from None
 
 
-def _read_json(p: Path) -> PoseFile:
+def _json_numbers(value: Any, p: Path, key: str) -> np.ndarray | None:
+    """A rectangular nest of JSON numbers -> float64 array; None when it is ragged or holds anything else
+    (numpy alone would turn true into 1.0 and "1.5" into 1.5)."""
     try:
-        doc = json.loads(p.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PoseFormatError(f"received {str(p)!r}, which is not valid JSON ({exc}); expected a JSON document "
-                              f"with \"format\": \"{JSON_FORMAT_NAME}\". Fix the syntax.") from None
+        nest = np.array(value, dtype=object)
+    except (ValueError, RecursionError):
+        return None
+    flat = nest.reshape(-1)
+    if not all(type(v) in (int, float) for v in flat):
+        return None
+    try:
+        return nest.astype(np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise InvalidPoseError(f"received {str(p)!r} whose \"{key}\" holds a number beyond float64's range; "
+                               f"expected pose values. Repair the producer.") from None
+
+
+def _read_json(p: Path, handle: BinaryIO) -> PoseFile:
+    doc = parse_json(handle.read(), p, PoseFormatError, MAX_JSON_DEPTH,
+                     f"a JSON document with \"format\": \"{JSON_FORMAT_NAME}\"")
     found = f"a JSON {type(doc).__name__}" + (f" with keys {sorted(doc)}" if isinstance(doc, dict) else "")
     if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT_NAME:
-        raise PoseFormatError(f"received {str(p)!r}: {found} and format {doc.get('format') if isinstance(doc, dict) else None!r}; "
+        format_found = doc.get("format") if isinstance(doc, dict) else None
+        raise PoseFormatError(f"received {str(p)!r}: {found} and format {format_found!r}; "
                               f"expected a JSON object with \"format\": \"{JSON_FORMAT_NAME}\", \"version\": "
                               f"{JSON_FORMAT_VERSION}, \"rotation_format\" and \"poses\" (see unipose_sdk.body.io).")
     version = doc.get("version")
-    if not isinstance(version, int) or version > JSON_FORMAT_VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version > JSON_FORMAT_VERSION or version < 1:
         raise PoseFormatError(f"received {str(p)!r} with version {version!r}; expected version "
                               f"{JSON_FORMAT_VERSION} (an integer). A newer file needs a newer unipose-sdk: "
                               f"upgrade with `pip install -U unipose-sdk`.")
     rotation_format = doc.get("rotation_format")
-    if rotation_format not in _JSON_ROTATION_FORMATS or "poses" not in doc:
+    if not isinstance(rotation_format, str) or rotation_format not in _JSON_ROTATION_FORMATS or "poses" not in doc:
         raise PoseFormatError(f"received {str(p)!r} with rotation_format {rotation_format!r} and keys "
                               f"{sorted(doc)}; expected a \"poses\" array and rotation_format one of "
                               f"{sorted(_JSON_ROTATION_FORMATS)}.")
     names = doc.get("joint_names")
-    if names is not None and list(names) != list(JOINT_NAMES):
+    if names is not None and (not isinstance(names, list) or names != list(JOINT_NAMES)):
         raise PoseFormatError(f"received {str(p)!r} with joint_names {names}; expected the SMPL order "
                               f"{list(JOINT_NAMES)}. Reorder the joints before saving.")
     event = _JSON_ROTATION_FORMATS[rotation_format]
     event_shape = (22,) + (event if isinstance(event, tuple) else (event,))
-    try:
-        poses = np.asarray(doc["poses"], dtype=np.float64)
-    except (TypeError, ValueError):
-        poses = None
+    poses = _json_numbers(doc["poses"], p, "poses")
     if poses is None or poses.ndim != 1 + len(event_shape) or poses.shape[1:] != event_shape:
         shape = "not a rectangular array of numbers" if poses is None else f"shape {list(poses.shape)}"
         raise PoseFormatError(f"received {str(p)!r} whose \"poses\" is {shape}; expected [B, "
@@ -250,11 +289,11 @@ def _read_json(p: Path) -> PoseFile:
     def optional(key: str) -> np.ndarray | None:
         if doc.get(key) is None:
             return None
-        try:
-            return np.asarray(doc[key], dtype=np.float64)
-        except (TypeError, ValueError):
+        values = _json_numbers(doc[key], p, key)
+        if values is None:
             raise PoseFormatError(f"received {str(p)!r} whose \"{key}\" is not an array of numbers; expected "
-                                  f"numbers. Fix or remove \"{key}\".") from None
+                                  f"numbers. Fix or remove \"{key}\".")
+        return values
 
     transl = _optional_transl(optional("transl_m"), len(pose), p, "transl_m")
     return PoseFile(pose, transl, _optional_betas(optional("betas"), p), "json")
@@ -262,9 +301,11 @@ def _read_json(p: Path) -> PoseFile:
 
 def read_pose_file(path: str | os.PathLike) -> PoseFile:
     """Read poses and, where present, translation and betas; the layout is recognised from the content."""
-    p = _existing_file(path)
-    reader = {"npz": _read_npz, "npy": _read_npy, "json": _read_json}[detect_pose_format(p)]
-    return reader(p)
+    with open_regular_file(path, "pose file", PoseFormatError, _FILE_FIX) as handle:
+        p = Path(path).expanduser()
+        reader = {"npz": _read_npz, "npy": _read_npy, "json": _read_json}[_format_of(p, handle.read(64))]
+        handle.seek(0)
+        return reader(p, handle)
 
 
 def load_pose(path: str | os.PathLike) -> Pose:

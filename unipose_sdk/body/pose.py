@@ -32,10 +32,14 @@ _SOURCE_JOINT_COUNTS = {22: "UniPose/SMPL body", 24: "SMPL", 52: "SMPL-H", 55: "
 # written in float32 or produced by a network, tight enough to catch scales, shears and reflections.
 ROTATION_ATOL = 1e-3
 _ROTATION_ATOL_HALF = 1e-2  # float16 / bfloat16 inputs carry ~1e-3 relative error per entry
+# Largest accepted axis-angle rotation (radians, ~1592 turns). Producers write angles within a few turns; beyond
+# this a float32 angle's spacing exceeds 1e-3 rad, so the rotation it names is noise (and at ~1e154 the norm of
+# the vector overflows to a NaN matrix). Wrap angles into [-pi, pi] before passing them.
+MAX_AXIS_ANGLE_RAD = 1e4
 _TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-_AA_SHAPES = "[B, 66], [B, 22, 3], [66] or [22, 3] (axis-angle, radians; [B, 72 | 156 | 165] and [B, 24 | 52 | 55, 3] " \
-             "SMPL / SMPL-H / SMPL-X full poses also work, their first 22 joints are kept)"
+_AA_SHAPES = ("[B, 66], [B, 22, 3], [66] or [22, 3] (axis-angle, radians; [B, 72 | 156 | 165] and "
+              "[B, 24 | 52 | 55, 3] SMPL / SMPL-H / SMPL-X full poses also work, their first 22 joints are kept)")
 _ROTMAT_SHAPES = "[B, 22, 3, 3] or [22, 3, 3] (rotation matrices; [B, 24 | 52 | 55, 3, 3] also work)"
 _6D_SHAPES = "[B, 22, 6], [22, 6], [B, 132] or [132] (first two rows of each rotation matrix)"
 
@@ -79,6 +83,23 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise InvalidPoseError(f"received {what} with {bad} NaN or infinite value(s) (first at index {first}); "
                                f"expected finite numbers. Check the source of the pose (a failed fit or a "
                                f"division by zero upstream) and drop or repair those rows.")
+
+
+def _check_angles(axis_angle: Tensor) -> None:
+    """Every rotation angle (the vector's length) at most MAX_AXIS_ANGLE_RAD."""
+    if axis_angle.numel() == 0:
+        return
+    values = axis_angle.detach().double()
+    scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    angles = (torch.linalg.vector_norm(values / scale, dim=-1, keepdim=True) * scale)[..., 0]  # [B, 22], no overflow
+    worst = int(angles.argmax())
+    b, j = divmod(worst, angles.shape[1])
+    largest = float(angles.reshape(-1)[worst])
+    if not largest <= MAX_AXIS_ANGLE_RAD:  # also catches an overflow to inf
+        raise InvalidPoseError(
+            f"received axis-angle rotations of up to {largest:.3g} rad (joint {j} ({JOINT_NAMES[j]}) of pose {b}); "
+            f"expected angles of at most {MAX_AXIS_ANGLE_RAD:g} rad. Wrap the angles into [-pi, pi] (or check "
+            f"the units: degrees passed as radians, or a failed fit upstream).")
 
 
 def _check_rotations(rotmat: Tensor, source_dtype: torch.dtype, atol: float | None, what: str) -> None:
@@ -156,7 +177,9 @@ class Pose:
                                    f"Reshape the array, or use `Pose.from_rotmat` / `Pose.from_6d` for "
                                    f"matrices or 6D rotations.")
         _check_finite(x, "axis-angle")
-        rotmat = rotations.axis_angle_to_matrix(_first_22(x, 1).double())
+        x = _first_22(x, 1)
+        _check_angles(x)
+        rotmat = rotations.axis_angle_to_matrix(x.double())
         return cls._trusted(rotmat.to(torch.float32))
 
     @classmethod
@@ -186,16 +209,21 @@ class Pose:
             raise InvalidPoseError(f"received {_describe(x)}; expected 6D rotations of shape {_6D_SHAPES}. "
                                    f"Reshape the array, or use `Pose.from_rotmat` / `Pose.from_axis_angle`.")
         _check_finite(x, "6D rotations")
-        halves = x.detach().double().reshape(x.shape[0], NUM_JOINTS, 2, 3)
+        # Gram-Schmidt does not depend on the scale of a joint's six values; dividing by their largest magnitude
+        # keeps values near float64's limit from overflowing to NaN matrices.
+        scale = x.detach().double().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        given, x = x, x.double() / scale
+        halves = x.detach().reshape(x.shape[0], NUM_JOINTS, 2, 3)
         norms = torch.linalg.vector_norm(halves, dim=-1)  # [B, 22, 2]
         cross = torch.linalg.vector_norm(torch.linalg.cross(halves[..., 0, :], halves[..., 1, :], dim=-1), dim=-1)
         degenerate = (norms.amin(dim=-1) < 1e-6) | (cross < 1e-6 * norms.prod(dim=-1).clamp_min(1e-30))
         if bool(degenerate.any()):
             b, j = (int(i) for i in torch.nonzero(degenerate)[0])
             raise InvalidPoseError(f"received 6D rotations where joint {j} ({JOINT_NAMES[j]}) of pose {b} is "
-                                   f"degenerate ({x[b, j].tolist()}: a zero half or two parallel halves); "
+                                   f"degenerate ({given[b, j].tolist()}: a zero half or two parallel halves); "
                                    f"expected two independent 3-vectors per joint. Check the producer.")
-        rotmat = rotations.rotation_6d_to_matrix(x.double())
+        rotmat = rotations.rotation_6d_to_matrix(x)
+        _check_finite(rotmat, "rotation matrices made from the 6D input")
         return cls._trusted(rotmat.to(torch.float32))
 
     @classmethod
