@@ -25,12 +25,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from unipose_sdk import formats
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 
 FORMAT_NAME = "unipose-sdk/onnx"
-FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "bf16")
+# 2: every graph records the export's identity (export id, weights digest, digests of the files beside it).
+FORMAT_VERSION = 2
+PRECISIONS = formats.PRECISIONS  # "fp32", "fp16", "bf16": the short names of the one dtype table
+# ONNX opsets the exporter writes and ONNX Runtime runs; an emission may need more (attention23: 23).
+OPSET_RANGE = (18, 23)
 GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
 # The pose codebook [K, D] float32 as .npy beside the graphs: expected-code pose decoding (config pose_decoding)
 # weights it on the host; it is also inside pose_decoder.onnx, but not under a name one can rely on.
@@ -51,6 +55,10 @@ META_EMISSION = "unipose.attention_emission"
 META_IS_RANDOM = "unipose.is_random"
 META_SOURCE = "unipose.source"
 META_VALIDATION = "unipose.validation"
+# Identity: which export a file belongs to and what it was made from (read back by runtime/artifacts.py).
+META_EXPORT_ID = "unipose.export_id"  # random per export: all five graphs of one export carry the same id
+META_WEIGHTS_SHA256 = "unipose.weights_sha256"  # digest of the weights the export was made from
+META_FILES = "unipose.files"  # JSON {file name: sha256} of the codebook and tokenizer files beside the graphs
 
 
 @dataclass(frozen=True)
@@ -114,15 +122,22 @@ class GraphSpec:
         )
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise InvalidInputError.make(f"precision={precision!r}", f"one of {PRECISIONS}",
-                                     "Use fp32 for ONNX Runtime on CPU, fp16 / bf16 for GPUs.")
-    return precision
+def check_precision(precision: object) -> str:
+    """The short precision name ("fp16") of any name of the dtype table ("float16", "fp16", torch.float16)."""
+    return formats.dtype(precision, "precision").short
 
 
 def torch_dtype_name(precision: str) -> str:
-    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[check_precision(precision)]
+    return formats.dtype(precision, "precision").name
+
+
+def check_opset(opset: object, emission_opset: int = OPSET_RANGE[0]) -> int:
+    """`opset` when the exporter can write it and the attention emission's operators exist in it."""
+    low, high = max(OPSET_RANGE[0], emission_opset), OPSET_RANGE[1]
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise InvalidInputError.make(f"opset={opset!r}", f"an int in {low}..{high} for this attention emission",
+                                     f"Pass --opset {low} (the default), or a value up to {high}.")
+    return opset
 
 
 # Tolerances per precision. fp32 differs from torch only by summation order. Half precision is compared with the
@@ -138,7 +153,7 @@ _POSE_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-4, min_match=0.99)  # pose graphs
 def graph_specs(config: UniPoseConfig, precision: str = "fp32", opset: int = 18,
                 max_batch: int = 8) -> dict[str, GraphSpec]:
     """The five graph specs of a model config, in export order."""
-    check_precision(precision)
+    precision = check_precision(precision)
     joints, rot = config.pose_tokenizer.num_joints, config.pose_tokenizer.rotation_dim
     codes = config.pose_tokenizer.num_tokens
     llm = config.llm

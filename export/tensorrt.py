@@ -2,10 +2,11 @@
 
     unipose export --model M --format engine --precision fp16 -o DIR   (ONNX graphs + one .engine per graph)
 
-Engine file layout: MAGIC (8 bytes) | header length (uint32, little endian) | header JSON (UTF-8) | the serialized
-engine. The header names the TensorRT version, GPU, compute capability, SDK version, precision and the graph's
-spec, so a loader can refuse an engine built elsewhere before handing it to TensorRT (which would fail with a
-less helpful message, or worse, run a mismatched plan).
+Engine file layout (runtime/artifacts.py's EngineHeader): MAGIC | header length | header JSON | the serialized
+engine. The header names the TensorRT version, GPU, compute capability, SDK version, precision, the graph's
+spec and the identity of the export the graph came from, so a loader can refuse an engine built elsewhere or
+from other graphs before handing it to TensorRT (which would fail with a less helpful message, or worse, run a
+mismatched plan).
 
 Precision comes from the ONNX graph: engines are built from a STRONGLY TYPED network over the fp16 / bf16 ONNX
 export. TensorRT 11 removed the FP16 / BF16 builder flags and TensorRT 10 accepts strongly typed networks, so
@@ -21,49 +22,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import struct
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from unipose_sdk.export import specs as S
 
 from unipose_sdk._version import __version__
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
+from unipose_sdk.fileio import atomic_write, atomic_write_bytes
+from unipose_sdk.runtime.artifacts import (
+    HEADER_LENGTH,
+    MAGIC,
+    EngineHeader,
+    Identity,
+    file_sha256,
+    parse_version,
+    read_directory,
+)
+from unipose_sdk.runtime.tensorrt import require_tensorrt
 
-MAGIC = b"UPTRTENG"
-HEADER_FORMAT_VERSION = 1
-_LENGTH = struct.Struct("<I")
-MAX_HEADER_BYTES = 16 * 1024 * 1024
 # First TensorRT release whose ONNX parser imports the opset-23 Attention operator (IAttention).
 ATTENTION_OP_MIN_VERSION = (10, 14)
-REBUILD_HINT = "Rebuild the engines on this machine: unipose export --model M --format engine -o DIR"
-
-
-def require_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendUnavailableError.make(
-            "a request that needs TensorRT, which is not installed", "the tensorrt Python package (10.x or 11.x)",
-            'pip install "unipose-sdk[trt]" (on Jetson, use the TensorRT that ships with JetPack).') from None
-    return tensorrt
-
-
-def parse_version(version: str) -> tuple[int, ...]:
-    """"10.3.0.26" -> (10, 3, 0, 26); refuses anything without a numeric major.minor."""
-    parts = []
-    for piece in str(version).split("."):
-        match = re.match(r"\d+", piece)  # "0b1" (a pre-release) counts as 0
-        if match is None:
-            break
-        parts.append(int(match.group()))
-    if len(parts) < 2:
-        raise InvalidInputError.make(f"TensorRT version {version!r}", "a version like '10.3.0'",
-                                     "Pass tensorrt.__version__.")
-    return tuple(parts)
 
 
 def attention_emission_for(tensorrt_version: str) -> str:
@@ -109,82 +89,18 @@ def optimization_profile(spec: S.GraphSpec, axis_ranges: dict[str, tuple[int, in
     return profile
 
 
-# ------------------------------------------------------------------------------------------- engine header
-@dataclass(frozen=True)
-class EngineHeader:
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7"
-    sdk_version: str
-    precision: str
-    graph: str
-    spec: dict[str, Any]
-    onnx_sha256: str
-    format_version: int = HEADER_FORMAT_VERSION
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
-
-
+# ------------------------------------------------------------------------------------------- engine files
 def write_engine_file(path: str | os.PathLike, header: EngineHeader, engine: bytes) -> Path:
-    """Header + engine, written to a temporary file beside `path` and renamed into place."""
+    """Header + engine, written to a temporary file beside `path` and renamed into place (mode from the umask)."""
     target = Path(path)
     payload = header.to_json()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(MAGIC + _LENGTH.pack(len(payload)) + payload)
-            handle.write(engine)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
+    def write(handle: BinaryIO) -> None:
+        handle.write(MAGIC + HEADER_LENGTH.pack(len(payload)) + payload)
+        handle.write(engine)
 
-def read_engine_header(path: str | os.PathLike) -> tuple[EngineHeader, int]:
-    """(header, byte offset where the serialized engine starts)."""
-    file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            prefix = handle.read(len(MAGIC) + _LENGTH.size)
-            if len(prefix) < len(MAGIC) + _LENGTH.size or prefix[:len(MAGIC)] != MAGIC:
-                raise CheckpointError.make(f"{file}, which does not start with the unipose engine header",
-                                           "an engine written by `unipose export --format engine`", REBUILD_HINT)
-            (length,) = _LENGTH.unpack(prefix[len(MAGIC):])
-            if length > MAX_HEADER_BYTES:
-                raise CheckpointError.make(f"{file} with a {length}-byte header", f"<= {MAX_HEADER_BYTES} bytes",
-                                           f"The file is damaged. {REBUILD_HINT}")
-            raw = handle.read(length)
-    except FileNotFoundError:
-        raise CheckpointError.make(f"no engine file {file}", "one .engine per graph", REBUILD_HINT) from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-        header = EngineHeader(**data)
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError.make(f"{file} with an unreadable header ({type(exc).__name__})",
-                                   "the JSON header written by this SDK",
-                                   f"The file is damaged. {REBUILD_HINT}") from None
-    return header, len(MAGIC) + _LENGTH.size + length
-
-
-def check_compatible(header: EngineHeader, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                     path: str | os.PathLike = "engine") -> None:
-    """Refuse an engine built for another TensorRT version, GPU or header format (plans are not portable)."""
-    problems = []
-    if header.format_version != HEADER_FORMAT_VERSION:
-        problems.append(f"header format {header.format_version} (this SDK reads {HEADER_FORMAT_VERSION})")
-    if parse_version(header.tensorrt_version)[:3] != parse_version(tensorrt_version)[:3]:
-        problems.append(f"TensorRT {header.tensorrt_version} (installed: {tensorrt_version})")
-    if header.compute_capability != compute_capability:
-        problems.append(f"compute capability {header.compute_capability} (this GPU: {compute_capability})")
-    if header.gpu_name != gpu_name:
-        problems.append(f"GPU {header.gpu_name!r} (this GPU: {gpu_name!r})")
-    if problems:
-        raise BackendUnavailableError.make(
-            f"engine {path} built for " + ", ".join(problems),
-            "an engine built with this TensorRT version on this GPU", REBUILD_HINT + ".")
+    return atomic_write(target, write)
 
 
 def engine_cache_key(onnx_sha256: str, tensorrt_version: str, compute_capability: str, precision: str,
@@ -196,25 +112,15 @@ def engine_cache_key(onnx_sha256: str, tensorrt_version: str, compute_capability
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of an ONNX file and its external data file (if any), streamed."""
-    digest = hashlib.sha256()
-    for file in (Path(path), Path(str(path) + ".data")):
-        if file.exists():
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------- the builder
-def build_engine(onnx_path: str | os.PathLike, spec: S.GraphSpec, output: str | os.PathLike, *,
+def build_engine(onnx_path: str | os.PathLike, spec: S.GraphSpec, output: str | os.PathLike, identity: Identity, *,
                  axis_ranges: dict[str, tuple[int, int, int]] | None = None,
                  timing_cache: str | os.PathLike | None = None, workspace_gib: float = 4.0) -> Path:
     """Build one engine from an exported ONNX graph (needs TensorRT and a GPU; not run in this project's CI).
 
     The network is strongly typed, so fp16 / bf16 come from the graph itself (works on TensorRT 10 and 11).
     `timing_cache` is read if present and written back after the build (rebuilds take seconds instead of minutes).
+    `identity`: the export the graph belongs to (recorded in the header, checked when the engine is loaded).
     """
     import torch
 
@@ -246,24 +152,19 @@ def build_engine(onnx_path: str | os.PathLike, spec: S.GraphSpec, output: str | 
         raise BackendUnavailableError.make(f"a failed TensorRT build of {onnx_path}", "a serialized engine",
                                            "Read TensorRT's log above; lower the profile maxima or the workspace.")
     if cache_file is not None:
-        serialized = config.get_timing_cache().serialize()
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(bytes(serialized))
-        os.replace(tmp, cache_file)
+        atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     header = EngineHeader(tensorrt_version=trt.__version__, gpu_name=props.name,
                           compute_capability=f"{props.major}.{props.minor}", sdk_version=__version__,
                           precision=spec.precision, graph=spec.name, spec=spec.to_dict(),
-                          onnx_sha256=file_sha256(onnx_path))
+                          onnx_sha256=file_sha256(onnx_path), export_id=identity.export_id,
+                          weights_sha256=identity.weights_sha256)
     return write_engine_file(output, header, bytes(plan))
 
 
 def build_engines(directory: str | os.PathLike, *, axis_ranges: dict[str, tuple[int, int, int]] | None = None,
                   ) -> list[Path]:
     """One `<graph>.engine` beside each `<graph>.onnx` of an export directory, sharing one timing cache."""
-    from unipose_sdk.export.validate import read_directory
-
     exported = read_directory(directory)
     trt = require_tensorrt()
     if exported.emission == "attention23" and attention_emission_for(trt.__version__) == "decomposed":
@@ -272,5 +173,5 @@ def build_engines(directory: str | os.PathLike, *, axis_ranges: dict[str, tuple[
             f"the 'decomposed' emission below TensorRT {'.'.join(map(str, ATTENTION_OP_MIN_VERSION))}",
             "Re-export with --attention decomposed.")
     cache = Path(directory) / "timing.cache"
-    return [build_engine(info.path, info.spec, info.path.with_suffix(".engine"), axis_ranges=axis_ranges,
-                         timing_cache=cache) for info in exported.graphs.values()]
+    return [build_engine(info.path, info.spec, info.path.with_suffix(".engine"), exported.identity,
+                         axis_ranges=axis_ranges, timing_cache=cache) for info in exported.graphs.values()]

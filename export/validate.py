@@ -6,46 +6,26 @@ A graph passes when every float output is within its spec's tolerance (max|onnx 
 max|torch|) and every integer output agrees on at least `min_match` of its elements; a miss raises
 ExportValidationError naming the graph, the output and the max / mean difference.
 
-Reading artifacts back (`read_graph_metadata`, `read_directory`) lives here too: the runtime and the TensorRT
-builder use it to learn everything from the files themselves.
+This module only compares; reading export directories back is runtime/artifacts.py's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from unipose_sdk.export import specs as S
 
-from unipose_sdk.errors import BackendUnavailableError, CheckpointError, ExportValidationError, ModelNotFoundError
+from unipose_sdk.errors import ExportValidationError
 from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.runtime.onnxruntime import require_onnxruntime, to_numpy
 
 log = logging.getLogger("unipose_sdk")
 
 VALIDATION_SIZES = {"batch": 3, "tokens": 7, "keys": 12, "logits": 3}
-
-
-def require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError.make(
-            "a request that needs ONNX Runtime, which is not installed", "the onnxruntime package",
-            'Install it with pip install "unipose-sdk[onnx]" (or onnxruntime-gpu for CUDA).') from None
-    return onnxruntime
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """numpy has no bfloat16: such tensors travel as float32 (only reachable for bf16 graphs, validated on GPU)."""
-    t = t.detach().cpu()
-    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def compare(name: str, output: str, onnx_value: np.ndarray, torch_value: torch.Tensor,
@@ -105,88 +85,3 @@ def validate_graph(path: Path, spec: S.GraphSpec, config: UniPoseConfig, referen
         if want.is_floating_point():
             max_diff, mean_sum, floats = max(max_diff, max_d), mean_sum + mean_d, floats + 1
     return max_diff, (mean_sum / floats if floats else 0.0), "yes"
-
-
-# ------------------------------------------------------------------------------------------- reading artifacts
-@dataclass
-class GraphInfo:
-    path: Path
-    spec: S.GraphSpec
-    metadata: dict[str, str]
-
-
-@dataclass
-class ExportedModel:
-    """A directory written by `unipose export`, described by the metadata inside its files."""
-
-    directory: Path
-    config: UniPoseConfig
-    precision: str
-    emission: str
-    is_random: bool
-    source: str
-    graphs: dict[str, GraphInfo]
-    pose_codebook: np.ndarray | None = None  # [K, D] float32; None in exports written before it existed
-
-
-def read_graph_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of one ONNX file (the graph structure only; external weights are not read)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def is_export_directory(path: str | os.PathLike) -> bool:
-    """Whether `path` looks like a directory written by `unipose export` (it has the decoder graph)."""
-    root = Path(path)
-    return root.is_dir() and (root / "decoder.onnx").is_file()
-
-
-def read_directory(path: str | os.PathLike) -> ExportedModel:
-    root = Path(path)
-    if not root.is_dir():
-        raise ModelNotFoundError.make(f"export directory {str(root)!r}, which does not exist",
-                                      "a directory written by `unipose export`",
-                                      "Check the path, or export first: unipose export --model M -o DIR.")
-    graphs: dict[str, GraphInfo] = {}
-    missing = [n for n in S.GRAPH_NAMES if not (root / f"{n}.onnx").is_file()]
-    if missing:
-        raise CheckpointError.make(
-            f"export directory {str(root)!r} without {[f'{n}.onnx' for n in missing]}",
-            f"all of {[f'{n}.onnx' for n in S.GRAPH_NAMES]}", "Re-run `unipose export` into a new directory.")
-    for name in S.GRAPH_NAMES:
-        file = root / f"{name}.onnx"
-        meta = read_graph_metadata(file)
-        if meta.get(S.META_FORMAT) != S.FORMAT_NAME or meta.get(S.META_GRAPH) != name:
-            raise CheckpointError.make(
-                f"{file} with format {meta.get(S.META_FORMAT)!r} / graph {meta.get(S.META_GRAPH)!r}",
-                f"format {S.FORMAT_NAME!r} and graph {name!r}",
-                "This file was not written by `unipose export`; export the model again.")
-        if meta.get(S.META_FORMAT_VERSION) != str(S.FORMAT_VERSION):
-            raise CheckpointError.make(
-                f"{file} of format version {meta.get(S.META_FORMAT_VERSION)!r}", f"version {S.FORMAT_VERSION}",
-                "Re-export with this SDK version (or upgrade unipose-sdk).")
-        graphs[name] = GraphInfo(file, S.GraphSpec.from_dict(json.loads(meta[S.META_SPEC])), meta)
-    first = graphs["decoder"].metadata
-    config = UniPoseConfig.from_dict(json.loads(first[S.META_CONFIG]))
-    for name, info in graphs.items():
-        if json.loads(info.metadata[S.META_CONFIG]) != json.loads(first[S.META_CONFIG]):
-            raise CheckpointError.make(f"graph {name} exported from a different model config than decoder.onnx",
-                                       "one model per export directory", "Re-export all graphs together.")
-    return ExportedModel(root, config, first[S.META_PRECISION], first[S.META_EMISSION],
-                         json.loads(first.get(S.META_IS_RANDOM, "false")), first.get(S.META_SOURCE, ""), graphs,
-                         read_pose_codebook(root, config))
-
-
-def read_pose_codebook(root: Path, config: UniPoseConfig) -> np.ndarray | None:
-    """The export's `pose_codebook.npy` [K, D] float32, or None when the directory has none."""
-    path = root / S.POSE_CODEBOOK_FILE
-    if not path.is_file():
-        return None
-    codebook = np.load(path, allow_pickle=False)
-    expected = (config.pose_tokenizer.codebook_size, config.pose_tokenizer.code_dim)
-    if codebook.shape != expected:
-        raise CheckpointError.make(f"{path} of shape {codebook.shape}", f"the codebook shape {expected} of the config",
-                                   "Re-export the model: this file belongs to another pose tokenizer.")
-    return codebook.astype(np.float32)

@@ -1,5 +1,6 @@
-"""The pure parts of the TensorRT path, without TensorRT: profiles from specs, engine headers, version checks,
-engine-cache keys, the missing-package error. Building and running engines needs TensorRT and a GPU (skipped)."""
+"""The pure parts of the TensorRT path, without TensorRT: profiles from specs, engine headers (written by the
+exporter, read by runtime/artifacts.py), version and identity checks, engine-cache keys, the missing-package
+error. Building and running engines needs TensorRT and a GPU (skipped)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from unipose_sdk.export.specs import graph_specs
 
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
 from unipose_sdk.models.config import get_preset
+from unipose_sdk.runtime import artifacts as A
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -49,9 +51,9 @@ def test_profile_errors() -> None:
 
 def test_header_round_trip_and_engine_offset(tmp_path: Path) -> None:
     path = T.write_engine_file(tmp_path / "pose_decoder.engine", _header(), b"\x00PLAN-BYTES")
-    header, offset = T.read_engine_header(path)
+    header, offset = A.read_engine_header(path)
     assert header.to_json() == _header().to_json()
-    assert T.S.GraphSpec.from_dict(header.spec) == graph_specs(get_preset("unipose-tiny"))["pose_decoder"]
+    assert A.S.GraphSpec.from_dict(header.spec) == graph_specs(get_preset("unipose-tiny"))["pose_decoder"]
     assert path.read_bytes()[offset:] == b"\x00PLAN-BYTES"
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
 
@@ -60,37 +62,37 @@ def test_damaged_or_foreign_engine_files_are_refused(tmp_path: Path) -> None:
     plain = tmp_path / "plain.engine"
     plain.write_bytes(b"serialized plan without header")
     with pytest.raises(CheckpointError, match="unipose export --format engine"):
-        T.read_engine_header(plain)
+        A.read_engine_header(plain)
     huge = tmp_path / "huge.engine"
-    huge.write_bytes(T.MAGIC + (2**31).to_bytes(4, "little"))
+    huge.write_bytes(A.MAGIC + (2**31).to_bytes(4, "little"))
     with pytest.raises(CheckpointError, match="header"):
-        T.read_engine_header(huge)
+        A.read_engine_header(huge)
     garbage = tmp_path / "garbage.engine"
-    garbage.write_bytes(T.MAGIC + (3).to_bytes(4, "little") + b"{x}")
+    garbage.write_bytes(A.MAGIC + (3).to_bytes(4, "little") + b"{x}")
     with pytest.raises(CheckpointError, match="unreadable header"):
-        T.read_engine_header(garbage)
+        A.read_engine_header(garbage)
     with pytest.raises(CheckpointError, match="no engine file"):
-        T.read_engine_header(tmp_path / "missing.engine")
+        A.read_engine_header(tmp_path / "missing.engine")
 
 
 def test_version_and_gpu_checks() -> None:
     header = _header()
-    T.check_compatible(header, "10.3.0.30", "Orin", "8.7")  # same major.minor.patch: accepted
+    A.check_compatible(header, "10.3.0.30", "Orin", "8.7")  # same major.minor.patch: accepted
     with pytest.raises(BackendUnavailableError,
                        match=r"TensorRT 10\.3\.0\.26 \(installed: 10\.7\.0\).*--format engine"):
-        T.check_compatible(header, "10.7.0", "Orin", "8.7")
+        A.check_compatible(header, "10.7.0", "Orin", "8.7")
     with pytest.raises(BackendUnavailableError, match="compute capability 8.7 .*9.0"):
-        T.check_compatible(header, "10.3.0", "NVIDIA H100", "9.0")
+        A.check_compatible(header, "10.3.0", "NVIDIA H100", "9.0")
     with pytest.raises(BackendUnavailableError, match="header format"):
-        T.check_compatible(_header(format_version=99), "10.3.0", "Orin", "8.7")
+        A.check_compatible(_header(format_version=99), "10.3.0", "Orin", "8.7")
 
 
 def test_version_parsing_and_attention_form() -> None:
-    assert T.parse_version("10.3.0.26") == (10, 3, 0, 26) and T.parse_version("11.0.0b1") == (11, 0, 0)
+    assert A.parse_version("10.3.0.26") == (10, 3, 0, 26) and A.parse_version("11.0.0b1") == (11, 0, 0)
     assert T.attention_emission_for("10.3.0") == "decomposed"  # JetPack 6
     assert T.attention_emission_for("10.14.1") == "attention23" and T.attention_emission_for("11.0") == "attention23"
     with pytest.raises(InvalidInputError):
-        T.parse_version("latest")
+        A.parse_version("latest")
 
 
 def test_engine_cache_key_changes_with_every_input() -> None:
@@ -109,9 +111,9 @@ def test_engine_cache_key_changes_with_every_input() -> None:
 def test_file_sha256_includes_external_data(tmp_path: Path) -> None:
     graph = tmp_path / "g.onnx"
     graph.write_bytes(b"graph")
-    alone = T.file_sha256(graph)
+    alone = A.file_sha256(graph)
     (tmp_path / "g.onnx.data").write_bytes(b"weights")
-    assert T.file_sha256(graph) != alone
+    assert A.file_sha256(graph) != alone
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; this checks the message when it is missing")

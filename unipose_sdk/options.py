@@ -8,26 +8,19 @@ from pathlib import Path
 
 import torch
 
+from unipose_sdk import formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
+from unipose_sdk.formats import EMBEDDED_MODEL
 
-EMBEDDED_MODEL = "unipose-tiny"
-
-
-class Backend(str, enum.Enum):
-    AUTO = "auto"
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
+# "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
+Backend = enum.Enum("Backend", {"AUTO": "auto", **{b.upper(): b for b in formats.BACKENDS}},  # type: ignore[misc]
+                    module=__name__, qualname="Backend", type=str)
 
 
 class Device(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
-
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, what: str) -> enum.Enum:
@@ -55,10 +48,13 @@ class BaseOptions:
     """Where the model comes from and where it runs.
 
     model: None or "unipose-tiny" for the embedded default model, or a path to a model directory (SDK format,
-        see `unipose convert`) or to a directory of exported ONNX graphs (backend="onnxruntime").
-    backend: "auto" picks the fastest available for the device and says which in every result.
+        see `unipose convert`) or to a directory written by `unipose export` (ONNX graphs, TensorRT engines).
+    backend: "auto" | "torch" | "onnxruntime" | "tensorrt" (one per row of `unipose_sdk.formats.FORMATS`).
+        "auto" runs the fastest format the model directory holds on the device whose runtime is installed
+        (`formats.AUTO_ORDER`: TensorRT engines, then ONNX graphs, then torch weights); every result names it.
     device: "auto" | "cpu" | "cuda".
-    dtype: None (float32 on CPU, bfloat16 on CUDA), or "float32" / "float16" / "bfloat16" / a torch.dtype.
+    dtype: None (float32 on CPU, bfloat16 on CUDA), or "float32" / "float16" / "bfloat16" (also "fp32" /
+        "fp16" / "bf16") / a torch.dtype. Exported directories run at the precision they were exported in.
     num_threads: CPU threads for torch / ONNX Runtime (None: leave the library default).
     max_new_tokens: cap on generated text tokens per request.
     pose_only: pose tasks (estimate, generate, edit) stop after the pose block; False also decodes the trailing
@@ -89,18 +85,8 @@ class BaseOptions:
             raise InvalidInputError.make(f"model={self.model!r} ({type(self.model).__name__})",
                                          "None, 'unipose-tiny' or a path to a model directory",
                                          "Pass the model name or directory as a string or Path.")
-        if isinstance(self.dtype, str):
-            if self.dtype.lower() not in _DTYPES:
-                raise InvalidInputError.make(f"dtype={self.dtype!r}", f"one of {sorted(_DTYPES)} or a torch.dtype",
-                                             "Pass a supported dtype.")
-            self._resolved_dtype = _DTYPES[self.dtype.lower()]
-        elif isinstance(self.dtype, torch.dtype):
-            if self.dtype not in _DTYPES.values():
-                raise InvalidInputError.make(f"dtype={self.dtype}", "torch.float32, torch.float16 or torch.bfloat16",
-                                             "Pass a supported dtype.")
-            self._resolved_dtype = self.dtype
-        elif self.dtype is not None:
-            raise InvalidInputError.make(f"dtype={self.dtype!r}", "a dtype name or torch.dtype", "Pass a dtype.")
+        if self.dtype is not None:
+            self._resolved_dtype = formats.torch_dtype(self.dtype)
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise InvalidInputError.make(f"num_threads={self.num_threads!r}", "a positive int or None",
                                          "Pass e.g. num_threads=2.")

@@ -13,17 +13,16 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from unipose_sdk import generation
+from unipose_sdk import formats, generation
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR, load_embedded
-from unipose_sdk.errors import BackendUnavailableError, ModelNotFoundError
-from unipose_sdk.options import EMBEDDED_MODEL, Backend, BaseOptions
+from unipose_sdk.errors import ModelNotFoundError
+from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.text.prompts import PromptBuilder, PromptRow
@@ -36,7 +35,7 @@ log = logging.getLogger("unipose_sdk")
 class UniPose:
     """A loaded model: runtime + text tokenizer + prompt builder, with a lock for thread safety."""
 
-    _cache: "weakref.WeakValueDictionary[tuple, UniPose]" = weakref.WeakValueDictionary()
+    _cache: weakref.WeakValueDictionary[tuple, UniPose] = weakref.WeakValueDictionary()
     _cache_lock = threading.Lock()
 
     def __init__(self, runtime: Runtime, tokenizer: TextTokenizer, model_name: str, model_is_random: bool,
@@ -68,7 +67,7 @@ class UniPose:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, options: BaseOptions) -> "UniPose":
+    def load(cls, options: BaseOptions) -> UniPose:
         device = options.torch_device()
         dtype = options.torch_dtype(device)
         model_key = EMBEDDED_MODEL if options.is_embedded_model else str(Path(options.model).resolve())
@@ -81,56 +80,34 @@ class UniPose:
             return session
 
     @classmethod
-    def _load_uncached(cls, options: BaseOptions, device: torch.device, dtype: torch.dtype) -> "UniPose":
-        from unipose_sdk.checkpoint.sdk_format import load_model
-
-        if options.num_threads is not None:
-            torch.set_num_threads(options.num_threads)
-        backend = options.backend
-        if backend is Backend.AUTO:
-            # The torch backend is the only one that needs no exported artifacts; exported directories are
-            # recognised by their content and served by ONNX Runtime.
-            backend = Backend.TORCH
-            if not options.is_embedded_model:
-                from unipose_sdk.export.validate import is_export_directory
-
-                if is_export_directory(options.model):
-                    backend = Backend.ONNXRUNTIME
-        if backend is Backend.ONNXRUNTIME or backend is Backend.TENSORRT:
-            return cls._load_exported(options, backend, device)
-        path = EMBEDDED_DIR if options.is_embedded_model else Path(options.model)
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"received model={str(options.model)!r}; expected an existing model directory (SDK format: "
-                f"config.json + model.safetensors + tokenizer.json). Check the path, or write one with "
-                f"`unipose convert`, or pass model=None for the embedded {EMBEDDED_MODEL}."
-            )
-        loaded = load_embedded(device, dtype) if options.is_embedded_model else load_model(path, device, dtype)
+    def _load_uncached(cls, options: BaseOptions, device: torch.device, dtype: torch.dtype) -> UniPose:
+        # options.num_threads is applied per call by the task classes (tasks/base.py), never to the whole process.
+        # The format table decides what runs the model (backend="auto": the fastest the directory holds).
+        source = formats.resolve_source(options.model, options.backend.value, device.type)
+        if source.format.name != "torch":
+            return cls._load_exported(source, options, device)
+        loaded = formats.load_torch_model(options.model, device, dtype)
         if loaded.tokenizer is None:
             raise ModelNotFoundError(
-                f"received model directory {path} without tokenizer.json; expected a complete SDK model directory. "
-                "Re-run `unipose convert` so it writes the text tokenizer next to the weights."
+                f"received model directory {source.name} without tokenizer.json; expected a complete SDK model "
+                "directory. Re-run `unipose convert` so it writes the text tokenizer next to the weights."
             )
         from unipose_sdk.runtime.torch import TorchRuntime
 
         runtime = TorchRuntime(loaded.model, loaded.config, device, dtype, compile=options.torch_compile(device))
-        name = EMBEDDED_MODEL if options.is_embedded_model else str(path)
         if loaded.is_random:
-            log.warning("%s: %s", name, loaded.source)
-        return cls(runtime, loaded.tokenizer, name, loaded.is_random)
+            log.warning("%s: %s", source.name, loaded.source)
+        return cls(runtime, loaded.tokenizer, source.name, loaded.is_random)
 
     @classmethod
-    def _load_exported(cls, options: BaseOptions, backend: Backend, device: torch.device) -> "UniPose":
-        """A directory written by `unipose export` (ONNX graphs, or TensorRT engines beside them)."""
-        from unipose_sdk.export.validate import is_export_directory
+    def _load_exported(cls, source: formats.Source, options: BaseOptions, device: torch.device) -> UniPose:
+        """A directory written by `unipose export` (ONNX graphs, or TensorRT engines beside them); its parts are
+        checked to belong to one export (runtime/artifacts.py) before anything runs."""
+        from unipose_sdk.runtime.artifacts import read_tokenizer
 
-        if options.is_embedded_model or not is_export_directory(options.model):
-            raise BackendUnavailableError(
-                f"received backend={backend.value!r} with model={str(options.model)!r}; expected a directory "
-                f"written by `unipose export` (decoder.onnx and the other graphs). Export first: unipose export "
-                f"--model {options.model or EMBEDDED_MODEL} -o DIR, then pass model=DIR; or use backend='torch'.")
-        path = Path(options.model)
-        if backend is Backend.TENSORRT:
+        path = source.path
+        assert path is not None  # exported formats are always directories
+        if source.format.name == "engine":
             from unipose_sdk.runtime.tensorrt import TensorRTRuntime
 
             runtime: Runtime = TensorRTRuntime(path, device)
@@ -138,16 +115,14 @@ class UniPose:
             from unipose_sdk.runtime.onnxruntime import OnnxRuntimeRuntime, OrtOptions
 
             runtime = OnnxRuntimeRuntime(path, device, OrtOptions(num_threads=options.num_threads))
-        if not (path / "tokenizer.json").is_file():
-            raise ModelNotFoundError(
-                f"received export directory {path} without tokenizer.json; expected the text tokenizer beside the "
-                "graphs. Re-run `unipose export`, which copies it from the model directory.")
-        tokenizer = TextTokenizer.from_directory(path, runtime.config.vocab)
+        tokenizer = read_tokenizer(path, runtime.config.vocab)
         exported = getattr(runtime, "exported", None)
         is_random = bool(getattr(exported, "is_random", False))
         if is_random:
             log.warning("%s: exported from a RANDOM placeholder model", path)
-        return cls(runtime, tokenizer, str(path), is_random, None)
+        if source.note:
+            log.warning("%s: %s", path, source.note)
+        return cls(runtime, tokenizer, str(path), is_random, source.note)
 
     def close(self) -> None:
         with self.lock:

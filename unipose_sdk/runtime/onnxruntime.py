@@ -6,13 +6,11 @@
 Everything is learned from the files (config, precision, tensor names come from the metadata inside them), so
 the task classes run unchanged: `Generator.from_pretrained("out/tiny-onnx", backend="onnxruntime")`.
 
-The KV cache. The decoder graph takes the past k/v of every layer and returns the full updated cache (see
-export/specs.py for why). On the CPU provider the cache is a list of numpy-backed torch tensors; each call feeds
-them and keeps the returned arrays as the new cache (ONNX Runtime hands back its output buffers, so nothing is
-copied on the Python side). On the CUDA provider (onnxruntime-gpu) the cache lives on the GPU as torch tensors
-bound with IO binding: two buffer sets are ping-ponged (past from one, present into the other), so a decode step
-allocates nothing and never leaves the device. The CUDA path is written against the documented IO binding API
-but has not been run in this project's CI (no onnxruntime-gpu there).
+The language model over the embed and decoder graphs is `runtime/graph_lm.py`'s, shared with TensorRT. On the
+CPU provider the KV cache is a list of numpy-backed torch tensors (ONNX Runtime hands back its output buffers,
+so nothing is copied on the Python side). On the CUDA provider (onnxruntime-gpu) torch tensors are bound with
+IO binding, which lets the cache ping-pong between two device buffer sets. The CUDA path is written against the
+documented IO binding API but has not been run in this project's CI (no onnxruntime-gpu there).
 """
 
 from __future__ import annotations
@@ -27,17 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unipose_sdk import formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
 from unipose_sdk.export import specs as S
-from unipose_sdk.export.validate import ExportedModel, read_directory, require_onnxruntime, to_numpy
-from unipose_sdk.models.attention_mask import MixedMask
-from unipose_sdk.models.config import LLMConfig, UniPoseConfig
-from unipose_sdk.models.llm import NUM_POSE_QUERIES, LMOutput
+from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.runtime.artifacts import ExportedModel, read_directory
 from unipose_sdk.runtime.base import Runtime
+from unipose_sdk.runtime.graph_lm import GraphLanguageModel
 
 log = logging.getLogger("unipose_sdk")
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -66,6 +63,22 @@ class OrtOptions:
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise InvalidInputError.make(f"num_threads={self.num_threads!r}", "a positive int or None",
                                          "Pass e.g. num_threads=2.")
+
+
+def require_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError.make(
+            "a request that needs ONNX Runtime, which is not installed", "the onnxruntime package",
+            'Install it with pip install "unipose-sdk[onnx]" (or onnxruntime-gpu for CUDA).') from None
+    return onnxruntime
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    """numpy has no bfloat16: such tensors travel as float32 (only reachable for bf16 graphs, validated on GPU)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _session_options(ort: Any, options: OrtOptions) -> Any:
@@ -143,100 +156,6 @@ def _ortvalue_to_torch(value: Any) -> Tensor:
     return torch.utils.dlpack.from_dlpack(value.to_dlpack())
 
 
-class OrtKVCache:
-    """Per layer k, v [B, Hkv, Tmax, D] as torch tensors (CPU: numpy-backed; CUDA: device buffers)."""
-
-    def __init__(self, config: LLMConfig, batch_size: int, max_length: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        # The second buffer set of the CUDA ping-pong, allocated on first use.
-        self.spare: tuple[list[Tensor], list[Tensor]] | None = None
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-
-class OrtLanguageModel:
-    """The decoder and embedding graphs in the shape `unipose_sdk.generation` drives (the LanguageModel protocol)."""
-
-    def __init__(self, config: LLMConfig, embed: _Graph, decoder: _Graph, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        self.config = config
-        self._embed = embed
-        self._decoder = decoder
-        self.dtype = dtype
-        self._device = device
-        self._pose_queries: Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def embed(self, input_ids: Tensor) -> Tensor:
-        """ids [B, T] -> embeddings [B, T, C] (the embed graph)."""
-        return self._embed.run({"input_ids": input_ids.to(self._device, torch.long)})[0]
-
-    def embed_pose_queries(self, num_queries: int = NUM_POSE_QUERIES) -> Tensor:
-        """The last `num_queries` rows of the embedding table [num_queries, C], looked up once and kept."""
-        if self._pose_queries is None or self._pose_queries.shape[0] != num_queries:
-            ids = torch.arange(self.config.vocab_size - num_queries, self.config.vocab_size).unsqueeze(0)
-            self._pose_queries = self.embed(ids)[0]
-        return self._pose_queries
-
-    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> OrtKVCache:
-        return OrtKVCache(self.config, batch_size, max_length, dtype or self.dtype, self._device)
-
-    def __call__(self, input_ids: Tensor | None = None, *, input_embeds: Tensor | None = None,
-                 positions: Tensor | None = None, mask: MixedMask | None = None, cache: OrtKVCache | None = None,
-                 kv_length: int | None = None, logits_positions: slice | None = slice(None),
-                 return_hidden: bool = False) -> LMOutput:
-        """Same contract as MistralLM.forward (see models/llm.py); hidden states are not exported."""
-        if return_hidden:
-            raise InvalidInputError.make("return_hidden=True on the onnxruntime backend",
-                                         "return_hidden=False (the decoder graph returns logits only)",
-                                         "Use backend='torch' to read hidden states.")
-        if (input_ids is None) == (input_embeds is None):
-            raise ValueError("pass exactly one of input_ids [B, T] and input_embeds [B, T, C]")
-        x = self.embed(input_ids) if input_embeds is None else input_embeds.to(self._device, self.dtype)
-        batch, num_tokens, _ = x.shape
-        mask = (mask if mask is not None else MixedMask.causal(batch)).to(self._device)
-        if positions is None:
-            positions = mask.query_offset.to(torch.long).unsqueeze(1) + torch.arange(num_tokens, device=self._device)
-        fresh = cache is None
-        if fresh:  # no cache: the keys are this call's tokens (query_offset must be 0)
-            cache = self.new_cache(batch, num_tokens)
-        wanted = torch.arange(num_tokens)[logits_positions if logits_positions is not None else slice(-1, None)]
-        layers = self.config.num_hidden_layers
-        # kv_length: attend only the first kv_length slots (prefill of a fresh cache): feed that slice and copy the
-        # updated slice back; otherwise the whole cache goes in and the returned cache replaces it.
-        sliced = kv_length is not None and kv_length < cache.max_length
-        past_k = [k[:, :, :kv_length] for k in cache.k] if sliced else cache.k
-        past_v = [v[:, :, :kv_length] for v in cache.v] if sliced else cache.v
-        feed = {"input_embeds": x, "positions": positions.to(self._device, torch.long),
-                "block_start": mask.block_start, "block_end": mask.block_end, "key_start": mask.key_start,
-                "query_offset": mask.query_offset, "logits_index": wanted.to(self._device)}
-        feed.update({f"past_key_{i}": t for i, t in enumerate(past_k)})
-        feed.update({f"past_value_{i}": t for i, t in enumerate(past_v)})
-        targets = None
-        if self._decoder.on_gpu and not sliced:
-            if cache.spare is None:
-                cache.spare = ([torch.empty_like(k) for k in cache.k], [torch.empty_like(v) for v in cache.v])
-            targets = {f"present_key_{i}": cache.spare[0][i] for i in range(layers)}
-            targets.update({f"present_value_{i}": cache.spare[1][i] for i in range(layers)})
-        outputs = self._decoder.run(feed, targets)
-        logits, present_k, present_v = outputs[0], outputs[1:1 + layers], outputs[1 + layers:]
-        if sliced:
-            for i in range(layers):
-                cache.k[i][:, :, :kv_length] = present_k[i]
-                cache.v[i][:, :, :kv_length] = present_v[i]
-        else:
-            if targets is not None:
-                cache.spare = (cache.k, cache.v)  # the old past becomes the next call's output buffers
-            cache.k, cache.v = list(present_k), list(present_v)
-        return LMOutput(logits.float() if logits_positions is not None else None, None)
-
-
 class OnnxRuntimeRuntime(Runtime):
     backend = "onnxruntime"
 
@@ -247,18 +166,21 @@ class OnnxRuntimeRuntime(Runtime):
         self.device = torch.device(device)
         self.exported: ExportedModel = read_directory(directory)
         self.config: UniPoseConfig = self.exported.config
-        self.dtype = _DTYPES[self.exported.precision]
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+        dtype = formats.dtype(self.exported.precision)
+        self.dtype = dtype.torch()
+        if not formats.FORMATS["onnx"].runs(self.device.type, dtype.name):
             raise BackendUnavailableError.make(
-                f"a bf16 export ({directory}) on the CPU", "an fp32 export for ONNX Runtime on the CPU",
-                "Re-export with --precision fp32, or run the bf16 graphs on a GPU (device='cuda').")
+                f"a {dtype.name} export ({directory}) for ONNX Runtime on {self.device.type}",
+                f"one of {list(formats.FORMATS['onnx'].devices_dtypes.get(self.device.type, ()))} there",
+                "Re-export with --dtype float32, or run the graphs on a GPU (device='cuda').")
         graphs = {name: _Graph(ort, info.path, info.spec, self.device, self.options)
                   for name, info in self.exported.graphs.items()}
         self._graphs = graphs
-        self._llm = OrtLanguageModel(self.config.llm, graphs["embed"], graphs["decoder"], self.dtype, self.device)
+        self._llm = GraphLanguageModel(self.config.llm, graphs["embed"], graphs["decoder"], self.dtype, self.device,
+                                       self.backend)
 
     @property
-    def llm(self) -> OrtLanguageModel:
+    def llm(self) -> GraphLanguageModel:
         return self._llm
 
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:

@@ -1,14 +1,14 @@
 """The TensorRT backend: the engines of an export directory behind the Runtime interface, on torch CUDA tensors.
 
-    unipose export --model M --format engine --precision fp16 -o DIR
+    unipose export --model M --format engine --dtype float16 -o DIR
     Generator.from_pretrained(DIR, backend="tensorrt", device="cuda")
 
-Each `<graph>.engine` starts with the SDK's JSON header (export/tensorrt.py); an engine built with another
-TensorRT version or on another GPU is refused with the rebuild command. Tensors are torch CUDA tensors bound by
-address (`set_input_shape` / `set_tensor_address` / `execute_async_v3` on torch's current stream), and the
-decoder's KV cache is ping-ponged between two buffer sets exactly as under ONNX Runtime's IO binding (the same
-`OrtLanguageModel` drives both). Calls whose shapes repeat (decode steps: [B, 1] against the whole cache) are
-captured once into a CUDA graph and replayed.
+Each `<graph>.engine` starts with the SDK's JSON header (read by runtime/artifacts.py); an engine built with
+another TensorRT version, on another GPU or from the graphs of another export is refused with the rebuild
+command. Tensors are torch CUDA tensors bound by address (`set_input_shape` / `set_tensor_address` /
+`execute_async_v3` on torch's current stream), and the decoder's KV cache is ping-ponged between two buffer sets
+exactly as under ONNX Runtime's IO binding (`runtime/graph_lm.py`'s GraphLanguageModel drives both). Calls
+whose shapes repeat (decode steps: [B, 1] against the whole cache) are captured once into a CUDA graph and replayed.
 
 Written against the TensorRT 10 Python API; TensorRT cannot be installed on this project's CI or GPU machines,
 so only the pure parts (headers, profiles, version checks) are tested there.
@@ -24,18 +24,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unipose_sdk import formats
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError
 from unipose_sdk.export import specs as S
-from unipose_sdk.export.tensorrt import check_compatible, read_engine_header, require_tensorrt
-from unipose_sdk.export.validate import read_directory
+from unipose_sdk.runtime.artifacts import (
+    REBUILD_HINT,
+    ExportedModel,
+    check_compatible,
+    check_engine_identity,
+    read_directory,
+    read_engine_header,
+)
 from unipose_sdk.runtime.base import Runtime
-from unipose_sdk.runtime.onnxruntime import OrtLanguageModel
+from unipose_sdk.runtime.graph_lm import GraphLanguageModel
 
 log = logging.getLogger("unipose_sdk")
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_TORCH_OF = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-             "int32": torch.int32, "int64": torch.int64}
+
+def require_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendUnavailableError.make(
+            "a request that needs TensorRT, which is not installed", "the tensorrt Python package (10.x or 11.x)",
+            'pip install "unipose-sdk[trt]" (on Jetson, use the TensorRT that ships with JetPack).') from None
+    return tensorrt
 
 
 class _Engine:
@@ -43,17 +56,19 @@ class _Engine:
 
     on_gpu = True
 
-    def __init__(self, trt: Any, runtime: Any, path: Path, device: torch.device, use_cuda_graphs: bool) -> None:
+    def __init__(self, trt: Any, runtime: Any, path: Path, device: torch.device, use_cuda_graphs: bool,
+                 exported: ExportedModel) -> None:
         header, offset = read_engine_header(path)
         props = torch.cuda.get_device_properties(device)
         check_compatible(header, trt.__version__, props.name, f"{props.major}.{props.minor}", path)
+        check_engine_identity(header, exported, path)
         self.spec = S.GraphSpec.from_dict(header.spec)
         with path.open("rb") as handle:
             handle.seek(offset)
             self.engine = runtime.deserialize_cuda_engine(handle.read())
         if self.engine is None:
             raise CheckpointError.make(f"engine {path} that TensorRT cannot deserialize", "a valid engine",
-                                       "Rebuild it: unipose export --model M --format engine -o DIR")
+                                       REBUILD_HINT + ".")
         self.context = self.engine.create_execution_context()
         self.device = device
         self.precision = header.precision
@@ -61,7 +76,7 @@ class _Engine:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], list[Tensor]]] = {}
 
     def _dtype(self, tensor: S.TensorSpec) -> torch.dtype:
-        return _TORCH_OF[S.resolve_dtype(tensor, self.precision)]
+        return getattr(torch, S.resolve_dtype(tensor, self.precision))  # spec dtype names are torch's
 
     def _launch(self, inputs: dict[str, Tensor], outputs: dict[str, Tensor] | None) -> list[Tensor]:
         stream = torch.cuda.current_stream(self.device)
@@ -116,9 +131,9 @@ class TensorRTRuntime(Runtime):
             raise BackendUnavailableError.make(f"backend='tensorrt' on device {str(device)!r}",
                                                "a CUDA device", "Use device='cuda', or backend='onnxruntime' on CPU.")
         root = Path(directory)
-        self.exported = read_directory(root)  # the ONNX metadata: config, precision, random flag
+        self.exported = read_directory(root)  # the ONNX metadata: config, precision, identity, random flag
         self.config = self.exported.config
-        self.dtype = _DTYPES[self.exported.precision]
+        self.dtype = formats.torch_dtype(self.exported.precision)
         missing = [n for n in S.GRAPH_NAMES if not (root / f"{n}.engine").is_file()]
         if missing:
             raise CheckpointError.make(f"export directory {root} without engines for {missing}",
@@ -126,13 +141,13 @@ class TensorRTRuntime(Runtime):
                                        f"Build them: unipose export --model M --format engine -o {root}")
         logger = trt.Logger(trt.Logger.WARNING)
         self._trt_runtime = trt.Runtime(logger)
-        self._engines = {n: _Engine(trt, self._trt_runtime, root / f"{n}.engine", self.device, use_cuda_graphs)
-                         for n in S.GRAPH_NAMES}
-        self._llm = OrtLanguageModel(self.config.llm, self._engines["embed"], self._engines["decoder"],  # type: ignore[arg-type]
-                                     self.dtype, self.device)
+        self._engines = {n: _Engine(trt, self._trt_runtime, root / f"{n}.engine", self.device, use_cuda_graphs,
+                                    self.exported) for n in S.GRAPH_NAMES}
+        self._llm = GraphLanguageModel(self.config.llm, self._engines["embed"], self._engines["decoder"],
+                                       self.dtype, self.device, self.backend)
 
     @property
-    def llm(self) -> OrtLanguageModel:
+    def llm(self) -> GraphLanguageModel:
         return self._llm
 
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
