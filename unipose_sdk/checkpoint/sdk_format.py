@@ -28,6 +28,7 @@ from torch import Tensor
 
 from unipose_sdk.errors import CheckpointError, ConfigError, ModelNotFoundError
 from unipose_sdk.fileio import replace_directory
+from unipose_sdk.formats import DTYPES
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.text.tokenizer import TOKENIZER_FILE, TextTokenizer
 
@@ -37,7 +38,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_NAME = "unipose-sdk/model"
 FORMAT_VERSION = 1
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {name: row.torch() for name, row in DTYPES.items()}  # the names of the one dtype table
 
 
 @dataclass

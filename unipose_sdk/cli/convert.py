@@ -15,9 +15,10 @@ import argparse
 import time
 from pathlib import Path
 
+from unipose_sdk.formats import DTYPE_NAMES
 from unipose_sdk.models.config import PRESETS, get_preset
 
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
+_DTYPES = ("auto", *DTYPE_NAMES)
 
 
 def _run(args: argparse.Namespace) -> int:

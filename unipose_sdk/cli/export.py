@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from unipose_sdk.formats import DTYPE_NAMES, dtype
+from unipose_sdk.formats import DTYPE_NAMES, EXPORT_FORMATS, dtype
 
 _EMISSIONS = ("decomposed", "attention23", "custom")
 
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, metavar="M",
                         help="SDK model directory, or unipose-tiny (default: the embedded model)")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "engine"))
+    parser.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                         help="LLM / vision dtype (pose tokenizer graphs stay float32); float16 for GPUs")
     parser.add_argument("--attention", default=None, choices=_EMISSIONS,
