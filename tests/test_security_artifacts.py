@@ -351,3 +351,16 @@ def test_good_configs_still_load(tmp_path: Path) -> None:
     for name in ("unipose-tiny", "unipose-7b"):
         config = get_preset(name)
         assert UniPoseConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(("key", "tensor"), [
+    ("encoder.encoder.0.weight", torch.zeros(())), ("quantizer.codebook", torch.zeros(512)),
+    ("quantizer.codebook", torch.zeros(0, 64)), ("encoder.encoder.0.weight", torch.zeros(0, 6, 3)),
+], ids=["scalar-conv", "1d-codebook", "empty-codebook", "empty-conv"])
+def test_official_tokenizer_odd_shapes_are_named(tmp_path: Path, key: str, tensor: torch.Tensor) -> None:
+    state = {**random_tiny_tokenizer(seed=2).state_dict(), key: tensor}
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_pose_tokenizer(path)
+    assert key in str(info.value) and str(path) in str(info.value)

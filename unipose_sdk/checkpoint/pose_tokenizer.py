@@ -90,14 +90,23 @@ def official_state_dict(ckpt: Any, source: str) -> dict[str, Tensor]:
     return kept
 
 
-def infer_config(state_dict: Mapping[str, Tensor], base: PoseTokenizerConfig | None = None) -> PoseTokenizerConfig:
-    """Read width, code_dim and codebook_size off the tensor shapes; the layer lengths come from `base` (7B)."""
+def infer_config(state_dict: Mapping[str, Tensor], base: PoseTokenizerConfig | None = None,
+                 source: str = "the checkpoint") -> PoseTokenizerConfig:
+    """Read width, code_dim and codebook_size off the tensor shapes; the layer lengths come from `base` (7B).
+    A missing tensor leaves `base` (the strict load lists it); a present one of the wrong rank or with an empty
+    dimension is a CheckpointError naming it."""
     base = base or get_preset("unipose-7b").pose_tokenizer
-    try:
-        width = int(state_dict["encoder.encoder.0.weight"].shape[0])
-        codebook_size, code_dim = (int(n) for n in state_dict["quantizer.codebook"].shape)
-    except (KeyError, ValueError):
-        return base  # the strict load will list what is missing
+    shapes = {"encoder.encoder.0.weight": "[width, 6, kernel]", "quantizer.codebook": "[codebook_size, code_dim]"}
+    for key, expected in shapes.items():
+        tensor = state_dict.get(key)
+        if tensor is not None and (tensor.ndim != expected.count(",") + 1 or 0 in tensor.shape):
+            raise CheckpointError.make(
+                f"{source} with tensor {key} of shape {tuple(tensor.shape)}", f"shape {expected}",
+                "The checkpoint is damaged or is not the pose VQ-VAE; use the released file.")
+    if any(key not in state_dict for key in shapes):
+        return base
+    width = int(state_dict["encoder.encoder.0.weight"].shape[0])
+    codebook_size, code_dim = (int(n) for n in state_dict["quantizer.codebook"].shape)
     return dataclasses.replace(base, width=width, code_dim=code_dim, codebook_size=codebook_size)
 
 
@@ -111,7 +120,7 @@ def load_official_checkpoint(path: str | os.PathLike, config: PoseTokenizerConfi
             "the pose VQ-VAE Lightning checkpoint file", "Check the path (the release calls it best_MPJPE.ckpt).",
         )
     state = official_state_dict(_torch_load(path), str(path))
-    model = PoseTokenizer(config or infer_config(state))
+    model = PoseTokenizer(config or infer_config(state, source=str(path)))
     check_state_dict(model, state, str(path))  # before the float cast: an integer weight is refused, not cast
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, str(path))
     model.quantizer.initialized.fill_(True)
