@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from unipose_sdk import formats
-from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
+from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
@@ -21,6 +21,18 @@ class Device(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+# Far above any answer the models give (a pose block is 84 ids), low enough that a typo such as 10**9 is caught
+# before a KV cache of that length is sized.
+MAX_NEW_TOKENS_LIMIT = 65536
+
+
+def _is_int(value: object) -> bool:
+    """An int that is not a bool (numpy integers count)."""
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, what: str) -> enum.Enum:
@@ -87,18 +99,21 @@ class BaseOptions:
                                          "Pass the model name or directory as a string or Path.")
         if self.dtype is not None:
             self._resolved_dtype = formats.torch_dtype(self.dtype)
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise InvalidInputError.make(f"num_threads={self.num_threads!r}", "a positive int or None",
-                                         "Pass e.g. num_threads=2.")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "a positive int",
-                                         "Pass e.g. max_new_tokens=128.")
+        # Field types: a bool is not accepted for an int (True would silently mean 1), nor an int for a bool.
+        if self.num_threads is not None and not (_is_int(self.num_threads) and self.num_threads >= 1):
+            raise InvalidOptionError.make(f"num_threads={self.num_threads!r} ({type(self.num_threads).__name__})",
+                                          "a positive int or None", "Pass e.g. num_threads=2.")
+        if not (_is_int(self.max_new_tokens) and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT):
+            raise InvalidOptionError.make(
+                f"max_new_tokens={self.max_new_tokens!r} ({type(self.max_new_tokens).__name__})",
+                f"an int in [1, {MAX_NEW_TOKENS_LIMIT}]", "Pass e.g. max_new_tokens=128.")
         for name in ("pose_only", "one_pass"):
             if not isinstance(getattr(self, name), bool):
-                raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False", f"Pass {name}=True.")
+                raise InvalidOptionError.make(f"{name}={getattr(self, name)!r} ({type(getattr(self, name)).__name__})",
+                                              "True or False", f"Pass {name}=True.")
         if self.compile is not None and not isinstance(self.compile, bool):
-            raise InvalidInputError.make(f"compile={self.compile!r}", "True, False or None (auto)",
-                                         "Pass compile=None to let the device decide.")
+            raise InvalidOptionError.make(f"compile={self.compile!r} ({type(self.compile).__name__})",
+                                          "True, False or None (auto)", "Pass compile=None to let the device decide.")
 
     @property
     def is_embedded_model(self) -> bool:
@@ -124,9 +139,10 @@ class EstimatorOptions(BaseOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (isinstance(self.bbox_margin, (int, float)) and 1.0 <= float(self.bbox_margin) <= 3.0):
-            raise InvalidInputError.make(f"bbox_margin={self.bbox_margin!r}", "a number in [1.0, 3.0]",
-                                         "Use 1.2 (the default) unless crops cut off limbs.")
+        margin = self.bbox_margin
+        if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and 1.0 <= float(margin) <= 3.0):
+            raise InvalidOptionError.make(f"bbox_margin={margin!r} ({type(margin).__name__})",
+                                          "a number in [1.0, 3.0]", "Use 1.2 (the default) unless crops cut off limbs.")
 
 
 @dataclass

@@ -1,18 +1,26 @@
-"""Typed results of the four task classes. Every result carries its timing (ms per stage) and what produced it."""
+"""Typed results of the four task classes. Every result carries its timing (ms per stage), what produced it and
+what it was asked (`input`), and saves as one all-or-nothing set of files."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipose_sdk.fileio import atomic_write_text
+from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.fileio import OutputSet, check_stem
 
 if TYPE_CHECKING:
     from unipose_sdk.body.pose import Pose
+
+# Every name a saved result owns, whether or not it writes it: a text result saved over a pose result of the same
+# stem removes the old pose files instead of leaving them beside the new JSON.
+RESULT_SUFFIXES = (".npz", ".npy", ".png", ".json")
 
 
 @dataclass
@@ -27,18 +35,34 @@ class RunInfo:
     fallback: str | None = None  # set when the requested backend / device could not be used, saying what was
 
 
+def describe_input(value: Any) -> str:
+    """How a result's JSON names one input: a path as given, else the kind and shape of the in-memory value."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"<{type(value).__module__.split('.')[0]}.{type(value).__name__} of shape {list(shape)}>"
+    size = getattr(value, "size", None)  # a PIL image
+    if isinstance(size, tuple):
+        return f"<{type(value).__name__} {size[0]}x{size[1]} {getattr(value, 'mode', '')}>".replace(" >", ">")
+    return f"<{type(value).__name__}>"
+
+
 @dataclass
 class _Result:
     timing_ms: dict[str, float]
     run: RunInfo
     text: str = ""  # the model's raw answer text (pose blocks elided)
+    # What the task was given: {"task": ..., and "prompt" / "instruction" / "image" / "pose" ...}; paths as given.
+    input: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
         return float(self.timing_ms.get("total", sum(self.timing_ms.values())))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": self.text, "timing_ms": self.timing_ms, "run": self.run.__dict__}
+        out: dict[str, Any] = {"input": dict(self.input), "text": self.text, "timing_ms": self.timing_ms,
+                               "run": self.run.__dict__}
         for name in ("pose", "source_pose"):
             pose = getattr(self, name, None)
             if pose is not None:
@@ -48,33 +72,51 @@ class _Result:
             out["pose_codes"] = list(self.pose_codes)  # type: ignore[attr-defined]
         return out
 
-    def save(self, directory: str | Path, stem: str = "result") -> list[Path]:
+    def save(self, directory: str | Path, stem: str = "result", overwrite: bool = False) -> list[Path]:
         """Write `<stem>.json`, and for pose results `<stem>.npz` (smplx keys), `<stem>.npy` (official (22,3,3)
-        rotation matrices) and `<stem>.png` (rendering). Each file is written atomically."""
-        from unipose_sdk.body.render import render_poses_png
+        rotation matrices) and `<stem>.png` (rendering) into `directory` (created if missing). The files appear
+        together or not at all; existing files of `stem` are replaced only with `overwrite=True`. `stem` is a
+        plain file name: it cannot point outside `directory`."""
+        return save_results([self], directory, [stem], overwrite=overwrite)[0]
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        pose = getattr(self, "pose", None)
-        if pose is not None:
-            for suffix in (".npz", ".npy"):
-                pose.save(directory / f"{stem}{suffix}")
-                written.append(directory / f"{stem}{suffix}")
-            source = getattr(self, "source_pose", None)
-            poses = [source, pose] if source is not None else [pose]
-            titles = ["source", "edited"] if source is not None else None
-            render_poses_png(poses, directory / f"{stem}.png", titles=titles)
-            written.append(directory / f"{stem}.png")
-        json_path = directory / f"{stem}.json"
-        atomic_write_text(json_path, json.dumps(self.to_dict(), indent=2))
-        written.append(json_path)
-        return written
+
+def save_results(results: Sequence[_Result], directory: str | Path, stems: Sequence[str], overwrite: bool = False,
+                 overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.",
+                 ) -> list[list[Path]]:
+    """Save several results as one set: every file of every result appears, or none does (see `_Result.save`).
+    Returns the written paths per result."""
+    from unipose_sdk.body.render import render_poses_png
+
+    if len(results) != len(stems):
+        raise InvalidInputError.make(f"{len(results)} results and {len(stems)} stems", "one stem per result",
+                                     "Pass as many stems as results.")
+    stems = [check_stem(stem) for stem in stems]
+    claims = [f"{stem}{suffix}" for stem in stems for suffix in RESULT_SUFFIXES]
+    # Everything that can fail on the results themselves happens before the directory is touched.
+    documents = [json.dumps(result.to_dict(), indent=2) for result in results]
+    names: list[list[str]] = []
+    with OutputSet(directory, claims, overwrite=overwrite, overwrite_hint=overwrite_hint) as out:
+        for result, stem, document in zip(results, stems, documents):
+            written = []
+            pose = getattr(result, "pose", None)
+            if pose is not None:
+                for suffix in (".npz", ".npy"):
+                    pose.save(out.path(f"{stem}{suffix}"))
+                    written.append(f"{stem}{suffix}")
+                source = getattr(result, "source_pose", None)
+                poses = [source, pose] if source is not None else [pose]
+                titles = ["source", "edited"] if source is not None else None
+                render_poses_png(poses, out.path(f"{stem}.png"), titles=titles)
+                written.append(f"{stem}.png")
+            out.path(f"{stem}.json").write_text(document, encoding="utf-8")
+            written.append(f"{stem}.json")
+            names.append(written)
+    return [[out.directory / name for name in written] for written in names]
 
 
 @dataclass
 class EstimateResult(_Result):
-    pose: "Pose | None" = None
+    pose: Pose | None = None
     pose_codes: list[int] = field(default_factory=list)
 
     @property
@@ -90,7 +132,7 @@ class GenerateResult(EstimateResult):
 
 @dataclass
 class EditResult(EstimateResult):
-    source_pose: "Pose | None" = None
+    source_pose: Pose | None = None
     instruction: str = ""
 
 

@@ -6,7 +6,11 @@
     unipose pose render a.npz b.npy -o poses.png
 
 CKPT is the official pose VQ-VAE Lightning checkpoint (.ckpt) or an SDK pose-tokenizer directory; without it
-the tokenizer embedded in the package (unipose-tiny) is used. Nothing is written when a command fails.
+the tokenizer embedded in the package (unipose-tiny) is used.
+
+Inputs and the output path are checked before any work (exit 2); an existing output is replaced only with
+--overwrite. Nothing is written when a command fails or is interrupted (SIGTERM, SIGHUP, Ctrl-C): every output
+appears complete or not at all. --json prints a machine-readable summary, --quiet nothing but errors.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unipose_sdk.cli.tasks import add_output_flags, guarded
 from unipose_sdk.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
 
 TOKENS_FORMAT = "unipose-pose-tokens"
 TOKENS_VERSION = 1
+MAX_TOKENS_JSON_DEPTH = 6  # document, poses, one pose, its code list (+ room for the tokenizer entry)
+OVERWRITE_HINT = "Pass --overwrite to replace it, or choose another -o path."
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -58,12 +65,22 @@ def _write_json(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda handle: handle.write(payload))
 
 
-def _check_output(path: str, suffixes: tuple[str, ...], what: str) -> Path:
-    out = Path(path).expanduser()
+def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...], what: str) -> Path:
+    """The -o file: the right extension, a writable directory, and not an existing file unless --overwrite."""
+    from unipose_sdk.fileio import check_output_file
+
+    out = Path(args.output).expanduser()
     if out.suffix.lower() not in suffixes:
         raise InvalidInputError.make(f"the output path {str(out)!r}", f"{what} ending in {' / '.join(suffixes)}",
                                      f"Change the extension, e.g. {out.with_suffix(suffixes[0]).name!r}.")
-    return out
+    return check_output_file(out, args.overwrite, OVERWRITE_HINT)
+
+
+def _say(args: argparse.Namespace, human: str, summary: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(human)
 
 
 def _ms(start: float) -> float:
@@ -91,19 +108,19 @@ def tokens_document(codes: torch.Tensor, tokenizer: Any) -> dict[str, Any]:
 
 def read_tokens_document(path: str | Path, tokenizer: Any) -> torch.Tensor:
     """A tokens JSON file (as `tokenize` writes it) -> [B, T] LongTensor of codes, checked against `tokenizer`."""
-    from unipose_sdk.errors import UniPoseFileNotFoundError
+    return check_tokens_codes(path, load_tokens_document(path), tokenizer)
 
+
+def load_tokens_document(path: str | Path) -> dict[str, Any]:
+    """Read and check the structure of a tokens JSON file (no tokenizer needed): a regular file, valid JSON of
+    bounded depth, the format name, and a non-empty "poses" list of {"codes": [integers]}."""
+    from unipose_sdk.fileio import open_regular_file, parse_json
+
+    fix = "Create one with `unipose pose tokenize POSE_FILE -o TOKENS.json`."
+    with open_regular_file(path, "tokens JSON file", InvalidInputError, fix) as handle:
+        data = handle.read()
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UniPoseFileNotFoundError.make(
-            f"the path {str(p)!r}, which {'is a directory' if p.is_dir() else 'does not exist'}",
-            "a tokens JSON file", "Create one with `unipose pose tokenize POSE_FILE -o TOKENS.json`.",
-        )
-    try:
-        doc = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError.make(f"{str(p)!r}, which is not valid JSON ({exc})", "a tokens JSON document",
-                                     "Create it with `unipose pose tokenize`.") from None
+    doc = parse_json(data, p, InvalidInputError, MAX_TOKENS_JSON_DEPTH, "a tokens JSON document")
     poses = doc.get("poses") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or doc.get("format") != TOKENS_FORMAT or not isinstance(poses, list) or not poses \
             or not all(isinstance(e, dict) and isinstance(e.get("codes"), list) for e in poses):
@@ -112,6 +129,22 @@ def read_tokens_document(path: str | Path, tokenizer: Any) -> torch.Tensor:
             f"{str(p)!r} with {found}", f'{{"format": "{TOKENS_FORMAT}", "poses": [{{"codes": [...]}}, ...]}}',
             "Create the file with `unipose pose tokenize`.",
         )
+    made_by = doc.get("tokenizer", {})
+    if not isinstance(made_by, dict) or not (made_by.get("codebook_size") is None
+                                             or type(made_by.get("codebook_size")) is int):
+        raise InvalidInputError.make(f"{str(p)!r} whose \"tokenizer\" is {made_by!r}",
+                                     '{"codebook_size": <int>, ...} or no "tokenizer" entry',
+                                     "Re-create the file with `unipose pose tokenize`.")
+    rows = [e["codes"] for e in poses]
+    if not all(type(c) is int for row in rows for c in row):
+        raise InvalidInputError.make(f"{str(p)!r} with non-integer codes", "lists of integer codebook indices",
+                                     "Re-create the file with `unipose pose tokenize`.")
+    return doc
+
+
+def check_tokens_codes(path: str | Path, doc: dict[str, Any], tokenizer: Any) -> torch.Tensor:
+    """The codes of a structurally checked tokens document, checked against `tokenizer` -> [B, T] LongTensor."""
+    p = Path(path).expanduser()
     made_with = doc.get("tokenizer", {}).get("codebook_size")
     if made_with is not None and made_with != tokenizer.config.codebook_size:
         raise InvalidInputError.make(
@@ -119,14 +152,16 @@ def read_tokens_document(path: str | Path, tokenizer: Any) -> torch.Tensor:
             f"({tokenizer.config.codebook_size} codes, {tokenizer.source})",
             "Pass the tokenizer the tokens were made with via --tokenizer.",
         )
-    rows = [e["codes"] for e in poses]
-    if not all(isinstance(c, int) and not isinstance(c, bool) for row in rows for c in row):
-        raise InvalidInputError.make(f"{str(p)!r} with non-integer codes", "lists of integer codebook indices",
-                                     "Re-create the file with `unipose pose tokenize`.")
+    rows = [e["codes"] for e in doc["poses"]]
     if len({len(r) for r in rows}) != 1:
         raise InvalidInputError.make(f"{str(p)!r} with code lists of lengths {sorted({len(r) for r in rows})}",
                                      f"{tokenizer.config.num_tokens} codes per pose",
                                      "Re-create the file with `unipose pose tokenize`.")
+    flat = [c for row in rows for c in row]
+    if flat and not (0 <= min(flat) and max(flat) < tokenizer.config.codebook_size):
+        raise InvalidInputError.make(f"{str(p)!r} with codes in [{min(flat)}, {max(flat)}]",
+                                     f"codebook indices in [0, {tokenizer.config.codebook_size - 1}]",
+                                     "Pass the tokenizer the tokens were made with via --tokenizer.")
     import torch
 
     return torch.tensor(rows, dtype=torch.long)
@@ -139,50 +174,60 @@ def _render(args: argparse.Namespace) -> int:
     from unipose_sdk.body.pose import Pose
     from unipose_sdk.body.render import render_poses_png
 
-    out = _check_output(args.output, (".png",), "a PNG file")
+    out = _check_output(args, (".png",), "a PNG file")
     poses = [Pose.load(path) for path in args.inputs]  # read everything first: a bad input writes nothing
     titles = args.titles or [Path(path).stem for path in args.inputs]
     if len(titles) != len(poses):
         raise InvalidInputError.make(f"{len(titles)} titles for {len(poses)} pose files", "one title per file",
                                      "Pass as many --titles as inputs, or none.")
     render_poses_png(poses, out, titles=titles)
-    print(f"wrote {out} ({len(poses)} pose file{'s' if len(poses) > 1 else ''})")
+    _say(args, f"wrote {out} ({len(poses)} pose file{'s' if len(poses) > 1 else ''})",
+         {"output": str(out), "inputs": [str(p) for p in args.inputs]})
     return 0
 
 
 def _tokenize(args: argparse.Namespace) -> int:
     from unipose_sdk.body.pose import Pose
 
-    out = _check_output(args.output, (".json",), "a JSON file")
+    out = _check_output(args, (".json",), "a JSON file")
     pose = Pose.load(args.pose_file)
     tokenizer = _load_tokenizer(args.tokenizer)
     start = time.perf_counter()
     codes = tokenizer.encode(pose)
     encode_ms = _ms(start)
     doc = tokens_document(codes, tokenizer)
+    doc["input"] = str(args.pose_file)
     doc["encode_ms"] = encode_ms
     _write_json(out, doc)
-    print(f"wrote {out}: {codes.shape[0]} pose(s) x {codes.shape[1]} tokens (vocabulary ids "
-          f"{doc['vocab']['pose_id_offset']}+code, {doc['vocab']['layout']} layout) in {encode_ms} ms")
+    _say(args, f"wrote {out}: {codes.shape[0]} pose(s) x {codes.shape[1]} tokens (vocabulary ids "
+               f"{doc['vocab']['pose_id_offset']}+code, {doc['vocab']['layout']} layout) in {encode_ms} ms",
+         {"output": str(out), "input": str(args.pose_file), "poses": int(codes.shape[0]),
+          "tokens_per_pose": int(codes.shape[1]), "encode_ms": encode_ms})
     return 0
 
 
 def _detokenize(args: argparse.Namespace) -> int:
-    out = _check_output(args.output, (".npz", ".npy", ".json"), "a pose file")
+    out = _check_output(args, (".npz", ".npy", ".json"), "a pose file")
+    doc = load_tokens_document(args.tokens_file)
     tokenizer = _load_tokenizer(args.tokenizer)
-    codes = read_tokens_document(args.tokens_file, tokenizer)
+    codes = check_tokens_codes(args.tokens_file, doc, tokenizer)
     start = time.perf_counter()
     pose = tokenizer.decode(codes)
     decode_ms = _ms(start)
     pose.save(out)
-    print(f"wrote {out}: {pose.batch_size} pose(s) decoded in {decode_ms} ms")
+    _say(args, f"wrote {out}: {pose.batch_size} pose(s) decoded in {decode_ms} ms",
+         {"output": str(out), "input": str(args.tokens_file), "poses": pose.batch_size, "decode_ms": decode_ms})
     return 0
+
+
+ROUNDTRIP_FILES = ("reconstruction.npz", "roundtrip.png", "roundtrip.json")
 
 
 def _roundtrip(args: argparse.Namespace) -> int:
     from unipose_sdk.body.examples import DEFAULT_EXAMPLE, example_pose_path
     from unipose_sdk.body.pose import Pose
     from unipose_sdk.body.render import render_poses_png
+    from unipose_sdk.fileio import OutputSet, check_output_directory
     from unipose_sdk.models.pose_tokenizer import mpjpe_mm
 
     if args.pose_file:
@@ -190,9 +235,8 @@ def _roundtrip(args: argparse.Namespace) -> int:
     else:
         pose_path = example_pose_path(args.example or DEFAULT_EXAMPLE)
     out_dir = Path(args.output).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInputError.make(f"the output path {str(out_dir)!r}, which is a file", "a directory",
-                                     "Pass a directory name for -o (it is created if missing).")
+    hint = "Pass --overwrite to replace them, or choose another -o directory."
+    check_output_directory(out_dir, ROUNDTRIP_FILES, args.overwrite, hint)
     original = Pose.load(pose_path)
     start = time.perf_counter()
     tokenizer = _load_tokenizer(args.tokenizer)
@@ -214,12 +258,17 @@ def _roundtrip(args: argparse.Namespace) -> int:
         "timings_ms": {"load_tokenizer": load_ms, "encode": encode_ms, "decode": decode_ms},
         "outputs": {"png": "roundtrip.png", "reconstruction": "reconstruction.npz"},
     })
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reconstruction.save(out_dir / "reconstruction.npz")
-    render_poses_png([original, reconstruction], out_dir / "roundtrip.png",
-                     titles=["original", f"reconstruction ({tokenizer.config.num_tokens} tokens)"])
-    _write_json(out_dir / "roundtrip.json", summary)
+    with OutputSet(out_dir, ROUNDTRIP_FILES, overwrite=args.overwrite, overwrite_hint=hint) as out:
+        reconstruction.save(out.path("reconstruction.npz"))
+        render_poses_png([original, reconstruction], out.path("roundtrip.png"),
+                         titles=["original", f"reconstruction ({tokenizer.config.num_tokens} tokens)"])
+        _write_json(out.path("roundtrip.json"), summary)
 
+    if args.json:
+        print(json.dumps({**summary, "files": [str(out_dir / name) for name in ROUNDTRIP_FILES]}, indent=2))
+        return 0
+    if args.quiet:
+        return 0
     first = summary["poses"][0]["codes"]
     if tokenizer.source.startswith("RANDOM"):
         print(f"WARNING: {tokenizer.source}; the reconstruction is meaningless")
@@ -242,25 +291,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("render", help="draw one or more pose files side by side into a PNG")
     p.add_argument("inputs", nargs="+", metavar="IN", help="pose files (.npz smplx/AMASS, .npy matrices, .json)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    add_output_flags(p, "the PNG to write", required=True, metavar="OUT.png")
     p.add_argument("--titles", nargs="+", help="one title per input (default: file names)")
-    p.set_defaults(handler=_render)
+    p.set_defaults(handler=guarded(_render))
 
     p = commands.add_parser("tokenize", help="encode the poses of a file into pose tokens (JSON)")
     p.add_argument("pose_file", metavar="POSE_FILE")
-    p.add_argument("-o", "--output", required=True, metavar="TOKENS.json")
+    add_output_flags(p, "the tokens JSON to write", required=True, metavar="TOKENS.json")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=_tokenize)
+    p.set_defaults(handler=guarded(_tokenize))
 
     p = commands.add_parser("detokenize", help="decode a tokens JSON file into a pose file")
     p.add_argument("tokens_file", metavar="TOKENS.json")
-    p.add_argument("-o", "--output", required=True, metavar="POSE.npz", help="pose file (.npz, .npy or .json)")
+    add_output_flags(p, "pose file (.npz, .npy or .json)", required=True, metavar="POSE.npz")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=_detokenize)
+    p.set_defaults(handler=guarded(_detokenize))
 
     p = commands.add_parser("roundtrip", help="encode a pose (default: the shipped example) and decode it again")
     p.add_argument("pose_file", nargs="?", metavar="POSE_FILE", help="default: the shipped example pose")
     p.add_argument("--example", metavar="NAME", help="which shipped example to use when POSE_FILE is not given")
-    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    add_output_flags(p, "directory for roundtrip.png, reconstruction.npz and roundtrip.json", required=True,
+                     metavar="OUT_DIR")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=_roundtrip)
+    p.set_defaults(handler=guarded(_roundtrip))

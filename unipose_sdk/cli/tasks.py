@@ -1,30 +1,116 @@
 """`unipose estimate | generate | edit | describe`: the four task classes on the command line.
 
 Each writes, with `-o DIR`, per input: the pose (`.npz` with smplx keys and the official `.npy` of (22, 3, 3)
-rotation matrices), a PNG rendering, and a JSON with text, joints and timing. `--json` prints one JSON document
-on stdout instead of the human summary. Several inputs run in batches of `--batch-size` with a progress bar.
+rotation matrices), a PNG rendering, and a JSON with the input, text, joints and timing, named `TASK_NNN.*`.
+`--json` prints one JSON document on stdout instead of the human summary; `--quiet` prints nothing but errors.
+Several inputs run in batches of `--batch-size` with a progress bar.
+
+Everything the user named is checked before the model loads (exit 2): texts, image and pose files (regular files
+only), and the output directory (writable, not a file, and without result files of the same names unless
+`--overwrite`). The files of a run appear together once every result is computed, or not at all: SIGTERM,
+SIGHUP and Ctrl-C leave no partial result and no temporary file (exit 128 + the signal number, 130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.formats import DTYPE_NAMES
+
+OVERWRITE_HINT = "Pass --overwrite to replace them, or choose another -o directory."
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan / inf are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_output_flags(parser: argparse.ArgumentParser, output_help: str, required: bool = False,
+                     metavar: str = "PATH") -> None:
+    """The output part of the flag vocabulary: -o/--output, --overwrite, --json, --quiet."""
+    parser.add_argument("-o", "--output", type=Path, required=required, metavar=metavar, help=output_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files of the same names")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, help="directory for the pose files, PNG and JSON")
-    parser.add_argument("--model", default=None, help="model directory (default: the embedded unipose-tiny)")
+    add_output_flags(parser, "directory for the pose files, PNG and JSON (created if missing)")
+    parser.add_argument("--model", default=None, metavar="NAME|DIR",
+                        help="'unipose-tiny' (the embedded default) or a model / export directory")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="cap on generated text tokens")
-    parser.add_argument("--batch-size", type=int, default=8, help="inputs per model batch")
-    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
+                        help="cap on generated text tokens")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs per model batch")
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command with SIGTERM / SIGHUP raising (so its cleanup runs) and turn them into exit 128 + signum."""
+    def run(args: argparse.Namespace) -> int:
+        from unipose_sdk.fileio import TerminatedBySignal, signals_raise
+
+        try:
+            with signals_raise():
+                return handler(args)
+        except TerminatedBySignal as exc:
+            print(f"unipose: {exc}; nothing partial was written", file=sys.stderr)
+            return 128 + exc.signum
+
+    return run
+
+
+def _stems(task: str, count: int) -> list[str]:
+    return [f"{task}_{i:03d}" for i in range(count)]
+
+
+def _check_output(args: argparse.Namespace, task: str, count: int) -> None:
+    """Before the model loads: the -o directory can take this run's result files."""
+    if args.output is None:
+        return
+    from unipose_sdk.fileio import check_output_directory
+    from unipose_sdk.results import RESULT_SUFFIXES
+
+    claims = [f"{stem}{suffix}" for stem in _stems(task, count) for suffix in RESULT_SUFFIXES]
+    check_output_directory(args.output, claims, args.overwrite, OVERWRITE_HINT)
+
+
+def _check_pose_files(paths: Sequence[str]) -> None:
+    from unipose_sdk.body.io import read_pose_file
+
+    for path in paths:
+        read_pose_file(path)  # every check a pose input gets, before the model loads
 
 
 def _build(task_class: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -54,16 +140,21 @@ def _in_batches(items: Sequence[Any], batch_size: int, run: Callable[[list[Any]]
 def _report(task: str, labels: Sequence[str], results: Sequence[Any], args: argparse.Namespace) -> int:
     written: list[list[str]] = []
     if args.output is not None:
-        for i, result in enumerate(results):
-            written.append([str(p) for p in result.save(args.output, stem=f"{task}_{i:03d}")])
+        from unipose_sdk.results import save_results
+
+        saved = save_results(results, args.output, _stems(task, len(results)), overwrite=args.overwrite,
+                             overwrite_hint=OVERWRITE_HINT)
+        written = [[str(p) for p in paths] for paths in saved]
     if args.json:
         payload = []
-        for i, (label, result) in enumerate(zip(labels, results)):
-            item = {"input": label, **result.to_dict()}
+        for i, result in enumerate(results):
+            item = result.to_dict()
             if written:
                 item["files"] = written[i]
             payload.append(item)
         print(json.dumps({"task": task, "results": payload}, indent=2))
+        return 0
+    if args.quiet:
         return 0
     for i, (label, result) in enumerate(zip(labels, results)):
         pose_note = f" pose: {len(result.pose_codes)} tokens" if getattr(result, "pose", None) is not None else ""
@@ -78,28 +169,42 @@ def _report(task: str, labels: Sequence[str], results: Sequence[Any], args: argp
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- commands
+
+
 def _estimate(args: argparse.Namespace) -> int:
     from unipose_sdk.tasks import Estimator
+    from unipose_sdk.tasks.base import check_image_paths
 
+    check_image_paths(args.images)
+    _check_output(args, "estimate", len(args.images))
     bbox = tuple(args.bbox) if args.bbox is not None else None
     with _build(Estimator, args) as estimator:
         results = _in_batches(args.images, args.batch_size,
                               lambda chunk: estimator.estimate(chunk, bbox=[bbox] * len(chunk) if bbox else None),
-                              args.json)
+                              args.json or args.quiet)
     return _report("estimate", args.images, results, args)
 
 
 def _generate(args: argparse.Namespace) -> int:
     from unipose_sdk.tasks import Generator
+    from unipose_sdk.tasks.base import check_text
 
+    for text in args.texts:
+        check_text(text, "text")
+    _check_output(args, "generate", len(args.texts))
     with _build(Generator, args) as generator:
-        results = _in_batches(args.texts, args.batch_size, generator.generate, args.json)
+        results = _in_batches(args.texts, args.batch_size, generator.generate, args.json or args.quiet)
     return _report("generate", args.texts, results, args)
 
 
 def _edit(args: argparse.Namespace) -> int:
     from unipose_sdk.tasks import Editor
+    from unipose_sdk.tasks.base import check_text
 
+    check_text(args.instruction, "instruction")
+    _check_pose_files([args.pose])
+    _check_output(args, "edit", 1)
     with _build(Editor, args) as editor:
         results = [editor.edit(args.pose, args.instruction)]
     return _report("edit", [f"{args.pose} + {args.instruction!r}"], results, args)
@@ -107,7 +212,13 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _describe(args: argparse.Namespace) -> int:
     from unipose_sdk.tasks import Describer
+    from unipose_sdk.tasks.base import check_image_paths
 
+    if args.pose or args.poses:
+        _check_pose_files([args.pose] if args.pose else args.poses)
+    else:
+        check_image_paths([args.image] if args.image else args.images)
+    _check_output(args, "describe", 1)
     with _build(Describer, args) as describer:
         if args.pose:
             result, label = describer.describe(pose=args.pose), args.pose
@@ -123,21 +234,21 @@ def _describe(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("estimate", help="estimate the 3D pose of the person in each image")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--bbox", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"),
+    p.add_argument("--bbox", nargs=4, type=finite_float, metavar=("X1", "Y1", "X2", "Y2"),
                    help="person box in pixels (applied to every image)")
     _add_common(p)
-    p.set_defaults(handler=_estimate)
+    p.set_defaults(handler=guarded(_estimate))
 
     p = subparsers.add_parser("generate", help="generate a pose from each text")
     p.add_argument("texts", nargs="+", help='descriptions, e.g. "a person squatting with both arms raised"')
     _add_common(p)
-    p.set_defaults(handler=_generate)
+    p.set_defaults(handler=guarded(_generate))
 
     p = subparsers.add_parser("edit", help="edit a pose by an instruction")
     p.add_argument("pose", help="pose file (.npz smplx / AMASS keys, official .npy, or .json)")
     p.add_argument("instruction", help='e.g. "raise your left arm above your head"')
     _add_common(p)
-    p.set_defaults(handler=_edit)
+    p.set_defaults(handler=guarded(_edit))
 
     p = subparsers.add_parser("describe", help="describe a pose, an image, or the difference of two")
     group = p.add_mutually_exclusive_group(required=True)
@@ -146,4 +257,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--poses", nargs=2, metavar=("A", "B"), help="two pose files")
     group.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
     _add_common(p)
-    p.set_defaults(handler=_describe)
+    p.set_defaults(handler=guarded(_describe))

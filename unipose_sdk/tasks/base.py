@@ -1,16 +1,30 @@
-"""What the four task classes share: construction, the shared session, input checks, batching, timing."""
+"""What the four task classes share: construction, the shared session, input checks, batching, timing.
+
+Threads: `options.num_threads` applies to the calls of that task object only. On the torch backend torch's
+thread count is set for the duration of each call and restored afterwards (one call with a thread count runs at a
+time in the process, so two task objects with different counts do not overlap); the process's own setting is
+never changed. ONNX Runtime and TensorRT fix their threads when the graphs load, so a task object that asks an
+already loaded exported model for a different count is refused (InvalidOptionError) instead of being ignored.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
+import threading
 import time
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import InvalidInputError, InvalidTextError
+from unipose_sdk.errors import InvalidImageError, InvalidInputError, InvalidOptionError, InvalidTextError
+from unipose_sdk.fileio import check_regular_file
 from unipose_sdk.options import BaseOptions
 from unipose_sdk.session import UniPose
 
@@ -66,11 +80,23 @@ class TaskBase:
                                          f"Build it with {self.options_class.__name__}(...).")
         self.options = options
         self.session = UniPose.load(options)
+        _check_loaded_threads(self.session, options)
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto", device: str = "auto",
                         dtype: Any = None, **options: Any):  # type: ignore[no-untyped-def]
-        """Load `model` (None or "unipose-tiny": the embedded default; else a model directory)."""
+        """Load `model` (None or "unipose-tiny": the embedded default; else a model directory). `options` are the
+        fields of the task's options class (e.g. max_new_tokens=64); an unknown name is an InvalidOptionError
+        listing the valid ones."""
+        valid = option_names(cls.options_class)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            hints = [f"{name!r} -> {close[0]!r}" for name in unknown
+                     for close in [difflib.get_close_matches(name, valid, n=1)] if close]
+            raise InvalidOptionError.make(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                f"{cls.__name__}", f"names among {', '.join(valid)}",
+                f"Did you mean {'; '.join(hints)}?" if hints else "Check the spelling.")
         return cls(cls.options_class(model=model, backend=backend, device=device, dtype=dtype, **options))
 
     @classmethod
@@ -101,13 +127,83 @@ class TaskBase:
     # ------------------------------------------------------------------ input checks
 
     def _check_text(self, text: Any, what: str) -> str:
-        if not isinstance(text, str):
-            raise InvalidTextError.make(f"{what} of type {type(text).__name__}", "a string",
-                                        f"Pass the {what} as text.")
-        if not text.strip():
-            raise InvalidTextError.make(f"{what}={text!r}", "non-empty text",
-                                        f"Write the {what}, e.g. 'a person squatting with both arms raised'.")
-        return text.strip()
+        return check_text(text, what)
+
+    @contextmanager
+    def _call(self) -> Iterator[UniPose]:
+        """One task call: the open session, with this object's thread count (see the module doc)."""
+        session = self._session()
+        with torch_threads(self.options.num_threads if session.runtime.backend == "torch" else None):
+            yield session
+
+
+def option_names(options_class: type[BaseOptions]) -> list[str]:
+    return [f.name for f in dataclasses.fields(options_class) if f.init]
+
+
+def check_text(text: Any, what: str) -> str:
+    """A prompt or instruction: a non-empty str that encodes as UTF-8 (a lone surrogate cannot be tokenized)."""
+    if not isinstance(text, str):
+        raise InvalidTextError.make(f"{what} of type {type(text).__name__}", "a string",
+                                    f"Pass the {what} as text.")
+    if not text.strip():
+        raise InvalidTextError.make(f"{what}={text!r}", "non-empty text",
+                                    f"Write the {what}, e.g. 'a person squatting with both arms raised'.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTextError.make(
+            f"{what} with the character {text[exc.start]!r} at index {exc.start}, which is not valid Unicode "
+            f"text ({exc.reason})", "text that encodes as UTF-8 (no lone surrogates)",
+            "Remove the character, or clean the text with text.encode('utf-8', 'replace').decode('utf-8').",
+        ) from None
+    return text.strip()
+
+
+def check_image_paths(images: Sequence[Any]) -> None:
+    """Every path among `images` names a regular file, checked before any work (a FIFO would block the read)."""
+    for i, image in enumerate(images):
+        if isinstance(image, (str, os.PathLike)):
+            what = "image" if len(images) == 1 else f"image {i}"
+            check_regular_file(image, what, InvalidImageError, "Pass an image file (PNG, JPEG, ...).")
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `num_threads` for the block and restored after; None: untouched."""
+    if num_threads is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        if before != num_threads:
+            torch.set_num_threads(num_threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+
+# The num_threads an exported-backend session was loaded with: the request of the first task object that got it
+# (the session cache hands one session to every task object with the same model, backend, device and dtype).
+_LOADED_THREADS: weakref.WeakKeyDictionary[UniPose, int | None] = weakref.WeakKeyDictionary()
+
+
+def _check_loaded_threads(session: UniPose, options: BaseOptions) -> None:
+    """Exported backends fix their thread count at load: a conflicting request for a shared session is refused."""
+    if session.runtime.backend == "torch":
+        return
+    with _THREADS_LOCK:
+        loaded = _LOADED_THREADS.setdefault(session, options.num_threads)
+    if options.num_threads is not None and loaded != options.num_threads:
+        raise InvalidOptionError.make(
+            f"num_threads={options.num_threads} for {session.model_name}, which is already loaded on "
+            f"{session.runtime.backend} with num_threads={loaded}", "the thread count the graphs were loaded with",
+            f"Pass num_threads={loaded}, or close the task objects holding the model so it loads again.")
 
 
 def as_batch(value: Any, single_types: tuple[type, ...]) -> tuple[list[Any], bool]:

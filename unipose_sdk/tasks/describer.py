@@ -10,8 +10,8 @@ import torch
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.options import DescriberOptions
-from unipose_sdk.results import DescribeResult
-from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, split_batch
+from unipose_sdk.results import DescribeResult, describe_input
+from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, check_image_paths, split_batch
 from unipose_sdk.tasks.images import images_to_embeds
 from unipose_sdk.tasks.pipeline import answer_with_text
 from unipose_sdk.text.prompts import Task
@@ -47,6 +47,7 @@ class Describer(TaskBase):
         if pose is not None:
             items, single = as_batch(pose, _SINGLE)
             batch = Pose.cat([as_pose(p, f"pose {i}") for i, p in enumerate(items)])
+            inputs = [{"task": "describe_pose", "pose": describe_input(p)} for p in items]
 
             def prompts():  # type: ignore[no-untyped-def]
                 codes = session.encode_poses(batch)
@@ -55,6 +56,8 @@ class Describer(TaskBase):
             pairs, single = _pairs(poses, "poses")
             a = Pose.cat([as_pose(p[0], f"pose A of pair {i}") for i, p in enumerate(pairs)])
             b = Pose.cat([as_pose(p[1], f"pose B of pair {i}") for i, p in enumerate(pairs)])
+            inputs = [{"task": "describe_pose_difference", "pose_a": describe_input(pa), "pose_b": describe_input(pb)}
+                      for pa, pb in pairs]
 
             def prompts():  # type: ignore[no-untyped-def]
                 codes_a, codes_b = session.encode_poses(a), session.encode_poses(b)
@@ -62,13 +65,20 @@ class Describer(TaskBase):
                         for ca, cb in zip(codes_a, codes_b)]
         elif image is not None:
             items, single = as_batch(image, _SINGLE)
+            check_image_paths(items)
+            inputs = [{"task": "describe_image", "image": describe_input(i)} for i in items]
             prompts = lambda: [session.prompts.build_task(Task.IMAGE_DESCRIPTION) for _ in items]  # noqa: E731
             encode_images = lambda: images_to_embeds(session, items)  # noqa: E731
         else:
             pairs, single = _pairs(images, "images")
             flat = [img for pair in pairs for img in pair]  # row by row, in prompt order
+            check_image_paths(flat)
+            inputs = [{"task": "describe_image_difference", "image_a": describe_input(ia),
+                       "image_b": describe_input(ib)} for ia, ib in pairs]
             prompts = lambda: [session.prompts.build_task(Task.IMAGE_DIFFERENCE) for _ in pairs]  # noqa: E731
             encode_images = lambda: images_to_embeds(session, flat)  # noqa: E731
-        answers = answer_with_text(session, prompts, self.options.max_new_tokens, encode_images)
-        results = [DescribeResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text) for a in answers]
+        with self._call():
+            answers = answer_with_text(session, prompts, self.options.max_new_tokens, encode_images)
+        results = [DescribeResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, input=inputs[i])
+                   for i, a in enumerate(answers)]
         return split_batch(results, single)

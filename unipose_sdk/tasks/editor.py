@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.options import EditorOptions
-from unipose_sdk.results import EditResult
+from unipose_sdk.results import EditResult, describe_input
 from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, split_batch
 from unipose_sdk.tasks.pipeline import answer_with_poses
 from unipose_sdk.text.prompts import Task
@@ -28,17 +29,20 @@ class Editor(TaskBase):
             raise InvalidInputError.make(f"{len(poses)} poses and {len(instructions)} instructions",
                                          "one instruction per pose, or one for all",
                                          "Pass lists of equal length.")
-        sources = Pose.cat([as_pose(p, f"pose {i}") for i, p in enumerate(poses)])
         instructions = [self._check_text(t, "instruction") for t in instructions]
-        session = self._session()
+        sources = Pose.cat([as_pose(p, f"pose {i}") for i, p in enumerate(poses)])
+        with self._call() as session:
 
-        def prompts():  # type: ignore[no-untyped-def]
-            codes = session.encode_poses(sources)
-            return [session.prompts.build_task(Task.POSE_EDITING, caption=text, poses=[codes[i]])
-                    for i, text in enumerate(instructions)]
+            def prompts():  # type: ignore[no-untyped-def]
+                codes = session.encode_poses(sources)
+                return [session.prompts.build_task(Task.POSE_EDITING, caption=text, poses=[codes[i]])
+                        for i, text in enumerate(instructions)]
 
-        answers = answer_with_poses(session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options)
+            answers = answer_with_poses(session, prompts, max_new_tokens=self.options.max_new_tokens,
+                                        options=self.options)
         results = [EditResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
-                              pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i])
+                              pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i],
+                              input={"task": "edit", "pose": describe_input(poses[i]),
+                                     "instruction": instructions[i]})
                    for i, a in enumerate(answers)]
         return split_batch(results, single)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.options import EstimatorOptions
-from unipose_sdk.results import EstimateResult
-from unipose_sdk.tasks.base import TaskBase, as_batch, split_batch
+from unipose_sdk.results import EstimateResult, describe_input
+from unipose_sdk.tasks.base import TaskBase, as_batch, check_image_paths, split_batch
 from unipose_sdk.tasks.images import images_to_embeds
 from unipose_sdk.tasks.pipeline import answer_with_poses
 from unipose_sdk.text.prompts import Task
@@ -23,6 +24,13 @@ def _is_box(value: Any) -> bool:
         isinstance(v, (int, float, np.number)) or (isinstance(v, torch.Tensor) and v.ndim == 0) for v in value)
 
 
+def _checked_box(box: Any, what: str) -> Any:
+    if not _is_box(box) or not all(math.isfinite(float(v)) for v in box):
+        raise InvalidInputError.make(f"{what}={box!r}", "four numbers (x1, y1, x2, y2) in pixels, all finite",
+                                     "Pass the person box as a 4-tuple, or None for the whole image.")
+    return box
+
+
 class Estimator(TaskBase):
     """Estimate the 3D pose of the person in an image (optionally inside a person box, x1 y1 x2 y2 pixels)."""
 
@@ -32,21 +40,27 @@ class Estimator(TaskBase):
         """image: path, PIL image, numpy HxWx3, torch tensor, or a list of them (one batch).
         bbox: None, one box (x1, y1, x2, y2) for a single image, or a list with a box (or None) per image."""
         images, single = as_batch(image, _SINGLE_IMAGE_TYPES)
+        check_image_paths(images)
         if bbox is None:
             boxes = None
         elif single:
-            if not _is_box(bbox):
-                raise InvalidInputError.make(f"bbox={bbox!r}", "four numbers (x1, y1, x2, y2) in pixels",
-                                             "Pass the person box as a 4-tuple, or None for the whole image.")
-            boxes = [bbox]
+            boxes = [_checked_box(bbox, "bbox")]
         else:
-            boxes = list(bbox)
-        session = self._session()
-        prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
-        answers = answer_with_poses(
-            session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options,
-            encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
-        )
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != len(images):
+                raise InvalidInputError.make(f"bbox={bbox!r} for {len(images)} images",
+                                             "a list with one box (or None) per image",
+                                             "Pass bbox=[box_or_None, ...] in the order of the images.")
+            boxes = [None if b is None else _checked_box(b, f"bbox {i}") for i, b in enumerate(bbox)]
+        with self._call() as session:
+            prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
+            answers = answer_with_poses(
+                session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options,
+                encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
+            )
         results = [EstimateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
-                                  pose_codes=a.codes) for a in answers]
+                                  pose_codes=a.codes,
+                                  input={"task": "estimate", "image": describe_input(images[i]),
+                                         **({"bbox": [float(v) for v in boxes[i]]} if boxes and boxes[i] is not None
+                                            else {})})
+                   for i, a in enumerate(answers)]
         return split_batch(results, single)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from unipose_sdk.options import GeneratorOptions
 from unipose_sdk.results import GenerateResult
@@ -25,11 +25,12 @@ class Generator(TaskBase):
         """One text -> one GenerateResult; a list of texts -> a list of results in the same order (one batch)."""
         texts, single = as_batch(text, (str,))
         texts = [self._check_text(t, "text") for t in texts]
-        session = self._session()
-        answers = answer_with_poses(
-            session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts],
-            max_new_tokens=self.options.max_new_tokens, options=self.options,
-        )
+        with self._call() as session:
+            answers = answer_with_poses(
+                session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts],
+                max_new_tokens=self.options.max_new_tokens, options=self.options,
+            )
         results = [GenerateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
-                                  pose_codes=a.codes, prompt=t) for a, t in zip(answers, texts)]
+                                  pose_codes=a.codes, prompt=t, input={"task": "generate", "prompt": t})
+                   for a, t in zip(answers, texts)]
         return split_batch(results, single)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from unipose_sdk.errors import BackendUnavailableError, ModelNotFoundError, VocabularyError
+from unipose_sdk.errors import BackendUnavailableError, InvalidTextError, ModelNotFoundError, VocabularyError
 from unipose_sdk.fileio import atomic_write_text
 from unipose_sdk.models.config import VocabLayout, get_preset
 
@@ -155,7 +155,18 @@ class TextTokenizer:
         return self.layout.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        """Plain text -> base-vocabulary ids. No BOS/EOS is added and no control or added token is recognised."""
+        """Plain text -> base-vocabulary ids. No BOS/EOS is added and no control or added token is recognised.
+        Text that is not a str, or that does not encode as UTF-8 (a lone surrogate), is an InvalidTextError."""
+        if not isinstance(text, str):
+            raise InvalidTextError.make(f"text of type {type(text).__name__}", "a str", "Pass the text as a str.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidTextError.make(
+                f"text with the character {text[exc.start]!r} at index {exc.start} ({exc.reason})",
+                "text that encodes as UTF-8 (no lone surrogates)",
+                "Remove the character, or clean the text with text.encode('utf-8', 'replace').decode('utf-8').",
+            ) from None
         return list(self._plain.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
