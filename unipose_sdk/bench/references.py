@@ -213,10 +213,8 @@ def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedPa
     from unipose_sdk.formats import is_embedded, load_torch_model
 
     loaded = load_torch_model(model, device, dtype)
-    if is_embedded(model):
-        note = "embedded unipose-tiny" + (" (RANDOM placeholder weights)" if loaded.is_random else "")
-    else:
-        note = f"model directory {Path(model).name}" + (" (RANDOM weights)" if loaded.is_random else "")
+    name = "embedded unipose-tiny" if is_embedded(model) else f"model directory {Path(model).name}"
+    note = name + (" (RANDOM placeholder weights)" if loaded.is_random else "")
     loaded.model.eval().requires_grad_(False)
     loaded.model.llm.to(device=device, dtype=dtype)
     loaded.model.vision.to(device=device, dtype=dtype)
