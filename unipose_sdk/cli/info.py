@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import platform
 
 
 def _version(distribution: str) -> str | None:
+    import importlib.metadata  # here, not at the top: every command's parser is built for `unipose --help`
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
