@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from unipose_sdk.errors import CheckpointError
 
 _MAX_LISTED = 20
-_FINITE_BLOCK = 1 << 24  # elements checked at a time
 
 
 def _listing(keys: list[str]) -> str:
@@ -19,9 +18,12 @@ def _listing(keys: list[str]) -> str:
 
 
 def _all_finite(tensor: Tensor) -> bool:
-    flat = tensor.detach().reshape(-1)
-    # In blocks, so a 7B embedding does not need a boolean copy of its full size.
-    return all(bool(torch.isfinite(flat[i:i + _FINITE_BLOCK]).all()) for i in range(0, flat.numel(), _FINITE_BLOCK))
+    if tensor.is_meta or tensor.numel() == 0:  # a meta-device build has shapes only: no values to check
+        return True
+    # aminmax propagates NaN and returns +-inf when present; it reads the tensor once without a boolean copy
+    # (isfinite().all() is ~100x slower on bfloat16 CPU tensors, minutes for a 7B checkpoint).
+    low, high = torch.aminmax(tensor.detach())
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def _dtype_name(tensor: Tensor) -> str:
