@@ -312,6 +312,22 @@ def test_calls_outside_tensor_rebuild_are_refused(tmp_path: Path, name: str) -> 
     assert not marker.exists()
 
 
+# A protocol-0 pickle of torch.ones(4) as torch.save writes it: _rebuild_tensor_v2(storage, offset 0, size (4,),
+# stride (1,), requires_grad False, hooks OrderedDict()), the storage as persistent id ('storage', FloatStorage,
+# key '0', 'cpu', 4 elements).
+TENSOR = (b"ctorch._utils\n_rebuild_tensor_v2\n((S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nI4\ntQI0\n"
+          b"(I4\nt(I1\ntI00\nccollections\nOrderedDict\n)RtR")
+
+
+def test_hand_made_tensor_pickle_loads(tmp_path: Path) -> None:
+    """The pickle the refusals below start from is a correct one: with placeholder metadata it loads."""
+    path = tmp_path / "ok.ckpt"
+    torch.save({"w": torch.ones(4)}, path)
+    _with_data_pkl(path, b"(dS'w'\n" + TENSOR + b"sS'meta'\ncmy.module\nConfig\n)\x81s.")
+    data = load_torch_file(path, "a checkpoint")
+    assert torch.equal(data["w"], torch.ones(4)) and isinstance(data["meta"], Placeholder)
+
+
 def _with_data_pkl(path: Path, data_pkl: bytes) -> Path:
     """Replace the pickle of a torch zip archive, keeping its storage records."""
     import zipfile
@@ -329,9 +345,12 @@ def _with_data_pkl(path: Path, data_pkl: bytes) -> Path:
     (b"(S'touch MARKER'\nios\nsystem\n.", "asks to call os.system"),  # protocol 0 INST
     (b"cbuiltins\nopen\n(S'MARKER'\nS'w'\ntR.", "asks to call builtins.open"),
     (b"ctorch\nload\n(S'MARKER'\ntR.", "asks to call torch.load"),
-    (b"ctorch._utils\n_rebuild_tensor_v2\n(ctorch\nFloatStorage\n(S'storage'\nctorch\nFloatStorage\nS'0'\n"
-     b"S'cpu'\nI99\ntQI0\n(I99\ntp0\n(I1\ntI00\ncollections\nOrderedDict\n)RtR.", "cannot be read"),
-], ids=["reduce", "inst", "open", "torch.load", "storage-size-lie"])
+    (TENSOR.replace(b"I4\n", b"I99\n") + b".", "holds 16 bytes, not 99 x 4"),
+    (TENSOR.replace(b"(I4\nt(I1", b"(I2\nt(I4") + b".", "reaches element 4 of a storage of 4"),
+    (TENSOR + b"(I01\nNccollections\nOrderedDict\n)Rtb.", "modifies tensors after rebuilding them"),
+    (b"ctorch\nFloatStorage\n(I1\ntR.", "cannot be read"),  # a storage type called like a function
+], ids=["reduce", "inst", "open", "torch.load", "storage-size-lie", "view-out-of-bounds", "tensor-setstate",
+        "call-storage-kind"])
 def test_hand_made_archives(tmp_path: Path, data_pkl: bytes, expected: str) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "evil.ckpt"

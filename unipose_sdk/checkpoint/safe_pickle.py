@@ -100,21 +100,16 @@ class Placeholder(metaclass=_PlaceholderMeta):
         return f"<placeholder for {self.qualified_name}>"
 
 
-def _inert_reconstructor(qualified: str) -> Any:
+def _placeholder_class(qualified: str) -> type:
+    """A new subclass of Placeholder named after the global (for the log and the refusal message)."""
+    return _PlaceholderMeta(qualified.rsplit(".", 1)[-1], (Placeholder,), {"qualified_name": qualified})
+
+
+def _inert_reconstructor(placeholder: type) -> Any:
     def reconstruct(*args: Any, **kwargs: Any) -> Placeholder:
-        return _placeholder_class(qualified).__new__(_placeholder_class(qualified))
+        return placeholder.__new__(placeholder)
 
     return reconstruct
-
-
-_PLACEHOLDER_CLASSES: dict[str, type] = {}
-
-
-def _placeholder_class(qualified: str) -> type:
-    if qualified not in _PLACEHOLDER_CLASSES:
-        _PLACEHOLDER_CLASSES[qualified] = _PlaceholderMeta(
-            qualified.rsplit(".", 1)[-1], (Placeholder,), {"qualified_name": qualified})
-    return _PLACEHOLDER_CLASSES[qualified]
 
 
 class _Storage:
@@ -186,8 +181,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str, archive_bytes: int) -> None:
         super().__init__(file)
         self.archive, self.prefix, self.archive_bytes = archive, prefix, archive_bytes
-        self.placeholders: set[str] = set()
+        self._placeholders: dict[str, type] = {}
         self._storages: dict[str, _Storage] = {}
+
+    @property
+    def placeholders(self) -> set[str]:
+        return set(self._placeholders)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _TORCH_FUNCTIONS:
@@ -200,10 +199,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(vars(torch).get(name), (torch.dtype, torch.layout, torch.memory_format)):
             return vars(torch)[name]
         qualified = f"{module}.{name}"
-        self.placeholders.add(qualified)
+        if qualified not in self._placeholders:
+            self._placeholders[qualified] = _placeholder_class(qualified)
         if (module, name) in _INERT_RECONSTRUCTORS:
-            return _inert_reconstructor(qualified)
-        return _placeholder_class(qualified)
+            return _inert_reconstructor(self._placeholders[qualified])
+        return self._placeholders[qualified]
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
@@ -235,12 +235,34 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _Storage(data.untyped_storage(), dtype, numel)
 
 
+def _tampered_tensors(data: Any) -> list[str]:
+    """Paths of tensors the pickle changed after rebuilding them. torch.save never does that, but a hand-made
+    pickle can BUILD a tensor (Tensor.__setstate__: another storage view, backward hooks, attributes)."""
+    found, stack, seen = [], [("", data)], set()
+    while stack:
+        where, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if type(obj) is not torch.Tensor or obj.__dict__ or obj._backward_hooks or obj.requires_grad:
+                found.append(where or "<top>")
+        elif isinstance(obj, dict):
+            stack.extend((f"{where}[{k!r}]", v) for k, v in obj.items())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    return found
+
+
 def _weights_only_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that says what it refused (its preamble recommends
-    weights_only=False, which is exactly what must not be done with a file of unknown origin)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if "GLOBAL" in line or "error" in line.lower()] or lines[-1:] or [repr(exc)]
-    return useful[0][:300]
+    """What torch's weights-only reader refused, without its preamble (which recommends weights_only=False:
+    exactly what must not be done with a file of unknown origin)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    for marker in ("WeightsUnpickler error:", "Trying to load"):
+        if marker in text:
+            text = text[text.index(marker):]
+            break
+    return text.split(" Check the documentation")[0][:300] or type(exc).__name__
 
 
 def load_torch_file(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any:
@@ -296,6 +318,11 @@ def _load_zip_restricted(path: Path, what: str, first_error: str) -> Any:
             f"the weights-only reader said: {first_error})", what,
             "Check that the file is complete (download it again) and that it is the file this option expects.",
         ) from None
+    tampered = _tampered_tensors(data)
+    if tampered:
+        raise CheckpointError.make(
+            f"{path}, whose pickle modifies tensors after rebuilding them ({', '.join(tampered[:5])})",
+            f"{what} as torch.save writes it", _RESAVE_HINT)
     if unpickler.placeholders:
         log.info("checkpoint %s: kept %d kinds of non-tensor objects as inert placeholders (not needed for the "
                  "weights): %s", path, len(unpickler.placeholders), ", ".join(sorted(unpickler.placeholders)[:12]))
