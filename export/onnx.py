@@ -8,8 +8,8 @@ lookup, and ONE decoder graph that serves prefill, decode steps and the 81-token
 the mixed-mask bounds as graph inputs.
 
 The graphs come from the single model definition: the wrappers below only choose which method of the same
-modules becomes the graph, and `FunctionalKVCache` stands in for the model's KVCache so the cache write becomes
-an out-of-place scatter whose result is a graph output. Attention is forced to the `unipose::mixed_attention`
+modules becomes the graph, and the model's KVCache writes out of place (`KVCache.from_tensors(...,
+in_place=False)`), so the updated cache is a graph output. Attention is forced to the `unipose::mixed_attention`
 custom op, which `unipose_sdk.kernels.onnx` translates (decomposed MatMul/Softmax by default, opset 23
 `Attention`, or a custom node). In half precision the attention runs in float32 inside the graph (a Cast around
 the same translation), and RMSNorm already computes in float32 in the model.
@@ -53,6 +53,7 @@ from unipose_sdk.fileio import replace_directory
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.models.llm import KVCache
 from unipose_sdk.runtime.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
 log = logging.getLogger("unipose_sdk")
@@ -103,23 +104,6 @@ class EmbedGraph(nn.Module):
         return self.llm.embed(input_ids)
 
 
-class FunctionalKVCache:
-    """Stands in for `models.llm.KVCache` during export: the same per-row slot write, out of place, so the updated
-    cache of every layer is a value the graph can return (torch.export would otherwise see input mutations)."""
-
-    def __init__(self, keys: list[Tensor], values: list[Tensor]) -> None:
-        self.k, self.v = keys, values
-
-    def write(self, layer: int, k: Tensor, v: Tensor, write_offset: Tensor) -> tuple[Tensor, Tensor]:
-        batch, heads, num_tokens, head_dim = k.shape
-        slots = write_offset.to(torch.long).view(batch, 1, 1, 1) + torch.arange(
-            num_tokens, device=k.device).view(1, 1, num_tokens, 1)
-        index = slots.expand(batch, heads, num_tokens, head_dim)
-        self.k[layer] = self.k[layer].scatter(2, index, k.to(self.k[layer].dtype))
-        self.v[layer] = self.v[layer].scatter(2, index, v.to(self.v[layer].dtype))
-        return self.k[layer], self.v[layer]
-
-
 class DecoderGraph(nn.Module):
     """MistralLM.forward over T new tokens against explicit past k/v; logits only at `logits_index`."""
 
@@ -131,7 +115,9 @@ class DecoderGraph(nn.Module):
     def forward(self, input_embeds: Tensor, positions: Tensor, block_start: Tensor, block_end: Tensor,
                 key_start: Tensor, query_offset: Tensor, logits_index: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         n = self.num_layers
-        cache = FunctionalKVCache(list(past[:n]), list(past[n:]))
+        # The model's own cache write, out of place: the updated cache of every layer is a value the graph returns
+        # (torch.export would otherwise see input mutations).
+        cache = KVCache.from_tensors(list(past[:n]), list(past[n:]), in_place=False)
         mask = MixedMask(block_start, block_end, key_start, query_offset)
         out = self.llm(input_embeds=input_embeds, positions=positions, mask=mask, cache=cache,
                        logits_positions=None, return_hidden=True)

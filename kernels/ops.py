@@ -12,7 +12,8 @@ A fallback is never silent: the first time it happens per device and reason, a R
 asked for and what runs instead.
 
 `fused_attention(q, k, v, mask, scale)` adapts the op to the `AttentionImpl` signature of
-`unipose_sdk.models.attention`, where `register_with_model()` files it under the name "fused".
+`unipose_sdk.models.attention`, where `register_with_model()` files it under the name "fused": the model's default
+for long calls on the CPU when the C++ kernel is built; elsewhere only when forced.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ _CPU_EXTENSION = "unipose_sdk.kernels._mixed_attention_cpu"
 # Head dimensions the Triton kernel is compiled and tested for (tl.arange needs a power of two).
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
 
-# Whether "fused" becomes the default implementation of the model's attention on CUDA. Off until the Triton
-# kernel has been timed on a GPU against SDPA (benchmarks/bench_attention.py); see benchmarks/results/.
+# Whether "fused" becomes the model's default attention for long calls on CUDA. Off until the Triton kernel has been
+# timed on a GPU against SDPA (benchmarks/bench_attention.py); until then CUDA attends with SDPA.
 FUSED_IS_CUDA_DEFAULT = False
 
 _lock = threading.Lock()
@@ -228,7 +229,8 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: MixedMask, scale: flo
 
 
 def fused_default_devices() -> tuple[str, ...]:
-    """Device types where "fused" should be the model's default attention.
+    """Device types where "fused" is the model's default attention for long multi-token calls (above
+    `models.attention.SDPA_MAX_SCORES`; shorter calls and decode steps take SDPA, see models/attention.py).
 
     CPU: only when the C++ kernel is built (it is faster than dense masked SDPA from T ~ 256 up, see
     benchmarks/results/attention_cpu.md); the torch reference alone is not. CUDA: see FUSED_IS_CUDA_DEFAULT.
@@ -245,4 +247,4 @@ def register_with_model() -> None:
     """File the op under "fused" in unipose_sdk.models.attention (idempotent)."""
     from unipose_sdk.models.attention import register_attention_impl
 
-    register_attention_impl("fused", fused_attention, default_for=fused_default_devices())
+    register_attention_impl("fused", fused_attention, long_calls_on=fused_default_devices())

@@ -1,4 +1,5 @@
-"""The mixed mask against hand-written matrices, and mixed_attention (sdpa_dense) against a naive softmax loop."""
+"""The mixed mask against hand-written matrices, its interval form against the rule, and mixed_attention
+(sdpa_dense) against a naive softmax loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipose_sdk.models.attention import mixed_attention, use_attention_impl
-from unipose_sdk.models.attention_mask import MixedMask, dense_mask, mask_mod
+from unipose_sdk.models.attention_mask import MixedMask, dense_mask, key_interval_end, key_intervals, mask_mod
 
 
 def matrix(rows: str) -> torch.Tensor:
@@ -209,8 +210,9 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mix
     return out
 
 
+@pytest.mark.parametrize("impl", ["sdpa_dense", "sdpa"])
 @pytest.mark.parametrize("scale", [None, 0.3])
-def test_sdpa_dense_matches_naive_softmax_with_gqa(scale: float | None) -> None:
+def test_sdpa_matches_naive_softmax_with_gqa(scale: float | None, impl: str) -> None:
     batch, num_heads, num_kv_heads, num_queries, num_keys, head_dim = 2, 4, 2, 5, 9, 8
     q = torch.randn(batch, num_heads, num_queries, head_dim)
     k = torch.randn(batch, num_kv_heads, num_keys, head_dim)
@@ -218,7 +220,7 @@ def test_sdpa_dense_matches_naive_softmax_with_gqa(scale: float | None) -> None:
     # Row 0: a pose step (BEGIN + 4 queries) written at slot 4 after a padded prompt.
     # Row 1: heavy left padding, so its first two queries (slots 2, 3) have no allowed key.
     mask = MixedMask.from_lists(block_start=[5, 6], block_end=[9, 8], key_start=[1, 4], query_offset=[4, 2])
-    with use_attention_impl("sdpa_dense"):
+    with use_attention_impl(impl):
         got = mixed_attention(q, k, v, mask, scale=scale)
     expected = naive_attention(q, k, v, mask, scale if scale is not None else 1 / math.sqrt(head_dim))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -226,8 +228,47 @@ def test_sdpa_dense_matches_naive_softmax_with_gqa(scale: float | None) -> None:
     assert not torch.isnan(got).any()
 
 
+@pytest.mark.parametrize("key_start", [[0, 0], [1, 4], [0, 9]])
+def test_sdpa_one_query_matches_naive_softmax(key_start: list[int]) -> None:
+    """Decode steps: the query heads of a KV head as rows, a bias only when something is masked; row 1 of the
+    last case sees no key (zeros)."""
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    mask = MixedMask.from_lists([0, 2], [0, 9], key_start=key_start, query_offset=[8, 5])
+    with use_attention_impl("sdpa"):
+        got = mixed_attention(q, k, v, mask)
+    torch.testing.assert_close(got, naive_attention(q, k, v, mask, 8**-0.5), rtol=1e-5, atol=1e-5)
+
+
 def test_mixed_attention_rejects_incompatible_head_counts() -> None:
     q = torch.randn(1, 3, 2, 4)
     kv = torch.randn(1, 2, 2, 4)
     with pytest.raises(ValueError, match="multiple"):
         mixed_attention(q, kv, kv, MixedMask.causal(1))
+
+
+def exhaustive_masks(num_queries: int, num_keys: int) -> MixedMask:
+    """Every (block, key_start, query_offset) with the block and key_start inside 0..num_keys, one per row."""
+    rows = [(start, end, key_start, offset)
+            for start in range(num_keys + 1) for end in range(start, num_keys + 1)
+            for key_start in range(num_keys + 1) for offset in range(num_keys - num_queries + 1)]
+    return MixedMask.from_lists(*map(list, zip(*rows)))
+
+
+@pytest.mark.parametrize("num_queries, num_keys", [(1, 1), (1, 6), (2, 5), (4, 6), (6, 6)])
+def test_key_intervals_are_the_rule_exhaustively(num_queries: int, num_keys: int) -> None:
+    mask = exhaustive_masks(num_queries, num_keys)
+    start, end = key_intervals(mask, num_queries)  # [B, 1], [B, Tq]
+    keys = torch.arange(num_keys)
+    from_intervals = (keys >= start.unsqueeze(-1)) & (keys < end.unsqueeze(-1))  # [B, Tq, Tk]
+    assert torch.equal(from_intervals, dense_mask(mask, num_queries, num_keys)[:, 0])
+    # The plain-int form (host-side decisions) gives the same ends.
+    host_ends = [[key_interval_end(offset + i, block_start, block_end) for i in range(num_queries)]
+                 for block_start, block_end, _, offset in zip(*mask.to_host())]
+    assert end.tolist() == host_ends
+
+
+def test_key_intervals_of_a_pose_step_row() -> None:
+    # A 3-token pose step (BEGIN + 2 queries) at slot 3 of 7, two pad slots: BEGIN is causal, the queries see
+    # the whole block.
+    start, end = key_intervals(one_row(block=(4, 6), key_start=2, query_offset=3), 3)
+    assert start.tolist() == [[2]] and end.tolist() == [[4, 6, 6]]

@@ -4,6 +4,7 @@ the reused static cache and the compiled wrapper (traced with the "eager" backen
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +15,7 @@ from unipose_sdk.body.examples import load_example_pose
 from unipose_sdk.generation import GenerationResult, generate
 from unipose_sdk.models.config import LLMConfig, VocabLayout
 from unipose_sdk.models.llm import MistralLM
-from unipose_sdk.runtime.compiled import FastLM
+from unipose_sdk.runtime.torch_lm import FastLM
 from unipose_sdk.tasks import Editor, Estimator, Generator
 
 VOCAB = VocabLayout(text_vocab_size=64, codebook_size=32, num_pose_tokens=80)
@@ -143,7 +144,7 @@ def test_timings_name_the_stages(model: MistralLM) -> None:
 
 
 def test_fast_lm_reuses_its_static_cache_and_matches(model: MistralLM) -> None:
-    fast = FastLM(model)
+    fast = FastLM(copy.deepcopy(model))  # fused in place: the fixture stays the unfused reference
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
     reference = generate(model, prompts, VOCAB, 100, one_pass=False)
     assert_same(generate(fast, prompts, VOCAB, 100, one_pass=True), reference)

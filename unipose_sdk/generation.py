@@ -25,7 +25,7 @@ Either way the tokens are those of the step-by-step path: one weight pass instea
 
 Only `prefill`, `prefill_with_pose`, `decode_step` and `pose_step` touch the model. A model may define
 `prompt_length_bucket(P) -> P'` (P' >= P): prompts are then left-padded to P' so that a compiled prefill sees
-only a few shapes (`unipose_sdk.runtime.compiled`).
+only a few shapes (`unipose_sdk.runtime.torch_lm`).
 """
 
 from __future__ import annotations

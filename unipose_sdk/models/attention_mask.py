@@ -1,7 +1,8 @@
 """The UniPose mixed attention mask, defined once.
 
-Every attention implementation in the SDK (dense SDPA reference, Triton, C++, the ONNX graph forms) is
-tested against `mask_mod` below; nothing else in the code base decides which key a query may see.
+`mask_mod` states the rule below; `dense_mask` materialises it, and `key_intervals` gives it as one key interval
+per query (the form the model's per-call attention bias and the kernels' block bounds use). Every attention
+implementation in the SDK (SDPA, Triton, C++, the ONNX graph forms) is tested against `mask_mod`.
 
 Coordinates. Keys are indexed by their slot in the KV cache, 0..Tk-1. Query i of a call sits at cache slot
 `query_offset[b] + i` (prefill of a fresh cache: offset 0; a decode step: offset = tokens already cached).
@@ -14,17 +15,24 @@ Rule. Query i of row b may attend key j iff
              and block_start[b] <= j < block_end[b]))   (bidirectional inside the generated pose block)
 An empty block (block_start == block_end) makes the row purely causal. In UniPose the block holds the 80
 pose-query positions that follow a BEGIN token; BEGIN itself is causal.
+
+Interval form. The keys a query may see are always ONE interval: the causal keys are [0, slot] (slot = the
+query's cache slot), and a query inside the block also sees the block, which starts at or before its slot; so
+the allowed keys are key_start[b] <= j < end with end = max(slot + 1, block_end[b]) for a query inside the block,
+else slot + 1. An empty interval (end <= key_start) is a query without any key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+# The four fields as Python ints per row: (block_start, block_end, key_start, query_offset).
+HostMask = tuple[list[int], list[int], list[int], list[int]]
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class MixedMask:
     query_offset: Tensor
 
     @staticmethod
-    def causal(batch_size: int, device: torch.device | str = "cpu", query_offset: int = 0) -> "MixedMask":
+    def causal(batch_size: int, device: torch.device | str = "cpu", query_offset: int = 0) -> MixedMask:
         """A purely causal mask with no padding and no pose block."""
         zeros = torch.zeros(batch_size, dtype=torch.int32, device=device)
         return MixedMask(zeros, zeros, zeros, torch.full_like(zeros, query_offset))
@@ -49,7 +57,7 @@ class MixedMask:
         key_start: list[int] | None = None,
         query_offset: list[int] | None = None,
         device: torch.device | str = "cpu",
-    ) -> "MixedMask":
+    ) -> MixedMask:
         """Build from plain Python lists (tests, prompt builders)."""
         n = len(block_start)
 
@@ -62,11 +70,16 @@ class MixedMask:
     def batch_size(self) -> int:
         return int(self.block_start.shape[0])
 
-    def to(self, device: torch.device | str) -> "MixedMask":
+    def to(self, device: torch.device | str) -> MixedMask:
         return MixedMask(*(t.to(device=device, dtype=torch.int32) for t in self.fields()))
 
     def fields(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.block_start, self.block_end, self.key_start, self.query_offset)
+
+    def to_host(self) -> HostMask:
+        """The fields as Python ints (off the CPU this waits for the device)."""
+        block_start, block_end, key_start, query_offset = (t.tolist() for t in self.fields())
+        return block_start, block_end, key_start, query_offset
 
     def validate(self, num_queries: int, num_keys: int) -> None:
         """Raise ValueError when the description cannot be right for these lengths."""
@@ -107,3 +120,18 @@ def dense_mask(mask: MixedMask, num_queries: int, num_keys: int) -> Tensor:
     kv_idx = torch.arange(num_keys, device=device).view(1, 1, -1)
     h = torch.zeros((), dtype=torch.long, device=device)
     return mask_mod(mask)(b, h, q_idx, kv_idx).unsqueeze(1)
+
+
+def key_interval_end(slot: int, block_start: int, block_end: int) -> int:
+    """End (exclusive) of the keys a query at cache slot `slot` may see, for plain ints (see "Interval form")."""
+    return max(slot + 1, block_end) if block_start <= slot < block_end else slot + 1
+
+
+def key_intervals(mask: MixedMask, num_queries: int) -> tuple[Tensor, Tensor]:
+    """The rule as one key interval per query: query i of row b may attend exactly the keys start[b] <= j <
+    end[b, i]. Returns start [B, 1] (= key_start) and end [B, Tq], int32 (see "Interval form")."""
+    block_start, block_end, key_start, query_offset = (field.view(-1, 1) for field in mask.fields())
+    slot = query_offset + torch.arange(num_queries, dtype=query_offset.dtype, device=query_offset.device)
+    after_slot = slot + 1
+    in_block = (slot >= block_start) & (slot < block_end)
+    return key_start, torch.where(in_block, torch.maximum(after_slot, block_end), after_slot)

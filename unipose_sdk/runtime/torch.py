@@ -8,8 +8,8 @@ from torch import Tensor, nn
 from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.runtime.base import Runtime
-from unipose_sdk.runtime.compiled import FastLM
 from unipose_sdk.runtime.fast_vision import FastVisionTowers
+from unipose_sdk.runtime.torch_lm import FastLM
 
 
 class TorchRuntime(Runtime):
@@ -19,8 +19,9 @@ class TorchRuntime(Runtime):
                  compile: bool = False) -> None:
         """`model` has `.llm` (MistralLM), `.vision` (VisionEncoder) and `.pose_tokenizer` (PoseTokenizer).
 
-        The decoder is served through `FastLM` (runtime/compiled.py): a static KV cache reused across calls,
-        and with `compile` the decode / pose / bucketed prefill calls compiled (CUDA graphs on CUDA).
+        The decoder is served through `FastLM` (runtime/torch_lm.py): the fused model with a static KV cache
+        reused across calls, and with `compile` the decode / pose / bucketed prefill calls compiled (CUDA graphs
+        on CUDA).
 
         The LLM and vision towers run in `dtype`; the pose tokenizer stays float32: it is small, and its
         nearest-code search is where low precision would change tokens.
