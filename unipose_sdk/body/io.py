@@ -164,7 +164,7 @@ def _read_npz(p: Path, handle: BinaryIO) -> PoseFile:
             if key not in keys:
                 return None
             try:
-                return archive[key]
+                value = archive[key]
             except ValueError as exc:
                 if "allow_pickle" in str(exc):  # an object array: would need unpickling
                     raise PoseFormatError(f"received {str(p)!r} whose '{key}' is a pickled object array; expected "
@@ -172,6 +172,11 @@ def _read_npz(p: Path, handle: BinaryIO) -> PoseFile:
                 raise _damaged_member(p, key, exc) from None
             except _DAMAGED as exc:
                 raise _damaged_member(p, key, exc) from None
+            if not isinstance(value, np.ndarray):  # numpy hands back the raw bytes of a member that is no .npy
+                raise PoseFormatError(f"received {str(p)!r} whose member '{key}' is not a .npy array "
+                                      f"({len(value)} bytes without the NumPy header); expected numeric arrays. "
+                                      f"Re-create the file with np.savez.")
+            return value
 
         if {"global_orient", "body_pose"} <= keys:
             layout, rot = "smplx-npz", lambda: _smplx_pose(

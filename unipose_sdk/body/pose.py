@@ -108,10 +108,12 @@ def _check_rotations(rotmat: Tensor, source_dtype: torch.dtype, atol: float | No
     if atol is None:
         atol = _ROTATION_ATOL_HALF if source_dtype in (torch.float16, torch.bfloat16) else ROTATION_ATOL
     error = rotations.rotation_matrix_error(rotmat.detach().double())  # [B, 22]
+    # Entries near float64's limit make inf - inf = NaN in R R^T: such a matrix is as far from a rotation as can be.
+    error = torch.nan_to_num(error, nan=float("inf"))
     worst = int(error.argmax())
     b, j = divmod(worst, error.shape[1])
     worst_error = float(error.reshape(-1)[worst])
-    if worst_error > atol:
+    if not worst_error <= atol:
         raise InvalidPoseError(
             f"received {what} that are not all rotations: the worst is joint {j} ({JOINT_NAMES[j]}) of "
             f"pose {b}, error {worst_error:.3g} (max |R R^T - I| + |det R - 1|), "
