@@ -25,17 +25,14 @@ replaced with overwrite=True.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,7 @@ from unipose_sdk import formats
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
-from unipose_sdk.fileio import replace_directory
+from unipose_sdk.fileio import deferred_signals, make_temp_dir, replace_directory, signals_raise
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
@@ -325,41 +322,6 @@ def _file_size_mb(path: Path) -> float:
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM ends a process without unwinding its stack, which would leave the temporary directory behind; while
-    an export runs (in the main thread, where Python delivers signals) the first SIGTERM raises SystemExit(143)
-    instead, so the same cleanup runs as for an error or Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = False
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal fired
-        if not fired:  # a second signal must not interrupt the cleanup the first one started
-            fired = True
-            raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree with SIGINT / SIGTERM held back until it is done (they are delivered afterwards)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = mask(signal.SIG_BLOCK, held) if mask is not None else None
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    finally:
-        if mask is not None:
-            mask(signal.SIG_SETMASK, previous)
-
-
 def _refuse_existing(target: Path) -> CheckpointError:
     return CheckpointError.make(f"output directory {str(target)!r}, which already exists", "a new directory",
                                 "Choose another output path, or pass overwrite=True / --overwrite.")
@@ -406,11 +368,11 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir applies the umask (tempfile.mkdtemp would force 0700 on the finished directory).
-    tmp = target.parent / f".{target.name}.{export_id[:8]}.tmp"
-    with _sigterm_unwinds():
+    # SIGTERM / SIGHUP raise (as Ctrl-C does) while the export runs, so the cleanup below runs for them too; the
+    # temporary directory's mode follows the umask (tempfile.mkdtemp would leave the finished directory 0700).
+    with signals_raise():
+        tmp = make_temp_dir(target.parent, target.name)
         try:
-            os.mkdir(tmp)
             # The files beside the graphs first: every graph records their digests.
             if src.tokenizer is not None:
                 src.tokenizer.save(tmp)
@@ -435,14 +397,16 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
                 del module
                 report.graphs.append(entry)
             (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
-            if overwrite:
-                replace_directory(tmp, target)
-            else:
-                try:  # one step; fails when another writer created a non-empty target meanwhile
-                    os.rename(tmp, target)
-                except OSError:
-                    raise _refuse_existing(target) from None
+            with deferred_signals():
+                if overwrite:
+                    replace_directory(tmp, target)
+                else:
+                    try:  # one step; fails when another writer created a non-empty target meanwhile
+                        os.rename(tmp, target)
+                    except OSError:
+                        raise _refuse_existing(target) from None
         except BaseException:
-            _remove_tree(tmp)
+            with deferred_signals():  # a second signal must not cut the cleanup short
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
     return report
