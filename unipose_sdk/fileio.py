@@ -148,15 +148,32 @@ _CATCHABLE = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal,
 _defer_lock = threading.Lock()
 _defer_depth = 0
 _pending_signals: list[int] = []
+# Every signal raised since `signals_raise` began. The exception a handler raises lands in whatever code runs at
+# that moment; when that is a weakref callback or a __del__ (matplotlib has some), Python prints and drops it.
+# The record lets `raise_if_signalled` (called before every commit) and the CLI's wrapper still honour it.
+_received_signals: list[int] = []
 
 
 def _raise_for_signal(signum: int, frame: object) -> None:
     if _defer_depth:
         _pending_signals.append(signum)
         return
+    _received_signals.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise TerminatedBySignal(signum)
+
+
+def received_signal() -> int | None:
+    """The first signal `signals_raise` turned into an exception in the current block, or None."""
+    return _received_signals[0] if _received_signals else None
+
+
+def raise_if_signalled() -> None:
+    """Raise again for a signal whose exception may have been swallowed (see _received_signals)."""
+    signum = received_signal()
+    if signum is not None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
 
 
 @contextlib.contextmanager
@@ -167,6 +184,7 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {}
+    _received_signals.clear()
     for signum in _CATCHABLE:
         handler = signal.getsignal(signum)
         if handler is not signal.SIG_IGN:
@@ -476,6 +494,7 @@ class OutputSet:
 
     def _commit(self) -> None:
         assert self.staging is not None
+        raise_if_signalled()  # a signal whose exception was swallowed on the way must not be committed over
         written = [name for name in self.claims if (self.staging / name).is_file()]
         aside = self.staging / ".replaced"
         with _directory_lock(self.directory), deferred_signals():

@@ -79,13 +79,24 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Run a command with SIGTERM / SIGHUP raising (so its cleanup runs) and turn them into exit 128 + signum."""
     def run(args: argparse.Namespace) -> int:
-        from unipose_sdk.fileio import TerminatedBySignal, signals_raise
+        import signal
+
+        from unipose_sdk.fileio import TerminatedBySignal, received_signal, signals_raise
 
         try:
             with signals_raise():
-                return handler(args)
+                try:
+                    code = handler(args)
+                except Exception:
+                    if received_signal() is None:
+                        raise
+                    code = 0  # a failure that followed a signal (its exception was swallowed on the way)
+                signum = received_signal()
+                if signum is not None:
+                    raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
+                return code
         except TerminatedBySignal as exc:
-            print(f"unipose: {exc}; nothing partial was written", file=sys.stderr)
+            print(f"unipose: {exc}; no partial output was left", file=sys.stderr)
             return 128 + exc.signum
 
     return run
