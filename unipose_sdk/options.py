@@ -67,7 +67,9 @@ class BaseOptions:
     device: "auto" | "cpu" | "cuda".
     dtype: None (float32 on CPU, bfloat16 on CUDA), or "float32" / "float16" / "bfloat16" (also "fp32" /
         "fp16" / "bf16") / a torch.dtype. Exported directories run at the precision they were exported in.
-    num_threads: CPU threads for torch / ONNX Runtime (None: leave the library default).
+    num_threads: CPU threads for this task object's calls (None: the process's setting). On torch it is set for
+        each call and restored after it, never changed for the process; ONNX Runtime / TensorRT fix it when the
+        model loads, so a different value for an already loaded exported model is refused (InvalidOptionError).
     max_new_tokens: cap on generated text tokens per request.
     pose_only: pose tasks (estimate, generate, edit) stop after the pose block; False also decodes the trailing
         text of the answer (END, "." and eos carry no information, so this only costs decode steps).
