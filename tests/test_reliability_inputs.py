@@ -466,3 +466,21 @@ def test_every_error_above_is_a_unipose_error() -> None:
     # The typed errors subclass the built-in categories callers already catch.
     assert issubclass(InvalidOptionError, (UniPoseError, ValueError))
     assert issubclass(PoseFormatError, ValueError) and issubclass(InvalidTextError, ValueError)
+
+
+def test_exported_models_refuse_a_conflicting_thread_count() -> None:
+    from types import SimpleNamespace
+
+    from unipose_sdk.tasks.base import _check_loaded_threads
+
+    class Session:  # what the check reads of a loaded session
+        runtime = SimpleNamespace(backend="onnxruntime")
+        model_name = "exported-dir"
+
+    session = Session()
+    _check_loaded_threads(session, GeneratorOptions(num_threads=2))  # the first task object loads it with 2
+    _check_loaded_threads(session, GeneratorOptions(num_threads=2))
+    _check_loaded_threads(session, GeneratorOptions())  # no request: uses what is loaded
+    with pytest.raises(InvalidOptionError, match="already loaded on onnxruntime with num_threads=2") as info:
+        _check_loaded_threads(session, GeneratorOptions(num_threads=1))
+    assert "Pass num_threads=2" in str(info.value)
