@@ -1,9 +1,13 @@
 """unipose_sdk.export: ONNX and TensorRT export of the UniPose model (installed from the repository's export/).
 
-    specs.py      one declarative spec per graph: names, dynamic axes, opset, tolerance
+    specs.py      one declarative spec per graph: names, dynamic axes, opset, tolerance, metadata keys
     onnx.py       export_onnx(model, output_dir, precision=...): five self-describing, validated graphs
-    validate.py   ONNX Runtime vs torch comparison (ExportValidationError), reading export directories back
-    tensorrt.py   engines from the exported graphs: profiles, headers, version checks, cache keys, the builder
+    validate.py   ONNX Runtime vs torch comparison (ExportValidationError); it only compares
+    artifacts.py  reading exports back (the runtimes use it): metadata, engine headers, codebook, tokenizer,
+                  and the identity checks that every part belongs to one export
+    tensorrt.py   engines from the exported graphs: profiles, version checks, cache keys, the builder
+
+The runtimes import this package (specs, artifacts); it imports no runtime, so the two packages form no cycle.
 
 Heavy imports (torch.onnx, onnxscript, onnxruntime, tensorrt) happen inside the functions that need them.
 """

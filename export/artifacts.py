@@ -1,5 +1,6 @@
-"""Reading exported artifacts back: the metadata of ONNX graphs and engine headers, the pose codebook and the
-tokenizer beside them, and the checks that every part belongs to the same export.
+"""Reading exported artifacts back, for the runtimes and the engine builder: the metadata of ONNX graphs and
+engine headers, the pose codebook and the tokenizer beside them, and the checks that every part belongs to the
+same export.
 
 Identity. `unipose export` gives each export a random id and records, in every graph's metadata, that id, the
 sha256 of the weights it was made from (`weights_sha256`) and the sha256 of the files written beside the
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from unipose_sdk.export import specs as S
 
 from unipose_sdk.errors import (
     BackendUnavailableError,
@@ -34,7 +36,6 @@ from unipose_sdk.errors import (
     ModelNotFoundError,
     UniPoseError,
 )
-from unipose_sdk.export import specs as S
 from unipose_sdk.models.config import UniPoseConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

@@ -16,7 +16,7 @@ the same translation), and RMSNorm already computes in float32 in the model.
 
 Every file carries its metadata (config, vocabulary layout, spec, SDK version, precision) and the export's
 identity (a random export id, the sha256 of the source weights, the sha256 of the codebook and tokenizer files
-written beside the graphs) in metadata_props; runtime/artifacts.py reads them back and refuses parts of
+written beside the graphs) in metadata_props; export/artifacts.py reads them back and refuses parts of
 different exports. The directory is written under a temporary name (created with the umask's mode, like every
 file in it) and renamed into place in one step only after every graph has been validated against torch
 (`validate.py`); an error, Ctrl-C or SIGTERM removes the temporary directory, and an existing directory is only
@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from unipose_sdk.export import specs as S
+from unipose_sdk.export.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
-from unipose_sdk import formats
+from unipose_sdk import formats, loading
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
@@ -51,7 +52,6 @@ from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.llm import KVCache
-from unipose_sdk.runtime.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
 log = logging.getLogger("unipose_sdk")
 
@@ -247,7 +247,7 @@ def _load_source(model: Any, dtype: torch.dtype) -> _Source:
         raise InvalidInputError.make(f"model of type {type(model).__name__}",
                                      f"None, {formats.EMBEDDED_MODEL!r}, an SDK model directory or a UniPoseModel",
                                      "Pass the model directory written by `unipose convert`.")
-    loaded = formats.load_torch_model(model, "cpu", dtype)
+    loaded = loading.load_torch_model(model, "cpu", dtype)
     name = formats.EMBEDDED_MODEL if formats.is_embedded(model) else str(model)
     weights = (EMBEDDED_DIR if formats.is_embedded(model) else Path(model)) / WEIGHTS_FILE
     digest = file_sha256(weights) if weights.is_file() else state_dict_sha256(loaded.model.state_dict())

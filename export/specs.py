@@ -55,7 +55,7 @@ META_EMISSION = "unipose.attention_emission"
 META_IS_RANDOM = "unipose.is_random"
 META_SOURCE = "unipose.source"
 META_VALIDATION = "unipose.validation"
-# Identity: which export a file belongs to and what it was made from (read back by runtime/artifacts.py).
+# Identity: which export a file belongs to and what it was made from (read back by export/artifacts.py).
 META_EXPORT_ID = "unipose.export_id"  # random per export: all five graphs of one export carry the same id
 META_WEIGHTS_SHA256 = "unipose.weights_sha256"  # digest of the weights the export was made from
 META_FILES = "unipose.files"  # JSON {file name: sha256} of the codebook and tokenizer files beside the graphs

@@ -2,7 +2,7 @@
 
     unipose export --model M --format engine --precision fp16 -o DIR   (ONNX graphs + one .engine per graph)
 
-Engine file layout (runtime/artifacts.py's EngineHeader): MAGIC | header length | header JSON | the serialized
+Engine file layout (artifacts.py's EngineHeader): MAGIC | header length | header JSON | the serialized
 engine. The header names the TensorRT version, GPU, compute capability, SDK version, precision, the graph's
 spec and the identity of the export the graph came from, so a loader can refuse an engine built elsewhere or
 from other graphs before handing it to TensorRT (which would fail with a less helpful message, or worse, run a
@@ -24,14 +24,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from unipose_sdk.export import specs as S
-
-from unipose_sdk._version import __version__
-from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
-from unipose_sdk.fileio import atomic_write, atomic_write_bytes
-from unipose_sdk.runtime.artifacts import (
+from unipose_sdk.export.artifacts import (
     HEADER_LENGTH,
     MAGIC,
     EngineHeader,
@@ -40,7 +36,16 @@ from unipose_sdk.runtime.artifacts import (
     parse_version,
     read_directory,
 )
-from unipose_sdk.runtime.tensorrt import require_tensorrt
+
+from unipose_sdk import formats
+from unipose_sdk._version import __version__
+from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
+from unipose_sdk.fileio import atomic_write, atomic_write_bytes
+
+
+def require_tensorrt() -> Any:
+    return formats.FORMATS["engine"].require()
+
 
 # First TensorRT release whose ONNX parser imports the opset-23 Attention operator (IAttention).
 ATTENTION_OP_MIN_VERSION = (10, 14)

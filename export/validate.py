@@ -6,7 +6,7 @@ A graph passes when every float output is within its spec's tolerance (max|onnx 
 max|torch|) and every integer output agrees on at least `min_match` of its elements; a miss raises
 ExportValidationError naming the graph, the output and the max / mean difference.
 
-This module only compares; reading export directories back is runtime/artifacts.py's.
+This module only compares; reading export directories back is artifacts.py's.
 """
 
 from __future__ import annotations
@@ -19,13 +19,19 @@ import torch
 from torch import nn
 from unipose_sdk.export import specs as S
 
+from unipose_sdk import formats
 from unipose_sdk.errors import ExportValidationError
 from unipose_sdk.models.config import UniPoseConfig
-from unipose_sdk.runtime.onnxruntime import require_onnxruntime, to_numpy
 
 log = logging.getLogger("unipose_sdk")
 
 VALIDATION_SIZES = {"batch": 3, "tokens": 7, "keys": 12, "logits": 3}
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """numpy has no bfloat16: such tensors travel as float32 (only reachable for bf16 graphs, validated on GPU)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def compare(name: str, output: str, onnx_value: np.ndarray, torch_value: torch.Tensor,
@@ -66,7 +72,7 @@ def validate_graph(path: Path, spec: S.GraphSpec, config: UniPoseConfig, referen
     """
     from unipose_sdk.export.onnx import example_inputs
 
-    ort = require_onnxruntime()
+    ort = formats.FORMATS["onnx"].require()
     if graph_dtype == torch.bfloat16:
         reason = "bf16 graphs need a GPU execution provider; ONNX Runtime's CPU provider has no bf16 kernels"
         log.warning("export: graph %s not validated: %s", spec.name, reason)

@@ -26,15 +26,15 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from unipose_sdk.export import artifacts as A  # noqa: E402
 from unipose_sdk.export import onnx as export_module  # noqa: E402
 from unipose_sdk.export import specs as S  # noqa: E402
 from unipose_sdk.export import tensorrt as T  # noqa: E402
 
-from unipose_sdk import formats  # noqa: E402
+from unipose_sdk import formats, loading  # noqa: E402
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError  # noqa: E402
 from unipose_sdk.fileio import TerminatedBySignal  # noqa: E402
 from unipose_sdk.options import Backend, GeneratorOptions  # noqa: E402
-from unipose_sdk.runtime import artifacts as A  # noqa: E402
 from unipose_sdk.tasks import Generator  # noqa: E402
 
 SHORT = {"max_new_tokens": 4}
@@ -52,7 +52,7 @@ def two_exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from unipose_sdk.checkpoint.sdk_format import save_model
 
     root = tmp_path_factory.mktemp("identity")
-    loaded = formats.load_torch_model(None, "cpu", torch.float32)
+    loaded = loading.load_torch_model(None, "cpu", torch.float32)
     save_model(loaded.model, root / "model-a", loaded.tokenizer)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_state_dict_digest_sees_values_dtypes_and_names() -> None:
 
 
 def test_an_in_memory_model_is_identified_by_its_state_dict(tmp_path: Path) -> None:
-    loaded = formats.load_torch_model(None, "cpu", torch.float32)
+    loaded = loading.load_torch_model(None, "cpu", torch.float32)
     report = _export(loaded.model, tmp_path / "mem", graphs=("pose_decoder",))
     assert report.weights_sha256 == A.state_dict_sha256(loaded.model.state_dict())
     meta = A.read_graph_metadata(tmp_path / "mem" / "pose_decoder.onnx")
@@ -458,24 +458,24 @@ def test_explicit_backends_need_their_files(tmp_path: Path) -> None:
 def test_the_one_loader(tmp_path: Path) -> None:
     from unipose_sdk.errors import ModelNotFoundError
 
-    loaded = formats.load_torch_model("unipose-tiny", "cpu", "bf16")
+    loaded = loading.load_torch_model("unipose-tiny", "cpu", "bf16")
     assert loaded.config.name == "unipose-tiny" and loaded.model.llm.lm_head.weight.dtype == torch.bfloat16
     with pytest.raises(ModelNotFoundError, match="unipose convert"):
-        formats.load_torch_model(tmp_path / "nowhere")
+        loading.load_torch_model(tmp_path / "nowhere")
     with pytest.raises(InvalidInputError, match="model of type int"):
-        formats.load_torch_model(42)
+        loading.load_torch_model(42)
 
 
 def test_the_export_loader_uses_the_one_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Export accepts what the loader accepts ("unipose-tiny" by name, not only None)."""
     seen = []
-    real = formats.load_torch_model
+    real = loading.load_torch_model
 
     def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(formats, "load_torch_model", spy)
+    monkeypatch.setattr(loading, "load_torch_model", spy)
     report = _export("unipose-tiny", tmp_path / "out", graphs=("pose_decoder",))
     assert seen == ["unipose-tiny"] and report.graphs[0].name == "pose_decoder"
     assert np.load(tmp_path / "out" / "pose_codebook.npy").dtype == np.float32

@@ -14,14 +14,14 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from unipose_sdk.checkpoint.embedded import embedded_model_is_trained  # noqa: E402
 from unipose_sdk.export import specs as S  # noqa: E402
+from unipose_sdk.export.artifacts import read_graph_metadata  # noqa: E402
 from unipose_sdk.export.onnx import DecoderGraph, example_inputs, export_graph, export_onnx  # noqa: E402
 from unipose_sdk.export.validate import compare  # noqa: E402
 
+from unipose_sdk.checkpoint.embedded import embedded_model_is_trained  # noqa: E402
 from unipose_sdk.errors import CheckpointError, ExportValidationError, InvalidInputError  # noqa: E402
 from unipose_sdk.models.config import get_preset  # noqa: E402
-from unipose_sdk.runtime.artifacts import read_graph_metadata  # noqa: E402
 
 
 def test_specs_name_every_tensor_and_axis() -> None:

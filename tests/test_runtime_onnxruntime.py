@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from unipose_sdk.export import specs as S  # noqa: E402
-from unipose_sdk.runtime.artifacts import is_export_directory, read_directory  # noqa: E402
+from unipose_sdk.export.artifacts import is_export_directory, read_directory  # noqa: E402
 
 from unipose_sdk import generation  # noqa: E402
 from unipose_sdk.body.examples import example_pose_names, load_example_pose  # noqa: E402

@@ -1,5 +1,5 @@
 """The pure parts of the TensorRT path, without TensorRT: profiles from specs, engine headers (written by the
-exporter, read by runtime/artifacts.py), version and identity checks, engine-cache keys, the missing-package
+exporter, read by export/artifacts.py), version and identity checks, engine-cache keys, the missing-package
 error. Building and running engines needs TensorRT and a GPU (skipped)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from unipose_sdk.export import artifacts as A
 from unipose_sdk.export import tensorrt as T
 from unipose_sdk.export.specs import graph_specs
 
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
 from unipose_sdk.models.config import get_preset
-from unipose_sdk.runtime import artifacts as A
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

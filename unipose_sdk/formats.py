@@ -19,6 +19,7 @@ are accepted wherever a dtype is read. This module imports neither torch nor the
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Format:
     marker_files: tuple[str, ...]  # a directory holds this format when all of these are in it ...
     devices_dtypes: dict[str, tuple[str, ...]]  # device type -> the dtypes its runtime runs there
     package: str | None  # import name of the runtime package (None: torch itself)
+    install: str  # how to get that package
     exportable: bool  # written by `unipose export`
 
     @property
@@ -98,6 +100,19 @@ class Format:
     def installed(self) -> bool:
         return self.package is None or importlib.util.find_spec(self.package) is not None
 
+    def require(self) -> Any:
+        """The runtime package (imported), or BackendUnavailableError with the install command."""
+        if self.package is None:
+            import torch
+
+            return torch
+        try:
+            return importlib.import_module(self.package)
+        except ImportError:
+            raise BackendUnavailableError.make(
+                f"a request that needs {self.package} (the {self.name} format), which is not installed",
+                f"the {self.package} package", self.install) from None
+
     def runs(self, device: str, dtype_name: str | None = None) -> bool:
         return device in self.devices_dtypes and (dtype_name is None or dtype_name in self.devices_dtypes[device])
 
@@ -105,11 +120,12 @@ class Format:
 _ALL = DTYPE_NAMES
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("torch", "torch", ".safetensors", ("config.json", "model.safetensors"),
-           {"cpu": _ALL, "cuda": _ALL}, None, False),
+           {"cpu": _ALL, "cuda": _ALL}, None, "Install torch.", False),
     # ONNX Runtime's CPU provider has no bfloat16 kernels.
     Format("onnx", "onnxruntime", ".onnx", ("decoder.onnx",), {"cpu": ("float32", "float16"), "cuda": _ALL},
-           "onnxruntime", True),
-    Format("engine", "tensorrt", ".engine", ("decoder.engine", "decoder.onnx"), {"cuda": _ALL}, "tensorrt", True),
+           "onnxruntime", 'Install it with pip install "unipose-sdk[onnx]" (or onnxruntime-gpu for CUDA).', True),
+    Format("engine", "tensorrt", ".engine", ("decoder.engine", "decoder.onnx"), {"cuda": _ALL}, "tensorrt",
+           'pip install "unipose-sdk[trt]" (on Jetson, use the TensorRT that ships with JetPack).', True),
 )}
 BACKENDS = tuple(f.backend for f in FORMATS.values())
 EXPORT_FORMATS = tuple(f.name for f in FORMATS.values() if f.exportable)
@@ -142,7 +158,7 @@ class Source:
         return EMBEDDED_MODEL if self.path is None else str(self.path)
 
 
-def _existing_directory(model: str | os.PathLike) -> Path:
+def existing_directory(model: str | os.PathLike) -> Path:
     path = Path(model)
     if not path.is_dir():
         raise ModelNotFoundError.make(
@@ -161,7 +177,8 @@ def formats_in(directory: str | os.PathLike) -> list[Format]:
 
 
 def resolve_source(model: str | os.PathLike | None, backend: str = "auto", device: str = "cpu") -> Source:
-    """The format that runs `model` (None / "unipose-tiny" or a directory) for `backend` on `device`."""
+    """The format that runs `model` (None / "unipose-tiny" or a directory) for `backend` on `device`; the torch
+    format's weights are then loaded by `unipose_sdk.loading.load_torch_model`."""
     if is_embedded(model):
         if backend not in ("auto", "torch"):
             raise BackendUnavailableError.make(
@@ -170,7 +187,7 @@ def resolve_source(model: str | os.PathLike | None, backend: str = "auto", devic
                 f"Export first: unipose export --model {EMBEDDED_MODEL} -o DIR, then pass model=DIR; "
                 "or use backend='torch'.")
         return Source(FORMATS["torch"], None)
-    path = _existing_directory(model)  # type: ignore[arg-type]
+    path = existing_directory(model)  # type: ignore[arg-type]
     held = formats_in(path)
     if backend != "auto":
         fmt = format_of_backend(backend)
@@ -199,22 +216,6 @@ def resolve_source(model: str | os.PathLike | None, backend: str = "auto", devic
 def runnable_formats(model: str | os.PathLike | None, device: str) -> list[Format]:
     """Every format `model` can run as on `device` with the packages installed here, fastest first (the
     benchmark's backend rows for a model)."""
-    held = [FORMATS["torch"]] if is_embedded(model) else formats_in(_existing_directory(model))  # type: ignore[arg-type]
+    held = [FORMATS["torch"]] if is_embedded(model) else formats_in(existing_directory(model))  # type: ignore[arg-type]
     return [FORMATS[n] for n in AUTO_ORDER.get(device, ("torch",))
             if FORMATS[n] in held and FORMATS[n].installed()]
-
-
-def load_torch_model(model: Any, device: Any = "cpu", dtype: Any = None) -> Any:
-    """The one loader of torch weights: None / "unipose-tiny" (the embedded model) or an SDK model directory
-    -> checkpoint.sdk_format.LoadedModel (model, config, tokenizer, is_random, source). Imports torch."""
-    from unipose_sdk.checkpoint.embedded import load_embedded
-    from unipose_sdk.checkpoint.sdk_format import load_model
-
-    resolved = None if dtype is None else torch_dtype(dtype)
-    if is_embedded(model):
-        return load_embedded(device, resolved)
-    if not isinstance(model, (str, os.PathLike)):
-        raise InvalidInputError.make(f"model of type {type(model).__name__}",
-                                     f"None, {EMBEDDED_MODEL!r} or an SDK model directory",
-                                     "Pass the model directory written by `unipose convert`.")
-    return load_model(_existing_directory(model), device, resolved)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from unipose_sdk import formats, generation
+from unipose_sdk import formats, generation, loading
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import ModelNotFoundError
 from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
@@ -86,7 +86,7 @@ class UniPose:
         source = formats.resolve_source(options.model, options.backend.value, device.type)
         if source.format.name != "torch":
             return cls._load_exported(source, options, device)
-        loaded = formats.load_torch_model(options.model, device, dtype)
+        loaded = loading.load_torch_model(options.model, device, dtype)
         if loaded.tokenizer is None:
             raise ModelNotFoundError(
                 f"received model directory {source.name} without tokenizer.json; expected a complete SDK model "
@@ -102,8 +102,8 @@ class UniPose:
     @classmethod
     def _load_exported(cls, source: formats.Source, options: BaseOptions, device: torch.device) -> UniPose:
         """A directory written by `unipose export` (ONNX graphs, or TensorRT engines beside them); its parts are
-        checked to belong to one export (runtime/artifacts.py) before anything runs."""
-        from unipose_sdk.runtime.artifacts import read_tokenizer
+        checked to belong to one export (export/artifacts.py) before anything runs."""
+        from unipose_sdk.export.artifacts import read_tokenizer
 
         path = source.path
         assert path is not None  # exported formats are always directories

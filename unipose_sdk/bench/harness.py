@@ -108,7 +108,7 @@ def load_onnx_session(onnx_dir: str | None, device: torch.device, model: str = "
         return None, "not run: pass --onnx-dir <directory written by `unipose export`>"
     name = Path(onnx_dir).name
     try:
-        from unipose_sdk.runtime.artifacts import is_export_directory
+        from unipose_sdk.export.artifacts import is_export_directory
 
         note = f"loaded {name}"
         if model == "unipose-tiny" and not Path(onnx_dir).exists():

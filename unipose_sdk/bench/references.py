@@ -210,7 +210,8 @@ def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedPa
     not depend on their values) or an SDK model directory."""
     if model == "unipose-7b":
         return _random_7b(device, dtype)
-    from unipose_sdk.formats import is_embedded, load_torch_model
+    from unipose_sdk.formats import is_embedded
+    from unipose_sdk.loading import load_torch_model
 
     loaded = load_torch_model(model, device, dtype)
     name = "embedded unipose-tiny" if is_embedded(model) else f"model directory {Path(model).name}"

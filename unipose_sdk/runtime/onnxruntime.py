@@ -28,8 +28,8 @@ from torch import Tensor
 from unipose_sdk import formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
 from unipose_sdk.export import specs as S
+from unipose_sdk.export.artifacts import ExportedModel, read_directory
 from unipose_sdk.models.config import UniPoseConfig
-from unipose_sdk.runtime.artifacts import ExportedModel, read_directory
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.runtime.graph_lm import GraphLanguageModel
 
@@ -63,22 +63,6 @@ class OrtOptions:
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise InvalidInputError.make(f"num_threads={self.num_threads!r}", "a positive int or None",
                                          "Pass e.g. num_threads=2.")
-
-
-def require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError.make(
-            "a request that needs ONNX Runtime, which is not installed", "the onnxruntime package",
-            'Install it with pip install "unipose-sdk[onnx]" (or onnxruntime-gpu for CUDA).') from None
-    return onnxruntime
-
-
-def to_numpy(t: Tensor) -> np.ndarray:
-    """numpy has no bfloat16: such tensors travel as float32 (only reachable for bf16 graphs, validated on GPU)."""
-    t = t.detach().cpu()
-    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _session_options(ort: Any, options: OrtOptions) -> Any:
@@ -123,7 +107,8 @@ class _Graph:
         """CPU: numpy in, numpy out (zero-copy both ways). CUDA: IO binding of torch tensors; `outputs` names
         preallocated device buffers to write into (the KV ping-pong), the others are allocated by ORT."""
         if not self.on_gpu:
-            feed = {name: to_numpy(t.contiguous()) for name, t in inputs.items()}
+            # numpy views of the tensors (no bfloat16 here: the format table keeps bf16 graphs off the CPU).
+            feed = {name: t.detach().contiguous().numpy() for name, t in inputs.items()}
             return [torch.from_numpy(np.asarray(a)) for a in self.session.run(self.spec.output_names, feed)]
         binding = self.session.io_binding()
         for name, t in inputs.items():
@@ -161,7 +146,7 @@ class OnnxRuntimeRuntime(Runtime):
 
     def __init__(self, directory: str | os.PathLike, device: torch.device | str = "cpu",
                  options: OrtOptions | None = None) -> None:
-        ort = require_onnxruntime()
+        ort = formats.FORMATS["onnx"].require()
         self.options = options or OrtOptions()
         self.device = torch.device(device)
         self.exported: ExportedModel = read_directory(directory)

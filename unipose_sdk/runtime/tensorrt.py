@@ -3,7 +3,7 @@
     unipose export --model M --format engine --dtype float16 -o DIR
     Generator.from_pretrained(DIR, backend="tensorrt", device="cuda")
 
-Each `<graph>.engine` starts with the SDK's JSON header (read by runtime/artifacts.py); an engine built with
+Each `<graph>.engine` starts with the SDK's JSON header (read by export/artifacts.py); an engine built with
 another TensorRT version, on another GPU or from the graphs of another export is refused with the rebuild
 command. Tensors are torch CUDA tensors bound by address (`set_input_shape` / `set_tensor_address` /
 `execute_async_v3` on torch's current stream), and the decoder's KV cache is ping-ponged between two buffer sets
@@ -27,7 +27,7 @@ from torch import Tensor
 from unipose_sdk import formats
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError
 from unipose_sdk.export import specs as S
-from unipose_sdk.runtime.artifacts import (
+from unipose_sdk.export.artifacts import (
     REBUILD_HINT,
     ExportedModel,
     check_compatible,
@@ -39,16 +39,6 @@ from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.runtime.graph_lm import GraphLanguageModel
 
 log = logging.getLogger("unipose_sdk")
-
-
-def require_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendUnavailableError.make(
-            "a request that needs TensorRT, which is not installed", "the tensorrt Python package (10.x or 11.x)",
-            'pip install "unipose-sdk[trt]" (on Jetson, use the TensorRT that ships with JetPack).') from None
-    return tensorrt
 
 
 class _Engine:
@@ -125,7 +115,7 @@ class TensorRTRuntime(Runtime):
 
     def __init__(self, directory: str | os.PathLike, device: torch.device | str = "cuda",
                  use_cuda_graphs: bool = True) -> None:
-        trt = require_tensorrt()
+        trt = formats.FORMATS["engine"].require()
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise BackendUnavailableError.make(f"backend='tensorrt' on device {str(device)!r}",
