@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from unipose_sdk.export import specs as S
+import unipose_sdk.export.specs as S
 
 from unipose_sdk.errors import (
     BackendUnavailableError,

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import unipose_sdk.export.specs as S
 from torch import Tensor, nn
-from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
 from unipose_sdk import formats, loading
@@ -346,7 +346,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
         directory is refused, also one that appears while the export runs.
     """
     from tqdm import tqdm
-    from unipose_sdk.export.validate import validate_graph
+    from unipose_sdk.export.validate import VALIDATION_SIZES, validate_graph
     from unipose_sdk.kernels import onnx as kernels_onnx
 
     precision = S.check_precision(precision)
@@ -391,8 +391,9 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
                 entry = GraphReport(name, spec.file_name, _file_size_mb(path), time.perf_counter() - started)
                 if validate:
                     reference = graph_modules(src.model, name, torch.float32)
+                    inputs = example_inputs(spec, src.config, graph_dtype, seed=1, **VALIDATION_SIZES)
                     entry.max_abs_diff, entry.mean_abs_diff, entry.validated = validate_graph(
-                        path, spec, src.config, reference, graph_dtype)
+                        path, spec, reference, graph_dtype, inputs)
                     del reference
                 del module
                 report.graphs.append(entry)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from unipose_sdk.export import specs as S
+import unipose_sdk.export.specs as S
 from unipose_sdk.export.artifacts import (
     HEADER_LENGTH,
     MAGIC,

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import unipose_sdk.export.specs as S
 from torch import nn
-from unipose_sdk.export import specs as S
 
 from unipose_sdk import formats
 from unipose_sdk.errors import ExportValidationError
-from unipose_sdk.models.config import UniPoseConfig
 
 log = logging.getLogger("unipose_sdk")
 
@@ -63,21 +62,19 @@ def compare(name: str, output: str, onnx_value: np.ndarray, torch_value: torch.T
     return max_diff, mean_diff
 
 
-def validate_graph(path: Path, spec: S.GraphSpec, config: UniPoseConfig, reference: nn.Module,
-                   graph_dtype: torch.dtype) -> tuple[float | None, float | None, str]:
-    """Run `path` in ONNX Runtime (CPU) and `reference` (float32 torch) on the same inputs.
+def validate_graph(path: Path, spec: S.GraphSpec, reference: nn.Module, graph_dtype: torch.dtype,
+                   inputs: tuple[torch.Tensor, ...]) -> tuple[float | None, float | None, str]:
+    """Run `path` in ONNX Runtime (CPU) and `reference` (float32 torch) on `inputs` (the exporter's
+    `example_inputs` at VALIDATION_SIZES, which differ from the traced sizes).
 
     Returns (max abs diff over float outputs, mean abs diff, "yes"), or (None, None, "skipped: ...") for a bf16
     graph, which ONNX Runtime cannot run on the CPU (logged; validate it on the GPU that will run it).
     """
-    from unipose_sdk.export.onnx import example_inputs
-
     ort = formats.FORMATS["onnx"].require()
     if graph_dtype == torch.bfloat16:
         reason = "bf16 graphs need a GPU execution provider; ONNX Runtime's CPU provider has no bf16 kernels"
         log.warning("export: graph %s not validated: %s", spec.name, reason)
         return None, None, f"skipped: {reason}"
-    inputs = example_inputs(spec, config, graph_dtype, seed=1, **VALIDATION_SIZES)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = session.run(spec.output_names, {n: to_numpy(t) for n, t in zip(spec.input_names, inputs)})
     with torch.no_grad():
