@@ -9,8 +9,9 @@
 `backend="auto"` picks, among the formats a directory holds, the first of `AUTO_ORDER[device]` whose runtime
 package is installed. A directory holds one kind of weights, except that an engine directory also holds the
 ONNX graphs its engines were built from; so on CUDA an engine directory runs on TensorRT when it is installed
-(engines are built for this GPU: the fastest of the three) and on ONNX Runtime otherwise (the fallback is named
-in every result), and on the CPU, where engines cannot run, on ONNX Runtime.
+(its engines were compiled for this GPU; an ordering by TensorRT's purpose, not measured here, where TensorRT
+cannot be installed) and on ONNX Runtime otherwise (the fallback is named in every result), and on the CPU,
+where engines cannot run, on ONNX Runtime.
 
 Dtypes have one name each ("float32", "float16", "bfloat16": the options, the CLI's --dtype, config.json) and
 one short name ("fp32", "fp16", "bf16": the precision recorded in exported graphs and engine headers); both
