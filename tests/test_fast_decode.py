@@ -20,7 +20,7 @@ from unipose_sdk.generation import generate
 from unipose_sdk.models.attention import resolve_attention_impl, use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
-from unipose_sdk.models.llm import KVCache, MistralLM, RMSNorm, plan_cache_write, rope_cos_sin
+from unipose_sdk.models.llm import KVCache, MistralLM, RMSNorm, rope_cos_sin
 from unipose_sdk.runtime.torch_lm import FastLM
 
 VOCAB = VocabLayout(text_vocab_size=64, codebook_size=32, num_pose_tokens=80)
@@ -283,8 +283,8 @@ def test_model_built_on_the_meta_device_runs_once_loaded(model: MistralLM) -> No
 
 @pytest.mark.parametrize("same_offset", [True, False])
 @pytest.mark.parametrize("num_tokens", [1, 3])
-def test_cache_write_plans_agree_in_place_and_out_of_place(same_offset: bool, num_tokens: int) -> None:
-    """The copy plan (one offset known on the host), the scatter plan, and the out-of-place cache of export."""
+def test_cache_writes_agree_in_place_and_out_of_place(same_offset: bool, num_tokens: int) -> None:
+    """The copy (one offset known on the host), the scatter, and the out-of-place cache of export."""
     batch, heads, slots, dim = 2, 2, 8, 4
     offsets = torch.tensor([3, 3] if same_offset else [1, 4], dtype=torch.int32)
     new = torch.randn(batch * num_tokens, heads, dim)
@@ -293,15 +293,19 @@ def test_cache_write_plans_agree_in_place_and_out_of_place(same_offset: bool, nu
         for t in range(num_tokens):
             expected[b, :, int(offsets[b]) + t] = new[b * num_tokens + t]
     for host in (offsets.tolist(), None):
-        where = plan_cache_write(offsets, num_tokens, heads, dim, host)
-        assert (where.start is not None) == (host is not None and same_offset)
         cache = KVCache.from_tensors([torch.zeros(batch, heads, slots, dim)], [torch.zeros(batch, heads, slots, dim)])
-        k, _ = cache.write(0, new, new, where)
-        assert torch.equal(k, expected) and k is cache.k[0]
+        write = cache.writer(offsets, num_tokens, None, host)
+        with profile() as prof:
+            k, v = write(0, new, new)
+        scattered = any(event.name == "aten::scatter_" for event in prof.events())
+        assert scattered is not (host is not None and same_offset)
+        assert torch.equal(k, expected) and k is cache.k[0] and torch.equal(v, expected)
+        k, _ = cache.writer(offsets, num_tokens, 7, host)(0, new, new)  # kv_length: the first 7 slots
+        assert torch.equal(k, expected[:, :, :7])
         inputs = [torch.zeros(batch, heads, slots, dim)]
         functional = KVCache.from_tensors(inputs, inputs, in_place=False)
-        k, _ = functional.write(0, new, new, where)
-        assert torch.equal(k, expected) and not inputs[0].any()
+        k, _ = functional.writer(offsets, num_tokens, None, host)(0, new, new)
+        assert torch.equal(k, expected) and functional.k[0] is k and not inputs[0].any()
 
 
 def test_decode_step_has_no_casts_and_no_fused_attention_call(model: MistralLM) -> None:

@@ -78,8 +78,7 @@ class MixedMask:
 
     def to_host(self) -> HostMask:
         """The fields as Python ints (off the CPU this waits for the device)."""
-        block_start, block_end, key_start, query_offset = (t.tolist() for t in self.fields())
-        return block_start, block_end, key_start, query_offset
+        return self.block_start.tolist(), self.block_end.tolist(), self.key_start.tolist(), self.query_offset.tolist()
 
     def validate(self, num_queries: int, num_keys: int) -> None:
         """Raise ValueError when the description cannot be right for these lengths."""
