@@ -1,7 +1,9 @@
 """The torch runtime's language model: a static KV cache reused across calls, prompt-length buckets, compiled calls.
 
 `FastLM` wraps a `MistralLM` and satisfies the `LanguageModel` protocol of `unipose_sdk.generation`, so the same
-greedy loop drives it. Every call runs the model's own forward (models/llm.py); what this module adds is:
+greedy loop drives it. Every call runs the model's own forward (models/llm.py), with the attention its router
+picks (models/attention.py): on the CPU SDPA for decode steps and for calls up to 300 x 300 scores, the fused C++
+kernel for longer prompts; on CUDA SDPA, compiled graphs included. What this module adds is:
 
 - The static KV cache, allocated once per batch size and reused by every later call (gpt-fast style). Its length
   is rounded up to `cache_step` slots and only ever grows, so compiled graphs see few cache shapes. Reusing it
