@@ -66,9 +66,8 @@ def _synthetic_model(parents: list[int], seed: int = 0) -> dict[str, np.ndarray]
 
 @pytest.fixture(scope="module")
 def smpl_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.pkl"
-    with open(path, "wb") as handle:
-        pickle.dump(_synthetic_model(SMPL_PARENTS), handle, protocol=2)
+    path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz"
+    np.savez(path, **_synthetic_model(SMPL_PARENTS))
     return path
 
 
@@ -88,7 +87,8 @@ def test_joints_and_vertices_match_smplx(smpl_file, smpl_body, poses) -> None:
     transl = torch.tensor([[0.1, 0.2, 0.3], [0.0, 0.0, 0.0], [-1.0, 0.5, 2.0]])
     joints_m, vertices_m = smpl_body.forward(poses, betas=betas, transl_m=transl)
     assert joints_m.shape == (3, 22, 3) and vertices_m.shape == (3, NUM_VERTICES, 3)
-    reference = smplx.SMPL(model_path=str(smpl_file), batch_size=3)
+    reference = smplx.SMPL(model_path=str(smpl_file), batch_size=3,
+                           data_struct=smplx.utils.Struct(**np.load(smpl_file)))
     full_pose = poses.axis_angle()
     out = reference(global_orient=full_pose[:, :3], body_pose=torch.cat([full_pose[:, 3:], torch.zeros(3, 6)], 1),
                     betas=betas, transl=transl)
@@ -99,8 +99,7 @@ def test_joints_and_vertices_match_smplx(smpl_file, smpl_body, poses) -> None:
 
 
 def test_identity_pose_gives_the_regressed_rest_joints(smpl_file, smpl_body) -> None:
-    with open(smpl_file, "rb") as handle:
-        data = pickle.load(handle)
+    data = dict(np.load(smpl_file))
     joints_m, vertices_m = smpl_body(Pose.identity())
     expected = data["J_regressor"] @ data["v_template"]
     np.testing.assert_allclose(joints_m[0].numpy(), expected[:22], atol=1e-5)
@@ -163,7 +162,7 @@ def test_smplh_npz_model(tmp_path, poses) -> None:
 
 def test_directory_lookup_and_missing_files(smpl_file, tmp_path) -> None:
     assert SMPLBody(smpl_file.parent).model_file == smpl_file
-    with pytest.raises(ModelNotFoundError, match="SMPL_FEMALE.pkl") as info:
+    with pytest.raises(ModelNotFoundError, match="SMPL_FEMALE.npz") as info:
         SMPLBody(smpl_file.parent, gender="female")
     assert isinstance(info.value, FileNotFoundError)
     with pytest.raises(ModelNotFoundError, match="does not exist.*not shipped"):
@@ -177,18 +176,83 @@ def test_bad_arguments_and_bad_files(smpl_file, tmp_path) -> None:
         SMPLBody(smpl_file, gender="other")
     with pytest.raises(InvalidInputError, match="num_betas"):
         SMPLBody(smpl_file, num_betas=0)
-    broken = tmp_path / "SMPL_NEUTRAL.pkl"
-    with open(broken, "wb") as handle:
-        pickle.dump({"v_template": np.zeros((10, 3))}, handle, protocol=2)
+    partial = tmp_path / "SMPL_NEUTRAL.npz"
+    np.savez(partial, v_template=np.zeros((10, 3)))
+    with pytest.raises(CheckpointError, match=r"without the arrays \['shapedirs'"):
+        SMPLBody(partial)
+    broken = tmp_path / "broken.npz"
+    data = _synthetic_model(SMPL_PARENTS)
+    np.savez(broken, **{**data, "kintree_table": np.zeros(3)})  # smplx itself fails on it
     with pytest.raises(CheckpointError, match="could not load as an SMPL model"):
         SMPLBody(broken)
-    wrong_tree = tmp_path / "wrong.pkl"
-    data = _synthetic_model(SMPL_PARENTS)
+    wrong_tree = tmp_path / "wrong.npz"
     data["kintree_table"][0, 5] = 1  # right_knee hanging off the left hip
-    with open(wrong_tree, "wb") as handle:
-        pickle.dump(data, handle, protocol=2)
+    np.savez(wrong_tree, **data)
     with pytest.raises(CheckpointError, match="kinematic tree"):
         SMPLBody(wrong_tree)
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(CheckpointError, match="not a readable .npz archive"):
+        SMPLBody(tmp_path / "text.npz")
+    os.mkfifo(tmp_path / "pipe.npz")
+    with pytest.raises(CheckpointError, match="FIFO"):  # refused, not read (a FIFO would block)
+        SMPLBody(tmp_path / "pipe.npz")
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a pickle's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_model_files_are_refused_without_running_them(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    data = {**_synthetic_model(SMPL_PARENTS), "hook": _Payload(marker)}
+    for name in ("SMPL_NEUTRAL.pkl", "disguised.npz"):  # by suffix, and by content whatever the name says
+        with open(tmp_path / name, "wb") as handle:
+            pickle.dump(data, handle, protocol=2)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "SMPL_NEUTRAL.pkl").write_bytes((tmp_path / "SMPL_NEUTRAL.pkl").read_bytes())
+    for path in (tmp_path / "SMPL_NEUTRAL.pkl", folder, tmp_path / "disguised.npz"):
+        with pytest.raises(CheckpointError) as info:
+            SMPLBody(path)
+        message = str(info.value)
+        assert "pickle" in message and ".npz" in message and "np.savez" in message, message
+    assert "run any code" in _refusal(tmp_path / "SMPL_NEUTRAL.pkl")  # the risk, said
+    # An npz whose member is an object array (which smplx itself would unpickle) is refused too.
+    np.savez(tmp_path / "object.npz", **{**_synthetic_model(SMPL_PARENTS), "hook": np.array([_Payload(marker)])})
+    with pytest.raises(CheckpointError, match="pickled data"):
+        SMPLBody(tmp_path / "object.npz")
+    assert not marker.exists()
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        SMPLBody(path)
+    return str(info.value)
+
+
+def test_smplx_npz_model_is_read_from_a_private_copy(tmp_path, poses, monkeypatch) -> None:
+    """SMPL-X reads its file itself with pickle support on; it must only ever see the SDK's copy of the arrays."""
+    seen: list[str] = []
+    real_load = np.load
+
+    def spy(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("allow_pickle"):
+            seen.append(str(file))
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(smplx.body_models.np, "load", spy)
+    user_file = tmp_path / "SMPLX_NEUTRAL.npz"
+    np.savez(user_file, **_synthetic_model(SMPL_PARENTS))  # lacks the SMPL-X face arrays: smplx fails on it
+    with pytest.raises(CheckpointError, match="could not load as an SMPLX model"):
+        SMPLBody(user_file, model_type="smplx")
+    assert seen and all(path != str(user_file) and "unipose-smplx-" in path for path in seen), seen
+    assert not any(Path(path).exists() for path in seen)  # the private copy is gone
 
 
 def test_without_smplx_the_error_says_how_to_install(smpl_file, monkeypatch) -> None:

@@ -10,12 +10,26 @@ are never shipped or downloaded: the user passes the path of files they obtained
 UniPose's 22 joints are the first 22 joints of all three models (same order, same parents), so the adapter passes
 the Pose's global orientation and 21 body joints and leaves the hands (SMPL's two hand joints, SMPL-H / SMPL-X
 fingers) and the SMPL-X face at rest.
+
+Model files are read as `.npz` only, with NumPy's pickle support off, and their arrays handed to smplx; a `.pkl`
+model file is refused. Unpickling a file runs whatever code it names, so a `.pkl` from anywhere but the official
+site is a program, not data (and smplx also unpickles object members of an `.npz`). To use an official `.pkl`,
+convert it once yourself, knowingly, in an environment you trust (it needs the packages the file was pickled with,
+such as chumpy and scipy):
+
+    import pickle, numpy as np
+    with open("SMPL_NEUTRAL.pkl", "rb") as f:
+        data = pickle.load(f, encoding="latin1")  # runs the file's code: only for a file you trust
+    arrays = {k: v.toarray() if hasattr(v, "toarray") else np.asarray(v) for k, v in data.items()}
+    np.savez("SMPL_NEUTRAL.npz", **{k: v for k, v in arrays.items() if v.dtype != object})
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +40,21 @@ from torch import Tensor
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import NUM_JOINTS, PARENTS
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError, ModelNotFoundError
+from unipose_sdk.fileio import open_regular_file
 
 MODEL_TYPES = ("smpl", "smplh", "smplx")
 GENDERS = ("neutral", "male", "female")
 _FILE_PREFIX = {"smpl": "SMPL", "smplh": "SMPLH", "smplx": "SMPLX"}
-_EXTENSIONS = (".pkl", ".npz")
+# Looked up in a directory in this order; a .pkl is found only to be refused with the conversion hint.
+_EXTENSIONS = (".npz", ".pkl")
+# The arrays every SMPL-family model file holds (smplx reads more for SMPL-H hands and the SMPL-X face).
+REQUIRED_ARRAYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
+_CONVERT_HINT = (
+    "Convert the official .pkl once to .npz yourself, in an environment you trust: load it with "
+    "pickle.load(f, encoding='latin1'), turn sparse matrices into arrays (.toarray()) and the rest with "
+    "np.asarray, drop entries of dtype object, and np.savez the arrays (the snippet is in the docstring of "
+    "unipose_sdk.body.smpl_adapter); smplx reads the resulting .npz, and so does the SDK."
+)
 _INSTALL_HINT = (
     'Install it with `pip install "unipose-sdk[smpl]"` (the smplx package). Note that smplx and the SMPL / SMPL-H / '
     "SMPL-X model files are distributed under their own non-commercial licences: check they fit your use, and "
@@ -50,8 +74,8 @@ def _import_smplx() -> Any:
 def _resolve_model_file(model_path: str | os.PathLike, model_type: str, gender: str) -> Path:
     """A model file path as given, or the standard file name inside a directory (or its `<model_type>/` folder)."""
     path = Path(model_path).expanduser()
-    if path.is_file():
-        return path
+    if path.exists() and not path.is_dir():
+        return path  # a file, or something else that the reader refuses by name (a FIFO, a device)
     stem = f"{_FILE_PREFIX[model_type]}_{gender.upper()}"
     tried = [folder / f"{stem}{ext}" for folder in (path, path / model_type) for ext in _EXTENSIONS]
     if path.is_dir():
@@ -63,15 +87,66 @@ def _resolve_model_file(model_path: str | os.PathLike, model_type: str, gender: 
                                  f"model file for gender {gender!r} there. Pass the model file's path directly, "
                                  f"or check model_type and gender.")
     raise ModelNotFoundError(f"received the model path {str(path)!r}, which does not exist; expected an "
-                             f"{model_type.upper()} model file ({stem}.pkl / .npz) or a directory holding one. "
+                             f"{model_type.upper()} model file ({stem}.npz) or a directory holding one. "
                              f"Check the path; the files are not shipped with unipose-sdk (licence).")
+
+
+def read_model_arrays(path: Path, model_type: str) -> dict[str, np.ndarray]:
+    """The arrays of an SMPL-family `.npz` model file, read without unpickling anything; a `.pkl` file, a pickled
+    or object member and a file that is not an npz archive are CheckpointErrors naming the file."""
+    what = f"{model_type.upper()} model file"
+    if path.suffix.lower() == ".pkl":
+        raise CheckpointError.make(
+            f"the {what} {str(path)!r}, a Python pickle: loading it would run any code the file names, so the SDK "
+            "never unpickles a model file", f"the {what} as .npz (plain arrays, read with pickle support off)",
+            _CONVERT_HINT)
+    handle = open_regular_file(path, what, CheckpointError, "Pass the path of the .npz model file.")
+    with handle:
+        magic = handle.read(4)
+        handle.seek(0)
+        try:
+            if magic[:1] == b"\x80":  # a pickle (protocol 2+), whatever the file is named
+                raise ValueError("pickled data")
+            if not magic.startswith(b"PK"):
+                raise zipfile.BadZipFile(f"starts with {magic!r}, not a zip archive's 'PK'")
+            with np.load(handle, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            pickled = "pickle" in str(exc).lower() or "object arrays" in str(exc).lower()
+            found = ("pickled data (a pickle file or object arrays), which is never loaded" if pickled
+                     else f"not a readable .npz archive ({type(exc).__name__}: {exc})")
+            raise CheckpointError.make(f"the {what} {str(path)!r}, holding {found}",
+                                       f"the {what} as .npz of plain numeric arrays", _CONVERT_HINT) from None
+    missing = [name for name in REQUIRED_ARRAYS if name not in arrays]
+    if missing:
+        raise CheckpointError.make(f"the {what} {str(path)!r} without the arrays {missing}",
+                                   f"an {what} holding {list(REQUIRED_ARRAYS)}",
+                                   "Check model_type, or convert the official file again.")
+    return arrays
+
+
+def _build_smplx_model(smplx: Any, model_type: str, arrays: dict[str, np.ndarray], common: dict[str, Any]) -> Any:
+    """The smplx module over arrays already read safely. SMPL and SMPL-H take them as `data_struct`; SMPL-X always
+    reads a file itself (with np.load(allow_pickle=True)), so it is handed a private copy that the SDK wrote from
+    the plain arrays, never the user's file."""
+    from smplx.utils import Struct
+
+    if model_type == "smpl":
+        return smplx.SMPL(**common, data_struct=Struct(**arrays))
+    if model_type == "smplh":
+        return smplx.SMPLH(**common, data_struct=Struct(**arrays), ext="npz", use_pca=False, flat_hand_mean=True)
+    with tempfile.TemporaryDirectory(prefix="unipose-smplx-") as private:
+        copy = Path(private) / f"SMPLX_{common['gender'].upper()}.npz"
+        np.savez(copy, **arrays)
+        return smplx.SMPLX(**{**common, "model_path": str(copy)}, ext="npz", use_pca=False, flat_hand_mean=True)
 
 
 class SMPLBody:
     """An SMPL-family body model: Pose (+ betas, translation) -> 22 joints and mesh vertices, in metres.
 
-    model_path: a model file (e.g. SMPL_NEUTRAL.pkl, SMPLH_NEUTRAL.npz, SMPLX_NEUTRAL.npz) or a directory holding
-    `<TYPE>_<GENDER>.pkl|npz` directly or in a `<model_type>/` folder (smplx's layout).
+    model_path: a model file (e.g. SMPL_NEUTRAL.npz, SMPLH_NEUTRAL.npz, SMPLX_NEUTRAL.npz) or a directory holding
+    `<TYPE>_<GENDER>.npz` directly or in a `<model_type>/` folder (smplx's layout). `.pkl` files are refused (see
+    the module docstring for the one-time conversion).
     """
 
     def __init__(self, model_path: str | os.PathLike, model_type: str = "smpl", gender: str = "neutral",
@@ -86,15 +161,10 @@ class SMPLBody:
         smplx = _import_smplx()
         self.model_type, self.gender = model_type, gender
         self.model_file = _resolve_model_file(model_path, model_type, gender)
-        ext = self.model_file.suffix.lstrip(".") or "pkl"
+        arrays = read_model_arrays(self.model_file, model_type)
         common = {"model_path": str(self.model_file), "gender": gender, "num_betas": num_betas, "batch_size": 1}
         try:
-            if model_type == "smpl":
-                model = smplx.SMPL(**common)
-            elif model_type == "smplh":
-                model = smplx.SMPLH(**common, ext=ext, use_pca=False, flat_hand_mean=True)
-            else:
-                model = smplx.SMPLX(**common, ext=ext, use_pca=False, flat_hand_mean=True)
+            model = _build_smplx_model(smplx, model_type, arrays, common)
         except (KeyError, AttributeError, ValueError, TypeError, EOFError, OSError, RuntimeError, IndexError,
                 ImportError) as exc:
             raise CheckpointError(f"received {str(self.model_file)!r}, which smplx could not load as an "
@@ -155,7 +225,10 @@ class SMPLBody:
         pose = Pose.from_any(pose)
         batch = len(pose)
         smpl = {k: v.to(self.device) for k, v in pose.to_smpl().items()}
-        zeros = lambda n: torch.zeros(batch, n, device=self.device)
+
+        def zeros(n: int) -> Tensor:
+            return torch.zeros(batch, n, device=self.device)
+
         kwargs: dict[str, Tensor] = {"global_orient": smpl["global_orient"], "betas": self._betas(betas, batch),
                                      "transl": self._transl(transl_m, batch)}
         if self.model_type == "smpl":
