@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from unipose_sdk.kernels.reference import check_inputs, mixed_attention_reference
+from unipose_sdk.models.attention import register_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 
 _CPU_EXTENSION = "unipose_sdk.kernels._mixed_attention_cpu"
@@ -245,6 +246,4 @@ def fused_default_devices() -> tuple[str, ...]:
 
 def register_with_model() -> None:
     """File the op under "fused" in unipose_sdk.models.attention (idempotent)."""
-    from unipose_sdk.models.attention import register_attention_impl
-
     register_attention_impl("fused", fused_attention, long_calls_on=fused_default_devices())

@@ -8,7 +8,7 @@ import torch
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.unipose import UniPoseModel
-from unipose_sdk.text.prompts import PromptBuilder
+from unipose_sdk.text.prompts import PromptBuilder, PromptInputs
 from unipose_sdk.text.tokenizer import build_tiny_tokenizer
 
 
@@ -50,6 +50,10 @@ def test_7b_shapes_and_layout(model_7b: UniPoseModel) -> None:
     assert model_7b.image_tokens == 576
 
 
+def _inputs_embeds(model: UniPoseModel, batch: PromptInputs, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    return model.build_inputs_embeds(batch.input_ids, image_embeds, *batch.image_places, batch.attention_mask)
+
+
 def test_build_inputs_embeds_splices_images_in_order() -> None:
     config = get_preset("unipose-tiny")
     model = UniPoseModel.from_config(config).eval()
@@ -64,7 +68,7 @@ def test_build_inputs_embeds_splices_images_in_order() -> None:
     with torch.no_grad():
         image_embeds = model.encode_images(clip_pixels, pose_pixels)
         assert image_embeds.shape == (3, n, width)
-        embeds = model.build_inputs_embeds(batch, image_embeds)
+        embeds = _inputs_embeds(model, batch, image_embeds)
         token_embeds = model.llm.embed(batch.input_ids)
     assert embeds.shape == (3, batch.input_ids.shape[1], width)
     # image k of the batch (row by row, prompt order) sits in the k-th image's slots
@@ -75,8 +79,8 @@ def test_build_inputs_embeds_splices_images_in_order() -> None:
     assert torch.equal(embeds[text], token_embeds[text])
     assert not embeds[~batch.attention_mask].any()  # left padding is zero
     with pytest.raises(InvalidInputError, match="one image per <image>"):
-        model.build_inputs_embeds(batch, image_embeds[:2])
+        _inputs_embeds(model, batch, image_embeds[:2])
     text_only = builder.batch(rows[:1])
-    assert model.build_inputs_embeds(text_only).shape[0] == 1
+    assert _inputs_embeds(model, text_only).shape[0] == 1
     with pytest.raises(InvalidInputError, match="without <image>"):
-        model.build_inputs_embeds(text_only, image_embeds)
+        _inputs_embeds(model, text_only, image_embeds)

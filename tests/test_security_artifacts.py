@@ -121,7 +121,7 @@ def test_load_model_refuses_before_building(tmp_path: Path, sdk_dir: Path, monke
     def fail(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(UniPoseModel, "from_state_dict", fail)
+    monkeypatch.setattr(UniPoseModel, "from_config", fail)
     with pytest.raises(ConfigError, match="llm.hidden_size = '128'"):
         load_model(directory)
 

@@ -1,11 +1,15 @@
 """The one loader of torch weights: the embedded unipose-tiny or an SDK model directory, for the session, the
-exporter and the benchmark alike (`formats.resolve_source` decides when the torch format runs at all)."""
+exporter and the benchmark alike (`formats.resolve_source` decides when the torch format runs at all).
+
+Importing it imports `unipose_sdk.kernels`, which files the fused attention kernel in the model's attention router
+(`models.attention`): every model loaded here can take it where the router's default route says so."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import unipose_sdk.kernels  # noqa: F401 - files "fused" in models.attention's registry
 from unipose_sdk.checkpoint.embedded import load_embedded
 from unipose_sdk.checkpoint.sdk_format import LoadedModel, load_model
 from unipose_sdk.errors import InvalidInputError

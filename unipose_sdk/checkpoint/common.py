@@ -1,4 +1,5 @@
-"""Strict state-dict loading shared by every checkpoint format: never a silent partial load."""
+"""Strict state-dict loading shared by every checkpoint format: never a silent partial load; `build_model` turns
+a checked state dict into a UniPoseModel."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from unipose_sdk.errors import CheckpointError
+from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.models.unipose import UniPoseModel
 
 _MAX_LISTED = 20
 
@@ -93,3 +96,12 @@ def load_state_dict_strict(
     with torch.no_grad():
         module.load_state_dict(dict(state_dict), strict=True, assign=assign)
     return module
+
+
+def build_model(config: UniPoseConfig, state_dict: Mapping[str, Tensor], source: str,
+                device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> UniPoseModel:
+    """The one way a checkpoint becomes a UniPoseModel: meta-device build, every key, shape and value checked
+    before any conversion (the error lists the file's keys), then `UniPoseModel.assign_weights`."""
+    model = UniPoseModel.from_config(config, device="meta")
+    check_state_dict(model, state_dict, source)
+    return model.assign_weights(state_dict, device=device, dtype=dtype)

@@ -16,6 +16,7 @@ from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
 from unipose_sdk.checkpoint.sdk_format import WEIGHTS_FILE, LoadedModel, load_model
 from unipose_sdk.errors import ModelNotFoundError
 from unipose_sdk.models.config import get_preset
+from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.tokenizer import TextTokenizer
 
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
@@ -30,8 +31,6 @@ def load_embedded(device: torch.device | str = "cpu", dtype: torch.dtype | None 
     """The embedded unipose-tiny: the shipped trained weights when present, else the flagged placeholder."""
     if embedded_model_is_trained():
         return load_model(EMBEDDED_DIR, device=device, dtype=dtype)
-    from unipose_sdk.models.unipose import UniPoseModel
-
     config = get_preset("unipose-tiny")
     tokenizer_file = EMBEDDED_DIR / "tokenizer.json"
     if not tokenizer_file.is_file():

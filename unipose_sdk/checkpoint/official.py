@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from unipose_sdk.checkpoint.common import build_model
 from unipose_sdk.checkpoint.lora import (
     PEFT_PREFIX,
     adapter_weights_path,
@@ -41,10 +42,12 @@ from unipose_sdk.checkpoint.lora import (
     merge_lora,
     read_adapter_config,
 )
+from unipose_sdk.checkpoint.pose_tokenizer import official_state_dict
 from unipose_sdk.checkpoint.safe_pickle import load_torch_file
 from unipose_sdk.checkpoint.sdk_format import LoadedModel, read_weights
 from unipose_sdk.errors import CheckpointError, ModelNotFoundError
 from unipose_sdk.models.config import UniPoseConfig, get_preset
+from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_FILE, TextTokenizer
 
 log = logging.getLogger("unipose_sdk")
@@ -306,8 +309,6 @@ def load_official_state(paths: OfficialPaths, config: UniPoseConfig) -> tuple[di
             f"the full {vocab}-row embedding and LM head (the rows of UniPose's added tokens come only from there)",
             "Use the UniPose directory of the release; the base alone has no pose-token embeddings.")
     if paths.pose_vqvae is not None:
-        from unipose_sdk.checkpoint.pose_tokenizer import official_state_dict
-
         vq = official_state_dict(load_torch_file(paths.pose_vqvae, "the pose VQ-VAE Lightning checkpoint"),
                                  str(paths.pose_vqvae))
         _fill_part(state, "pose_tokenizer.", *remap(vq, POSE_VQVAE_KEYS, f"pose-vqvae {paths.pose_vqvae}"),
@@ -318,8 +319,6 @@ def load_official_state(paths: OfficialPaths, config: UniPoseConfig) -> tuple[di
         if used < len(clip):
             log.info("CLIP: %d tower tensors come from the base checkpoint (LLaVA-1.6's fine-tuned tower, as the "
                      "official loader does); %d from %s", len(clip) - used, used, paths.clip)
-    from unipose_sdk.models.unipose import UniPoseModel
-
     expected = {k: tuple(v.shape) for k, v in UniPoseModel.from_config(config, device="meta").state_dict().items()}
     validate_state(expected, state.tensors, _describe(paths), state.origin)
     return state.tensors, tokenizer
@@ -390,14 +389,12 @@ def load_official(paths: OfficialPaths, config: UniPoseConfig | None = None, dev
                   dtype: torch.dtype | None = None) -> LoadedModel:
     """The official release or a merged directory -> LoadedModel. `dtype` None keeps the LLM's stored dtype
     (applied to the LLM and vision parts; the pose tokenizer stays float32)."""
-    from unipose_sdk.models.unipose import UniPoseModel
-
     config = config or get_preset("unipose-7b")
     tensors, tokenizer = load_official_state(paths, config)
     source = _describe(paths)
     if dtype is None:
         dtype = tensors["llm.model.layers.0.self_attn.q_proj.weight"].dtype
-    model = UniPoseModel.from_state_dict(config, tensors, source, device=device, dtype=dtype)
+    model = build_model(config, tensors, source, device=device, dtype=dtype)
     return LoadedModel(model, config, tokenizer, False, f"official release ({source})")
 
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from unipose_sdk.checkpoint.common import build_model
 from unipose_sdk.errors import CheckpointError, ConfigError, ModelNotFoundError
-from unipose_sdk.fileio import replace_directory
+from unipose_sdk.fileio import follow_umask, make_temp_dir, replace_directory
 from unipose_sdk.formats import DTYPES
 from unipose_sdk.models.config import UniPoseConfig
+from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.tokenizer import TOKENIZER_FILE, TextTokenizer
 
 log = logging.getLogger("unipose_sdk")
@@ -45,7 +46,7 @@ _DTYPES = {name: row.torch() for name, row in DTYPES.items()}  # the names of th
 class LoadedModel:
     """What `load_model` returns: the model, its config and tokenizer, and where the weights came from."""
 
-    model: Any  # UniPoseModel (typed loosely to keep this module importable without building models)
+    model: UniPoseModel
     config: UniPoseConfig
     tokenizer: TextTokenizer | None
     is_random: bool
@@ -76,7 +77,9 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
             f"a tokenizer for layout {tokenizer.layout}", f"the model's layout {config.vocab}",
             "Save the tokenizer that belongs to these weights.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    # The directory is renamed into place, so its mode is the finished one's: it follows the umask (tempfile's
+    # mkdtemp would make it 0700), as do the files written inside.
+    tmp = make_temp_dir(target.parent, target.name)
     try:
         tensors = {}
         for key, value in state.items():
@@ -85,6 +88,7 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
                 value = value.to(dtype)
             tensors[key] = value.to("cpu").contiguous()
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "unipose_format": FORMAT_NAME})
+        follow_umask(tmp / WEIGHTS_FILE)  # safetensors creates it 0600
         stored = {str(v.dtype).removeprefix("torch.") for k, v in tensors.items() if v.is_floating_point()
                   and not k.startswith("pose_tokenizer.")}
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(),
@@ -165,13 +169,11 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
                dtype: torch.dtype | None = None) -> LoadedModel:
     """Load an SDK directory: meta-device build, strict assign-load of the memory-mapped weights, optional cast."""
-    from unipose_sdk.models.unipose import UniPoseModel
-
     root = Path(directory)
     meta = read_metadata(root)
     config = read_config(root)
     state = read_weights(root / WEIGHTS_FILE)
-    model = UniPoseModel.from_state_dict(config, state, str(root / WEIGHTS_FILE), device=device, dtype=dtype)
+    model = build_model(config, state, str(root / WEIGHTS_FILE), device=device, dtype=dtype)
     tokenizer = TextTokenizer.from_directory(root, config.vocab) if (root / TOKENIZER_FILE).is_file() else None
     source = meta.get("source") or str(root)
     return LoadedModel(model, config, tokenizer, bool(meta.get("is_random", False)), source)

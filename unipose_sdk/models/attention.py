@@ -13,7 +13,8 @@ Implementations:
   each KV head as G query rows of that head ([B, Hkv, G, D]: no repeated K/V) and passes no mask at all when no
   attended key is masked (batch 1 without padding, known on the CPU from the host-side mask).
 - "fused": the custom op `torch.ops.unipose.mixed_attention` (C++ kernel on the CPU, Triton on CUDA), filed here
-  by `unipose_sdk.kernels` on first use.
+  by `unipose_sdk.kernels` when that package is imported (the torch runtime and the exporter import it). The
+  kernels build on this module (the mask, the registry), never the reverse, so this module does not import them.
 
 The default route (nothing forced):
 - CPU: "sdpa" for decode steps and for calls of up to SDPA_MAX_SCORES scores per head (the tiny model's prefill
@@ -140,18 +141,6 @@ _PREPARERS = {"sdpa": prepare_sdpa}
 # Device types whose long multi-token calls (above SDPA_MAX_SCORES) take a registered implementation.
 _LONG_CALLS_BY_DEVICE: dict[str, str] = {}
 _forced = threading.local()
-_kernels_loaded = False
-
-
-def _load_kernels() -> None:
-    """Import unipose_sdk.kernels once, on first use: it registers the "fused" implementation (cheap, no triton)."""
-    global _kernels_loaded
-    if not _kernels_loaded:
-        _kernels_loaded = True
-        try:
-            import unipose_sdk.kernels  # noqa: F401
-        except ImportError:  # a trimmed install without the kernels package: the SDPA implementations only
-            pass
 
 
 def register_attention_impl(name: str, impl: AttentionImpl, long_calls_on: tuple[str, ...] = ()) -> None:
@@ -163,16 +152,15 @@ def register_attention_impl(name: str, impl: AttentionImpl, long_calls_on: tuple
 
 
 def available_attention_impls() -> list[str]:
-    _load_kernels()
     return sorted(_IMPLS)
 
 
 @contextlib.contextmanager
 def use_attention_impl(name: str) -> Iterator[None]:
     """Force one implementation inside the block (per thread)."""
-    _load_kernels()
     if name not in _IMPLS:
-        raise KeyError(f"unknown attention implementation {name!r}; available: {available_attention_impls()}")
+        raise KeyError(f"unknown attention implementation {name!r}; available: {available_attention_impls()} "
+                       f"(import unipose_sdk.kernels to file \"fused\")")
     previous = getattr(_forced, "name", None)
     _forced.name = name
     try:
@@ -184,7 +172,6 @@ def use_attention_impl(name: str) -> Iterator[None]:
 def resolve_attention_impl(device_type: str, num_queries: int, num_keys: int) -> str:
     """The implementation a call of `num_queries` queries over `num_keys` keys uses on `device_type`: the forced
     one, else the default route of the module docstring."""
-    _load_kernels()
     forced = getattr(_forced, "name", None)
     if forced is not None:
         return forced

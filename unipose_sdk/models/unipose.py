@@ -1,11 +1,13 @@
-"""UniPoseModel: the three parts composed, plus splicing projected image embeddings into the token embeddings.
+"""UniPoseModel: the three parts composed, and `splice_image_embeds`, the one place projected image embeddings
+enter the token embeddings (inference, the session's prompt rows and training all call it).
 
     .llm             MistralLM        keys llm.model.* / llm.lm_head.*       (HF MistralForCausalLM under `llm.`)
     .vision          VisionEncoder    keys vision.clip.vision_model.*, vision.pose_vit.*, vision.projector.{0,2}.*
     .pose_tokenizer  PoseTokenizer    keys pose_tokenizer.encoder.*, .decoder.*, .quantizer.codebook
 
-These prefixed keys are the SDK's own weights format (`model.safetensors`, see checkpoint/sdk_format.py); every
-foreign layout is mapped onto them in `unipose_sdk.checkpoint` only.
+These prefixed keys are the SDK's own weights format (`model.safetensors`); every foreign layout is mapped onto
+them in `unipose_sdk.checkpoint` only, which also checks a state dict against the model before `assign_weights`.
+Load a directory with `unipose_sdk.loading.load_torch_model`.
 
 Big models are built on the meta device (no memory, no random init) and then receive their tensors with
 `load_state_dict(..., assign=True)`, so memory-mapped safetensors are used in place instead of being copied
@@ -21,13 +23,11 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from unipose_sdk.checkpoint.common import check_state_dict
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 from unipose_sdk.models.vision import VisionEncoder
-from unipose_sdk.text.prompts import PromptInputs
 
 # Initialisers a meta-device build skips: they would do nothing there, and the first call of one on meta makes torch
 # import its compiler stack (seconds). Hugging Face's `no_init_weights` patches the same functions.
@@ -70,16 +70,15 @@ class UniPoseModel(nn.Module):
             model.to(dtype=dtype)
         return model
 
-    @classmethod
-    def from_state_dict(cls, config: UniPoseConfig, state_dict: Mapping[str, Tensor], source: str,
-                        device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                        pose_tokenizer_dtype: torch.dtype = torch.float32) -> UniPoseModel:
-        """Meta-device build + strict assign-load. Floating tensors are cast to `dtype` (if given) except the pose
-        tokenizer's, which stay `pose_tokenizer_dtype` (small, and its nearest-code search is precision sensitive).
-        Tensors already in the right dtype and device are used as they are (no copy of memory-mapped files)."""
-        model = cls.from_config(config, device="meta")
-        check_state_dict(model, state_dict, source)  # before any conversion: the error lists the file's keys
+    def assign_weights(self, state_dict: Mapping[str, Tensor], device: torch.device | str = "cpu",
+                       dtype: torch.dtype | None = None, pose_tokenizer_dtype: torch.dtype = torch.float32,
+                       ) -> UniPoseModel:
+        """Take a checked state dict's tensors as this (meta-device) model's weights: strict assign-load.
 
+        Floating tensors are cast to `dtype` (if given) except the pose tokenizer's, which stay
+        `pose_tokenizer_dtype` (small, and its nearest-code search is precision sensitive). Tensors already in the
+        right dtype and device are used as they are (no copy of memory-mapped files). The caller checks keys,
+        shapes and values first (`checkpoint.common.build_model` does), so its error can list the file's keys."""
         def convert(key: str, tensor: Tensor) -> Tensor:
             target = pose_tokenizer_dtype if key.startswith("pose_tokenizer.") else dtype
             if tensor.is_floating_point() and target is not None and tensor.dtype != target:
@@ -88,9 +87,9 @@ class UniPoseModel(nn.Module):
 
         converted = {k: convert(k, v) for k, v in state_dict.items()}
         with torch.no_grad():
-            model.load_state_dict(converted, strict=True, assign=True)
-        model._materialize_buffers(torch.device(device))
-        return model.eval()
+            self.load_state_dict(converted, strict=True, assign=True)
+        self._materialize_buffers(torch.device(device))
+        return self.eval()
 
     def _materialize_buffers(self, device: torch.device) -> None:
         """Non-persistent buffers are not in any state dict, so after a meta build they are still on meta.
@@ -110,32 +109,18 @@ class UniPoseModel(nn.Module):
         """clip_pixels [B, 3, S, S], pose_pixels [B, 3, H, W] (two views of the same B images) -> [B, N, D]."""
         return self.vision(clip_pixels, pose_pixels)
 
-    def build_inputs_embeds(self, prompt_inputs: PromptInputs, image_embeds: Tensor | None = None) -> Tensor:
-        """Token embeddings [B, T, D] with image k's N projected embeddings in the k-th image's slots.
-
-        `image_embeds` [num_images, N, D], numbered row by row in prompt order (as PromptInputs numbers them).
-        Left-padding positions get zero vectors, as the official batching does (they are masked anyway).
-        """
-        llm_param = self.llm.lm_head.weight
-        input_ids = prompt_inputs.input_ids.to(llm_param.device)
-        embeds = self.llm.embed(input_ids)  # [B, T, D]
-        wanted = prompt_inputs.num_images
-        if wanted == 0:
-            if image_embeds is not None and image_embeds.numel() > 0:
-                raise InvalidInputError.make(
-                    f"{image_embeds.shape[0]} image embeddings for prompts without <image>",
-                    "no images", "Add <image> to the prompt or drop the images.")
-        else:
-            expected = (wanted, prompt_inputs.image_tokens, embeds.shape[-1])
-            if image_embeds is None or tuple(image_embeds.shape) != expected:
-                got = None if image_embeds is None else tuple(image_embeds.shape)
-                raise InvalidInputError.make(
-                    f"image embeddings of shape {got}", f"{expected} (images x tokens per image x LLM width)",
-                    "Encode exactly one image per <image> placeholder with encode_images, in prompt order.")
-            mask = prompt_inputs.image_mask.to(embeds.device).unsqueeze(-1)  # [B, T, 1]
-            embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
-        padding = ~prompt_inputs.attention_mask.to(embeds.device).unsqueeze(-1)
-        return embeds.masked_fill(padding, 0.0)
+    def build_inputs_embeds(self, input_ids: Tensor, image_embeds: Tensor | None = None,
+                            image_rows: Tensor | None = None, image_starts: Tensor | None = None,
+                            attention_mask: Tensor | None = None) -> Tensor:
+        """Token embeddings [B, T, D] of `input_ids` [B, T] with image k's N projected embeddings
+        (`image_embeds` [K, N, D]) at row `image_rows[k]`, positions `image_starts[k]` on (see
+        splice_image_embeds). Positions where `attention_mask` [B, T] is False (left padding) get zero vectors,
+        as the official batching does (they are masked anyway)."""
+        embeds = self.llm.embed(input_ids.to(self.llm.lm_head.weight.device))  # [B, T, D]
+        embeds = splice_image_embeds(embeds, image_embeds, image_rows, image_starts)
+        if attention_mask is None:
+            return embeds
+        return embeds.masked_fill(~attention_mask.to(embeds.device).unsqueeze(-1), 0.0)
 
     # ---- sizes ----------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -151,10 +136,42 @@ class UniPoseModel(nn.Module):
             "pose_tokenizer": count(self.pose_tokenizer) + math.prod(self.pose_tokenizer.quantizer.codebook.shape),
         }
 
-    @classmethod
-    def from_pretrained(cls, directory: str, device: torch.device | str = "cpu",
-                        dtype: torch.dtype | None = None) -> UniPoseModel:
-        """Load an SDK-format directory (see checkpoint/sdk_format.py); the tokenizer is in `load_model`."""
-        from unipose_sdk.checkpoint.sdk_format import load_model
 
-        return load_model(directory, device=device, dtype=dtype).model
+def splice_image_embeds(token_embeds: Tensor, image_embeds: Tensor | None, image_rows: Tensor | None,
+                        image_starts: Tensor | None) -> Tensor:
+    """Token embeddings [B, T, C] with image k's embeddings `image_embeds[k]` [N, C] copied into row
+    `image_rows[k]`, positions `image_starts[k]` .. `image_starts[k] + N - 1` (cast to the tokens' dtype).
+
+    image_rows, image_starts: [K] int64 (or int lists); K = 0 (or None) means no image slots. The input is not
+    modified: the result is a new tensor when there are images, `token_embeds` itself when there are none.
+    Differentiable with respect to both embeddings (training backpropagates through it).
+    """
+    num_images = 0 if image_starts is None else len(image_starts)
+    if num_images == 0:
+        if image_embeds is not None and image_embeds.numel() > 0:
+            raise InvalidInputError.make(
+                f"{image_embeds.shape[0]} image embeddings for prompts without <image>",
+                "no images", "Add <image> to the prompt or drop the images.")
+        return token_embeds
+    rows = torch.as_tensor(image_rows, dtype=torch.long)
+    starts = torch.as_tensor(image_starts, dtype=torch.long)
+    width = token_embeds.shape[-1]
+    if image_embeds is None or image_embeds.dim() != 3 or image_embeds.shape[0] != num_images \
+            or image_embeds.shape[2] != width or rows.shape != starts.shape:
+        got = None if image_embeds is None else tuple(image_embeds.shape)
+        raise InvalidInputError.make(
+            f"image embeddings of shape {got} for {num_images} image slots ({rows.numel()} rows)",
+            f"({num_images}, tokens per image, {width}) (images x tokens per image x LLM width)",
+            "Encode exactly one image per <image> placeholder with encode_images, in prompt order.")
+    tokens = image_embeds.shape[1]
+    if starts.device.type == "cpu":  # positions a caller holds on the host are checked; device ones would sync
+        bad = [s for s in starts.tolist() if s < 0 or s + tokens > token_embeds.shape[1]]
+        if bad:
+            raise InvalidInputError.make(
+                f"image slots starting at {bad} for {tokens} embeddings each in rows of {token_embeds.shape[1]}",
+                "every image's slots inside its row", "Build the prompt rows with PromptBuilder.")
+    cols = starts.unsqueeze(1) + torch.arange(tokens, device=starts.device)  # [K, N]
+    out = token_embeds.clone()
+    rows, cols = rows.to(out.device), cols.to(out.device)
+    out[rows.unsqueeze(1).expand(-1, tokens), cols] = image_embeds.to(out.device, out.dtype)
+    return out

@@ -136,6 +136,13 @@ class PromptInputs:
         return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     @property
+    def image_places(self) -> tuple[list[int], list[int]]:
+        """(rows, starts): the row and first slot of each image of the batch, in image order; what
+        `UniPoseModel.build_inputs_embeds` and `models.unipose.splice_image_embeds` take as image_rows, image_starts."""
+        rows = [row for row, starts in enumerate(self.image_starts) for _ in starts]
+        return rows, [start for starts in self.image_starts for start in starts]
+
+    @property
     def image_mask(self) -> Tensor:
         """(B, T) bool, True at every image-embedding slot; row-major order matches the image numbering."""
         mask = torch.zeros_like(self.input_ids, dtype=torch.bool)
