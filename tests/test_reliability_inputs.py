@@ -125,6 +125,30 @@ def test_special_image_files_are_refused_without_blocking(kind, call, tmp_path, 
     assert KINDS[kind] in str(info.value) and path in str(info.value)
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_image_loader_refuses_special_files_itself(kind, tmp_path, no_hang) -> None:
+    """load_image, below the tasks' checks: the same refusal, without blocking."""
+    from unipose_sdk.preprocess.views import load_image
+
+    path = _special(kind, tmp_path, ".png")
+    with pytest.raises(InvalidImageError) as info:
+        load_image(path)
+    assert KINDS[kind] in str(info.value) and path in str(info.value)
+
+
+def test_an_image_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path, no_hang, monkeypatch) -> None:
+    """The file is opened without blocking and examined again once open: a FIFO put in place between the check
+    and the open (simulated by a check that lets everything through) is refused, not read."""
+    from unipose_sdk import fileio
+    from unipose_sdk.preprocess.views import load_image
+
+    path = tmp_path / "swapped.png"
+    os.mkfifo(path)
+    monkeypatch.setattr(fileio, "check_regular_file", lambda p, *args, **kwargs: Path(p))
+    with pytest.raises(InvalidImageError, match="became a FIFO"):
+        load_image(path)
+
+
 @pytest.mark.parametrize("call", ["pose", "image"])
 def test_missing_files_are_file_not_found(call, tmp_path, editor, estimator) -> None:
     missing = str(tmp_path / "nowhere" / "x.png")

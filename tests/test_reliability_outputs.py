@@ -297,6 +297,26 @@ def test_permissions_follow_the_umask(mask, generated, tmp_path, umask) -> None:
     assert stat.S_IMODE((tmp_path / "single.npz").stat().st_mode) == 0o666 & ~mask
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_sdk_format_saves_follow_the_umask(mask, tmp_path, umask) -> None:
+    """The model directory is written under a temporary name and renamed into place: its own mode and its files'
+    are the umask's (0755 / 0644 under 022), as for any directory the user creates, also when replacing one."""
+    import unipose_sdk
+    from unipose_sdk.checkpoint.sdk_format import load_model, save_model
+
+    loaded = load_model(Path(unipose_sdk.__file__).parent / "assets" / "unipose-tiny")
+    os.umask(mask)
+    out = tmp_path / "models" / "tiny"
+    for overwrite in (False, True):
+        save_model(loaded.model, out, loaded.tokenizer, overwrite=overwrite)
+        assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        assert {p.name for p in files} >= {"config.json", "model.safetensors", "tokenizer.json"}
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+        assert [p.name for p in out.parent.iterdir()] == ["tiny"]  # no temporary or set-aside directory
+
+
 def test_a_replaced_single_file_keeps_its_mode(tmp_path) -> None:
     target = tmp_path / "p.npz"
     Pose.identity().save(target)

@@ -8,7 +8,8 @@ Writing:
 - `OutputSet` (several files that belong together, e.g. a result's .npz, .npy, .png and .json): written into a
   hidden staging directory inside the target directory and moved into place together, under a lock on the
   directory, so two writers cannot interleave their files; an existing file of the set is replaced only with
-  `overwrite=True`.
+  `overwrite=True`. A numbered set (`numbered=True`, names PREFIX_000, PREFIX_001, ...) takes instead the next
+  free numbers, chosen under the same lock at the commit, so repeated runs into one directory add to it.
 - `replace_directory` (a finished directory swapped in for an old one).
 New files and directories get the permissions the umask gives (the kernel applies it: they are created with
 0o666 / 0o777, never with tempfile's private 0o600 / 0o700). Temporary names start with "." and end in ".tmp".
@@ -33,7 +34,6 @@ import shutil
 import signal
 import socket
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -189,11 +189,31 @@ def signals_raise() -> Iterator[None]:
         handler = signal.getsignal(signum)
         if handler is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, _raise_for_signal)
+    _active_handlers.append(previous)
     try:
         yield
     finally:
+        _active_handlers.remove(previous)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+# The handlers that `signals_raise` replaced, innermost last. A process forked inside the block (a worker pool)
+# gets them back: the cleanup the raised exception would run belongs to the parent, and a pool's workers, which
+# their pool stops with SIGTERM, would otherwise print a traceback each instead of ending quietly.
+_active_handlers: list[dict[int, object]] = []
+
+
+def _restore_handlers_in_child() -> None:
+    for previous in reversed(_active_handlers):
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+    _active_handlers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_handlers_in_child)
 
 
 @contextlib.contextmanager
@@ -269,6 +289,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give the file `path` the mode a new file gets from the umask, for writers that create their files private
+    (safetensors' save_file makes them 0o600). The mode is read off a probe file created beside it, as the umask
+    cannot be read without setting it, which would race with other threads creating files."""
+    path = Path(path)
+    fd, probe = _create_exclusive(path.parent, "mode-probe")
+    try:
+        os.close(fd)
+        mode = stat.S_IMODE(os.stat(probe).st_mode)
+    finally:
+        os.unlink(probe)
+    os.chmod(path, mode)
+
+
 def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     """A new hidden directory `.PREFIX.XXXXXXXX.tmp` in `parent` whose permissions follow the umask (tempfile's
     mkdtemp makes 0o700 directories, which would survive a rename into place)."""
@@ -289,7 +323,7 @@ def replace_directory(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = make_temp_dir(target.parent, f"{target.name}.old")  # a free name for the old directory
     os.rmdir(old)
     with deferred_signals():
         os.replace(target, old)
@@ -431,6 +465,40 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False,
     return out
 
 
+_NUMBERED = re.compile(r"^(?P<prefix>.+)_(?P<number>\d{3,})(?P<suffix>\..*)?$")
+
+
+def _parse_numbered(claims: Sequence[str]) -> tuple[str, dict[str, tuple[int, str]]]:
+    """(prefix, {claim: (number, suffix)}) for claims named PREFIX_NNN[.SUFFIX] numbered from 0 without gaps."""
+    parts: dict[str, tuple[int, str]] = {}
+    prefixes = set()
+    for name in claims:
+        match = _NUMBERED.match(name)
+        if match is None:
+            break
+        prefixes.add(match["prefix"])
+        parts[name] = (int(match["number"]), match["suffix"] or "")
+    numbers = sorted({number for number, _ in parts.values()})
+    if len(parts) != len(claims) or len(prefixes) != 1 or numbers != list(range(len(numbers))):
+        raise InvalidInputError.make(f"file names {list(claims)[:6]} for a numbered set",
+                                     "names PREFIX_000.SUFFIX, PREFIX_001.SUFFIX, ... with one prefix",
+                                     "Number the stems from 000 without gaps.")
+    return prefixes.pop(), parts
+
+
+def next_free_number(directory: str | os.PathLike, prefix: str) -> int:
+    """1 + the highest NNN of the entries named PREFIX_NNN or PREFIX_NNN.* in `directory` (0 when none): numbers
+    follow the order of the runs, and a number someone deleted is not reused."""
+    pattern = re.compile(re.escape(prefix) + r"_(\d{3,})(?:\.|$)")
+    highest = -1
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            match = pattern.match(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
 class OutputSet:
     """Files that appear in `directory` together or not at all.
 
@@ -444,22 +512,36 @@ class OutputSet:
     OutputExistsError (checked on entry and again at the commit, for a run that wrote meanwhile) unless
     `overwrite`; with it, all claimed names are replaced together: a claimed name not written is removed.
     A directory that did not exist is created, and removed again if nothing is committed.
+
+    `numbered=True` (ignored with `overwrite`): the claims are PREFIX_NNN.SUFFIX with one prefix and the numbers
+    0..k-1; at the commit, under the directory lock, the whole set is shifted past the highest PREFIX_NNN already
+    in the directory (PREFIX_000 taken: the set becomes PREFIX_001 ...), so it replaces nothing, stays
+    contiguous, and a concurrent run's set takes the numbers after it. `final_name` maps a claim to the name it
+    was committed under.
     """
 
     def __init__(self, directory: str | os.PathLike, claims: Sequence[str], overwrite: bool = False,
-                 overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.") -> None:
+                 overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.",
+                 numbered: bool = False) -> None:
         self.directory = Path(directory).expanduser()
         self.claims = [check_stem(name, "file name") for name in claims]
         if len(set(self.claims)) != len(self.claims):
             raise InvalidInputError.make(f"file names {self.claims}", "distinct names", "Use distinct stems.")
         self.overwrite = bool(overwrite)
         self.overwrite_hint = overwrite_hint
+        self._numbering = _parse_numbered(self.claims) if numbered and not self.overwrite else None
+        self.renamed: dict[str, str] = {}
         self.staging: Path | None = None
         self._created: list[Path] = []
         self.committed: list[Path] = []
 
+    def final_name(self, name: str) -> str:
+        """The name the claimed file `name` has in the directory after the commit."""
+        return self.renamed.get(name, name)
+
     def __enter__(self) -> OutputSet:
-        check_output_directory(self.directory, self.claims, self.overwrite, self.overwrite_hint)
+        claims = () if self._numbering is not None else self.claims  # numbered sets never take an existing name
+        check_output_directory(self.directory, claims, self.overwrite, self.overwrite_hint)
         missing = []
         probe = self.directory
         while not probe.exists():
@@ -498,36 +580,42 @@ class OutputSet:
         written = [name for name in self.claims if (self.staging / name).is_file()]
         aside = self.staging / ".replaced"
         with _directory_lock(self.directory), deferred_signals():
-            existing = [name for name in self.claims if os.path.lexists(self.directory / name)]
+            if self._numbering is not None:
+                prefix, parts = self._numbering
+                offset = next_free_number(self.directory, prefix)
+                self.renamed = {name: f"{prefix}_{number + offset:03d}{suffix}"
+                                for name, (number, suffix) in parts.items()}
+            final = self.final_name
+            existing = [name for name in self.claims if os.path.lexists(self.directory / final(name))]
             for name in existing:
-                if (self.directory / name).is_dir() and not (self.directory / name).is_symlink():
-                    raise InvalidInputError.make(f"{str(self.directory / name)!r}, which is a directory",
+                if (self.directory / final(name)).is_dir() and not (self.directory / final(name)).is_symlink():
+                    raise InvalidInputError.make(f"{str(self.directory / final(name))!r}, which is a directory",
                                                  "a file name free for the result", "Move the directory away.")
             if existing and not self.overwrite:
                 raise OutputExistsError.make(
                     f"the output directory {str(self.directory)!r}, where another run wrote "
-                    f"{', '.join(existing[:6])} while this one was working",
+                    f"{', '.join(final(n) for n in existing[:6])} while this one was working",
                     "no existing result files under the names this run writes", self.overwrite_hint)
             os.mkdir(aside, 0o700)
             moved_aside: list[str] = []
             moved_in: list[str] = []
             try:
                 for name in existing:
-                    os.replace(self.directory / name, aside / name)
+                    os.replace(self.directory / final(name), aside / name)
                     moved_aside.append(name)
                 for name in written:
-                    os.replace(self.staging / name, self.directory / name)
+                    os.replace(self.staging / name, self.directory / final(name))
                     moved_in.append(name)
             except BaseException:
                 for name in moved_in:
                     with contextlib.suppress(OSError):
-                        os.replace(self.directory / name, self.staging / name)
+                        os.replace(self.directory / final(name), self.staging / name)
                 for name in moved_aside:
                     with contextlib.suppress(OSError):
-                        os.replace(aside / name, self.directory / name)
+                        os.replace(aside / name, self.directory / final(name))
                 raise
             self._created = []  # the directory now holds the result
-            self.committed = [self.directory / name for name in written]
+            self.committed = [self.directory / final(name) for name in written]
 
     def _discard(self) -> None:
         if self.staging is not None:

@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from unipose_sdk.errors import InvalidImageError, InvalidInputError, UniPoseFileNotFoundError
+from unipose_sdk.fileio import open_regular_file
 from unipose_sdk.models.config import CLIPVisionConfig, PoseViTConfig
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | Tensor
@@ -76,14 +77,11 @@ def load_image(image: ImageLike) -> Tensor:
 
 
 def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise UniPoseFileNotFoundError.make(
-            f"path {path} which does not exist", "an existing image file", "Check the path and the working directory."
-        )
-    if path.is_dir():
-        raise InvalidImageError.make(f"path {path} which is a directory", "an image file", "Name one image file.")
+    # Opened through fileio: a FIFO or device (also one swapped in after a check) is refused instead of blocking
+    # the read forever; a missing file is UniPoseFileNotFoundError, anything else not a regular file InvalidImageError.
+    handle = open_regular_file(path, "image file", InvalidImageError, "Name one image file (PNG, JPEG, ...).")
     try:
-        with Image.open(path) as opened:
+        with handle, Image.open(handle) as opened:
             opened.load()  # decode now, inside the try: truncated files fail here, not later
             return ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from unipose_sdk.body.rotations import axis_angle_to_matrix, matrix_to_rotation_
 from unipose_sdk.body.skeleton import NUM_JOINTS
 from unipose_sdk.checkpoint.pose_tokenizer import save_pose_tokenizer
 from unipose_sdk.data.poses import sample_poses
+from unipose_sdk.fileio import atomic_write
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer, code_perplexity, mpjpe_mm
 
@@ -142,10 +142,7 @@ def _save_state(path: Path, model: PoseTokenizer, optimizer: torch.optim.Optimiz
         "torch_rng": torch.random.get_rng_state(),
         "args": args,
     }
-    fd, tmp = tempfile.mkstemp(prefix=".train_state.", dir=path.parent)
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(state, handle))  # no temporary file survives a failure
 
 
 def train(out_dir: str | os.PathLike, steps: int, seed: int = 0, batch_size: int = 64, lr: float = 1e-3,
