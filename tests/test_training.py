@@ -29,7 +29,8 @@ from unipose_sdk.training.batches import (
     sequence_loss,
     user_turn,
 )
-from unipose_sdk.training.pipeline import TrainSettings, cosine_lr, load_text_tokenizer, run_steps, train
+from unipose_sdk.training.loop import cosine_lr, run_steps
+from unipose_sdk.training.pipeline import TrainSettings, load_text_tokenizer, train
 from unipose_sdk.training.pools import PoolSizes, build_pool
 
 CONFIG = get_preset("unipose-tiny")
@@ -157,7 +158,7 @@ def test_images_are_spliced_into_their_slots(pool, builder: ExampleBuilder, llm:
     batch = draw_batch(pool, builder, {Task.IMAGE_DIFFERENCE: 1.0}, 2, np.random.default_rng(1), False)
     bank = torch.randn(len(pool.images), CONFIG.image_tokens, CONFIG.llm.hidden_size)
     with torch.no_grad():
-        embeds = input_embeddings(llm, batch, bank[batch.image_keys], CONFIG.image_tokens)
+        embeds = input_embeddings(llm, batch, bank[batch.image_keys])
     for n in range(len(batch.image_keys)):
         row, start = int(batch.image_rows[n]), int(batch.image_starts[n])
         assert batch.input_ids[row, start - 1] == LAYOUT.image_start_id

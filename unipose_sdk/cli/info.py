@@ -19,6 +19,7 @@ def _version(distribution: str) -> str | None:
 def collect_info() -> dict:
     import torch
 
+    import unipose_sdk.kernels  # noqa: F401 - files "fused" among the attention implementations listed
     from unipose_sdk import __version__
     from unipose_sdk.models.attention import available_attention_impls
 

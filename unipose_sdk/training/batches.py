@@ -30,6 +30,7 @@ from torch import Tensor
 from unipose_sdk.generation import expected_code_vectors
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import VocabLayout
+from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.text.prompts import TASK_TEMPLATES, PromptBuilder, Task
 
 if TYPE_CHECKING:
@@ -201,19 +202,9 @@ def collate(examples: Sequence[Example], layout: VocabLayout) -> Batch:
     return Batch(input_ids, labels, mask, as_long(rows), as_long(starts), as_long(keys), [e.task for e in examples])
 
 
-def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None, image_tokens: int) -> Tensor:
+def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None) -> Tensor:
     """Token embeddings [B, T, C] with each image's projected embeddings [N_bank, image_tokens, C] spliced in."""
-    embeds = llm.embed(batch.input_ids)
-    if batch.image_keys.numel() == 0:
-        return embeds
-    if image_embeds is None:
-        raise ValueError("the batch has image slots but no image embeddings were given")
-    embeds = embeds.clone()
-    offsets = torch.arange(image_tokens)
-    rows = batch.image_rows.unsqueeze(1).expand(-1, image_tokens)
-    cols = batch.image_starts.unsqueeze(1) + offsets
-    embeds[rows, cols] = image_embeds.to(embeds.dtype)
-    return embeds
+    return splice_image_embeds(llm.embed(batch.input_ids), image_embeds, batch.image_rows, batch.image_starts)
 
 
 class CodeTargets:

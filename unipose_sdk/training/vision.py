@@ -36,6 +36,7 @@ from unipose_sdk.data.captions import caption as make_caption
 from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.preprocess import preprocess_batch
 from unipose_sdk.text.tokenizer import TextTokenizer
+from unipose_sdk.training.loop import SECONDS_PER_VISION_STEP, STAGE_SHARE, run_steps
 
 log = logging.getLogger("unipose_sdk.training")
 
@@ -121,8 +122,6 @@ def _pose_index_of_image(pool: Any) -> np.ndarray:
 
 def pretrain_vision(model: UniPoseModel, pool: Any, tokenizer: TextTokenizer, settings: Any) -> dict[str, Any]:
     """Pose-ViT joint regression + CLIP-like contrastive training on the pool's pose renders."""
-    from unipose_sdk.training.pipeline import SECONDS_PER_VISION_STEP, STAGE_SHARE, run_steps
-
     device = torch.device(settings.device)
     clip_pixels, pose_pixels = pool_pixels(model, pool)
     pose_of_image = _pose_index_of_image(pool)
