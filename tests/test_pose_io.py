@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from unipose_sdk.body import io as pose_io
 from unipose_sdk.body import rotations as R
 from unipose_sdk.body.io import (
     JSON_FORMAT_NAME,
-    atomic_write,
     detect_pose_format,
     load_pose,
     read_pose_file,
@@ -23,6 +21,7 @@ from unipose_sdk.body.io import (
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_NAMES
 from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError, UniPoseFileNotFoundError
+from unipose_sdk.fileio import atomic_write
 
 
 @pytest.fixture
@@ -289,7 +288,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(pose, tmp_path, monke
         handle.write(b"PK\x03\x04partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pose_io.np, "savez", exploding_savez)
+    monkeypatch.setattr(np, "savez", exploding_savez)
     with pytest.raises(OSError, match="disk full"):
         pose.save(target)
     assert target.read_bytes() == before

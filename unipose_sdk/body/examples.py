@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unipose_sdk.body import rotations
-from unipose_sdk.body.io import save_pose
+import unipose_sdk.body.rotations as rotations
+from unipose_sdk.body.io import load_pose, save_pose
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_INDEX, NUM_JOINTS
 from unipose_sdk.errors import InvalidInputError, UniPoseFileNotFoundError
@@ -134,8 +134,6 @@ def example_pose_path(name: str = DEFAULT_EXAMPLE) -> Path:
 
 def load_example_pose(name: str = DEFAULT_EXAMPLE) -> Pose:
     """A named example pose read from its shipped file (a Pose of batch size 1)."""
-    from unipose_sdk.body.io import load_pose
-
     return load_pose(example_pose_path(name))
 
 

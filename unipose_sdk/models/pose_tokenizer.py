@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 from unipose_sdk.body.skeleton import forward_kinematics
 from unipose_sdk.errors import InvalidInputError, InvalidPoseError
@@ -336,8 +337,6 @@ class PoseTokenizer(nn.Module):
 
     def decode(self, codes: Any) -> Any:
         """[B, T] codes -> Pose (batched)."""
-        from unipose_sdk.body.pose import Pose  # local: the body package must not depend on models
-
         return Pose.from_rotmat(self.decode_rotmat(codes).cpu())
 
     # ---------------------------------------------------------------- training
