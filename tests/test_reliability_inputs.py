@@ -149,6 +149,20 @@ def test_an_image_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path, no
         load_image(path)
 
 
+def test_the_shipped_example_image_works_from_the_package(estimator) -> None:
+    """The README's estimation example runs outside a checkout: the image comes from the installed package, as a
+    path or decoded, and both give the same pose."""
+    import unipose_sdk
+
+    path = unipose_sdk.example_image_path("person")
+    assert path.is_file() and path.parent.parent == Path(unipose_sdk.__file__).parent / "assets"
+    image = unipose_sdk.load_example_image()
+    assert image.mode == "RGB" and image.size[0] > 0
+    assert estimator.estimate(path).pose_codes == estimator.estimate(image).pose_codes
+    with pytest.raises(InvalidInputError, match="Did you mean 'person'"):
+        unipose_sdk.example_image_path("persn")
+
+
 @pytest.mark.parametrize("call", ["pose", "image"])
 def test_missing_files_are_file_not_found(call, tmp_path, editor, estimator) -> None:
     missing = str(tmp_path / "nowhere" / "x.png")

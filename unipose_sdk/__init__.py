@@ -24,6 +24,7 @@ _LAZY = {
     "EstimateResult": "unipose_sdk.results", "GenerateResult": "unipose_sdk.results",
     "EditResult": "unipose_sdk.results", "DescribeResult": "unipose_sdk.results",
     "load_example_pose": "unipose_sdk.body.examples", "render_poses_png": "unipose_sdk.body.render",
+    "example_image_path": "unipose_sdk.body.examples", "load_example_image": "unipose_sdk.body.examples",
 }
 
 __all__ = ["__version__", "errors", *_LAZY]

@@ -13,6 +13,10 @@ matter when designing them:
 
 The shipped files `unipose_sdk/assets/examples/<name>.npz` (smplx keys) are written from these definitions by
 `write_example_assets()` (run `python -m unipose_sdk.body.examples`); a test checks they still match.
+
+Example images ship beside them (`example_image_names()`; "person": one person standing, for the Estimator and
+the Describer): `example_image_path(name)` gives the installed file, `load_example_image(name)` the RGB image, so
+examples run outside a source checkout.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,8 +33,15 @@ from unipose_sdk.body.io import load_pose, save_pose
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_INDEX, NUM_JOINTS
 from unipose_sdk.errors import InvalidInputError, UniPoseFileNotFoundError
+from unipose_sdk.fileio import open_regular_file
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_EXAMPLE = "standing_arms_raised"
+# name -> file in EXAMPLES_DIR
+EXAMPLE_IMAGES = {"person": "person.png"}
+DEFAULT_EXAMPLE_IMAGE = "person"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
 _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
@@ -135,6 +147,32 @@ def example_pose_path(name: str = DEFAULT_EXAMPLE) -> Path:
 def load_example_pose(name: str = DEFAULT_EXAMPLE) -> Pose:
     """A named example pose read from its shipped file (a Pose of batch size 1)."""
     return load_pose(example_pose_path(name))
+
+
+def example_image_names() -> list[str]:
+    return sorted(EXAMPLE_IMAGES)
+
+
+def example_image_path(name: str = DEFAULT_EXAMPLE_IMAGE) -> Path:
+    """Path of a shipped example image (a PNG inside the installed package)."""
+    if name not in EXAMPLE_IMAGES:
+        close = difflib.get_close_matches(str(name), EXAMPLE_IMAGES, n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise InvalidInputError(f"received the example image name {name!r}; expected one of "
+                                f"{example_image_names()}. {hint}List them with `example_image_names()`.")
+    path = EXAMPLES_DIR / EXAMPLE_IMAGES[name]
+    if not path.is_file():
+        raise UniPoseFileNotFoundError(f"received the example image name {name!r}, whose file {str(path)!r} is "
+                                       f"missing; expected it in the installed package. Reinstall unipose-sdk.")
+    return path
+
+
+def load_example_image(name: str = DEFAULT_EXAMPLE_IMAGE) -> Image.Image:
+    """A shipped example image as an RGB PIL image, decoded now (any task takes it as its image input)."""
+    from PIL import Image
+
+    with open_regular_file(example_image_path(name), "example image") as handle, Image.open(handle) as image:
+        return image.convert("RGB")
 
 
 def write_example_assets(directory: str | Path | None = None) -> list[Path]:

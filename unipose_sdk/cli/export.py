@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from unipose_sdk.export.specs import OPSET_RANGE
 from unipose_sdk.formats import DTYPE_NAMES, EXPORT_FORMATS, dtype
 
 _EMISSIONS = ("decomposed", "attention23", "custom")
@@ -49,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention", default=None, choices=_EMISSIONS,
                         help="attention form in the graphs (default: decomposed; for engines, what the installed "
                              "TensorRT imports)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset of the graphs (18..20 for decomposed)")
+    low, high = OPSET_RANGE
+    parser.add_argument("--opset", type=int, default=low, metavar="N",
+                        help=f"ONNX opset of the graphs, {low}..{high} (the attention23 emission needs 23); "
+                             "values outside are refused before the export starts")
     parser.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs torch check")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
