@@ -43,7 +43,8 @@ import unipose_sdk.export.specs as S
 from torch import Tensor, nn
 from unipose_sdk.export.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
 
-from unipose_sdk import formats, loading
+import unipose_sdk.formats as formats
+import unipose_sdk.loading as loading
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError

@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 

@@ -19,7 +19,7 @@ import torch
 import unipose_sdk.export.specs as S
 from torch import nn
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk.errors import ExportValidationError
 
 log = logging.getLogger("unipose_sdk")

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+import unipose_sdk.evaluation.metrics as M
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
 from unipose_sdk.data.poses import joints_and_rotations, sample_poses
-from unipose_sdk.evaluation import metrics as M
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
 
 log = logging.getLogger("unipose_sdk.evaluation")

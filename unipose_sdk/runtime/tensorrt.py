@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import (
