@@ -10,8 +10,8 @@ one at the top of a file. An edge A -> B exists when A's source names module B:
   `from a.b.c import name`);
 - relative imports, resolved against the importing module;
 - a module's name as a string literal passed to `importlib.import_module` or held in a dict literal (the
-  PEP 562 lazy-attribute tables).
-Module names built at run time (plugin discovery over a package) are not seen.
+  PEP 562 lazy-attribute tables; in a package's `__init__` also a submodule's short name);
+- `pkgutil.iter_modules` in a package's `__init__` (plugin discovery): every direct submodule.
 """
 
 from __future__ import annotations
@@ -86,9 +86,17 @@ def _imports(name: str, path: Path, is_package: bool, modules: dict) -> Iterator
                     yield arg.value, node.lineno
         elif isinstance(node, ast.Dict):
             for value in node.values:
-                if isinstance(value, ast.Constant) and isinstance(value.value, str) and value.value in modules \
-                        and "." in value.value:
+                if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    continue
+                if value.value in modules and "." in value.value:
                     yield value.value, node.lineno
+                elif is_package and f"{name}.{value.value}" in modules:  # a table of submodule names
+                    yield f"{name}.{value.value}", node.lineno
+        elif isinstance(node, ast.Attribute) and node.attr == "iter_modules" and is_package:
+            # plugin discovery over the package's own directory imports every direct submodule
+            for module in modules:
+                if module.rsplit(".", 1)[0] == name:
+                    yield module, node.lineno
 
 
 def _file_graph() -> dict[str, dict[str, int]]:
@@ -189,8 +197,12 @@ def test_the_walk_sees_every_installed_package(file_graph: dict[str, dict[str, i
         assert expected in names
     # function-level imports are edges: the evaluation runner imports the task classes inside `evaluate`
     assert "unipose_sdk.tasks.describer" in file_graph["unipose_sdk.evaluation.runner"]
-    # a PEP 562 lazy table is an edge: `unipose_sdk.Generator` imports unipose_sdk.tasks on first use
+    # a PEP 562 lazy table is an edge: `unipose_sdk.Generator` imports unipose_sdk.tasks on first use, and the
+    # bench package's table of short names imports its harness
     assert "unipose_sdk.tasks" in file_graph["unipose_sdk"]
+    assert "unipose_sdk.bench.harness" in file_graph["unipose_sdk.bench"]
+    # the CLI discovers its commands: every command module is an edge of the package
+    assert "unipose_sdk.cli.tasks" in file_graph["unipose_sdk.cli"]
 
 
 def test_the_cycle_finder_reports_a_path() -> None:

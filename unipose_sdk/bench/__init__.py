@@ -5,7 +5,8 @@ classes on every backend (harness.py) and what a run writes (report.py). `unipos
     result = bench(model="unipose-tiny", batches=[1], runs=5, warmup=1)
     write_outputs(result, Path("results"))
 
-The names below load on first use, so the command line can read the choices without importing torch.
+The choices (choices.py) are plain tuples; the other names load on first use, so the command line can read the
+choices without importing torch.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-TASKS = ("estimate", "generate", "edit", "describe_pose", "describe_image")
-POSE_TASKS = ("estimate", "generate", "edit")
-BACKENDS = ("ref-hf-eager", "ref-sdk-eager", "sdk-fast", "sdk-fast-compiled", "onnxruntime")
-MODEL_NAMES = ("unipose-tiny", "unipose-7b")  # or an SDK model directory
+from unipose_sdk.bench.choices import BACKENDS, MODEL_NAMES, POSE_TASKS, TASKS
 
 _LAZY = {
     "bench": "harness", "load_onnx_session": "harness", "make_backends": "harness",
