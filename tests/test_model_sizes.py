@@ -7,7 +7,7 @@ import torch
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import get_preset
-from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.models.unipose import UniPoseModel, splice_image_embeds
 from unipose_sdk.text.prompts import PromptBuilder, PromptInputs
 from unipose_sdk.text.tokenizer import build_tiny_tokenizer
 
@@ -84,3 +84,25 @@ def test_build_inputs_embeds_splices_images_in_order() -> None:
     assert _inputs_embeds(model, text_only).shape[0] == 1
     with pytest.raises(InvalidInputError, match="without <image>"):
         _inputs_embeds(model, text_only, image_embeds)
+
+
+def test_splice_image_embeds_places_each_image_and_keeps_gradients() -> None:
+    """The one splice (inference rows, batches and training): image k fills row rows[k] from starts[k], everything
+    else is the token embedding, gradients reach both inputs, and bad slots are refused before any copy."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 12, 4, generator=generator, requires_grad=True)
+    images = torch.randn(3, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    rows, starts = [0, 1, 1], [2, 0, 7]
+    out = splice_image_embeds(tokens, images, rows, starts)
+    expected = tokens.detach().clone()
+    for k, (row, start) in enumerate(zip(rows, starts)):
+        expected[row, start:start + 3] = images[k].detach().float()  # cast to the tokens' dtype
+    assert out.dtype == tokens.dtype and torch.equal(out.detach(), expected)
+    out.sum().backward()
+    assert images.grad is not None and torch.equal(images.grad, torch.ones_like(images))
+    assert int((tokens.grad == 0).all(-1).sum()) == 9  # the image slots take no gradient to the tokens
+    assert splice_image_embeds(tokens, None, [], []) is tokens  # no image slots: the tokens as they are
+    with pytest.raises(InvalidInputError, match=r"image slots starting at \[10\]"):
+        splice_image_embeds(tokens, images[:1], [0], [10])
+    with pytest.raises(InvalidInputError, match="one image per <image>"):
+        splice_image_embeds(tokens, images[:2], rows, starts)
