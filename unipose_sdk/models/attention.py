@@ -13,12 +13,13 @@ Implementations:
   each KV head as G query rows of that head ([B, Hkv, G, D]: no repeated K/V) and passes no mask at all when no
   attended key is masked (batch 1 without padding, known on the CPU from the host-side mask).
 - "fused": the custom op `torch.ops.unipose.mixed_attention` (C++ kernel on the CPU, Triton on CUDA), filed here
-  by `unipose_sdk.kernels` when that package is imported (the torch runtime and the exporter import it). The
-  kernels build on this module (the mask, the registry), never the reverse, so this module does not import them.
+  by `unipose_sdk.kernels` when that package is imported (`unipose_sdk.loading`, the one torch loader, imports
+  it). The kernels build on this module (the mask, the registry), never the reverse, so this module does not
+  import them; a model built by hand without the kernels imported takes SDPA everywhere.
 
 The default route (nothing forced):
 - CPU: "sdpa" for decode steps and for calls of up to SDPA_MAX_SCORES scores per head (the tiny model's prefill
-  and pose block); "fused" above that when the C++ kernel is built. The fused kernel re-tiles the keys and
+  and pose block); "fused" above that when the C++ kernel is built (and filed). The fused kernel re-tiles the keys and
   allocates scratch on every call, which a short call cannot amortise; from about 300 x 300 scores it is ahead
   (benchmarks/results/attention_cpu.md).
 - CUDA and other devices: "sdpa" for every call. The Triton kernel has not been timed against SDPA on a GPU, so
