@@ -1,6 +1,6 @@
 """TensorRT engines from the exported ONNX graphs: profiles, self-describing engine files, version checks, builder.
 
-    unipose export --model M --format engine --precision fp16 -o DIR   (ONNX graphs + one .engine per graph)
+    unipose export --model M --format engine --dtype float16 -o DIR   (ONNX graphs + one .engine per graph)
 
 Engine file layout (artifacts.py's EngineHeader): MAGIC | header length | header JSON | the serialized
 engine. The header names the TensorRT version, GPU, compute capability, SDK version, precision, the graph's
@@ -37,7 +37,7 @@ from unipose_sdk.export.artifacts import (
     read_directory,
 )
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk._version import __version__
 from unipose_sdk.errors import BackendUnavailableError, CheckpointError, InvalidInputError
 from unipose_sdk.fileio import atomic_write, atomic_write_bytes

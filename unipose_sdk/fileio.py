@@ -184,7 +184,8 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {}
-    _received_signals.clear()
+    if not _active_handlers:  # the outermost block: a record from an earlier block is not this one's signal
+        _received_signals.clear()
     for signum in _CATCHABLE:
         handler = signal.getsignal(signum)
         if handler is not signal.SIG_IGN:
@@ -193,9 +194,12 @@ def signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
-        _active_handlers.remove(previous)
+        # By identity; absent in a forked child, which dropped them on the way in.
+        _active_handlers[:] = [entry for entry in _active_handlers if entry is not previous]
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if not _active_handlers:  # kept for an outer block (the CLI's guard) to see; forgotten after the last
+            _received_signals.clear()
 
 
 # The handlers that `signals_raise` replaced, innermost last. A process forked inside the block (a worker pool)

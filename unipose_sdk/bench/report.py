@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unipose_sdk.fileio import atomic_write_text
+from unipose_sdk.fileio import OutputSet
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -164,13 +164,14 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path, stem: str | None = None) -> dict[str, Path]:
-    """Write the JSON, markdown and chart of `result` into `out_dir` (created); returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the JSON, markdown and chart of `result` into `out_dir` (created); returns their paths. The three
+    files replace earlier ones of the same stem together or not at all (an interrupted run leaves the old set)."""
     device_type = "cuda" if result["device"].startswith("cuda") else "cpu"
     stem = stem or f"latency_{result['model'].removeprefix('unipose-')}_{device_type}"
-    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md", "chart": out_dir / f"{stem}.png"}
-    result["outputs"] = {key: path.name for key, path in paths.items()}
-    atomic_write_text(paths["json"], json.dumps(result, indent=1))
-    atomic_write_text(paths["markdown"], markdown(result))
-    chart(result, paths["chart"])
-    return paths
+    names = {"json": f"{stem}.json", "markdown": f"{stem}.md", "chart": f"{stem}.png"}
+    result["outputs"] = dict(names)
+    with OutputSet(out_dir, list(names.values()), overwrite=True) as out:
+        out.path(names["json"]).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        out.path(names["markdown"]).write_text(markdown(result), encoding="utf-8")
+        chart(result, out.path(names["chart"]))
+    return {key: Path(out_dir) / name for key, name in names.items()}
