@@ -258,14 +258,17 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write OUT.json and OUT.md (OUT without suffix; a directory gets evaluation.json / evaluation.md)."""
+    """Write OUT.json and OUT.md (OUT without suffix; a directory gets evaluation.json / evaluation.md), as one
+    set: both replace earlier ones together, or neither does (a failure or a signal leaves the old pair)."""
+    from unipose_sdk.fileio import OutputSet
+
     out = Path(out)
     if out.is_dir() or str(out).endswith("/"):
         out = out / "evaluation"
-    out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(to_markdown(report), encoding="utf-8")
+    with OutputSet(out.parent, [json_path.name, md_path.name], overwrite=True) as files:
+        files.path(json_path.name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        files.path(md_path.name).write_text(to_markdown(report), encoding="utf-8")
     return json_path, md_path
 
 
