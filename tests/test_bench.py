@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fast_path import BEGIN, LATE_POSE, LONG_TEXT, TEXT_ONLY, TEXT_TO_POSE, VOCAB, assert_same
+from test_fast_path import LATE_POSE, LONG_TEXT, TEXT_ONLY, TEXT_TO_POSE, VOCAB, assert_same
 from test_fast_path import model as model  # noqa: F401  (the programmed model fixture)
 
 from unipose_sdk.bench.references import HFMistral, load_parts, reference_sessions
 from unipose_sdk.cli import main
-from unipose_sdk.generation import generate
+from unipose_sdk.generation import GenerationConfig, generate
 from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.text.prompts import Task
+from unipose_sdk.timing import StageTimer
 
 CPU = torch.device("cpu")
 
@@ -29,14 +30,15 @@ def test_hf_reference_equals_sdk_generation_with_waiting_and_finished_rows(model
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
     reference = HFMistral(model)
     rows = [model.embed(torch.tensor(p)) for p in prompts]
-    timings: dict[str, float] = {}
-    hf = generate(reference, rows, VOCAB, 100, one_pass=False, timings=timings)
-    assert_same(hf, generate(model, prompts, VOCAB, 100, one_pass=False))
-    assert_same(hf, generate(model, prompts, VOCAB, 100, one_pass=True))
-    assert_same(hf, generate(reference, prompts, VOCAB, 100, one_pass=True))  # speculative block dropped by some
-    assert timings["pose_steps"] == 2 and timings["decode_steps"] >= 4
-    forced = generate(reference, rows, VOCAB, 100, first_token=BEGIN, one_pass=False)
-    assert_same(forced, generate(model, prompts, VOCAB, 100, first_token=BEGIN))
+    timer = StageTimer()
+    hf = generate(reference, rows, VOCAB, GenerationConfig(100), on_stage=timer.stage)
+    assert_same(hf, generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=False)))
+    assert_same(hf, generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=True)))
+    # speculative block dropped by some rows
+    assert_same(hf, generate(reference, prompts, VOCAB, GenerationConfig(100, one_pass=True)))
+    assert timer.counts["pose_step"] == 2 and timer.counts["decode"] >= 4
+    forced = generate(reference, rows, VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=False))
+    assert_same(forced, generate(model, prompts, VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=True)))
 
 
 def test_hf_reference_equals_sdk_on_the_embedded_tiny_model() -> None:
@@ -49,12 +51,13 @@ def test_hf_reference_equals_sdk_on_the_embedded_tiny_model() -> None:
             session.prompts.build_task(Task.TEXT_TO_POSE, caption="a person squatting"),
             session.prompts.build_task(Task.TEXT_TO_POSE, caption="someone waving a hand high")], None)
     vocab = session.config.vocab
-    hf = generate(HFMistral(raw), rows, vocab, 90, first_token=vocab.pose_begin_id, one_pass=False)
-    sdk = generate(raw, rows, vocab, 90, first_token=vocab.pose_begin_id)
+    hf = generate(HFMistral(raw), rows, vocab, GenerationConfig(90, start_with_pose=True, one_pass=False))
+    sdk = generate(raw, rows, vocab, GenerationConfig(90, start_with_pose=True, one_pass=True))
     assert_same(hf, sdk)
     assert all(len(r.pose_codes) == 1 for r in hf)
     text_rows = rows[:1]
-    assert_same(generate(HFMistral(raw), text_rows, vocab, 10), generate(raw, text_rows, vocab, 10))
+    assert_same(generate(HFMistral(raw), text_rows, vocab, GenerationConfig(10)),
+                generate(raw, text_rows, vocab, GenerationConfig(10)))
 
 
 def test_bench_quick_writes_json_markdown_and_chart(tmp_path: Path) -> None:

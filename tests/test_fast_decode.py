@@ -16,7 +16,7 @@ from unipose_sdk.kernels import ops
 
 import unipose_sdk.models.attention as attention
 import unipose_sdk.models.llm as llm_module
-from unipose_sdk.generation import generate
+from unipose_sdk.generation import GenerationConfig, generate
 from unipose_sdk.models.attention import resolve_attention_impl, use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
@@ -206,11 +206,12 @@ def test_fuse_keeps_the_state_dict_and_unfuse_is_the_reference_again(model: Mist
 
 def test_greedy_tokens_equal_reference_two_for_text_pose_and_one_pass_fallback(model: MistralLM) -> None:
     prompts = [[1, 5, 6, 7, 9, 11], [1, 30, 31], [1, 8, 9, 20, 4, 4, 4, 4]]
-    for options in (dict(one_pass=False), dict(one_pass=True), dict(first_token=VOCAB.pose_begin_id)):
+    for config in (GenerationConfig(100, one_pass=False), GenerationConfig(100, one_pass=True),
+                   GenerationConfig(100, start_with_pose=True, one_pass=True)):
         with use_attention_impl("sdpa_dense"):
-            reference = generate(model, prompts, VOCAB, 100, **options)
+            reference = generate(model, prompts, VOCAB, config)
         for pack in (True, False):
-            results = generate(FastLM(copy.deepcopy(model), pack=pack), prompts, VOCAB, 100, **options)
+            results = generate(FastLM(copy.deepcopy(model), pack=pack), prompts, VOCAB, config)
             for got, want in zip(results, reference):
                 assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
                 assert [c.tolist() for c in got.pose_codes] == [c.tolist() for c in want.pose_codes]
@@ -220,16 +221,16 @@ def test_fused_copies_follow_the_parameters() -> None:
     lm = MistralLM(CONFIG).eval()
     fast = FastLM(lm)
     prompt = [[1, 5, 6, 7]]
-    generate(fast, prompt, VOCAB, 4)
+    generate(fast, prompt, VOCAB, GenerationConfig(4))
     packed_qkv = lm.model.layers[0].self_attn.fused_qkv
-    generate(fast, prompt, VOCAB, 4)
+    generate(fast, prompt, VOCAB, GenerationConfig(4))
     assert lm.model.layers[0].self_attn.fused_qkv is packed_qkv  # unchanged weights: not rebuilt
     reference = MistralLM(CONFIG).eval()
 
     def check_against_reference() -> None:
         with use_attention_impl("sdpa_dense"):
-            expected = generate(reference, prompt, VOCAB, 8, one_pass=False)
-        assert generate(fast, prompt, VOCAB, 8)[0].token_ids == expected[0].token_ids
+            expected = generate(reference, prompt, VOCAB, GenerationConfig(8, one_pass=False))
+        assert generate(fast, prompt, VOCAB, GenerationConfig(8))[0].token_ids == expected[0].token_ids
         assert lm.is_fused and lm.model.layers[0].self_attn.fused_qkv is not packed_qkv
 
     with torch.no_grad():
@@ -333,11 +334,11 @@ def test_embedded_tiny_model_decodes_the_reference_tokens() -> None:
     rows = session.embed_rows([session.prompts.build_task(Task.TEXT_TO_POSE, caption="a person squatting")], None)
     with torch.inference_mode():
         with use_attention_impl("sdpa_dense"):
-            reference = generate(raw, rows, vocab, 32, one_pass=False)
-            reference_pose = generate(raw, rows, vocab, 100, first_token=vocab.pose_begin_id, one_pass=False)
+            reference = generate(raw, rows, vocab, GenerationConfig(32, one_pass=False))
+            reference_pose = generate(raw, rows, vocab, GenerationConfig(100, start_with_pose=True, one_pass=False))
         fast = FastLM(copy.deepcopy(raw))
         assert fast.llm.is_fused  # the tiny model's weights are small enough to pack on the CPU
-        assert generate(fast, rows, vocab, 32)[0].token_ids == reference[0].token_ids
-        got = generate(fast, rows, vocab, 100, first_token=vocab.pose_begin_id)[0]
+        assert generate(fast, rows, vocab, GenerationConfig(32))[0].token_ids == reference[0].token_ids
+        got = generate(fast, rows, vocab, GenerationConfig(100, start_with_pose=True, one_pass=True))[0]
     assert got.token_ids == reference_pose[0].token_ids
     assert np.array_equal(got.pose_codes[0].numpy(), reference_pose[0].pose_codes[0].numpy())

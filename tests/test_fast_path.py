@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from unipose_sdk.body.examples import load_example_pose
-from unipose_sdk.generation import GenerationResult, generate
+from unipose_sdk.generation import GenerationConfig, GenerationResult, generate
 from unipose_sdk.models.config import LLMConfig, VocabLayout
 from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.runtime.torch_lm import FastLM
 from unipose_sdk.tasks import Editor, Estimator, Generator
+from unipose_sdk.timing import StageTimer
 
 VOCAB = VocabLayout(text_vocab_size=64, codebook_size=32, num_pose_tokens=80)
 CONFIG = LLMConfig(vocab_size=VOCAB.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -74,9 +75,9 @@ def assert_same(a: list[GenerationResult], b: list[GenerationResult]) -> None:
 
 def test_one_pass_keeps_the_block_when_greedy_says_begin(model: MistralLM) -> None:
     with count_calls(model) as step_calls:
-        reference = generate(model, [TEXT_TO_POSE], VOCAB, 100, one_pass=False)
+        reference = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(100, one_pass=False))
     with count_calls(model) as fast_calls:
-        fast = generate(model, [TEXT_TO_POSE], VOCAB, 100, one_pass=True)
+        fast = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(100, one_pass=True))
     assert_same(fast, reference)
     assert reference[0].token_ids[0] == BEGIN and reference[0].token_ids[-3:] == [END, DOT, EOS]
     assert step_calls == [4, 81, 1, 1]
@@ -85,9 +86,9 @@ def test_one_pass_keeps_the_block_when_greedy_says_begin(model: MistralLM) -> No
 
 def test_mixed_batch_with_speculation_drops_the_block_where_greedy_does_not_say_begin(model: MistralLM) -> None:
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
-    reference = generate(model, prompts, VOCAB, 100, one_pass=False)
+    reference = generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=False))
     with count_calls(model) as calls:
-        fast = generate(model, prompts, VOCAB, 100, one_pass=True)
+        fast = generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=True))
     assert_same(fast, reference)
     padded = len(LONG_TEXT)
     # Row 0 keeps its block; rows 1-3 drop theirs and continue step by step; row 1 runs a pose step later.
@@ -98,18 +99,18 @@ def test_mixed_batch_with_speculation_drops_the_block_where_greedy_does_not_say_
 
 def test_fallback_alone_is_the_step_by_step_path(model: MistralLM) -> None:
     for prompt, later_pose_steps in ((TEXT_ONLY, 0), (LATE_POSE, 1)):
-        reference = generate(model, [prompt], VOCAB, 100, one_pass=False)
+        reference = generate(model, [prompt], VOCAB, GenerationConfig(100, one_pass=False))
         with count_calls(model) as calls:
-            fast = generate(model, [prompt], VOCAB, 100, one_pass=True)
+            fast = generate(model, [prompt], VOCAB, GenerationConfig(100, one_pass=True))
         assert_same(fast, reference)
         assert calls[0] == len(prompt) + 81 and calls[1:].count(81) == later_pose_steps
 
 
 def test_forced_begin_keeps_the_block_even_where_greedy_would_not(model: MistralLM) -> None:
     prompts = [TEXT_ONLY, TEXT_TO_POSE]
-    reference = generate(model, prompts, VOCAB, 100, first_token=BEGIN, one_pass=False)
+    reference = generate(model, prompts, VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=False))
     with count_calls(model) as calls:
-        fast = generate(model, prompts, VOCAB, 100, first_token=BEGIN)  # one_pass defaults on for forced BEGIN
+        fast = generate(model, prompts, VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=True))
     assert_same(fast, reference)
     assert [r.forced_first_token for r in fast] == [True, False]
     assert calls[0] == len(TEXT_TO_POSE) + 81 and 81 not in calls
@@ -117,9 +118,10 @@ def test_forced_begin_keeps_the_block_even_where_greedy_would_not(model: Mistral
 
 def test_stop_after_pose_is_the_prefix_up_to_end(model: MistralLM) -> None:
     prompts = [TEXT_TO_POSE, TEXT_ONLY]
-    full = generate(model, prompts, VOCAB, 100, first_token=BEGIN, one_pass=False)
+    full = generate(model, prompts, VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=False))
     with count_calls(model) as calls:
-        short = generate(model, prompts, VOCAB, 100, first_token=BEGIN, stop_after_pose=True)
+        short = generate(model, prompts, VOCAB,
+                         GenerationConfig(100, start_with_pose=True, stop_after_pose=True, one_pass=True))
     assert calls == [len(TEXT_TO_POSE) + 81]  # no decode step at all
     for s, f in zip(short, full):
         assert s.finish_reason == "pose"
@@ -129,31 +131,32 @@ def test_stop_after_pose_is_the_prefix_up_to_end(model: MistralLM) -> None:
 
 def test_no_one_pass_without_room_for_the_block(model: MistralLM) -> None:
     with count_calls(model) as calls:
-        (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, 81, first_token=BEGIN)
+        (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(81, start_with_pose=True, one_pass=True))
     assert calls == [4] and cut.finish_reason == "length" and cut.token_ids == []
 
 
 def test_timings_name_the_stages(model: MistralLM) -> None:
-    timings: dict[str, float] = {}
-    generate(model, [TEXT_TO_POSE], VOCAB, 100, first_token=BEGIN, timings=timings)
-    assert set(timings) == {"prefill_pose", "decode", "decode_steps"} and timings["decode_steps"] == 2
-    timings = {}
-    generate(model, [LATE_POSE], VOCAB, 100, timings=timings)
-    assert set(timings) == {"prefill", "pose_step", "pose_steps", "decode", "decode_steps"}
-    assert timings["pose_steps"] == 1 and all(v >= 0 for v in timings.values())
+    timer = StageTimer()
+    generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(100, start_with_pose=True, one_pass=True),
+             on_stage=timer.stage)
+    assert set(timer.ms) == {"prefill_pose", "decode"} and timer.counts["decode"] == 2
+    timer = StageTimer()
+    generate(model, [LATE_POSE], VOCAB, GenerationConfig(100), on_stage=timer.stage)
+    assert set(timer.ms) == {"prefill", "pose_step", "decode"}
+    assert timer.counts["pose_step"] == 1 and all(v >= 0 for v in timer.ms.values())
 
 
 def test_fast_lm_reuses_its_static_cache_and_matches(model: MistralLM) -> None:
     fast = FastLM(copy.deepcopy(model))  # fused in place: the fixture stays the unfused reference
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
-    reference = generate(model, prompts, VOCAB, 100, one_pass=False)
-    assert_same(generate(fast, prompts, VOCAB, 100, one_pass=True), reference)
+    reference = generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=False))
+    assert_same(generate(fast, prompts, VOCAB, GenerationConfig(100, one_pass=True)), reference)
     cache = fast.new_cache(4, 10)
     assert cache.max_length % fast.cache_step == 0
     # A second call (different prompts first, so the cache holds stale rows) reuses the same tensors.
-    generate(fast, [LONG_TEXT, TEXT_ONLY, TEXT_ONLY, TEXT_ONLY], VOCAB, 100)
+    generate(fast, [LONG_TEXT, TEXT_ONLY, TEXT_ONLY, TEXT_ONLY], VOCAB, GenerationConfig(100))
     assert fast.new_cache(4, 10) is cache
-    assert_same(generate(fast, prompts, VOCAB, 100, one_pass=True), reference)
+    assert_same(generate(fast, prompts, VOCAB, GenerationConfig(100, one_pass=True)), reference)
     assert fast.new_cache(4, cache.max_length + 1) is not cache  # grows when a call needs more
 
 
@@ -161,11 +164,11 @@ def test_compiled_wrapper_traces_full_graphs_with_buckets_and_matches(model: Mis
     fast = FastLM(model, compile=True, backend="eager", bucket=16)
     assert fast.prompt_length_bucket(5) == 16 and fast.prompt_length_bucket(16) == 16
     prompts = [TEXT_TO_POSE, LATE_POSE]  # one-pass prefill, a kept and a dropped block, a pose step, decode steps
-    reference = generate(model, prompts, VOCAB, 100, one_pass=False)
-    assert_same(generate(fast, prompts, VOCAB, 100, one_pass=True), reference)
+    reference = generate(model, prompts, VOCAB, GenerationConfig(100, one_pass=False))
+    assert_same(generate(fast, prompts, VOCAB, GenerationConfig(100, one_pass=True)), reference)
     assert fast.warmup_ms > 0
     warm = fast.warmup_ms
-    assert_same(generate(fast, prompts, VOCAB, 100, one_pass=True), reference)
+    assert_same(generate(fast, prompts, VOCAB, GenerationConfig(100, one_pass=True)), reference)
     assert fast.warmup_ms == warm  # no new shapes on the second call: nothing traced again
 
 
@@ -217,7 +220,8 @@ def test_compiled_cuda_graphs_match_eager_on_the_tiny_model() -> None:
                                session.prompts.build_task(Task.TEXT_TO_POSE, caption="arms up")], None)
     compiled = FastLM(raw, compile=True)
     assert compiled.mode == "reduce-overhead"
-    for first in (vocab.pose_begin_id, None):
-        reference = generate(raw, rows, vocab, 96, first_token=first, one_pass=False)
+    for start_with_pose in (True, False):
+        reference = generate(raw, rows, vocab, GenerationConfig(96, start_with_pose=start_with_pose))
         for _ in range(3):
-            assert_same(generate(compiled, rows, vocab, 96, first_token=first), reference)
+            assert_same(generate(compiled, rows, vocab, GenerationConfig(96, start_with_pose=start_with_pose,
+                                                                         one_pass=start_with_pose)), reference)

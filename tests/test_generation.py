@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
-from unipose_sdk.generation import generate, pose_codes_from_logits
+from unipose_sdk.generation import GenerationConfig, generate, pose_codes_from_logits
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
 from unipose_sdk.models.llm import MistralLM
@@ -97,7 +97,7 @@ def count_calls(lm: MistralLM) -> Iterator[list[int]]:
 
 def test_text_to_pose_is_one_prefill_one_pose_step_and_two_decode_steps(model: MistralLM) -> None:
     with count_calls(model) as calls:
-        (result,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=100)
+        (result,) = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(100))
     assert calls == [len(TEXT_TO_POSE), 81, 1, 1]  # prefill, pose step, END -> ".", "." -> </s>
 
     ids = result.token_ids
@@ -124,12 +124,12 @@ def test_text_to_pose_is_one_prefill_one_pose_step_and_two_decode_steps(model: M
 def test_batch_with_different_prompt_lengths_equals_each_row_alone(model: MistralLM) -> None:
     prompts = [TEXT_TO_POSE, LATE_POSE, TEXT_ONLY, LONG_TEXT]
     with count_calls(model) as calls:
-        batch = generate(model, prompts, VOCAB, max_new_tokens=90)
+        batch = generate(model, prompts, VOCAB, GenerationConfig(90))
     # Row 0 runs its pose step right after prefill, row 1 two decode steps later; the other rows wait each time.
     assert calls == [len(LATE_POSE), 81, 1, 1, 81, 1, 1]
 
     for prompt, in_batch in zip(prompts, batch):
-        (alone,) = generate(model, [prompt], VOCAB, max_new_tokens=90)
+        (alone,) = generate(model, [prompt], VOCAB, GenerationConfig(90))
         assert in_batch.token_ids == alone.token_ids
         assert in_batch.finish_reason == alone.finish_reason
         assert len(in_batch.pose_codes) == len(alone.pose_codes)
@@ -143,7 +143,7 @@ def test_batch_with_different_prompt_lengths_equals_each_row_alone(model: Mistra
 
 def test_stops_at_max_new_tokens(model: MistralLM) -> None:
     with count_calls(model) as calls:
-        (result,) = generate(model, [ENDLESS], VOCAB, max_new_tokens=5)
+        (result,) = generate(model, [ENDLESS], VOCAB, GenerationConfig(5))
     assert result.token_ids == [41, 40, 41, 40, 41]
     assert result.finish_reason == "length"
     assert calls == [2, 1, 1, 1, 1]  # the last sampled token is never fed
@@ -151,7 +151,7 @@ def test_stops_at_max_new_tokens(model: MistralLM) -> None:
 
 def test_stops_at_eos(model: MistralLM) -> None:
     with count_calls(model) as calls:
-        (result,) = generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=50)
+        (result,) = generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(50))
     assert result.token_ids == [31, 32, EOS]
     assert result.finish_reason == "eos"
     assert calls == [2, 1, 1]
@@ -159,8 +159,8 @@ def test_stops_at_eos(model: MistralLM) -> None:
 
 def test_begin_without_room_for_the_pose_block_stops_the_row(model: MistralLM) -> None:
     with count_calls(model) as calls:
-        (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=81)
-        (exact,) = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=82)
+        (cut,) = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(81))
+        (exact,) = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(82))
     assert cut.token_ids == [] and cut.pose_codes == [] and cut.finish_reason == "length"
     assert len(exact.token_ids) == 82 and exact.token_ids[-1] == END and exact.finish_reason == "length"
     assert calls == [4, 4, 81]  # no pose step for the cut row; no decode after the last END
@@ -169,8 +169,8 @@ def test_begin_without_room_for_the_pose_block_stops_the_row(model: MistralLM) -
 def test_prompt_as_embeddings_equals_prompt_as_ids(model: MistralLM) -> None:
     with torch.no_grad():
         embeds = model.embed(torch.tensor(LATE_POSE))  # [L, C]: where a caller would splice image embeddings
-    (from_ids,) = generate(model, [torch.tensor(LATE_POSE)], VOCAB, max_new_tokens=90)
-    (from_embeds,) = generate(model, [embeds], VOCAB, max_new_tokens=90)
+    (from_ids,) = generate(model, [torch.tensor(LATE_POSE)], VOCAB, GenerationConfig(90))
+    (from_embeds,) = generate(model, [embeds], VOCAB, GenerationConfig(90))
     assert from_ids.token_ids == from_embeds.token_ids
 
 
@@ -207,8 +207,8 @@ def test_expected_code_decoding_lands_between_the_codes_the_model_hesitates_over
 
 def test_generate_uses_the_codebook_when_given(model: MistralLM) -> None:
     book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
-    plain = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=90)[0]
-    soft = generate(model, [TEXT_TO_POSE], VOCAB, max_new_tokens=90, pose_code_vectors=book)[0]
+    plain = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90))[0]
+    soft = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90), pose_code_vectors=book)[0]
     assert len(soft.pose_codes) == len(plain.pose_codes) == 1
     assert int(soft.pose_codes[0].max()) < VOCAB.codebook_size
     assert len(soft.token_ids) == len(plain.token_ids)
@@ -216,17 +216,17 @@ def test_generate_uses_the_codebook_when_given(model: MistralLM) -> None:
 
 def test_length_and_input_errors(model: MistralLM) -> None:
     with pytest.raises(InvalidTextError, match="max_new_tokens"):
-        generate(model, [[1] * 200], VOCAB, max_new_tokens=57)  # 257 > 256 positions
+        generate(model, [[1] * 200], VOCAB, GenerationConfig(57))  # 257 > 256 positions
     with pytest.raises(InvalidTextError, match="at most 100"):
-        generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=99, max_context=100)
+        generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(99), max_context=100)
     with pytest.raises(InvalidInputError, match="max_new_tokens=0"):
-        generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=0)
+        generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(0))
     with pytest.raises(InvalidTextError, match="empty prompt"):
-        generate(model, [TEXT_ONLY, []], VOCAB, max_new_tokens=4)
+        generate(model, [TEXT_ONLY, []], VOCAB, GenerationConfig(4))
     with pytest.raises(InvalidInputError, match="token ids"):
-        generate(model, [torch.zeros(2, 3, 4)], VOCAB, max_new_tokens=4)
+        generate(model, [torch.zeros(2, 3, 4)], VOCAB, GenerationConfig(4))
     with pytest.raises(InvalidInputError, match="at least one prompt"):
-        generate(model, [], VOCAB, max_new_tokens=4)
+        generate(model, [], VOCAB, GenerationConfig(4))
     # Exactly at the limit is fine.
-    (result,) = generate(model, [TEXT_ONLY], VOCAB, max_new_tokens=98, max_context=100)
+    (result,) = generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(98), max_context=100)
     assert result.finish_reason == "eos"

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
-from unipose_sdk.options import Backend, Device, EstimatorOptions, GeneratorOptions
+from unipose_sdk.generation import GenerationConfig
+from unipose_sdk.models.config import VocabLayout
+from unipose_sdk.options import (
+    Backend,
+    DescriberOptions,
+    Device,
+    EditorOptions,
+    EstimatorOptions,
+    GeneratorOptions,
+    PoseTaskOptions,
+)
 
 
 def test_defaults_and_enum_coercion() -> None:
@@ -45,3 +55,32 @@ def test_cuda_without_gpu_says_how_to_fix() -> None:
     with pytest.raises(BackendUnavailableError, match="device='cpu'"):
         GeneratorOptions(device="cuda").torch_device()
     assert GeneratorOptions(device="auto").torch_device().type == "cpu"
+
+
+VOCAB = VocabLayout(text_vocab_size=64, codebook_size=32, num_pose_tokens=80)
+
+
+def test_each_task_builds_one_generation_config_from_its_options() -> None:
+    # Pose tasks: the answer starts with its pose block, which max_new_tokens (text tokens) does not count.
+    assert GeneratorOptions(max_new_tokens=6).generation_config(VOCAB) == GenerationConfig(
+        max_new_tokens=6 + 82, start_with_pose=True, stop_after_pose=True, one_pass=True)
+    assert EditorOptions(max_new_tokens=1, pose_only=False, one_pass=False).generation_config(VOCAB) == (
+        GenerationConfig(max_new_tokens=83, start_with_pose=True, stop_after_pose=False, one_pass=False))
+    assert EstimatorOptions().generation_config(VOCAB).max_new_tokens == 128 + 82
+    # The description: text as asked, step by step (no speculative pose block on every prompt).
+    assert DescriberOptions(max_new_tokens=40).generation_config(VOCAB) == GenerationConfig(max_new_tokens=40)
+    assert all(issubclass(cls, PoseTaskOptions) for cls in (GeneratorOptions, EditorOptions, EstimatorOptions))
+    assert not issubclass(DescriberOptions, PoseTaskOptions)
+    with pytest.raises(TypeError):
+        DescriberOptions(pose_only=False)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"max_new_tokens": 0}, "max_new_tokens=0"),
+                                            ({"max_new_tokens": True}, "max_new_tokens=True"),
+                                            ({"max_new_tokens": 8, "one_pass": None}, "one_pass=None")])
+def test_generation_config_is_checked_and_frozen(kwargs: dict, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=needle):
+        GenerationConfig(**kwargs)
+    config = GenerationConfig(8)
+    with pytest.raises(AttributeError):
+        config.max_new_tokens = 9  # type: ignore[misc]

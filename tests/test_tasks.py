@@ -10,12 +10,23 @@ import pytest
 import torch
 from PIL import Image
 
+from unipose_sdk import generation
 from unipose_sdk.body.examples import load_example_pose
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.checkpoint.embedded import embedded_model_is_trained
-from unipose_sdk.errors import (InvalidImageError, InvalidInputError, InvalidPoseError, InvalidTextError,
-                                ModelNotFoundError, UniPoseError, UniPoseFileNotFoundError)
-from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult
+from unipose_sdk.errors import (
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidPoseError,
+    InvalidTextError,
+    ModelNotFoundError,
+    UniPoseError,
+    UniPoseFileNotFoundError,
+)
+from unipose_sdk.generation import GenerationConfig, pose_block_length
+from unipose_sdk.options import DescriberOptions, GeneratorOptions, PoseTaskOptions
+from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult, PoseResult
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
 SHORT = {"max_new_tokens": 6}  # keeps the text tasks fast; pose tasks always get room for their pose block
@@ -66,7 +77,7 @@ def test_batch_is_one_batch_with_the_same_results_as_single_calls(generator: Gen
     texts = ["a person kneeling on the ground", "arms crossed", "a person lying down on their back"]
     batch = generator.generate(texts)
     assert isinstance(batch, list) and len(batch) == 3
-    assert batch[0].timing_ms["batch_size"] == 3
+    assert batch[0].batch_size == 3
     for text, result in zip(texts, batch):
         assert result.prompt == text
         assert result.pose_codes == generator.generate(text).pose_codes
@@ -207,3 +218,86 @@ def test_model_directory_of_the_wrong_kind(tmp_path: Path) -> None:
     with pytest.raises(UniPoseError) as info:
         Generator.from_pretrained(tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+# ------------------------------------------------------------------ one generation config, timing and counts
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> list[GenerationConfig]:
+    """What `generation.generate` receives from the session (the calls still run)."""
+    seen: list[GenerationConfig] = []
+    real = generation.generate
+
+    def spy(model, prompts, vocab, config, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(config)
+        return real(model, prompts, vocab, config, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    return seen
+
+
+@pytest.mark.parametrize("pose_only, one_pass", [(True, True), (False, False)])
+def test_the_options_reach_the_loop_as_one_config(monkeypatch: pytest.MonkeyPatch, pose_only: bool,
+                                                  one_pass: bool) -> None:
+    seen = _recording(monkeypatch)
+    built: list[GenerationConfig] = []
+    real_build = PoseTaskOptions.generation_config
+    monkeypatch.setattr(PoseTaskOptions, "generation_config",
+                        lambda self, vocab: built.append(real_build(self, vocab)) or built[-1])
+    generator = Generator.from_pretrained(max_new_tokens=6, pose_only=pose_only, one_pass=one_pass)
+    result = generator.generate("a person squatting with both arms raised")
+    vocab = generator.session.config.vocab
+    assert len(seen) == len(built) == 1 and seen[0] is built[0]  # the task's config object, unchanged
+    assert seen[0] == GenerationConfig(max_new_tokens=6 + pose_block_length(vocab), start_with_pose=True,
+                                       stop_after_pose=pose_only, one_pass=one_pass)
+    # The stages say which path ran: one forward for prompt + pose block, or prefill then a pose step.
+    assert ("prefill_pose" in result.timing_ms) == one_pass and ("pose_step" in result.timing_ms) != one_pass
+    assert result.pose_steps == (0 if one_pass else 1)
+    describer = Describer.from_pretrained(max_new_tokens=6)
+    describer.describe(pose=load_example_pose("squatting"))
+    assert seen[1] == GenerationConfig(max_new_tokens=6)  # text only: no pose start, step by step
+
+
+def test_max_new_tokens_counts_text_and_the_pose_block_always_fits(generator: Generator) -> None:
+    # max_new_tokens=1 and the trailing text decoded: the whole pose, then at most one text token.
+    with Generator.from_pretrained(max_new_tokens=1, pose_only=False) as tight:
+        result = tight.generate("a person squatting with both arms raised")
+    assert len(result.pose_codes) == 80 and result.text.startswith("<pose>")
+    assert result.decode_steps <= 1
+    assert result.pose_codes == generator.generate("a person squatting with both arms raised").pose_codes
+
+
+def test_timing_holds_milliseconds_and_the_counts_have_fields(generator: Generator, describer: Describer) -> None:
+    texts = ["a person kneeling on the ground", "arms crossed"]
+    results = generator.generate(texts)
+    stages = {"preprocess", "llm", "prefill_pose", "detokenize", "total"}
+    for result in results:
+        assert set(result.timing_ms) == stages  # stage names only: no counts among the milliseconds
+        assert all(isinstance(v, float) and 0 <= v <= result.timing_ms["total"] for v in result.timing_ms.values())
+        assert result.timing_ms["llm"] >= result.timing_ms["prefill_pose"]  # the loop's stages run inside "llm"
+        assert (result.batch_size, result.decode_steps, result.pose_steps) == (2, 0, 0)  # one pass, pose only
+        saved = result.to_dict()
+        assert saved["batch_size"] == 2 and saved["decode_steps"] == 0 and "batch_size" not in saved["timing_ms"]
+    text = describer.describe(pose=load_example_pose("squatting"))
+    assert set(text.timing_ms) <= {"preprocess", "llm", "prefill", "pose_step", "decode", "total"}
+    assert "decode_steps" not in text.timing_ms and text.batch_size == 1
+    assert 1 <= text.decode_steps <= 6 and ("decode" in text.timing_ms) == (text.decode_steps > 0)
+
+
+def test_describer_refuses_the_pose_task_options() -> None:
+    for name, value in (("pose_only", False), ("one_pass", False)):
+        with pytest.raises(InvalidOptionError) as info:
+            Describer.from_pretrained(**{name: value})
+        message = str(info.value)
+        assert repr(name) in message and "Describer" in message
+        assert "max_new_tokens" in message and "pose_only" not in message.split("names among")[1]
+    assert not hasattr(DescriberOptions(), "pose_only") and not hasattr(DescriberOptions(), "one_pass")
+    with pytest.raises(InvalidOptionError, match="DescriberOptions"):
+        Describer(GeneratorOptions())  # another task's options are refused, not half read
+    with pytest.raises(InvalidOptionError, match="GeneratorOptions"):
+        Generator(DescriberOptions())
+
+
+def test_pose_results_share_one_base() -> None:
+    assert all(issubclass(cls, PoseResult) for cls in (EstimateResult, GenerateResult, EditResult))
+    assert not issubclass(GenerateResult, EstimateResult) and not issubclass(DescribeResult, PoseResult)

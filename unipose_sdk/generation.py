@@ -23,6 +23,10 @@ otherwise its offsets are simply not advanced, so the appended rows are scratch 
 any of its queries can see them (the same argument as for waiting rows above), and it continues step by step.
 Either way the tokens are those of the step-by-step path: one weight pass instead of two per pose answer.
 
+What a call does is one `GenerationConfig`, built by the caller (the task classes build it from their options) and
+read here as given. Timing is the caller's: the loop wraps its stages in the caller's `on_stage` callback
+(`unipose_sdk.timing.StageTimer.stage`) and holds no clock.
+
 Only `prefill`, `prefill_with_pose`, `decode_step` and `pose_step` touch the model. A model may define
 `prompt_length_bucket(P) -> P'` (P' >= P): prompts are then left-padded to P' so that a compiled prefill sees
 only a few shapes (`unipose_sdk.runtime.torch_lm`).
@@ -30,7 +34,6 @@ only a few shapes (`unipose_sdk.runtime.torch_lm`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -42,6 +45,7 @@ from unipose_sdk.errors import InvalidInputError, InvalidTextError
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
 from unipose_sdk.models.llm import KVCache, LMOutput
+from unipose_sdk.timing import OnStage, untimed
 
 PromptRow = Tensor | Sequence[int]  # token ids [L], or input embeddings [L, C] with images spliced in
 
@@ -61,6 +65,45 @@ class LanguageModel(Protocol):
     def embed_pose_queries(self, num_queries: int = ...) -> Tensor: ...
 
     def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache: ...
+
+
+def pose_block_length(vocab: VocabLayout) -> int:
+    """Ids one pose block takes in a generated stream: BEGIN, the codes, END (82 for the released layout)."""
+    return vocab.num_pose_tokens + 2
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What one `generate` call does; built once by the caller and read by the loop as given.
+
+    max_new_tokens: most ids each row generates, every pose block counting `pose_block_length` ids (82). A row
+        that emits BEGIN without room left for its whole block ends there ("length") instead of a cut block.
+    start_with_pose: force every row's first generated token to be BEGIN (the pose tasks, whose answer template
+        starts with a pose); each result says whether greedy decoding would have chosen otherwise.
+    stop_after_pose: end a row after its first pose block (finish_reason "pose"): the text after a pose answer
+        ("." then eos) carries nothing and costs decode steps.
+    one_pass: run the prompt and a pose block as one forward (`prefill_with_pose`). With `start_with_pose` every
+        row keeps its block; without, the block is speculative: rows whose greedy first token is not BEGIN drop
+        it (their text answers pay 81 extra prefill rows) and continue step by step. Same tokens either way;
+        False is the step-by-step reference. Skipped when max_new_tokens leaves no room for a block.
+
+    Decoding is greedy (the official behaviour).
+    """
+
+    max_new_tokens: int
+    start_with_pose: bool = False
+    stop_after_pose: bool = False
+    one_pass: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
+                self.max_new_tokens < 1):
+            raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "an integer >= 1",
+                                         "Raise max_new_tokens.")
+        for name in ("start_with_pose", "stop_after_pose", "one_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False",
+                                             f"Pass {name}=True or False.")
 
 
 @dataclass
@@ -88,12 +131,12 @@ class GenerationResult:
     finish_reason: "eos", or "length" when max_new_tokens ran out (a BEGIN emitted with fewer than 82 ids of
         budget left is dropped rather than leaving a pose block cut short), or "pose" when `stop_after_pose`
         ended the row after its first pose block (the stream then ends with END).
+    forced_first_token: True when `start_with_pose` forced a BEGIN that greedy decoding would not have chosen.
     """
 
     token_ids: list[int] = field(default_factory=list)
     pose_codes: list[Tensor] = field(default_factory=list)
     finish_reason: str | None = None
-    # True when `first_token` forced an answer start that greedy decoding would not have chosen.
     forced_first_token: bool = False
 
 
@@ -289,8 +332,6 @@ def _prompt_embeddings(model: LanguageModel, prompts: Sequence[PromptRow], devic
 
 
 def _check_lengths(lengths: list[int], max_new_tokens: int, max_context: int) -> None:
-    if max_new_tokens < 1:
-        raise InvalidInputError.make(f"max_new_tokens={max_new_tokens}", "an integer >= 1", "Raise max_new_tokens.")
     longest = max(lengths)
     if longest + max_new_tokens > max_context:
         raise InvalidTextError.make(
@@ -300,47 +341,22 @@ def _check_lengths(lengths: list[int], max_new_tokens: int, max_context: int) ->
         )
 
 
-class _StageClock:
-    """Optional per-stage wall clock for `generate` (ms), device-synchronised at stage ends on CUDA.
-
-    Synchronising costs a little on a GPU, so it happens only when the caller asked for timings."""
-
-    def __init__(self, timings: dict[str, float] | None, device: torch.device) -> None:
-        self.timings = timings
-        self.sync = timings is not None and device.type == "cuda"
-        self.device = device
-        self.start = 0.0
-
-    def begin(self) -> None:
-        if self.timings is not None:
-            if self.sync:
-                torch.cuda.synchronize(self.device)
-            self.start = time.perf_counter()
-
-    def end(self, stage: str, count_key: str | None = None) -> None:
-        if self.timings is not None:
-            if self.sync:
-                torch.cuda.synchronize(self.device)
-            self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - self.start) * 1e3
-            if count_key is not None:
-                self.timings[count_key] = self.timings.get(count_key, 0.0) + 1
-
-
 class AnswerStreams:
-    """The per-row bookkeeping of greedy generation, shared by every generation loop (this module's and the
-    step-by-step reference in the benchmarks): the id streams, the token each row feeds next, and when a row ends.
+    """The per-row bookkeeping of greedy generation: the id streams, the token each row feeds next, and when a row
+    ends. (Every accepted token passes through `accept` / `take_pose`: the place a streaming caller would hook.)
 
-    A row ends on eos, when max_new_tokens is reached (a pose block counts 82 ids; a BEGIN without room for its
-    whole block ends the row instead of leaving a block cut short), or after its first pose when stop_after_pose.
+    A row ends on eos, when config.max_new_tokens is reached (a pose block counts 82 ids; a BEGIN without room for
+    its whole block ends the row instead of leaving a block cut short), or after its first pose when
+    config.stop_after_pose.
     """
 
-    def __init__(self, batch: int, vocab: VocabLayout, max_new_tokens: int, stop_after_pose: bool = False) -> None:
+    def __init__(self, batch: int, vocab: VocabLayout, config: GenerationConfig) -> None:
         self.results = [GenerationResult() for _ in range(batch)]
         self.pending = [vocab.pad_id] * batch  # the token each row feeds next
         self.vocab = vocab
-        self.max_new_tokens = max_new_tokens
-        self.stop_after_pose = stop_after_pose
-        self.pose_block_ids = vocab.num_pose_tokens + 2  # BEGIN, the codes, END
+        self.config = config
+        self.max_new_tokens = config.max_new_tokens
+        self.pose_block_ids = pose_block_length(vocab)
 
     def accept(self, b: int, token: int) -> None:
         """Append a sampled token to row b's stream, or finish the row."""
@@ -355,12 +371,13 @@ class AnswerStreams:
             out.finish_reason = "length"
         self.pending[b] = token
 
-    def accept_first(self, tokens: Sequence[int], first_token: int | None) -> None:
-        """The prefill's greedy tokens, or `first_token` forced in their place (flagged where they differ)."""
+    def accept_first(self, tokens: Sequence[int]) -> None:
+        """The prefill's greedy tokens, or BEGIN in their place with `start_with_pose` (flagged where they differ)."""
+        begin = self.vocab.pose_begin_id
         for b, token in enumerate(tokens):
-            if first_token is not None:
-                self.results[b].forced_first_token = token != first_token
-                token = first_token
+            if self.config.start_with_pose:
+                self.results[b].forced_first_token = token != begin
+                token = begin
             self.accept(b, token)
 
     def accept_running(self, tokens: Sequence[int], running: Sequence[bool]) -> None:
@@ -374,7 +391,7 @@ class AnswerStreams:
         out.pose_codes.append(codes.clone())
         out.token_ids.extend(self.vocab.pose_token_ids(codes).tolist() + [self.vocab.pose_end_id])
         self.pending[b] = self.vocab.pose_end_id
-        if self.stop_after_pose:
+        if self.config.stop_after_pose:
             out.finish_reason = "pose"
         elif len(out.token_ids) >= self.max_new_tokens:
             out.finish_reason = "length"
@@ -398,69 +415,55 @@ def generate(
     model: LanguageModel,
     prompts: Sequence[PromptRow],
     vocab: VocabLayout,
-    max_new_tokens: int,
+    config: GenerationConfig,
     *,
     max_context: int | None = None,
-    first_token: int | None = None,
-    one_pass: bool | None = None,
-    stop_after_pose: bool = False,
-    timings: dict[str, float] | None = None,
     pose_code_vectors: Tensor | None = None,
+    on_stage: OnStage | None = None,
 ) -> list[GenerationResult]:
-    """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row).
+    """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row), as `config` says.
 
-    max_new_tokens bounds each row's generated id stream (a pose block counts 82 ids: BEGIN, 80 codes, END).
-    max_context: limit on prompt + max_new_tokens; default the model's max_position_embeddings.
-    first_token: force every row's first generated token (BEGIN for the pose tasks, whose answer template starts
-        with a pose); each result says whether greedy decoding would have chosen otherwise.
-    one_pass: run prefill and the pose block as one forward (`prefill_with_pose`); rows whose first token is
-        not BEGIN drop the block and continue step by step, with the same tokens either way. None (default):
-        only when `first_token` is BEGIN (then the block is always kept); True: also speculatively (a text
-        answer then pays 81 extra prefill rows); False: never (the step-by-step reference).
-    stop_after_pose: end a row after its first pose block (finish_reason "pose"): for callers that want only
-        the pose, the trailing text ("." then eos) costs decode steps and carries nothing.
-    timings: when given, receives ms per stage ("prefill", "prefill_pose" for the one-pass forward,
-        "pose_step", "decode") and the counts "decode_steps" / "pose_steps".
+    max_context: limit on prompt + config.max_new_tokens; default the model's max_position_embeddings.
     pose_code_vectors: the codebook [K, D] for expected-code pose decoding (`pose_codes_from_logits`); None:
-        argmax per query.
+        argmax per query. (A property of the model, not of the call: the session passes its own.)
+    on_stage: called as `with on_stage(name):` around each stage: "prefill", or "prefill_pose" for the one-pass
+        forward, then one "pose_step" per separate pose step and one "decode" per decode step
+        (`unipose_sdk.timing.StageTimer.stage` times and counts them); None: untimed.
     """
+    stage = on_stage if on_stage is not None else untimed
     device = model.device
-    clock = _StageClock(timings, device)
     rows = _prompt_embeddings(model, prompts, device)
     bucket = getattr(model, "prompt_length_bucket", None)
     longest = max(int(row.shape[0]) for row in rows)
     prompt_embeds, lengths = left_pad(rows, bucket(longest) if bucket is not None else None)
     max_context = max_context if max_context is not None else model.config.max_position_embeddings
+    max_new_tokens = config.max_new_tokens
     _check_lengths(lengths, max_new_tokens, max_context)
 
     batch, padded = len(rows), prompt_embeds.shape[1]
     cache = model.new_cache(batch, padded + max_new_tokens + vocab.num_pose_tokens)  # slack: see module docstring
-    streams = AnswerStreams(batch, vocab, max_new_tokens, stop_after_pose)
+    streams = AnswerStreams(batch, vocab, config)
     # Host copy of every row's next cache slot (no device sync needed): a call of T tokens writes slots up to
     # max(slots) + T, so attending that many slots instead of the whole cache skips the unwritten tail.
     slots = [padded] * batch
-
-    if one_pass is None:
-        one_pass = first_token is not None and first_token == vocab.pose_begin_id
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
-    one_pass = one_pass and max_new_tokens >= streams.pose_block_ids
+    one_pass = config.one_pass and max_new_tokens >= streams.pose_block_ids
 
-    clock.begin()
-    if one_pass:
-        logits, query_logits, state = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
-    else:
-        logits, state = prefill(model, cache, prompt_embeds, lengths)
-    streams.accept_first(logits.argmax(dim=-1).tolist(), first_token)
-    if one_pass:
-        keep = streams.posing()
-        if any(keep):
-            codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
-            state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
-            for b in (b for b in range(batch) if keep[b]):
-                streams.take_pose(b, codes[b])
-                slots[b] += 1 + vocab.num_pose_tokens
-        # Rows that did not keep the block stay at slot P: their appended rows are scratch (module docstring).
-    clock.end("prefill_pose" if one_pass else "prefill")
+    with stage("prefill_pose" if one_pass else "prefill"):
+        if one_pass:
+            logits, query_logits, state = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
+        else:
+            logits, state = prefill(model, cache, prompt_embeds, lengths)
+        streams.accept_first(logits.argmax(dim=-1).tolist())
+        if one_pass:
+            keep = streams.posing()
+            if any(keep):
+                codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
+                state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
+                for b in (b for b in range(batch) if keep[b]):
+                    streams.take_pose(b, codes[b])
+                    slots[b] += 1 + vocab.num_pose_tokens
+            # Rows that did not keep the block stay at slot P: their appended rows are scratch (module docstring).
 
     while True:
         if not any(streams.running()):
@@ -468,22 +471,20 @@ def generate(
         posing = streams.posing()
         if any(posing):
             # The rows that emitted BEGIN run their pose step; the others wait (they do not advance).
-            clock.begin()
-            query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device),
-                                     kv_length=max(slots) + 1 + vocab.num_pose_tokens)
-            codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
-            for b in (b for b in range(batch) if posing[b]):
-                streams.take_pose(b, codes[b])
-                slots[b] += 1 + vocab.num_pose_tokens
-            clock.end("pose_step", "pose_steps")
+            with stage("pose_step"):
+                query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device),
+                                         kv_length=max(slots) + 1 + vocab.num_pose_tokens)
+                codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
+                for b in (b for b in range(batch) if posing[b]):
+                    streams.take_pose(b, codes[b])
+                    slots[b] += 1 + vocab.num_pose_tokens
             if not any(streams.running()):
                 return streams.results
-        clock.begin()
-        running = streams.running()
-        tokens = torch.tensor(streams.next_tokens(), device=device)
-        logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device),
-                             kv_length=max(slots) + 1)
-        slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
-        # The one host synchronisation per token: the stop check needs the sampled ids.
-        streams.accept_running(logits.argmax(dim=-1).tolist(), running)
-        clock.end("decode", "decode_steps")
+        with stage("decode"):
+            running = streams.running()
+            tokens = torch.tensor(streams.next_tokens(), device=device)
+            logits = decode_step(model, cache, state, tokens, torch.tensor(running, device=device),
+                                 kv_length=max(slots) + 1)
+            slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
+            # The one host synchronisation per token: the stop check needs the sampled ids.
+            streams.accept_running(logits.argmax(dim=-1).tolist(), running)

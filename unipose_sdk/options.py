@@ -1,4 +1,11 @@
-"""Options of the task classes: dataclasses validated at construction, and the Backend / Device enums."""
+"""Options of the task classes: dataclasses validated at construction, and the Backend / Device enums.
+
+Each task's options hold only what that task uses: `BaseOptions` (where the model comes from, where it runs, how
+long answers may be) for every task, `PoseTaskOptions` adds what only the pose answers of Estimator, Generator
+and Editor use (`pose_only`, `one_pass`). Passing a field a task does not have to its `from_pretrained` is an
+InvalidOptionError that lists the valid names. Each task turns its options into ONE `generation.GenerationConfig`
+(`generation_config`), which reaches the generation loop unchanged.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
+from unipose_sdk.generation import GenerationConfig, pose_block_length
+from unipose_sdk.models.config import VocabLayout
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
 Backend = enum.Enum("Backend", {"AUTO": "auto", **{b.upper(): b for b in formats.BACKENDS}},  # type: ignore[misc]
@@ -23,7 +32,7 @@ class Device(str, enum.Enum):
     CUDA = "cuda"
 
 
-# Far above any answer the models give (a pose block is 84 ids), low enough that a typo such as 10**9 is caught
+# Far above any answer the models give (a pose answer is 84 ids), low enough that a typo such as 10**9 is caught
 # before a KV cache of that length is sized.
 MAX_NEW_TOKENS_LIMIT = 65536
 
@@ -57,7 +66,7 @@ def resolve_device(device: Device) -> torch.device:
 
 @dataclass
 class BaseOptions:
-    """Where the model comes from and where it runs.
+    """Where the model comes from, where it runs, and how long answers may be (the options every task has).
 
     model: None or "unipose-tiny" for the embedded default model, or a path to a model directory (SDK format,
         see `unipose convert`) or to a directory written by `unipose export` (ONNX graphs, TensorRT engines).
@@ -70,11 +79,10 @@ class BaseOptions:
     num_threads: CPU threads for this task object's calls (None: the process's setting). On torch it is set for
         each call and restored after it, never changed for the process; ONNX Runtime / TensorRT fix it when the
         model loads, so a different value for an already loaded exported model is refused (InvalidOptionError).
-    max_new_tokens: cap on generated text tokens per request.
-    pose_only: pose tasks (estimate, generate, edit) stop after the pose block; False also decodes the trailing
-        text of the answer (END, "." and eos carry no information, so this only costs decode steps).
-    one_pass: pose tasks run the prompt and the pose block as one forward over the weights (same tokens as the
-        step-by-step path); False runs them as two calls.
+    max_new_tokens: most TEXT tokens (eos included) the model generates per answer. The pose block a pose task
+        answers with (`generation.pose_block_length`: BEGIN, 80 codes, END = 82 tokens) is not counted: a pose
+        answer always has room for its pose block, then up to max_new_tokens text tokens after it (pose_only=False).
+        The description tasks answer in text only (a pose block the model would emit there counts its 82).
     compile: torch backend: compile the decoder calls (CUDA graphs on CUDA). None: on for CUDA, off on the CPU:
         there the embedded model's text decode gets ~1.8x faster, but the pose answers get slower (prompts padded
         to a compile bucket) and every new shape costs seconds to a minute of compiling
@@ -87,8 +95,6 @@ class BaseOptions:
     dtype: torch.dtype | str | None = None
     num_threads: int | None = None
     max_new_tokens: int = 128
-    pose_only: bool = True
-    one_pass: bool = True
     compile: bool | None = None
     _resolved_dtype: torch.dtype | None = field(default=None, init=False, repr=False)
 
@@ -109,10 +115,6 @@ class BaseOptions:
             raise InvalidOptionError.make(
                 f"max_new_tokens={self.max_new_tokens!r} ({type(self.max_new_tokens).__name__})",
                 f"an int in [1, {MAX_NEW_TOKENS_LIMIT}]", "Pass e.g. max_new_tokens=128.")
-        for name in ("pose_only", "one_pass"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidOptionError.make(f"{name}={getattr(self, name)!r} ({type(getattr(self, name)).__name__})",
-                                              "True or False", f"Pass {name}=True.")
         if self.compile is not None and not isinstance(self.compile, bool):
             raise InvalidOptionError.make(f"compile={self.compile!r} ({type(self.compile).__name__})",
                                           "True, False or None (auto)", "Pass compile=None to let the device decide.")
@@ -132,9 +134,41 @@ class BaseOptions:
             return self._resolved_dtype
         return torch.bfloat16 if device.type == "cuda" else torch.float32
 
+    def generation_config(self, vocab: VocabLayout) -> GenerationConfig:
+        """The one generation config of a text answer: max_new_tokens as given, step by step."""
+        return GenerationConfig(max_new_tokens=int(self.max_new_tokens))
+
 
 @dataclass
-class EstimatorOptions(BaseOptions):
+class PoseTaskOptions(BaseOptions):
+    """The options of the tasks that answer with a pose (Estimator, Generator, Editor).
+
+    pose_only: stop after the pose block; False also decodes the text after it (END, "." and eos carry no
+        information, so this only costs decode steps).
+    one_pass: run the prompt and the pose block as one forward over the weights (same tokens as the step-by-step
+        path); False runs them as two calls.
+    """
+
+    pose_only: bool = True
+    one_pass: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("pose_only", "one_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptionError.make(f"{name}={getattr(self, name)!r} ({type(getattr(self, name)).__name__})",
+                                              "True or False", f"Pass {name}=True.")
+
+    def generation_config(self, vocab: VocabLayout) -> GenerationConfig:
+        """The one generation config of a pose answer. The answer starts with its pose block, which does not count
+        against max_new_tokens: the stream may hold the block's `pose_block_length(vocab)` ids (82) plus
+        max_new_tokens text tokens, so a small max_new_tokens never cuts the pose."""
+        return GenerationConfig(max_new_tokens=int(self.max_new_tokens) + pose_block_length(vocab),
+                                start_with_pose=True, stop_after_pose=self.pose_only, one_pass=self.one_pass)
+
+
+@dataclass
+class EstimatorOptions(PoseTaskOptions):
     """bbox_margin: how much context around a given person box the square crop keeps (1.2 = 20 % more)."""
 
     bbox_margin: float = 1.2
@@ -148,15 +182,15 @@ class EstimatorOptions(BaseOptions):
 
 
 @dataclass
-class GeneratorOptions(BaseOptions):
-    pass
+class GeneratorOptions(PoseTaskOptions):
+    """Generator: the pose-task options, nothing more."""
 
 
 @dataclass
-class EditorOptions(BaseOptions):
-    pass
+class EditorOptions(PoseTaskOptions):
+    """Editor: the pose-task options, nothing more."""
 
 
 @dataclass
 class DescriberOptions(BaseOptions):
-    pass
+    """Describer: the base options only (its answers are text: no pose_only / one_pass)."""

@@ -1,5 +1,7 @@
-"""Typed results of the four task classes. Every result carries its timing (ms per stage), what produced it and
-what it was asked (`input`), and saves as one all-or-nothing set of files."""
+"""Typed results of the four task classes. Every result carries its timing (`timing_ms`: milliseconds per stage,
+nothing else), the counts of its batch (`batch_size`, `decode_steps`, `pose_steps`), what produced it (`run`) and
+what it was asked (`input`), and saves as one all-or-nothing set of files. The pose tasks' results share
+`PoseResult` (the pose, its codes and joints); the description's is text only."""
 
 from __future__ import annotations
 
@@ -50,41 +52,58 @@ def describe_input(value: Any) -> str:
 
 @dataclass
 class _Result:
+    """What every result has.
+
+    timing_ms: milliseconds per stage ("preprocess", "vision" for image inputs, "llm" and inside it "prefill" or
+        "prefill_pose", "pose_step", "decode", then "detokenize" for poses) and "total". The items of one batch
+        share their batch's stages: divide by batch_size for per-item throughput.
+    batch_size: how many inputs ran together in this result's batch.
+    decode_steps / pose_steps: the batch's one-token decode calls and separate pose-step calls (a pose block
+        run together with the prompt, "prefill_pose", is neither).
+    """
+
     timing_ms: dict[str, float]
     run: RunInfo
     text: str = ""  # the model's raw answer text (pose blocks elided)
     # What the task was given: {"task": ..., and "prompt" / "instruction" / "image" / "pose" ...}; paths as given.
     input: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    decode_steps: int = 0
+    pose_steps: int = 0
 
     @property
     def latency_ms(self) -> float:
         return float(self.timing_ms.get("total", sum(self.timing_ms.values())))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"input": dict(self.input), "text": self.text, "timing_ms": self.timing_ms,
-                               "run": self.run.__dict__}
-        for name in ("pose", "source_pose"):
-            pose = getattr(self, name, None)
-            if pose is not None:
-                out[f"{name}_axis_angle"] = pose.axis_angle()[0].tolist()
-                out[f"{name}_joints_m"] = pose.joints()[0].tolist()
-        if getattr(self, "pose_codes", None) is not None:
-            out["pose_codes"] = list(self.pose_codes)  # type: ignore[attr-defined]
-        return out
+        return {"input": dict(self.input), "text": self.text, "timing_ms": self.timing_ms,
+                "batch_size": self.batch_size, "decode_steps": self.decode_steps, "pose_steps": self.pose_steps,
+                "run": self.run.__dict__}
 
     def save(self, directory: str | Path, stem: str = "result", overwrite: bool = False) -> list[Path]:
         """Write `<stem>.json`, and for pose results `<stem>.npz` (smplx keys), `<stem>.npy` (official (22,3,3)
         rotation matrices) and `<stem>.png` (rendering) into `directory` (created if missing). The files appear
         together or not at all; existing files of `stem` are replaced only with `overwrite=True`. `stem` is a
-        plain file name: it cannot point outside `directory`."""
+        plain file name: it cannot point outside `directory`.
+
+        Returns:
+            The written paths.
+
+        Raises:
+            InvalidInputError: `stem` is not a plain file name, or `directory` is a file or not writable.
+            OutputExistsError: files of `stem` exist in `directory` and `overwrite` is False.
+            OSError: writing failed on the way (a full disk, ...); nothing of this result is left behind.
+        """
         return save_results([self], directory, [stem], overwrite=overwrite)[0]
 
 
 def save_results(results: Sequence[_Result], directory: str | Path, stems: Sequence[str], overwrite: bool = False,
                  overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.",
-                 ) -> list[list[Path]]:
+                 numbered: bool = False) -> list[list[Path]]:
     """Save several results as one set: every file of every result appears, or none does (see `_Result.save`).
-    Returns the written paths per result."""
+    Returns the written paths per result. `numbered=True` (stems PREFIX_000, PREFIX_001, ...; ignored with
+    `overwrite`): the set takes the next free numbers in the directory instead of refusing taken ones (see
+    fileio.OutputSet)."""
     from unipose_sdk.body.render import render_poses_png
 
     if len(results) != len(stems):
@@ -95,7 +114,7 @@ def save_results(results: Sequence[_Result], directory: str | Path, stems: Seque
     # Everything that can fail on the results themselves happens before the directory is touched.
     documents = [json.dumps(result.to_dict(), indent=2) for result in results]
     names: list[list[str]] = []
-    with OutputSet(directory, claims, overwrite=overwrite, overwrite_hint=overwrite_hint) as out:
+    with OutputSet(directory, claims, overwrite=overwrite, overwrite_hint=overwrite_hint, numbered=numbered) as out:
         for result, stem, document in zip(results, stems, documents):
             written = []
             pose = getattr(result, "pose", None)
@@ -111,11 +130,19 @@ def save_results(results: Sequence[_Result], directory: str | Path, stems: Seque
             out.path(f"{stem}.json").write_text(document, encoding="utf-8")
             written.append(f"{stem}.json")
             names.append(written)
-    return [[out.directory / name for name in written] for written in names]
+    return [[out.directory / out.final_name(name) for name in written] for written in names]
+
+
+def _pose_fields(name: str, pose: Pose | None) -> dict[str, Any]:
+    if pose is None:
+        return {}
+    return {f"{name}_axis_angle": pose.axis_angle()[0].tolist(), f"{name}_joints_m": pose.joints()[0].tolist()}
 
 
 @dataclass
-class EstimateResult(_Result):
+class PoseResult(_Result):
+    """What the pose tasks' results share: the pose (one row), its 80 codebook indices and its joints."""
+
     pose: Pose | None = None
     pose_codes: list[int] = field(default_factory=list)
 
@@ -124,18 +151,33 @@ class EstimateResult(_Result):
         """[22, 3] joint positions in metres (built-in skeleton, pelvis at the origin)."""
         return self.pose.joints()[0].numpy() if self.pose is not None else np.zeros((0, 3), np.float32)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **_pose_fields("pose", self.pose), "pose_codes": list(self.pose_codes)}
+
 
 @dataclass
-class GenerateResult(EstimateResult):
+class EstimateResult(PoseResult):
+    """Estimator: the pose of the person in the image."""
+
+
+@dataclass
+class GenerateResult(PoseResult):
+    """Generator: the pose for `prompt`."""
+
     prompt: str = ""
 
 
 @dataclass
-class EditResult(EstimateResult):
+class EditResult(PoseResult):
+    """Editor: `source_pose` edited by `instruction` into `pose`."""
+
     source_pose: Pose | None = None
     instruction: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **_pose_fields("source_pose", self.source_pose)}
 
 
 @dataclass
 class DescribeResult(_Result):
-    pass
+    """Describer: the description in `text`."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +18,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from unipose_sdk import formats, generation, loading
+import unipose_sdk.formats as formats
+import unipose_sdk.generation as generation
+import unipose_sdk.loading as loading
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import ModelNotFoundError
+from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.text.prompts import PromptBuilder, PromptRow
 from unipose_sdk.text.tokenizer import TextTokenizer
+from unipose_sdk.timing import OnStage, untimed
 
 log = logging.getLogger("unipose_sdk")
 
@@ -151,37 +154,27 @@ class UniPose:
         the image slots (images numbered row by row in prompt order)."""
         llm = self.runtime.llm
         out, image_index = [], 0
-        n = self.config.image_tokens
         for row in rows:
             ids = torch.tensor(row.input_ids, dtype=torch.long, device=llm.device)
-            embeds = llm.embed(ids.unsqueeze(0))[0]
-            if row.image_starts:
-                embeds = embeds.clone()
-                for start in row.image_starts:
-                    embeds[start:start + n] = image_embeds[image_index].to(embeds.dtype)
-                    image_index += 1
-            out.append(embeds)
+            count = len(row.image_starts)
+            images = image_embeds[image_index:image_index + count] if count else None
+            out.append(splice_image_embeds(llm.embed(ids.unsqueeze(0)), images, [0] * count, row.image_starts)[0])
+            image_index += count
         return out
 
-    def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, max_new_tokens: int,
-                 force_pose: bool, *, one_pass: bool | None = None, stop_after_pose: bool = False,
-                 ) -> tuple[list[generation.GenerationResult], dict[str, float]]:
-        """Greedy generation for a batch of prompts; with `force_pose` the answer is made to start with a pose
-        (the answer template of the pose tasks starts with BEGIN). `one_pass` / `stop_after_pose`: see
-        `generation.generate`. Returns the results and ms per stage ("llm" in all, and the loop's stages)."""
-        start = time.perf_counter()
-        stages: dict[str, float] = {}
-        with torch.inference_mode():
+    def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, config: generation.GenerationConfig,
+                 on_stage: OnStage | None = None) -> list[generation.GenerationResult]:
+        """Greedy generation for a batch of prompts with the images spliced in, as `config` says (passed to
+        `generation.generate` as given). on_stage: the caller's stage timer (`timing.StageTimer.stage`): this
+        call is stage "llm", the loop's stages run inside it."""
+        stage = on_stage if on_stage is not None else untimed
+        with stage("llm"), torch.inference_mode():
             embeds = self.embed_rows(rows, image_embeds)
-            results = generation.generate(
-                self.runtime.llm, embeds, self.config.vocab, max_new_tokens,
-                max_context=self.config.llm.max_position_embeddings,
-                first_token=self.config.vocab.pose_begin_id if force_pose else None,
-                one_pass=one_pass, stop_after_pose=stop_after_pose, timings=stages,
-                pose_code_vectors=self.pose_code_vectors,
+            return generation.generate(
+                self.runtime.llm, embeds, self.config.vocab, config,
+                max_context=self.config.llm.max_position_embeddings, pose_code_vectors=self.pose_code_vectors,
+                on_stage=on_stage,
             )
-        stages["llm"] = (time.perf_counter() - start) * 1e3
-        return results, stages
 
     def answer_text(self, result: generation.GenerationResult) -> str:
         """The text of an answer, pose blocks shown as <pose>."""

@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from unipose_sdk.bench import BACKENDS, TASKS
+from unipose_sdk.bench.choices import BACKENDS, TASKS
 from unipose_sdk.bench.references import LoadedParts, load_parts, reference_sessions
 from unipose_sdk.bench.report import command_line, git_commit, machine_info
-from unipose_sdk.options import BaseOptions, Device, resolve_device
+from unipose_sdk.options import BaseOptions, Device, PoseTaskOptions, resolve_device
 from unipose_sdk.session import UniPose
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
 STAGES = ("preprocess", "vision", "prefill", "pose_step", "prefill_pose", "decode", "detokenize", "llm", "total")
-COUNTS = ("decode_steps", "pose_steps")
+COUNTS = ("batch_size", "decode_steps", "pose_steps")  # result fields beside timing_ms (which holds ms only)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Backend:
         key = (task_class, max_new_tokens)
         if key not in self._tasks:
             options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-            if task_class is not Describer:
+            if issubclass(task_class.options_class, PoseTaskOptions):
                 options.update(pose_only=not self.step_by_step, one_pass=not self.step_by_step)
             self._tasks[key] = task_class.from_session(self.session, task_class.options_class(**options))
         return self._tasks[key]
@@ -164,12 +164,9 @@ def answer_signature(results: list[Any]) -> list[Any]:
 
 
 def run_timing(result: Any) -> dict[str, float]:
-    """ms per stage of one batch, with the step counts (read from the result's own fields where it has them)."""
+    """ms per stage of one batch (`timing_ms`), with the batch's counts from the result's own fields."""
     timing = {k: float(v) for k, v in result.timing_ms.items()}
-    for name in COUNTS:
-        value = getattr(result, name, None)
-        if value is not None:
-            timing[name] = float(value)
+    timing.update({name: float(getattr(result, name)) for name in COUNTS})
     return timing
 
 

@@ -1,4 +1,4 @@
-"""What the four task classes share: construction, the shared session, input checks, batching, timing.
+"""What the four task classes share: construction, the shared session, input checks, batching.
 
 Threads: `options.num_threads` applies to the calls of that task object only. On the torch backend torch's
 thread count is set for the duration of each call and restored afterwards (one call with a thread count runs at a
@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import os
 import threading
-import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,63 +30,51 @@ from unipose_sdk.session import UniPose
 OptionsT = TypeVar("OptionsT", bound=BaseOptions)
 
 
-class Timer:
-    """Wall-clock stage timer in milliseconds (device-synchronised on CUDA)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.stages: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._sync()
-            self.stages[name] = self.stages.get(name, 0.0) + (time.perf_counter() - start) * 1e3
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def add(self, stages: dict[str, float]) -> None:
-        for name, ms in stages.items():
-            self.stages[name] = self.stages.get(name, 0.0) + ms
-
-    def finish(self, batch_size: int) -> dict[str, float]:
-        """Per-item timing: a batch's stages and total are shared by its items, so they are reported as-is
-        together with the batch size (divide by it for throughput)."""
-        self._sync()
-        out = {k: round(v, 3) for k, v in self.stages.items()}
-        out["total"] = round((time.perf_counter() - self._start) * 1e3, 3)
-        out["batch_size"] = float(batch_size)
-        return out
-
-
 class TaskBase:
     """Construction and life cycle shared by Estimator, Generator, Editor and Describer."""
 
     options_class: ClassVar[type[BaseOptions]] = BaseOptions
 
     def __init__(self, options: BaseOptions | None = None) -> None:
+        """Load the model `options` name (or take it from the shared cache).
+
+        Raises:
+            InvalidOptionError: `options` is not this task's options class (e.g. GeneratorOptions for a
+                Describer), or asks an exported model already loaded for another num_threads.
+            ModelNotFoundError: the model directory does not exist or holds no model.
+            CheckpointError / ConfigError: the model files are damaged or inconsistent (the message names them).
+            BackendUnavailableError: the backend or device asked for is not installed or not present.
+        """
         options = options if options is not None else self.options_class()
-        if not isinstance(options, BaseOptions):
-            raise InvalidInputError.make(f"options of type {type(options).__name__}",
-                                         f"a {self.options_class.__name__}",
-                                         f"Build it with {self.options_class.__name__}(...).")
-        self.options = options
+        self.options = self._checked_options(options)
         self.session = UniPose.load(options)
         _check_loaded_threads(self.session, options)
+
+    @classmethod
+    def _checked_options(cls, options: object) -> BaseOptions:
+        """Options of this task's class: another task's options would carry fields this task cannot use (or lack
+        fields it needs), so they are refused rather than half read."""
+        if not isinstance(options, cls.options_class):
+            raise InvalidOptionError.make(f"options of type {type(options).__name__} for {cls.__name__}",
+                                          f"a {cls.options_class.__name__}",
+                                          f"Build them with {cls.options_class.__name__}(...).")
+        return options
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto", device: str = "auto",
                         dtype: Any = None, **options: Any):  # type: ignore[no-untyped-def]
         """Load `model` (None or "unipose-tiny": the embedded default; else a model directory). `options` are the
         fields of the task's options class (e.g. max_new_tokens=64); an unknown name is an InvalidOptionError
-        listing the valid ones."""
+        listing the valid ones.
+
+        Raises:
+            InvalidOptionError: an option this task does not have (e.g. pose_only for a Describer; the message
+                lists the valid names and suggests the closest), or a value of the wrong type or range.
+            InvalidInputError: a backend, device or dtype name that does not exist.
+            ModelNotFoundError: the model directory does not exist or holds no model.
+            CheckpointError / ConfigError: the model files are damaged or inconsistent (the message names them).
+            BackendUnavailableError: the backend or device asked for is not installed or not present.
+        """
         valid = option_names(cls.options_class)
         unknown = sorted(set(options) - set(valid))
         if unknown:
@@ -102,9 +89,13 @@ class TaskBase:
     @classmethod
     def from_session(cls, session: UniPose, options: BaseOptions | None = None):  # type: ignore[no-untyped-def]
         """The task over a session that is already loaded (e.g. one built around a runtime of your own); the
-        where-to-load fields of `options` are not read."""
+        where-to-load fields of `options` are not read.
+
+        Raises:
+            InvalidOptionError: `options` is not this task's options class.
+        """
         task = cls.__new__(cls)
-        task.options = options if options is not None else cls.options_class()
+        task.options = cls._checked_options(options if options is not None else cls.options_class())
         task.session = session
         return task
 
@@ -115,7 +106,12 @@ class TaskBase:
         self.close()
 
     def close(self) -> None:
-        """Drop this object's hold on the shared model; the model is released when no task class holds it."""
+        """Drop this object's hold on the shared model; the model is released when no task class holds it.
+        Closing twice is harmless; any call after it raises InvalidInputError ("a call on a closed ...").
+
+        Raises:
+            Nothing.
+        """
         self.session = None  # type: ignore[assignment]
 
     def _session(self) -> UniPose:

@@ -36,6 +36,15 @@ class Describer(TaskBase):
 
     def describe(self, *, pose: Any = None, image: Any = None, poses: Any = None,
                  images: Any = None) -> DescribeResult | list[DescribeResult]:
+        """Exactly one of: pose= (one pose or a list), image= (one image or a list), poses=(a, b) or a list of
+        pairs (what changes from a to b), images=(a, b) or a list of pairs.
+
+        Raises:
+            InvalidInputError: none or several of the four arguments, a pair that is not two items, an empty
+                list, or a call after `close()`.
+            InvalidPoseError / PoseFormatError: a pose that is not valid (as for `Editor.edit`).
+            InvalidImageError / UniPoseFileNotFoundError: an image that cannot be read, or a missing file.
+        """
         given = {k: v for k, v in (("pose", pose), ("image", image), ("poses", poses), ("images", images))
                  if v is not None}
         if len(given) != 1:
@@ -78,7 +87,8 @@ class Describer(TaskBase):
             prompts = lambda: [session.prompts.build_task(Task.IMAGE_DIFFERENCE) for _ in pairs]  # noqa: E731
             encode_images = lambda: images_to_embeds(session, flat)  # noqa: E731
         with self._call():
-            answers = answer_with_text(session, prompts, self.options.max_new_tokens, encode_images)
-        results = [DescribeResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, input=inputs[i])
+            answers = answer_with_text(session, prompts, self.options.generation_config(session.config.vocab),
+                                       encode_images)
+        results = [DescribeResult(**a.measurements(), run=session.run_info(), text=a.text, input=inputs[i])
                    for i, a in enumerate(answers)]
         return split_batch(results, single)

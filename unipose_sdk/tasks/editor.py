@@ -20,7 +20,15 @@ class Editor(TaskBase):
     options_class = EditorOptions
 
     def edit(self, pose: Any, instruction: str | Sequence[str]) -> EditResult | list[EditResult]:
-        """pose: a Pose / array / file path, or a list of them; instruction: one text, or one per pose."""
+        """pose: a Pose / array / file path, or a list of them; instruction: one text, or one per pose.
+
+        Raises:
+            InvalidPoseError: a pose in no supported layout, or with NaN / infinite / out-of-range values.
+            PoseFormatError / UniPoseFileNotFoundError: a pose file that is damaged or missing.
+            InvalidTextError: an instruction that is not non-empty UTF-8 text, or too long for the prompt.
+            InvalidInputError: poses and instructions that do not pair up, an empty list, or a call after
+                `close()`.
+        """
         poses, single = as_batch(pose, (str, Pose))
         instructions, single_text = as_batch(instruction, (str,))
         if single_text and not single:
@@ -38,9 +46,8 @@ class Editor(TaskBase):
                 return [session.prompts.build_task(Task.POSE_EDITING, caption=text, poses=[codes[i]])
                         for i, text in enumerate(instructions)]
 
-            answers = answer_with_poses(session, prompts, max_new_tokens=self.options.max_new_tokens,
-                                        options=self.options)
-        results = [EditResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
+            answers = answer_with_poses(session, prompts, self.options.generation_config(session.config.vocab))
+        results = [EditResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                               pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i],
                               input={"task": "edit", "pose": describe_input(poses[i]),
                                      "instruction": instructions[i]})

@@ -38,7 +38,14 @@ class Estimator(TaskBase):
 
     def estimate(self, image: Any, bbox: Any = None) -> EstimateResult | list[EstimateResult]:
         """image: path, PIL image, numpy HxWx3, torch tensor, or a list of them (one batch).
-        bbox: None, one box (x1, y1, x2, y2) for a single image, or a list with a box (or None) per image."""
+        bbox: None, one box (x1, y1, x2, y2) for a single image, or a list with a box (or None) per image.
+
+        Raises:
+            InvalidImageError: an image that cannot be read or converted (the message names which).
+            UniPoseFileNotFoundError: an image path that does not exist.
+            InvalidInputError: a box that is not four finite numbers or lies outside its image, boxes that do
+                not match the images one to one, an empty list, or a call after `close()`.
+        """
         images, single = as_batch(image, _SINGLE_IMAGE_TYPES)
         check_image_paths(images)
         if bbox is None:
@@ -52,12 +59,13 @@ class Estimator(TaskBase):
                                              "Pass bbox=[box_or_None, ...] in the order of the images.")
             boxes = [None if b is None else _checked_box(b, f"bbox {i}") for i, b in enumerate(bbox)]
         with self._call() as session:
+            config = self.options.generation_config(session.config.vocab)
             prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
             answers = answer_with_poses(
-                session, prompts, max_new_tokens=self.options.max_new_tokens, options=self.options,
+                session, prompts, config,
                 encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
             )
-        results = [EstimateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
+        results = [EstimateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes,
                                   input={"task": "estimate", "image": describe_input(images[i]),
                                          **({"bbox": [float(v) for v in boxes[i]]} if boxes and boxes[i] is not None

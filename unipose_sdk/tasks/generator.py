@@ -22,15 +22,20 @@ class Generator(TaskBase):
     options_class = GeneratorOptions
 
     def generate(self, text: str | Sequence[str]) -> GenerateResult | list[GenerateResult]:
-        """One text -> one GenerateResult; a list of texts -> a list of results in the same order (one batch)."""
+        """One text -> one GenerateResult; a list of texts -> a list of results in the same order (one batch).
+
+        Raises:
+            InvalidTextError: a text that is not a non-empty string encodable as UTF-8, or longer than the
+                model's prompt allows (the message gives the limit).
+            InvalidInputError: an empty list, or a call after `close()`.
+        """
         texts, single = as_batch(text, (str,))
         texts = [self._check_text(t, "text") for t in texts]
         with self._call() as session:
+            config = self.options.generation_config(session.config.vocab)
             answers = answer_with_poses(
-                session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts],
-                max_new_tokens=self.options.max_new_tokens, options=self.options,
-            )
-        results = [GenerateResult(timing_ms=a.timing_ms, run=session.run_info(), text=a.text, pose=a.pose,
+                session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config)
+        results = [GenerateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes, prompt=t, input={"task": "generate", "prompt": t})
                    for a, t in zip(answers, texts)]
         return split_batch(results, single)

@@ -1,67 +1,73 @@
 """The pipeline the task classes share: prompts -> (images) -> generation -> poses / text, timed per stage.
 
-Pose answers take the fast path by default: the prompt and the pose block run as one forward over the weights
-(`one_pass`), and generation stops after the pose block (`pose_only`): END, "." and eos carry no information.
-`options.pose_only=False` also decodes the trailing text.
+The task builds its `GenerationConfig` from its options once per call and hands it here; it reaches
+`generation.generate` unchanged. Pose answers take the fast path by default: the prompt and the pose block run as
+one forward over the weights (`one_pass`), and generation stops after the pose block (`stop_after_pose`, the
+option `pose_only`): END, "." and eos carry no information.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import UniPoseError
-from unipose_sdk.options import BaseOptions
+from unipose_sdk.generation import GenerationConfig, GenerationResult
 from unipose_sdk.session import UniPose
-from unipose_sdk.tasks.base import Timer
 from unipose_sdk.text.prompts import PromptRow
+from unipose_sdk.timing import StageTimer
 
 
 @dataclass
 class Answer:
+    """One item's answer with its batch's measurements (the fields the results carry under the same names)."""
+
     text: str
     timing_ms: dict[str, float]
+    batch_size: int
+    decode_steps: int
+    pose_steps: int
     pose: Pose | None = None
     codes: list[int] | None = None
 
+    def measurements(self) -> dict[str, Any]:
+        """The result fields of the same names."""
+        return {"timing_ms": self.timing_ms, "batch_size": self.batch_size, "decode_steps": self.decode_steps,
+                "pose_steps": self.pose_steps}
+
 
 def run_generation(session: UniPose, build_prompts: Callable[[], list[PromptRow]],
-                   encode_images: Callable[[], Tensor | None] | None, max_new_tokens: int,
-                   force_pose: bool, **generate_options: object) -> tuple[list, Timer]:
+                   encode_images: Callable[[], Tensor | None] | None, config: GenerationConfig,
+                   timer: StageTimer) -> list[GenerationResult]:
     """Build prompts and images, then generate; the caller holds the session lock."""
-    timer = Timer(session.runtime.device)
     with timer.stage("preprocess"):
         rows = build_prompts()
     image_embeds = None
     if encode_images is not None:
         with timer.stage("vision"):
             image_embeds = encode_images()
-    outputs, stages = session.generate(rows, image_embeds, max_new_tokens, force_pose=force_pose, **generate_options)
-    timer.add(stages)
-    return outputs, timer
+    return session.generate(rows, image_embeds, config, on_stage=timer.stage)
 
 
-def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptRow]], max_new_tokens: int,
-                      encode_images: Callable[[], Tensor | None] | None = None, *,
-                      options: BaseOptions | None = None, pose_only: bool | None = None,
-                      one_pass: bool | None = None) -> list[Answer]:
-    """For the pose tasks (estimate, generate, edit): the answer starts with a pose block.
+def _answer(session: UniPose, out: GenerationResult, timer: StageTimer, timing_ms: dict[str, float],
+            batch_size: int, pose: Pose | None = None, codes: list[int] | None = None) -> Answer:
+    """One item's Answer; the counts are the runs of the loop's "decode" and "pose_step" stages."""
+    return Answer(text=session.answer_text(out), timing_ms=timing_ms, batch_size=batch_size,
+                  decode_steps=timer.counts.get("decode", 0), pose_steps=timer.counts.get("pose_step", 0),
+                  pose=pose, codes=codes)
 
-    pose_only / one_pass: explicit values win, then `options`, then the defaults (both True)."""
-    vocab = session.config.vocab
-    if pose_only is None:
-        pose_only = options.pose_only if options is not None else True
-    if one_pass is None:
-        one_pass = options.one_pass if options is not None else True
-    # "<pose>." + eos needs 84 ids: never let a small max_new_tokens cut the pose block.
-    budget = max(max_new_tokens, vocab.num_pose_tokens + 4)
+
+def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
+                      encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
+    """For the pose tasks (estimate, generate, edit): `config` starts every answer with a pose block."""
     with session.lock:
-        outputs, timer = run_generation(session, build_prompts, encode_images, budget, force_pose=True,
-                                        one_pass=one_pass, stop_after_pose=pose_only)
+        timer = StageTimer(session.runtime.device)
+        outputs = run_generation(session, build_prompts, encode_images, config, timer)
         missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
         if missing:
             raise UniPoseError(f"the model produced no pose block for batch items {missing}; expected one per "
@@ -69,16 +75,16 @@ def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptR
         with timer.stage("detokenize"):
             codes = torch.stack([out.pose_codes[0] for out in outputs])  # [B, 80]
             poses = session.decode_poses(codes)
-        timing = timer.finish(len(outputs))
-    return [Answer(text=session.answer_text(out), timing_ms=timing, pose=poses[i:i + 1], codes=codes[i].tolist())
+        timing_ms = timer.timing_ms()
+    return [_answer(session, out, timer, timing_ms, len(outputs), poses[i:i + 1], codes[i].tolist())
             for i, out in enumerate(outputs)]
 
 
-def answer_with_text(session: UniPose, build_prompts: Callable[[], list[PromptRow]], max_new_tokens: int,
+def answer_with_text(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
                      encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
-    """For the description tasks: free text (no one-pass speculation: a text answer rarely starts with a pose,
-    and speculating would add 81 rows to every prefill)."""
+    """For the description tasks: free text."""
     with session.lock:
-        outputs, timer = run_generation(session, build_prompts, encode_images, max_new_tokens, force_pose=False)
-        timing = timer.finish(len(outputs))
-    return [Answer(text=session.answer_text(out), timing_ms=timing) for out in outputs]
+        timer = StageTimer(session.runtime.device)
+        outputs = run_generation(session, build_prompts, encode_images, config, timer)
+        timing_ms = timer.timing_ms()
+    return [_answer(session, out, timer, timing_ms, len(outputs)) for out in outputs]
