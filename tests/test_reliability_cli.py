@@ -1,5 +1,6 @@
 """The task and pose commands under misuse: bad inputs and outputs exit 2 before any model or tokenizer loads,
-special files never hang, malformed token files are named, and existing outputs need --overwrite."""
+special files never hang, malformed token files are named, pose commands need --overwrite to replace an output,
+and task runs into a directory that holds results take the next free numbers (never replacing, never mixing)."""
 
 from __future__ import annotations
 
@@ -106,10 +107,6 @@ TASK_CASES = [
     (["describe", "--image", "pipe.png"], "FIFO"),
     (["describe", "--images", "img.png", "/dev/null"], "character device"),
     (["describe", "--images", "img.png", "folder"], "directory"),
-    (["generate", "a person", "-o", "EXISTING:generate"], "--overwrite"),
-    (["estimate", "img.png", "-o", "EXISTING:estimate"], "--overwrite"),
-    (["edit", POSE, "raise your arm", "-o", "EXISTING:edit"], "--overwrite"),
-    (["describe", "--pose", POSE, "-o", "EXISTING:describe"], "--overwrite"),  # a text result still claims .png
 ]
 
 
@@ -232,19 +229,48 @@ def test_unparsable_token_files_exit_2(content, fragment, work, no_tokenizer, ca
 # ---------------------------------------------------------------------------------------------- overwrite, json, quiet
 
 
-def test_generate_needs_overwrite_to_replace_and_records_the_prompt(work, capsys) -> None:
+@pytest.mark.parametrize("argv, task", [
+    (["generate", "a person"], "generate"),
+    (["estimate", "img.png"], "estimate"),
+    (["edit", POSE, "raise your arm"], "edit"),
+    (["describe", "--pose", POSE], "describe"),  # a text result: its number still follows the earlier .png
+])
+def test_a_run_into_a_directory_with_results_takes_the_next_number(argv, task, work, capsys) -> None:
+    out = _result_dir(work, "existing", task)
+    assert main([*argv, "-o", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    written = _files(out)
+    assert f"{task}_000.png" in written and (out / f"{task}_000.png").read_bytes() == b"an earlier result"
+    new = [name for name in written if name != f"{task}_000.png"]
+    assert new and all(name.startswith(f"{task}_001.") for name in new), written
+    assert f"{task}_001.json" in new and "wrote " in printed and str(out / f"{task}_001.json") in printed
+
+
+def test_runs_add_numbered_sets_and_overwrite_replaces_from_000(work, capsys) -> None:
     assert main(["generate", "a person squatting", "-o", "out", "--quiet", *FAST]) == 0
     assert capsys.readouterr().out == ""
     first = (work / "out" / "generate_000.json").read_bytes()
-    assert main(["generate", "a person kneeling", "-o", "out", *FAST]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    # The README's quickstart run twice: the second run adds a set instead of failing or replacing.
+    assert main(["generate", "a person kneeling", "a person lunging", "-o", "out", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "out/generate_001.json" in printed and "out/generate_002.npz" in printed
     assert (work / "out" / "generate_000.json").read_bytes() == first
+    prompts = {i: json.loads((work / "out" / f"generate_{i:03d}.json").read_text())["input"]["prompt"]
+               for i in range(3)}
+    assert prompts == {0: "a person squatting", 1: "a person kneeling", 2: "a person lunging"}
+    # A number someone deleted is not reused: numbers follow the order of the runs.
+    for suffix in RESULT_FILES:
+        (work / "out" / f"generate_001{suffix}").unlink()
+    assert main(["generate", "a person jumping", "-o", "out", "--json", *FAST]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert sorted(payload["results"][0]["files"]) == sorted(f"out/generate_003{s}" for s in RESULT_FILES)
+    # --overwrite numbers from 000 and replaces those files; the other sets stay.
     assert main(["generate", "a person kneeling", "-o", "out", "--overwrite", "--json", *FAST]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["results"][0]["input"] == {"task": "generate", "prompt": "a person kneeling"}
     assert sorted(payload["results"][0]["files"]) == sorted(f"out/generate_000{s}" for s in RESULT_FILES)
     assert json.loads((work / "out" / "generate_000.json").read_text())["input"]["prompt"] == "a person kneeling"
-    assert _files(work / "out") == sorted(f"generate_000{s}" for s in RESULT_FILES)
+    assert _files(work / "out") == sorted(f"generate_{i:03d}{s}" for i in (0, 2, 3) for s in RESULT_FILES)
 
 
 def test_pose_commands_overwrite_json_and_quiet(work, capsys) -> None:
@@ -286,3 +312,32 @@ def test_two_runs_into_one_directory_never_mix(work, capsys) -> None:
     expected_pose = Pose.load(work / "shared" / "generate_000.npz")
     assert Pose.load(work / "shared" / "generate_000.npy").allclose(expected_pose, atol=1e-5)
     assert _files(work / "shared") == sorted(f"generate_000{s}" for s in RESULT_FILES)
+
+
+def test_concurrent_runs_without_overwrite_get_separate_contiguous_sets(work) -> None:
+    """Four runs of two prompts each into one directory: four complete sets, each run's two results under two
+    consecutive numbers, every file of a result from the run its JSON names."""
+    runs = [[f"a person squatting, run {i}", f"a person kneeling, run {i}"] for i in range(4)]
+    codes = []
+
+    def run(texts: list[str]) -> None:
+        codes.append(main(["generate", *texts, "-o", "shared", "--quiet", *FAST]))
+
+    threads = [threading.Thread(target=run, args=(texts,)) for texts in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0] * 4
+    assert _files(work / "shared") == sorted(f"generate_{i:03d}{s}" for i in range(8) for s in RESULT_FILES)
+    prompts = [json.loads((work / "shared" / f"generate_{i:03d}.json").read_text())["input"]["prompt"]
+               for i in range(8)]
+    for first in range(0, 8, 2):  # a run's set is contiguous and in input order
+        assert [prompts[first], prompts[first + 1]] in runs, prompts
+    for i in range(8):
+        saved = json.loads((work / "shared" / f"generate_{i:03d}.json").read_text())
+        assert len(saved["pose_codes"]) == 80
+        npz = Pose.load(work / "shared" / f"generate_{i:03d}.npz")
+        assert Pose.load(work / "shared" / f"generate_{i:03d}.npy").allclose(npz, atol=1e-5)
+        assert np.allclose(npz.axis_angle()[0].numpy().reshape(-1), np.asarray(saved["pose_axis_angle"]).reshape(-1),
+                           atol=1e-5)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unipose_sdk.cli.tasks import add_output_flags, guarded
+from unipose_sdk.cli.tasks import add_output_flags
 from unipose_sdk.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -293,19 +293,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="pose files (.npz smplx/AMASS, .npy matrices, .json)")
     add_output_flags(p, "the PNG to write", required=True, metavar="OUT.png")
     p.add_argument("--titles", nargs="+", help="one title per input (default: file names)")
-    p.set_defaults(handler=guarded(_render))
+    p.set_defaults(handler=_render)
 
     p = commands.add_parser("tokenize", help="encode the poses of a file into pose tokens (JSON)")
     p.add_argument("pose_file", metavar="POSE_FILE")
     add_output_flags(p, "the tokens JSON to write", required=True, metavar="TOKENS.json")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=guarded(_tokenize))
+    p.set_defaults(handler=_tokenize)
 
     p = commands.add_parser("detokenize", help="decode a tokens JSON file into a pose file")
     p.add_argument("tokens_file", metavar="TOKENS.json")
     add_output_flags(p, "pose file (.npz, .npy or .json)", required=True, metavar="POSE.npz")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=guarded(_detokenize))
+    p.set_defaults(handler=_detokenize)
 
     p = commands.add_parser("roundtrip", help="encode a pose (default: the shipped example) and decode it again")
     p.add_argument("pose_file", nargs="?", metavar="POSE_FILE", help="default: the shipped example pose")
@@ -313,4 +313,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output_flags(p, "directory for roundtrip.png, reconstruction.npz and roundtrip.json", required=True,
                      metavar="OUT_DIR")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
-    p.set_defaults(handler=guarded(_roundtrip))
+    p.set_defaults(handler=_roundtrip)

@@ -6,9 +6,12 @@ rotation matrices), a PNG rendering, and a JSON with the input, text, joints and
 Several inputs run in batches of `--batch-size` with a progress bar.
 
 Everything the user named is checked before the model loads (exit 2): texts, image and pose files (regular files
-only), and the output directory (writable, not a file, and without result files of the same names unless
-`--overwrite`). The files of a run appear together once every result is computed, or not at all: SIGTERM,
-SIGHUP and Ctrl-C leave no partial result and no temporary file (exit 128 + the signal number, 130 for Ctrl-C).
+only), and the output directory (writable, not a file). A run never replaces earlier results: its files take the
+next free numbers in the directory (`generate_000` taken: this run writes `generate_001`, ... as one contiguous
+set, chosen under the directory's lock, so concurrent runs get separate numbers) and the command prints their
+names; `--overwrite` writes from `TASK_000` instead, replacing the files of those names. The files of a run
+appear together once every result is computed, or not at all: SIGTERM, SIGHUP and Ctrl-C leave no partial
+result and no temporary file (exit 128 + the signal number, 130 for Ctrl-C; see `unipose_sdk.cli.main`).
 """
 
 from __future__ import annotations
@@ -53,68 +56,44 @@ def finite_float(text: str) -> float:
 
 
 def add_output_flags(parser: argparse.ArgumentParser, output_help: str, required: bool = False,
-                     metavar: str = "PATH") -> None:
+                     metavar: str = "PATH",
+                     overwrite_help: str = "replace existing output files of the same names") -> None:
     """The output part of the flag vocabulary: -o/--output, --overwrite, --json, --quiet."""
     parser.add_argument("-o", "--output", type=Path, required=required, metavar=metavar, help=output_help)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files of the same names")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_output_flags(parser, "directory for the pose files, PNG and JSON (created if missing)")
+    add_output_flags(parser, "directory for the pose files, PNG and JSON (created if missing); a run takes the next "
+                             "free numbers TASK_NNN, never replacing earlier results",
+                     overwrite_help="number this run's files from TASK_000, replacing files of those names")
     parser.add_argument("--model", default=None, metavar="NAME|DIR",
                         help="'unipose-tiny' (the embedded default) or a model / export directory")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
-                        help="cap on generated text tokens")
+                        help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs per model batch")
 
 
 # ---------------------------------------------------------------------------------------------- running
 
 
-def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a command with SIGTERM / SIGHUP raising (so its cleanup runs) and turn them into exit 128 + signum."""
-    def run(args: argparse.Namespace) -> int:
-        import signal
-
-        from unipose_sdk.fileio import TerminatedBySignal, received_signal, signals_raise
-
-        try:
-            with signals_raise():
-                try:
-                    code = handler(args)
-                except Exception:
-                    if received_signal() is None:
-                        raise
-                    code = 0  # a failure that followed a signal (its exception was swallowed on the way)
-                signum = received_signal()
-                if signum is not None:
-                    raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
-                return code
-        except TerminatedBySignal as exc:
-            print(f"unipose: {exc}; no partial output was left", file=sys.stderr)
-            return 128 + exc.signum
-
-    return run
-
-
 def _stems(task: str, count: int) -> list[str]:
     return [f"{task}_{i:03d}" for i in range(count)]
 
 
-def _check_output(args: argparse.Namespace, task: str, count: int) -> None:
-    """Before the model loads: the -o directory can take this run's result files."""
+def _check_output(args: argparse.Namespace) -> None:
+    """Before the model loads: the -o directory exists or can be created, and is writable. Which names the run
+    takes is decided when it writes (the next free numbers, or from 000 with --overwrite), so no name is refused."""
     if args.output is None:
         return
     from unipose_sdk.fileio import check_output_directory
-    from unipose_sdk.results import RESULT_SUFFIXES
 
-    claims = [f"{stem}{suffix}" for stem in _stems(task, count) for suffix in RESULT_SUFFIXES]
-    check_output_directory(args.output, claims, args.overwrite, OVERWRITE_HINT)
+    check_output_directory(args.output)
 
 
 def _check_pose_files(paths: Sequence[str]) -> None:
@@ -154,7 +133,7 @@ def _report(task: str, labels: Sequence[str], results: Sequence[Any], args: argp
         from unipose_sdk.results import save_results
 
         saved = save_results(results, args.output, _stems(task, len(results)), overwrite=args.overwrite,
-                             overwrite_hint=OVERWRITE_HINT)
+                             overwrite_hint=OVERWRITE_HINT, numbered=not args.overwrite)
         written = [[str(p) for p in paths] for paths in saved]
     if args.json:
         payload = []
@@ -188,7 +167,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from unipose_sdk.tasks.base import check_image_paths
 
     check_image_paths(args.images)
-    _check_output(args, "estimate", len(args.images))
+    _check_output(args)
     bbox = tuple(args.bbox) if args.bbox is not None else None
     with _build(Estimator, args) as estimator:
         results = _in_batches(args.images, args.batch_size,
@@ -203,7 +182,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     for text in args.texts:
         check_text(text, "text")
-    _check_output(args, "generate", len(args.texts))
+    _check_output(args)
     with _build(Generator, args) as generator:
         results = _in_batches(args.texts, args.batch_size, generator.generate, args.json or args.quiet)
     return _report("generate", args.texts, results, args)
@@ -215,7 +194,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     check_text(args.instruction, "instruction")
     _check_pose_files([args.pose])
-    _check_output(args, "edit", 1)
+    _check_output(args)
     with _build(Editor, args) as editor:
         results = [editor.edit(args.pose, args.instruction)]
     return _report("edit", [f"{args.pose} + {args.instruction!r}"], results, args)
@@ -229,7 +208,7 @@ def _describe(args: argparse.Namespace) -> int:
         _check_pose_files([args.pose] if args.pose else args.poses)
     else:
         check_image_paths([args.image] if args.image else args.images)
-    _check_output(args, "describe", 1)
+    _check_output(args)
     with _build(Describer, args) as describer:
         if args.pose:
             result, label = describer.describe(pose=args.pose), args.pose
@@ -248,18 +227,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bbox", nargs=4, type=finite_float, metavar=("X1", "Y1", "X2", "Y2"),
                    help="person box in pixels (applied to every image)")
     _add_common(p)
-    p.set_defaults(handler=guarded(_estimate))
+    p.set_defaults(handler=_estimate)
 
     p = subparsers.add_parser("generate", help="generate a pose from each text")
     p.add_argument("texts", nargs="+", help='descriptions, e.g. "a person squatting with both arms raised"')
     _add_common(p)
-    p.set_defaults(handler=guarded(_generate))
+    p.set_defaults(handler=_generate)
 
     p = subparsers.add_parser("edit", help="edit a pose by an instruction")
     p.add_argument("pose", help="pose file (.npz smplx / AMASS keys, official .npy, or .json)")
     p.add_argument("instruction", help='e.g. "raise your left arm above your head"')
     _add_common(p)
-    p.set_defaults(handler=guarded(_edit))
+    p.set_defaults(handler=_edit)
 
     p = subparsers.add_parser("describe", help="describe a pose, an image, or the difference of two")
     group = p.add_mutually_exclusive_group(required=True)
@@ -268,4 +247,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--poses", nargs=2, metavar=("A", "B"), help="two pose files")
     group.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
     _add_common(p)
-    p.set_defaults(handler=guarded(_describe))
+    p.set_defaults(handler=_describe)
