@@ -1,7 +1,7 @@
 """The ONNX Runtime backend: the five graphs of an export directory behind the Runtime interface.
 
     runtime = OnnxRuntimeRuntime("out/tiny-onnx", device="cpu", options=OrtOptions(num_threads=2))
-    generation.generate(runtime.llm, prompts, runtime.config.vocab, max_new_tokens=32)
+    generation.generate(runtime.llm, prompts, runtime.config.vocab, GenerationConfig(max_new_tokens=32))
 
 Everything is learned from the files (config, precision, tensor names come from the metadata inside them), so
 the task classes run unchanged: `Generator.from_pretrained("out/tiny-onnx", backend="onnxruntime")`.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unipose_sdk import formats
+import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import ExportedModel, read_directory
