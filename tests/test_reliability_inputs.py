@@ -440,13 +440,13 @@ def test_unknown_option_names_list_the_valid_ones(cls, options, suggestion) -> N
 def test_num_threads_applies_to_the_calls_only(monkeypatch) -> None:
     torch.set_num_threads(2)
     seen: list[int] = []
-    real = generator_module.answer_with_poses
+    real = generator_module.answer
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generator_module, "answer_with_poses", spy)
+    monkeypatch.setattr(generator_module, "answer", spy)
     try:
         with Generator.from_pretrained(num_threads=1, **SHORT) as one:
             assert torch.get_num_threads() == 2  # loading does not change the process

@@ -13,7 +13,7 @@ from unipose_sdk.options import DescriberOptions
 from unipose_sdk.results import DescribeResult, describe_input
 from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, check_image_paths, split_batch
 from unipose_sdk.tasks.images import images_to_embeds
-from unipose_sdk.tasks.pipeline import answer_with_text
+from unipose_sdk.tasks.pipeline import answer
 from unipose_sdk.text.prompts import Task
 
 _SINGLE = (str, Pose, np.ndarray, torch.Tensor)
@@ -87,7 +87,7 @@ class Describer(TaskBase):
             prompts = lambda: [session.prompts.build_task(Task.IMAGE_DIFFERENCE) for _ in pairs]  # noqa: E731
             encode_images = lambda: images_to_embeds(session, flat)  # noqa: E731
         with self._call():
-            answers = answer_with_text(session, prompts, self.options.generation_config(session.config.vocab),
+            answers = answer(session, prompts, self.options.generation_config(session.config.vocab),
                                        encode_images)
         results = [DescribeResult(**a.measurements(), run=session.run_info(), text=a.text, input=inputs[i])
                    for i, a in enumerate(answers)]

@@ -10,7 +10,7 @@ from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.options import EditorOptions
 from unipose_sdk.results import EditResult, describe_input
 from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, split_batch
-from unipose_sdk.tasks.pipeline import answer_with_poses
+from unipose_sdk.tasks.pipeline import answer
 from unipose_sdk.text.prompts import Task
 
 
@@ -46,7 +46,7 @@ class Editor(TaskBase):
                 return [session.prompts.build_task(Task.POSE_EDITING, caption=text, poses=[codes[i]])
                         for i, text in enumerate(instructions)]
 
-            answers = answer_with_poses(session, prompts, self.options.generation_config(session.config.vocab))
+            answers = answer(session, prompts, self.options.generation_config(session.config.vocab))
         results = [EditResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                               pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i],
                               input={"task": "edit", "pose": describe_input(poses[i]),

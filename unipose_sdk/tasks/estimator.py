@@ -13,7 +13,7 @@ from unipose_sdk.options import EstimatorOptions
 from unipose_sdk.results import EstimateResult, describe_input
 from unipose_sdk.tasks.base import TaskBase, as_batch, check_image_paths, split_batch
 from unipose_sdk.tasks.images import images_to_embeds
-from unipose_sdk.tasks.pipeline import answer_with_poses
+from unipose_sdk.tasks.pipeline import answer
 from unipose_sdk.text.prompts import Task
 
 _SINGLE_IMAGE_TYPES = (str, np.ndarray, torch.Tensor)
@@ -61,7 +61,7 @@ class Estimator(TaskBase):
         with self._call() as session:
             config = self.options.generation_config(session.config.vocab)
             prompts = lambda: [session.prompts.build_task(Task.POSE_ESTIMATION) for _ in images]  # noqa: E731
-            answers = answer_with_poses(
+            answers = answer(
                 session, prompts, config,
                 encode_images=lambda: images_to_embeds(session, images, boxes, self.options.bbox_margin),
             )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from unipose_sdk.options import GeneratorOptions
 from unipose_sdk.results import GenerateResult
 from unipose_sdk.tasks.base import TaskBase, as_batch, split_batch
-from unipose_sdk.tasks.pipeline import answer_with_poses
+from unipose_sdk.tasks.pipeline import answer
 from unipose_sdk.text.prompts import Task
 
 
@@ -33,7 +33,7 @@ class Generator(TaskBase):
         texts = [self._check_text(t, "text") for t in texts]
         with self._call() as session:
             config = self.options.generation_config(session.config.vocab)
-            answers = answer_with_poses(
+            answers = answer(
                 session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config)
         results = [GenerateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes, prompt=t, input={"task": "generate", "prompt": t})

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import UniPoseError
-from unipose_sdk.generation import GenerationConfig, GenerationResult
+from unipose_sdk.generation import GenerationConfig
 from unipose_sdk.session import UniPose
 from unipose_sdk.text.prompts import PromptRow
 from unipose_sdk.timing import StageTimer
@@ -41,50 +41,33 @@ class Answer:
                 "pose_steps": self.pose_steps}
 
 
-def run_generation(session: UniPose, build_prompts: Callable[[], list[PromptRow]],
-                   encode_images: Callable[[], Tensor | None] | None, config: GenerationConfig,
-                   timer: StageTimer) -> list[GenerationResult]:
-    """Build prompts and images, then generate; the caller holds the session lock."""
-    with timer.stage("preprocess"):
-        rows = build_prompts()
-    image_embeds = None
-    if encode_images is not None:
-        with timer.stage("vision"):
-            image_embeds = encode_images()
-    return session.generate(rows, image_embeds, config, on_stage=timer.stage)
-
-
-def _answer(session: UniPose, out: GenerationResult, timer: StageTimer, timing_ms: dict[str, float],
-            batch_size: int, pose: Pose | None = None, codes: list[int] | None = None) -> Answer:
-    """One item's Answer; the counts are the runs of the loop's "decode" and "pose_step" stages."""
-    return Answer(text=session.answer_text(out), timing_ms=timing_ms, batch_size=batch_size,
-                  decode_steps=timer.counts.get("decode", 0), pose_steps=timer.counts.get("pose_step", 0),
-                  pose=pose, codes=codes)
-
-
-def answer_with_poses(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
-                      encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
-    """For the pose tasks (estimate, generate, edit): `config` starts every answer with a pose block."""
+def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
+           encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
+    """Build the prompts (and encode the images), generate, and for the pose tasks (`config.start_with_pose`:
+    estimate, generate, edit) decode every answer's first pose block. One call holds the session lock."""
     with session.lock:
         timer = StageTimer(session.runtime.device)
-        outputs = run_generation(session, build_prompts, encode_images, config, timer)
-        missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
-        if missing:
-            raise UniPoseError(f"the model produced no pose block for batch items {missing}; expected one per "
-                               f"item (the answer was forced to start with one). This is a bug: please report it.")
-        with timer.stage("detokenize"):
-            codes = torch.stack([out.pose_codes[0] for out in outputs])  # [B, 80]
-            poses = session.decode_poses(codes)
+        with timer.stage("preprocess"):
+            rows = build_prompts()
+        image_embeds = None
+        if encode_images is not None:
+            with timer.stage("vision"):
+                image_embeds = encode_images()
+        outputs = session.generate(rows, image_embeds, config, on_stage=timer.stage)
+        poses, codes = None, None
+        if config.start_with_pose:
+            missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
+            if missing:
+                raise UniPoseError(f"the model produced no pose block for batch items {missing}; expected one per "
+                                   f"item (the answer was forced to start with one). This is a bug: please report "
+                                   f"it.")
+            with timer.stage("detokenize"):
+                codes = torch.stack([out.pose_codes[0] for out in outputs])  # [B, 80]
+                poses = session.decode_poses(codes)
         timing_ms = timer.timing_ms()
-    return [_answer(session, out, timer, timing_ms, len(outputs), poses[i:i + 1], codes[i].tolist())
+    # The counts are the runs of the loop's "decode" and "pose_step" stages.
+    decode_steps, pose_steps = timer.counts.get("decode", 0), timer.counts.get("pose_step", 0)
+    return [Answer(text=session.answer_text(out), timing_ms=timing_ms, batch_size=len(outputs),
+                   decode_steps=decode_steps, pose_steps=pose_steps,
+                   pose=None if poses is None else poses[i:i + 1], codes=None if codes is None else codes[i].tolist())
             for i, out in enumerate(outputs)]
-
-
-def answer_with_text(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
-                     encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
-    """For the description tasks: free text."""
-    with session.lock:
-        timer = StageTimer(session.runtime.device)
-        outputs = run_generation(session, build_prompts, encode_images, config, timer)
-        timing_ms = timer.timing_ms()
-    return [_answer(session, out, timer, timing_ms, len(outputs)) for out in outputs]
