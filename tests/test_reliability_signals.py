@@ -324,3 +324,22 @@ def test_sigterm_while_evaluate_writes_its_report_keeps_the_earlier_pair(tmp_pat
     with signals_raise(), pytest.raises(TerminatedBySignal):
         runner.write_report({"run": 2}, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_signal_during_the_cleanup_after_a_commit_leaves_no_staging_directory(tmp_path, monkeypatch) -> None:
+    """The window the random kills found: the set is in place and the staging directory is being removed when
+    SIGTERM arrives. The removal finishes first; the signal is raised after it."""
+    from unipose_sdk import fileio
+    from unipose_sdk.fileio import OutputSet, TerminatedBySignal, signals_raise
+
+    real_rmtree = fileio.shutil.rmtree
+
+    def signalled_rmtree(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.shutil, "rmtree", signalled_rmtree)
+    with signals_raise(), pytest.raises(TerminatedBySignal):
+        with OutputSet(tmp_path, ["r_000.json"], numbered=True) as out:
+            out.path("r_000.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r_000.json"]

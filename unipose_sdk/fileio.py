@@ -436,8 +436,9 @@ def check_output_directory(directory: str | os.PathLike, claims: Sequence[str] =
 def _probe_writable(base: Path, wanted: Path) -> None:
     """os.access cannot see read-only mounts (and is always True for root): try creating a directory."""
     try:
-        probe = make_temp_dir(base, "unipose-write-probe")
-        os.rmdir(probe)
+        with deferred_signals():  # created and removed in one step, whatever signal arrives meanwhile
+            probe = make_temp_dir(base, "unipose-write-probe")
+            os.rmdir(probe)
     except OSError as exc:
         raise InvalidInputError.make(f"the output path {str(wanted)!r}, where {str(base)!r} is not writable "
                                      f"({exc.strerror})", "a directory this process can write",
@@ -622,10 +623,13 @@ class OutputSet:
             self.committed = [self.directory / final(name) for name in written]
 
     def _discard(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
-        for created in self._created:
-            with contextlib.suppress(OSError):
-                created.rmdir()  # only if still empty
-        self._created = []
+        # A signal arriving now (also just after a commit) waits until the cleanup is done: cut short, it would
+        # leave the staging directory behind.
+        with deferred_signals():
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            for created in self._created:
+                with contextlib.suppress(OSError):
+                    created.rmdir()  # only if still empty
+            self._created = []
