@@ -20,7 +20,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,23 +108,20 @@ def _build(task_class: type, args: argparse.Namespace, **extra: Any) -> Any:
                                       max_new_tokens=args.max_new_tokens, **extra)
 
 
-def _in_batches(items: Sequence[Any], batch_size: int, run: Callable[[list[Any]], list[Any]],
-                quiet: bool) -> list[Any]:
+def _chunks(items: Sequence[Any], batch_size: int, quiet: bool) -> Iterator[list[Any]]:
+    """The inputs in batches of `batch_size` (each runs as one real batch), with a progress bar on stderr."""
     if batch_size < 1:
         raise InvalidInputError.make(f"--batch-size {batch_size}", "a positive integer", "Use e.g. --batch-size 8.")
     chunks = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
-    results: list[Any] = []
     if len(items) > 1 and not quiet:
         from tqdm import tqdm
 
         with tqdm(total=len(items), unit="input", file=sys.stderr) as bar:
             for chunk in chunks:
-                results += run(chunk)
+                yield chunk
                 bar.update(len(chunk))
     else:
-        for chunk in chunks:
-            results += run(chunk)
-    return results
+        yield from chunks
 
 
 def _report(task: str, labels: Sequence[str], results: Sequence[Any], args: argparse.Namespace) -> int:
@@ -170,9 +167,9 @@ def _estimate(args: argparse.Namespace) -> int:
     _check_output(args)
     bbox = tuple(args.bbox) if args.bbox is not None else None
     with _build(Estimator, args) as estimator:
-        results = _in_batches(args.images, args.batch_size,
-                              lambda chunk: estimator.estimate(chunk, bbox=[bbox] * len(chunk) if bbox else None),
-                              args.json or args.quiet)
+        results = []
+        for chunk in _chunks(args.images, args.batch_size, args.json or args.quiet):
+            results += estimator.estimate(chunk, bbox=[bbox] * len(chunk) if bbox else None)
     return _report("estimate", args.images, results, args)
 
 
@@ -184,7 +181,9 @@ def _generate(args: argparse.Namespace) -> int:
         check_text(text, "text")
     _check_output(args)
     with _build(Generator, args) as generator:
-        results = _in_batches(args.texts, args.batch_size, generator.generate, args.json or args.quiet)
+        results = []
+        for chunk in _chunks(args.texts, args.batch_size, args.json or args.quiet):
+            results += generator.generate(chunk)
     return _report("generate", args.texts, results, args)
 
 
