@@ -25,7 +25,7 @@ from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask, mask_mod
 from unipose_sdk.models.llm import LMOutput, MistralLM
 from unipose_sdk.preprocess import preprocess_batch
-from unipose_sdk.runtime.base import Runtime
+from unipose_sdk.runtime.torch import TorchRuntime
 from unipose_sdk.session import UniPose
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,10 +155,11 @@ class EagerSDK:
 # Runtime and sessions
 
 
-class ReferenceRuntime(Runtime):
-    """The model's modules as defined: reference views, the `VisionEncoder` module, `llm` for the decoder."""
+class ReferenceRuntime(TorchRuntime):
+    """The model's modules as defined: reference views, the `VisionEncoder` module, `llm` for the decoder.
 
-    backend = "torch"
+    The pose tokenizer's methods are the torch runtime's own. The torch runtime's constructor is not called: it
+    would fuse the model and pack the vision towers, which is what the references are measured against."""
 
     def __init__(self, model: nn.Module, config: Any, llm: LanguageModel, name: str) -> None:
         self._model = model
@@ -166,11 +167,8 @@ class ReferenceRuntime(Runtime):
         self.device = model.llm.device
         self.dtype = model.llm.dtype
         self._llm = llm
+        self._towers = None
         self.name = name
-
-    @property
-    def llm(self) -> LanguageModel:
-        return self._llm
 
     def pixel_views(self, images_hwc: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         return preprocess_batch(list(images_hwc), self.config.clip, self.config.pose_vit)
@@ -178,17 +176,6 @@ class ReferenceRuntime(Runtime):
     @torch.inference_mode()
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
         return self._model.vision(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
-
-    @torch.inference_mode()
-    def encode_poses(self, pose_6d: Tensor) -> Tensor:
-        return self._model.pose_tokenizer.encode(pose_6d.to(self.device, torch.float32))
-
-    @torch.inference_mode()
-    def decode_poses(self, codes: Tensor) -> Tensor:
-        return self._model.pose_tokenizer.decode_6d(codes.to(self.device)).float()
-
-    def pose_codebook(self) -> Tensor | None:
-        return self._model.pose_tokenizer.quantizer.codebook.detach().float()
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({str(self.dtype).replace('torch.', '')})"
