@@ -6,7 +6,7 @@ errors answer at once. Exit codes: 0 success, 1 runtime failure, 2 bad usage or 
 missing file or unreadable checkpoint), 128 + N when signal N stopped the command (130 for Ctrl-C, 143 for SIGTERM,
 129 for SIGHUP).
 
-Every command runs under `guarded`: SIGTERM and SIGHUP raise inside the command, as Ctrl-C does, so the cleanup
+Every command runs under `signal_guard`: SIGTERM and SIGHUP raise inside the command, as Ctrl-C does, so the cleanup
 of its writers (the temporary directory of an export or a conversion, the staging directory of a result set)
 runs before the process exits; the command then ends with one line on stderr and no traceback.
 """
@@ -14,11 +14,12 @@ runs before the process exits; the command then ends with one line on stderr and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from unipose_sdk import errors
 
@@ -44,27 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def guarded(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a command with SIGTERM / SIGHUP raising (so its cleanup runs) and turn them into exit 128 + signum."""
+@contextlib.contextmanager
+def signal_guard() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise inside the block (so the command's cleanup runs), and a signal whose exception was
+    swallowed on the way out is raised again at the end: TerminatedBySignal, or KeyboardInterrupt for SIGINT."""
     import signal
 
     from unipose_sdk.fileio import TerminatedBySignal, received_signal, signals_raise
 
-    try:
-        with signals_raise():
-            try:
-                code = int(handler(args) or 0)
-            except Exception:
-                if received_signal() is None:
-                    raise
-                code = 0  # a failure that followed a signal (its exception was swallowed on the way)
-            signum = received_signal()
-            if signum is not None:
-                raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
-            return code
-    except TerminatedBySignal as exc:
-        print(f"unipose: {exc}; no partial output was left", file=sys.stderr)
-        return 128 + exc.signum
+    with signals_raise():
+        try:
+            yield
+        except Exception:
+            if received_signal() is None:
+                raise
+        signum = received_signal()
+        if signum is not None:
+            raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what was typed, for commands that record how their output was made
+    from unipose_sdk.fileio import TerminatedBySignal
+
     try:
-        return guarded(args.handler, args)
+        with signal_guard():
+            code = int(args.handler(args) or 0)
+        return code
+    except TerminatedBySignal as exc:
+        print(f"unipose: {exc}; no partial output was left", file=sys.stderr)
+        return 128 + exc.signum
     except _USER_ERRORS as exc:
         print(f"unipose: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
