@@ -126,6 +126,6 @@ def test_missing_tensorrt_names_the_extra(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installable on this project's machines (see performance.md)")
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (engines are built on the target device)")
 def test_engine_build_and_run_on_a_gpu() -> None:  # pragma: no cover - needs TensorRT and a GPU
     pytest.skip("engine build/run is exercised manually on a TensorRT machine: unipose export --format engine")

@@ -47,7 +47,7 @@ SIZES: dict[str, dict[str, int]] = {
     "medium": {"train": 40000, "val": 2000, "test": 2000},
 }
 CAPTIONS_PER_POSE = 2
-PROMPTS = {  # the pretraining phrasings of the reference model (unipose-reference.md)
+PROMPTS = {  # the pretraining phrasings of the released model's training code
     "pose_estimation": "Generate pose of the image: <image>.",
     "image_description": "Generate description of the pose in the image: <image>.",
     "image_difference": "Output the difference between image <image> and <image>.",
