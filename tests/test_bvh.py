@@ -66,8 +66,8 @@ def test_round_trip_examples_and_random(tmp_path, units, order):
     transl = np.random.default_rng(3).normal(size=(len(pose), 3))
     path = write_bvh(pose, tmp_path / "clip.bvh", transl_m=transl, units=units, channel_order=order)
     clip = read_bvh(path)
-    assert len(clip.pose) == len(pose)
-    assert float(_angle_between_rad(clip.pose.rotmat, pose.rotmat).max()) < 1e-5
+    assert clip.rotmat.shape == (len(pose), 22, 3, 3)
+    assert float(_angle_between_rad(Pose.from_rotmat(clip.rotmat).rotmat, pose.rotmat).max()) < 1e-5
     np.testing.assert_allclose(clip.transl_m, transl, atol=1e-8)
     np.testing.assert_allclose(clip.offsets_m, REST_OFFSETS_M.numpy(), atol=1e-9)
     assert clip.frame_time_s == pytest.approx(1 / 30)
@@ -171,6 +171,8 @@ def test_bad_arguments_are_typed_errors(tmp_path):
         write_bvh(Pose.identity(1), tmp_path / "a.bvh", units="mm")
     with pytest.raises(InvalidInputError, match="channel_order"):
         write_bvh(Pose.identity(1), tmp_path / "a.bvh", channel_order="XXY")
+    with pytest.raises(InvalidInputError, match=r"\[B, 22, 3, 3\]"):
+        write_bvh(np.zeros((1, 21, 3, 3)), tmp_path / "a.bvh")
     with pytest.raises(InvalidInputError, match="transl_m"):
         write_bvh(Pose.identity(2), tmp_path / "a.bvh", transl_m=np.zeros((3, 3)))
     assert not (tmp_path / "a.bvh").exists()

@@ -116,7 +116,7 @@ def test_bad_input_is_typed_error(tmp_path):
     with pytest.raises(InvalidInputError, match="frame_time_s"):
         write_glb(Pose.identity(2), tmp_path / "t.glb", frame_time_s=0)
     with pytest.raises(InvalidInputError, match="Pose"):
-        write_glb(np.zeros((1, 22, 3, 3)), tmp_path / "t.glb")
+        write_glb(np.zeros((1, 21, 3, 3)), tmp_path / "t.glb")
     assert not (tmp_path / "t.glb").exists()
 
 

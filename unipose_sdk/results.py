@@ -23,6 +23,25 @@ if TYPE_CHECKING:
 # Every name a saved result owns, whether or not it writes it: a text result saved over a pose result of the same
 # stem removes the old pose files instead of leaving them beside the new JSON.
 RESULT_SUFFIXES = (".npz", ".npy", ".png", ".json")
+# The files a pose result can write besides its JSON (`formats=`), and the default set.
+POSE_RESULT_FORMATS = ("npz", "npy", "png", "bvh", "glb")
+DEFAULT_POSE_FORMATS = ("npz", "npy", "png")
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The pose result formats, checked (before any work) and in the canonical order."""
+    if isinstance(formats, str) or not all(isinstance(f, str) for f in formats):
+        raise InvalidInputError.make(f"formats={formats!r}", f"a sequence of names from {list(POSE_RESULT_FORMATS)}",
+                                     "Pass e.g. formats=('npz', 'bvh').")
+    unknown = sorted(set(formats) - set(POSE_RESULT_FORMATS))
+    if unknown:
+        raise InvalidInputError.make(f"the pose formats {unknown}", f"names from {list(POSE_RESULT_FORMATS)}",
+                                     "Pick formats from that list.")
+    if "glb" in formats:
+        from unipose_sdk.body.gltf import require_pygltflib
+
+        require_pygltflib()  # a missing optional writer is reported before the model runs
+    return tuple(f for f in POSE_RESULT_FORMATS if f in formats)
 
 
 @dataclass
@@ -80,9 +99,11 @@ class _Result:
                 "batch_size": self.batch_size, "decode_steps": self.decode_steps, "pose_steps": self.pose_steps,
                 "run": self.run.__dict__}
 
-    def save(self, directory: str | Path, stem: str = "result", overwrite: bool = False) -> list[Path]:
+    def save(self, directory: str | Path, stem: str = "result", overwrite: bool = False,
+             formats: Sequence[str] = DEFAULT_POSE_FORMATS) -> list[Path]:
         """Write `<stem>.json`, and for pose results `<stem>.npz` (smplx keys), `<stem>.npy` (official (22,3,3)
-        rotation matrices) and `<stem>.png` (rendering) into `directory` (created if missing). The files appear
+        rotation matrices) and `<stem>.png` (rendering) into `directory` (created if missing); `formats` picks the
+        pose files from npz, npy, png, bvh (a one-frame BVH clip) and glb (skeleton and mannequin). The files appear
         together or not at all; existing files of `stem` are replaced only with `overwrite=True`. `stem` is a
         plain file name: it cannot point outside `directory`.
 
@@ -94,23 +115,26 @@ class _Result:
             OutputExistsError: files of `stem` exist in `directory` and `overwrite` is False.
             OSError: writing failed on the way (a full disk, ...); nothing of this result is left behind.
         """
-        return save_results([self], directory, [stem], overwrite=overwrite)[0]
+        return save_results([self], directory, [stem], overwrite=overwrite, formats=formats)[0]
 
 
 def save_results(results: Sequence[_Result], directory: str | Path, stems: Sequence[str], overwrite: bool = False,
                  overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.",
-                 numbered: bool = False) -> list[list[Path]]:
+                 numbered: bool = False, formats: Sequence[str] = DEFAULT_POSE_FORMATS) -> list[list[Path]]:
     """Save several results as one set: every file of every result appears, or none does (see `_Result.save`).
     Returns the written paths per result. `numbered=True` (stems PREFIX_000, PREFIX_001, ...; ignored with
     `overwrite`): the set takes the next free numbers in the directory instead of refusing taken ones (see
-    fileio.OutputSet)."""
+    fileio.OutputSet). `formats`: the pose files each pose result writes (see `_Result.save`)."""
     from unipose_sdk.body.render import render_poses_png
+
+    formats = check_formats(formats)
 
     if len(results) != len(stems):
         raise InvalidInputError.make(f"{len(results)} results and {len(stems)} stems", "one stem per result",
                                      "Pass as many stems as results.")
     stems = [check_stem(stem) for stem in stems]
-    claims = [f"{stem}{suffix}" for stem in stems for suffix in RESULT_SUFFIXES]
+    suffixes = RESULT_SUFFIXES + tuple(f".{f}" for f in formats if f".{f}" not in RESULT_SUFFIXES)
+    claims = [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
     # Everything that can fail on the results themselves happens before the directory is touched.
     documents = [json.dumps(result.to_dict(), indent=2) for result in results]
     names: list[list[str]] = []
@@ -119,14 +143,15 @@ def save_results(results: Sequence[_Result], directory: str | Path, stems: Seque
             written = []
             pose = getattr(result, "pose", None)
             if pose is not None:
-                for suffix in (".npz", ".npy"):
+                for suffix in (f".{f}" for f in formats if f != "png"):
                     pose.save(out.path(f"{stem}{suffix}"))
                     written.append(f"{stem}{suffix}")
-                source = getattr(result, "source_pose", None)
-                poses = [source, pose] if source is not None else [pose]
-                titles = ["source", "edited"] if source is not None else None
-                render_poses_png(poses, out.path(f"{stem}.png"), titles=titles)
-                written.append(f"{stem}.png")
+                if "png" in formats:
+                    source = getattr(result, "source_pose", None)
+                    poses = [source, pose] if source is not None else [pose]
+                    titles = ["source", "edited"] if source is not None else None
+                    render_poses_png(poses, out.path(f"{stem}.png"), titles=titles)
+                    written.append(f"{stem}.png")
             out.path(f"{stem}.json").write_text(document, encoding="utf-8")
             written.append(f"{stem}.json")
             names.append(written)

@@ -9,8 +9,10 @@ in degrees, column vectors, +y up (SMPL's frame, which BVH importers expect). Le
 end in an End Site a short way along their bone so that tools that draw bones between joints show them.
 
 Reading (`read_bvh`): a file whose hierarchy has the same 22 joint names and parents (in any listing order,
-any rotation channel order per joint) becomes a Pose, with the root translation and the file's offsets in
-metres; anything else is a PoseFormatError raised before the motion data is parsed.
+any rotation channel order per joint) becomes local rotation matrices, the root translation and the file's
+offsets in metres; anything else is a PoseFormatError raised before the motion data is parsed. `Pose.load` and
+`read_pose_file` read BVH files through it (this module works on arrays and does not import the Pose type, which
+imports it: `Pose.save(path.bvh)` writes through `write_bvh`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, REST_OFFSETS_M
 from unipose_sdk.errors import InvalidInputError, InvalidPoseError, PoseFormatError
 from unipose_sdk.fileio import atomic_write_text, open_regular_file
@@ -44,9 +45,9 @@ _CHILDREN: dict[int, list[int]] = {j: [c for c in range(NUM_JOINTS) if PARENTS[c
 
 @dataclass(frozen=True)
 class BvhClip:
-    """What a BVH file holds: poses (one per frame), root translation and rest offsets in metres."""
+    """What a BVH file holds: local rotations (one pose per frame), root translation and rest offsets in metres."""
 
-    pose: Pose
+    rotmat: np.ndarray  # [B, 22, 3, 3] float64 local rotations, SMPL joint order (`Pose.from_rotmat` takes them)
     transl_m: np.ndarray  # [B, 3] float64 metres
     offsets_m: np.ndarray  # [22, 3] float64 metres, SMPL joint order
     frame_time_s: float
@@ -91,11 +92,25 @@ def matrix_to_euler(rotmat: np.ndarray, order: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _check_write_args(pose: Any, units: Any, channel_order: Any, frame_time_s: Any) -> None:
-    if not isinstance(pose, Pose):
-        raise InvalidInputError(f"received {type(pose).__name__}; expected a Pose. Build one with `Pose.from_any(x)`.")
-    if len(pose) == 0:
-        raise InvalidInputError("received a Pose with 0 poses; expected at least one frame. Pass a non-empty Pose.")
+def local_rotations(pose: Any) -> np.ndarray:
+    """A Pose (anything with `.rotmat`) or an array [B, 22, 3, 3] of rotations -> float64 numpy [B, 22, 3, 3]."""
+    rotmat = getattr(pose, "rotmat", pose)
+    if isinstance(rotmat, torch.Tensor):
+        rotmat = rotmat.detach().cpu().double().numpy()
+    if not isinstance(rotmat, np.ndarray) or rotmat.ndim != 4 or rotmat.shape[1:] != (NUM_JOINTS, 3, 3) or (
+            not np.issubdtype(rotmat.dtype, np.floating)):
+        shape = list(rotmat.shape) if isinstance(rotmat, np.ndarray) else None
+        raise InvalidInputError(f"received {type(pose).__name__}" + (f" of shape {shape}" if shape else "") +
+                                "; expected a Pose or local rotation matrices [B, 22, 3, 3]. Build a Pose with "
+                                "`Pose.from_any(x)` (it checks that the matrices are rotations).")
+    if rotmat.shape[0] == 0:
+        raise InvalidInputError("received 0 poses; expected at least one frame. Pass a non-empty Pose.")
+    if not np.all(np.isfinite(rotmat)):
+        raise InvalidInputError("received rotation matrices with NaN or infinite values; expected finite numbers.")
+    return rotmat.astype(np.float64)
+
+
+def _check_write_args(units: Any, channel_order: Any, frame_time_s: Any) -> None:
     if units not in UNITS:
         raise InvalidInputError(f"received units={units!r}; expected one of {sorted(UNITS)}. Pass 'm' or 'cm'.")
     if not isinstance(channel_order, str) or channel_order.upper() not in CHANNEL_ORDERS:
@@ -125,13 +140,14 @@ def _transl_array(transl_m: Any, batch: int) -> np.ndarray:
     return np.broadcast_to(transl.reshape(-1, 3), (batch, 3)).copy()
 
 
-def bvh_text(pose: Pose, *, transl_m: Any = None, units: str = "m", channel_order: str = DEFAULT_CHANNEL_ORDER,
+def bvh_text(pose: Any, *, transl_m: Any = None, units: str = "m", channel_order: str = DEFAULT_CHANNEL_ORDER,
              frame_time_s: float = DEFAULT_FRAME_TIME_S) -> str:
-    """The BVH document of `pose` (see the module doc); `write_bvh` writes it to a file."""
-    _check_write_args(pose, units, channel_order, frame_time_s)
+    """The BVH document of `pose` (a Pose or rotations [B, 22, 3, 3]; see the module doc)."""
+    rotmat = local_rotations(pose)
+    _check_write_args(units, channel_order, frame_time_s)
     order = channel_order.upper()
     scale = UNITS[units]
-    batch = len(pose)
+    batch = rotmat.shape[0]
     transl = _transl_array(transl_m, batch)
     rotation_channels = " ".join(f"{axis}rotation" for axis in order)
     lines = ["HIERARCHY"]
@@ -156,7 +172,7 @@ def bvh_text(pose: Pose, *, transl_m: Any = None, units: str = "m", channel_orde
         lines.append(f"{pad}}}")
 
     emit(0, 0)
-    euler_deg = np.degrees(matrix_to_euler(pose.rotmat.detach().cpu().double().numpy(), order))  # [B, 22, 3]
+    euler_deg = np.degrees(matrix_to_euler(rotmat, order))  # [B, 22, 3]
     lines += ["MOTION", f"Frames: {batch}", f"Frame Time: {frame_time_s:.9f}"]
     for b in range(batch):
         values = list(transl[b] * scale) + [v for j in listed for v in euler_deg[b, j]]
@@ -164,9 +180,9 @@ def bvh_text(pose: Pose, *, transl_m: Any = None, units: str = "m", channel_orde
     return "\n".join(lines) + "\n"
 
 
-def write_bvh(pose: Pose, path: str | os.PathLike, *, transl_m: Any = None, units: str = "m",
+def write_bvh(pose: Any, path: str | os.PathLike, *, transl_m: Any = None, units: str = "m",
               channel_order: str = DEFAULT_CHANNEL_ORDER, frame_time_s: float = DEFAULT_FRAME_TIME_S) -> Path:
-    """Write `pose` (B poses = B frames) as a BVH file atomically; returns the path."""
+    """Write `pose` (a Pose or rotations [B, 22, 3, 3]; B poses = B frames) as a BVH file atomically."""
     text = bvh_text(pose, transl_m=transl_m, units=units, channel_order=channel_order, frame_time_s=frame_time_s)
     return atomic_write_text(Path(path).expanduser(), text)
 
@@ -330,10 +346,4 @@ def read_bvh(path: str | os.PathLike, *, units: str = "auto") -> BvhClip:
         column += len(joint.channels)
     root_offset = offsets[0].copy()
     offsets[0] = 0.0
-    pose = Pose.from_rotmat(rotmat)
-    return BvhClip(pose, (transl + root_offset) / scale, offsets / scale, frame_time)
-
-
-def load_bvh(path: str | os.PathLike, *, units: str = "auto") -> Pose:
-    """The poses (one per frame) of a BVH file with the SMPL 22-joint hierarchy."""
-    return read_bvh(path, units=units).pose
+    return BvhClip(rotmat, (transl + root_offset) / scale, offsets / scale, frame_time)

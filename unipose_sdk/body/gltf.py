@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from unipose_sdk.body.bvh import _END_SITES_M, _transl_array  # one definition of leaf lengths and transl checks
-from unipose_sdk.body.pose import Pose
+# one definition of the leaf lengths and the input checks; like bvh, this module does not import the Pose type
+from unipose_sdk.body.bvh import _END_SITES_M, _transl_array, local_rotations
 from unipose_sdk.body.rotations import matrix_to_quaternion
 from unipose_sdk.body.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, REST_OFFSETS_M
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
@@ -36,7 +37,8 @@ _FLOAT, _UNSIGNED_SHORT = 5126, 5123
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
-def _pygltflib() -> Any:
+def require_pygltflib() -> Any:
+    """The pygltflib module, or a BackendUnavailableError naming the extra that installs it."""
     try:
         import pygltflib
     except ImportError:
@@ -91,21 +93,18 @@ class _BinaryBuilder:
         return len(self.gltf.accessors) - 1
 
 
-def glb_bytes(pose: Pose, *, transl_m: Any = None, frame_time_s: float = DEFAULT_FRAME_TIME_S) -> bytes:
-    """The .glb file of `pose` (see the module doc) as bytes; `write_glb` writes it to a file."""
-    if not isinstance(pose, Pose):
-        raise InvalidInputError(f"received {type(pose).__name__}; expected a Pose. Build one with `Pose.from_any(x)`.")
-    if len(pose) == 0:
-        raise InvalidInputError("received a Pose with 0 poses; expected at least one. Pass a non-empty Pose.")
+def glb_bytes(pose: Any, *, transl_m: Any = None, frame_time_s: float = DEFAULT_FRAME_TIME_S) -> bytes:
+    """The .glb file of `pose` (a Pose or rotations [B, 22, 3, 3]; see the module doc) as bytes."""
+    rotmat = local_rotations(pose)
     if isinstance(frame_time_s, bool) or not isinstance(frame_time_s, (int, float)) or not (
             math.isfinite(frame_time_s) and frame_time_s > 0):
         raise InvalidInputError(f"received frame_time_s={frame_time_s!r}; expected a positive number of seconds, "
                                 f"e.g. {DEFAULT_FRAME_TIME_S:.6f} for 30 frames per second.")
-    batch = len(pose)
+    batch = rotmat.shape[0]
     transl = _transl_array(transl_m, batch)
-    lib = _pygltflib()
+    lib = require_pygltflib()
     # glTF quaternions are (x, y, z, w); the SDK's are (w, x, y, z)
-    quat_wxyz = matrix_to_quaternion(pose.rotmat.detach().cpu().double()).numpy()  # [B, 22, 4]
+    quat_wxyz = matrix_to_quaternion(torch.from_numpy(rotmat)).numpy()  # [B, 22, 4]
     quat_xyzw = np.concatenate([quat_wxyz[..., 1:], quat_wxyz[..., :1]], axis=-1)
     offsets = REST_OFFSETS_M.numpy()
 
@@ -158,7 +157,7 @@ def glb_bytes(pose: Pose, *, transl_m: Any = None, frame_time_s: float = DEFAULT
     return b"".join(gltf.save_to_bytes())
 
 
-def write_glb(pose: Pose, path: str | os.PathLike, *, transl_m: Any = None,
+def write_glb(pose: Any, path: str | os.PathLike, *, transl_m: Any = None,
               frame_time_s: float = DEFAULT_FRAME_TIME_S) -> Path:
     """Write `pose` as a .glb file atomically (B > 1 poses become an animation); returns the path."""
     return atomic_write_bytes(Path(path).expanduser(), glb_bytes(pose, transl_m=transl_m, frame_time_s=frame_time_s))

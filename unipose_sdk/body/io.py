@@ -10,9 +10,13 @@ extension is only a hint):
 | AMASS .npz | `root_orient` [N, 3] and `pose_body` [N, 63]; or `poses` [N, 156] (SMPL-H) / [N, 165] (SMPL-X) / [N, 72] / [N, 66] whose first 66 values are ours; optional `trans` [N, 3], `betas` |
 | .npy | the official UniPose demo's (22, 3, 3) float32 rotation matrices, or (B, 22, 3, 3); any array `Pose.from_any` recognises by shape also works |
 | JSON | `{"format": "unipose-pose", "version": 1, "rotation_format": "axis_angle" | "rotmat" | "rotation_6d", "joint_names": [22 names], "poses": [B x 22 x 3 | 3x3 | 6], "transl_m": [B x 3] (optional), "betas": [B x K] or [K] (optional)}` |
+| BVH | the 22-joint SMPL hierarchy (joint names and parents as `unipose_sdk.body.bvh` writes them, any rotation channel order); frames become poses, the root position `transl` |
 
 Writing picks the layout from the extension: .npz -> smplx keys (float32 axis-angle), .npy -> the demo's
-matrices ((22, 3, 3) for one pose, (B, 22, 3, 3) otherwise), .json -> the JSON schema above with axis-angle.
+matrices ((22, 3, 3) for one pose, (B, 22, 3, 3) otherwise), .json -> the JSON schema above with axis-angle,
+.bvh -> a BVH clip of B frames (metres, ZXY channels; `unipose_sdk.body.bvh.write_bvh` for centimetres or other
+orders), .glb -> skeleton nodes and a box mannequin, an animation for B > 1 (`unipose_sdk.body.gltf`, needs the
+`gltf` extra).
 Every write goes to a temporary file in the target directory that is renamed over the target only once complete,
 so a failed save leaves the previous file (or nothing) behind. Pickles are never unpickled.
 

@@ -304,7 +304,7 @@ class Pose:
         return load_pose(path)
 
     def save(self, path: str | os.PathLike, transl_m: Any = None, betas: Any = None) -> None:
-        """Write atomically; the format follows the extension (.npz smplx keys, .npy matrices, .json)."""
+        """Write atomically; the format follows the extension (.npz smplx keys, .npy matrices, .json, .bvh, .glb)."""
         save_pose(self, path, transl_m=transl_m, betas=betas)
 
     # ------------------------------------------------------------------ views
@@ -407,7 +407,7 @@ class Pose:
 JSON_FORMAT_NAME = "unipose-pose"
 JSON_FORMAT_VERSION = 1
 _JSON_ROTATION_FORMATS = {"axis_angle": 3, "rotmat": (3, 3), "rotation_6d": 6}
-WRITE_EXTENSIONS = (".npz", ".npy", ".json")
+WRITE_EXTENSIONS = (".npz", ".npy", ".json", ".bvh", ".glb")  # .bvh / .glb: unipose_sdk.body.bvh / .gltf
 # The pose JSON nests 5 levels at most (document, poses, pose, joint, matrix row); deeper input is refused before
 # it is parsed (a deep enough document would exhaust the parser's recursion).
 MAX_JSON_DEPTH = 8
@@ -415,7 +415,7 @@ MAX_JSON_DEPTH = 8
 _ACCEPTED_LAYOUTS = (
     "a .npz with smplx keys (global_orient + body_pose [+ transl, betas]) or AMASS keys (root_orient + pose_body, "
     "or poses [N, 66|72|156|165] [+ trans, betas]); a .npy of (22, 3, 3) or (B, 22, 3, 3) rotation matrices; or a "
-    f"JSON document with \"format\": \"{JSON_FORMAT_NAME}\""
+    f"JSON document with \"format\": \"{JSON_FORMAT_NAME}\"; or a BVH file with the 22-joint SMPL hierarchy"
 )
 
 
@@ -426,7 +426,7 @@ class PoseFile:
     pose: Pose
     transl_m: np.ndarray | None  # [B, 3] float32 metres
     betas: np.ndarray | None  # [B, K] or [K] float32 shape coefficients (unused by UniPose, kept for round trips)
-    layout: str  # "smplx-npz", "amass-npz", "amass-poses-npz", "npy", "json"
+    layout: str  # "smplx-npz", "amass-npz", "amass-poses-npz", "npy", "json", "bvh"
 
 
 
@@ -448,6 +448,8 @@ def _format_of(p: Path, head: bytes) -> str:
         return "npy"
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
         return "json"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"HIERARCHY"):
+        return "bvh"
     if not head:
         found = "an empty file"
     elif head[:1] == b"\x80":
@@ -673,9 +675,19 @@ def read_pose_file(path: str | os.PathLike) -> PoseFile:
     """Read poses and, where present, translation and betas; the layout is recognised from the content."""
     with open_regular_file(path, "pose file", PoseFormatError, _FILE_FIX) as handle:
         p = Path(path).expanduser()
-        reader = {"npz": _read_npz, "npy": _read_npy, "json": _read_json}[_format_of(p, handle.read(64))]
-        handle.seek(0)
-        return reader(p, handle)
+        kind = _format_of(p, handle.read(64))
+        if kind != "bvh":
+            reader = {"npz": _read_npz, "npy": _read_npy, "json": _read_json}[kind]
+            handle.seek(0)
+            return reader(p, handle)
+    from unipose_sdk.body.bvh import read_bvh  # imported on use: only BVH reads need it
+
+    clip = read_bvh(path)
+    try:
+        pose = Pose.from_rotmat(clip.rotmat)
+    except InvalidPoseError as exc:
+        raise _pose_error_in(Path(path).expanduser(), exc) from None
+    return PoseFile(pose, clip.transl_m.astype(np.float32), None, "bvh")
 
 
 def load_pose(path: str | os.PathLike) -> Pose:
@@ -698,7 +710,9 @@ def _as_numpy_f32(value: Any, what: str) -> np.ndarray:
 
 
 def save_pose(pose: Pose, path: str | os.PathLike, transl_m: Any = None, betas: Any = None) -> Path:
-    """Write `pose` atomically; .npz (smplx keys), .npy (demo matrices) or .json by extension. Returns the path."""
+    """Write `pose` atomically; .npz (smplx keys), .npy (demo matrices), .json, .bvh (a clip of B frames, metres)
+    or .glb (skeleton nodes and a mannequin; an animation for B > 1; needs the `gltf` extra) by extension.
+    Returns the path."""
     if not isinstance(pose, Pose):
         raise InvalidInputError(f"received {type(pose).__name__}; expected a Pose. Build one with "
                                 f"`Pose.from_any(x)`.")
@@ -721,6 +735,17 @@ def save_pose(pose: Pose, path: str | os.PathLike, transl_m: Any = None, betas: 
     if ext == ".npy" and (transl is not None or betas_arr is not None):
         raise PoseFormatError(f"received transl_m/betas for {str(p)!r}; expected none: the .npy layout holds "
                               f"rotation matrices only. Save as .npz or .json to keep them.")
+    if ext in (".bvh", ".glb") and betas_arr is not None:
+        raise PoseFormatError(f"received betas for {str(p)!r}; expected none: {ext} files hold the built-in "
+                              f"skeleton, not a body shape. Save as .npz or .json to keep them.")
+    if ext == ".bvh":  # the writers are imported on use (the glTF one needs the optional pygltflib)
+        from unipose_sdk.body.bvh import write_bvh
+
+        return write_bvh(pose, p, transl_m=transl)
+    if ext == ".glb":
+        from unipose_sdk.body.gltf import write_glb
+
+        return write_glb(pose, p, transl_m=transl)
 
     if ext == ".npz":
         aa = pose.axis_angle().detach().cpu().numpy()

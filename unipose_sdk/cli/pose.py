@@ -4,6 +4,7 @@
     unipose pose tokenize pose.npz -o tokens.json [--tokenizer CKPT]
     unipose pose detokenize tokens.json -o pose.npz [--tokenizer CKPT]
     unipose pose render a.npz b.npy -o poses.png
+    unipose pose export pose.npz --format bvh -o pose.bvh   # also glb (Blender, Unity, three.js), npz, npy, json
 
 CKPT is the official pose VQ-VAE Lightning checkpoint (.ckpt) or an SDK pose-tokenizer directory; without it
 the tokenizer embedded in the package (unipose-tiny) is used.
@@ -281,9 +282,37 @@ def _roundtrip(args: argparse.Namespace) -> int:
     print(f"wrote     : {out_dir / 'roundtrip.png'}, {out_dir / 'reconstruction.npz'}, {out_dir / 'roundtrip.json'}")
     return 0
 
+EXPORT_FORMATS = ("bvh", "glb", "npz", "npy", "json")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from unipose_sdk.body.io import read_pose_file
+
+    out_path = Path(args.output).expanduser()
+    fmt = args.format or out_path.suffix.lower().lstrip(".")
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInputError.make(f"the output path {str(out_path)!r} and no --format",
+                                     f"--format one of {', '.join(EXPORT_FORMATS)} or an -o path ending in one",
+                                     "Pass e.g. --format bvh -o pose.bvh.")
+    out = _check_output(args, (f".{fmt}",), f"a {fmt} file")
+    if fmt == "glb":
+        from unipose_sdk.body.gltf import require_pygltflib
+
+        require_pygltflib()  # before reading the input: a missing optional writer is a setup error
+    source = read_pose_file(args.pose_file)
+    if fmt == "npy":
+        source.pose.save(out)  # the demo's matrices hold no translation or shape
+    elif fmt in ("bvh", "glb"):
+        source.pose.save(out, transl_m=source.transl_m)
+    else:
+        source.pose.save(out, transl_m=source.transl_m, betas=source.betas)
+    _say(args, f"wrote {out}: {source.pose.batch_size} pose(s) as {fmt}",
+         {"output": str(out), "input": str(args.pose_file), "format": fmt, "poses": source.pose.batch_size})
+    return 0
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("pose", help="render pose files; encode poses into pose tokens and back",
+    parser = subparsers.add_parser("pose", help="render and export pose files; encode poses into pose tokens and back",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="pose_command", metavar="SUBCOMMAND")
     commands.required = True
@@ -314,3 +343,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      metavar="OUT_DIR")
     p.add_argument("--tokenizer", metavar="CKPT", help=tokenizer_help)
     p.set_defaults(handler=_roundtrip)
+
+    p = commands.add_parser("export", help="convert a pose file to BVH, glTF (.glb), .npz, .npy or JSON")
+    p.add_argument("pose_file", metavar="POSE", help="pose file (.npz smplx / AMASS, .npy, .json, .bvh)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                   help="output format (default: from the -o extension); bvh: one frame per pose, metres; glb: "
+                        "skeleton nodes and a mannequin, an animation for several poses (needs the gltf extra)")
+    add_output_flags(p, "the file to write", required=True, metavar="OUT")
+    p.set_defaults(handler=_export)

@@ -1,7 +1,8 @@
 """`unipose estimate | generate | edit | describe`: the four task classes on the command line.
 
 Each writes, with `-o DIR`, per input: the pose (`.npz` with smplx keys and the official `.npy` of (22, 3, 3)
-rotation matrices), a PNG rendering, and a JSON with the input, text, joints and timing, named `TASK_NNN.*`.
+rotation matrices), a PNG rendering, and a JSON with the input, text, joints and timing, named `TASK_NNN.*`;
+`--formats` picks the pose files (npz npy png by default; bvh and glb for Blender, Unity and web viewers).
 `--json` prints one JSON document on stdout instead of the human summary; `--quiet` prints nothing but errors.
 Several inputs run in batches of `--batch-size` with a progress bar.
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.formats import DTYPE_NAMES
+from unipose_sdk.results import DEFAULT_POSE_FORMATS, POSE_RESULT_FORMATS
 
 OVERWRITE_HINT = "Pass --overwrite to replace them, or choose another -o directory."
 
@@ -77,6 +79,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                         help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs per model batch")
+    parser.add_argument("--formats", nargs="+", choices=POSE_RESULT_FORMATS, default=list(DEFAULT_POSE_FORMATS),
+                        metavar="FORMAT", help=f"pose files each result writes besides its JSON, from "
+                        f"{', '.join(POSE_RESULT_FORMATS)} (default: {' '.join(DEFAULT_POSE_FORMATS)}; bvh: a "
+                        f"one-frame BVH clip, glb: skeleton and mannequin, needs the gltf extra)")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -92,6 +98,9 @@ def _check_output(args: argparse.Namespace) -> None:
     if args.output is None:
         return
     from unipose_sdk.fileio import check_output_directory
+    from unipose_sdk.results import check_formats
+
+    check_formats(getattr(args, "formats", DEFAULT_POSE_FORMATS))
 
     check_output_directory(args.output)
 
@@ -130,7 +139,8 @@ def _report(task: str, labels: Sequence[str], results: Sequence[Any], args: argp
         from unipose_sdk.results import save_results
 
         saved = save_results(results, args.output, _stems(task, len(results)), overwrite=args.overwrite,
-                             overwrite_hint=OVERWRITE_HINT, numbered=not args.overwrite)
+                             overwrite_hint=OVERWRITE_HINT, numbered=not args.overwrite,
+                             formats=getattr(args, "formats", DEFAULT_POSE_FORMATS))
         written = [[str(p) for p in paths] for paths in saved]
     if args.json:
         payload = []
