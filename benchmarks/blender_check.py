@@ -116,6 +116,8 @@ def _render(out: Path, files: list[Path]) -> None:
     scene.render.resolution_y = 400
     scene.render.resolution_percentage = 100
     scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.image_settings.compression = 100
     scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
 
