@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +34,6 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "garbage.npz").write_bytes(b"not a pose")
     Image.fromarray((np.random.default_rng(0).random((48, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
     return tmp_path
-
-
-@pytest.fixture
-def no_hang() -> Iterator[None]:
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError("the command blocked on a special file")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

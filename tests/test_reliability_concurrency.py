@@ -6,23 +6,17 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 import torch
+from conftest import SHORT
 
 from unipose_sdk.body.examples import load_example_pose
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
-SHORT = {"max_new_tokens": 6}
 THREADS = 8
 CALLS = 60
 TEXTS = ["a person squatting", "a person kneeling on the left knee with the right arm raised high above the head",
          "a person with both arms raised", "a person bending forward to touch the toes", "a person sitting",
          "a person standing on one leg", "a person lunging forward", "a person stretching"]
-
-
-@pytest.fixture(scope="module")
-def generator() -> Generator:
-    return Generator.from_pretrained(**SHORT)
 
 
 def _run_threads(work, count: int = THREADS) -> list:  # type: ignore[no-untyped-def]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHORT
 
 from unipose_sdk.body.examples import example_pose_path, load_example_pose
 from unipose_sdk.body.io import MAX_JSON_DEPTH, load_pose, read_pose_file
@@ -32,45 +31,8 @@ from unipose_sdk.errors import (
     UniPoseFileNotFoundError,
 )
 from unipose_sdk.options import EstimatorOptions, GeneratorOptions
-from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
+from unipose_sdk.tasks import Describer, Estimator, Generator
 from unipose_sdk.tasks import generator as generator_module
-
-SHORT = {"max_new_tokens": 6}
-
-
-@pytest.fixture(scope="module")
-def generator() -> Generator:
-    return Generator.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def editor() -> Editor:
-    return Editor.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def describer() -> Describer:
-    return Describer.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def estimator() -> Estimator:
-    return Estimator.from_pretrained(**SHORT)
-
-
-@pytest.fixture
-def no_hang() -> Iterator[None]:
-    """Fail (instead of blocking the suite) if the test body takes more than 20 s, e.g. reading a FIFO."""
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError("the call blocked: a special file was opened for reading")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _special(kind: str, tmp_path: Path, suffix: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHORT
 
 from unipose_sdk import fileio
 from unipose_sdk import results as results_module
@@ -27,25 +28,14 @@ from unipose_sdk.fileio import OutputSet, check_output_directory, check_output_f
 from unipose_sdk.results import RESULT_SUFFIXES, save_results
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
-SHORT = {"max_new_tokens": 6}
 TEXTS = ["a person squatting", "a person kneeling on one knee", "a person with both arms raised",
          "a person bending forward", "a person standing on the left leg", "a person sitting cross-legged",
          "a person lunging forward", "a person stretching to the right"]
 
 
 @pytest.fixture(scope="module")
-def generator() -> Generator:
-    return Generator.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
 def generated(generator: Generator) -> list:
     return generator.generate(TEXTS)
-
-
-@pytest.fixture(scope="module")
-def describer() -> Describer:
-    return Describer.from_pretrained(**SHORT)
 
 
 def _listing(root: Path) -> list[str]:

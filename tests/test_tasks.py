@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHORT
 from PIL import Image
 
 from unipose_sdk import generation
@@ -28,28 +29,6 @@ from unipose_sdk.generation import GenerationConfig, pose_block_length
 from unipose_sdk.options import DescriberOptions, GeneratorOptions, PoseTaskOptions
 from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult, PoseResult
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
-
-SHORT = {"max_new_tokens": 6}  # keeps the text tasks fast; pose tasks always get room for their pose block
-
-
-@pytest.fixture(scope="module")
-def generator() -> Generator:
-    return Generator.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def describer() -> Describer:
-    return Describer.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def estimator() -> Estimator:
-    return Estimator.from_pretrained(**SHORT)
-
-
-@pytest.fixture(scope="module")
-def editor() -> Editor:
-    return Editor.from_pretrained(**SHORT)
 
 
 @pytest.fixture(scope="module")
