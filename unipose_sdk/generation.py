@@ -1,6 +1,7 @@
-"""Greedy generation with UniPose pose blocks, as free functions over the model (gpt-fast style).
+"""Generation with UniPose pose blocks, as free functions over the model (gpt-fast style).
 
-The loop decodes text greedily. When a row emits the pose BEGIN token, the next model call for that row is the
+The loop decodes text greedily (the official behaviour; `GenerationConfig.temperature` > 0 samples instead).
+When a row emits the pose BEGIN token, the next model call for that row is the
 pose step: BEGIN plus the 80 learned query embeddings as ONE 81-token call, BEGIN causal and the 80 query
 positions one bidirectional block. The argmax of the logits at query k is pose token k (unshifted). END is
 appended without being predicted and fed as the next decode input, after which text decoding continues
@@ -27,16 +28,21 @@ What a call does is one `GenerationConfig`, built by the caller (the task classe
 read here as given. Timing is the caller's: the loop wraps its stages in the caller's `on_stage` callback
 (`unipose_sdk.timing.StageTimer.stage`) and holds no clock.
 
-Only `prefill`, `prefill_with_pose`, `decode_step` and `pose_step` touch the model. A model may define
+Conversations (`continue_generation`): one row whose KV cache (`PrefixCache`) is kept between calls; a new call
+computes only the slots after the longest prefix the cache already holds, then decodes as above, yielding each
+token and pose block as it is accepted (streaming).
+
+Only `prefill`, `prefill_with_pose`, `extend`, `decode_step` and `pose_step` touch the model. A model may define
 `prompt_length_bucket(P) -> P'` (P' >= P): prompts are then left-padded to P' so that a compiled prefill sees
 only a few shapes (`unipose_sdk.runtime.torch_lm`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -87,13 +93,22 @@ class GenerationConfig:
         it (their text answers pay 81 extra prefill rows) and continue step by step. Same tokens either way;
         False is the step-by-step reference. Skipped when max_new_tokens leaves no room for a block.
 
-    Decoding is greedy (the official behaviour).
+    temperature: 0 (the default) decodes greedily, the official behaviour: the argmax for text, and for pose codes
+        `pose_codes_from_logits` (argmax or expected code, as the model's config says). Above 0 every text token
+        and every pose code is sampled from the softmax of logits / temperature (pose codes over the codebook ids
+        only, each query on its own), restricted by top_p.
+    top_p: nucleus sampling: draw only from the most likely ids whose probabilities add up to top_p (1.0: all).
+    seed: the sampling stream's seed: the same seed, prompt and config give the same tokens on the same backend
+        and device. None: a fresh stream from torch's global generator (torch.manual_seed makes it repeatable).
     """
 
     max_new_tokens: int
     start_with_pose: bool = False
     stop_after_pose: bool = False
     one_pass: bool = False
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
@@ -104,6 +119,69 @@ class GenerationConfig:
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False",
                                              f"Pass {name}=True or False.")
+        check_sampling(self.temperature, self.top_p, self.seed)
+
+    @property
+    def sampling(self) -> bool:
+        """True when tokens are drawn at random (temperature > 0); False: greedy."""
+        return self.temperature > 0
+
+
+def check_sampling(temperature: object, top_p: object, seed: object) -> None:
+    """The sampling fields' types and ranges (shared by GenerationConfig and the options that fill it)."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not number(temperature) or not 0.0 <= float(temperature) <= 100.0:  # type: ignore[arg-type]
+        raise InvalidInputError.make(f"temperature={temperature!r}", "a number in [0, 100] (0: greedy)",
+                                     "Pass temperature=0 for greedy decoding, or e.g. 0.7 to sample.")
+    if not number(top_p) or not 0.0 < float(top_p) <= 1.0:  # type: ignore[arg-type]
+        raise InvalidInputError.make(f"top_p={top_p!r}", "a number in (0, 1]", "Pass e.g. top_p=0.9 (1.0: no cut).")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidInputError.make(f"seed={seed!r}", "None or an integer in [0, 2**63)", "Pass e.g. seed=0.")
+
+
+def sample_ids(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
+    """One id per row of logits [..., V] drawn from softmax(logits / temperature) cut to the top_p nucleus.
+
+    Drawn on the CPU in float32 from `generator` (a CPU generator), so a seed gives the same ids whatever device
+    computed the logits."""
+    shape = logits.shape[:-1]
+    probs = torch.softmax(logits.detach().float().cpu().reshape(-1, logits.shape[-1]) / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely ids
+        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the most likely id always stays
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).view(shape)
+
+
+class TokenPicker:
+    """How one call turns logits into ids: greedy (argmax / `pose_codes_from_logits`) or sampled (`sample_ids`)
+    from one seeded stream per call."""
+
+    def __init__(self, config: GenerationConfig, vocab: VocabLayout, code_vectors: Tensor | None = None) -> None:
+        self.config = config
+        self.vocab = vocab
+        self.code_vectors = code_vectors
+        self.generator: torch.Generator | None = None
+        if config.sampling:
+            seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def tokens(self, logits: Tensor) -> list[int]:
+        """Next-token logits [B, V] -> one id per row."""
+        if self.generator is None:
+            return logits.argmax(dim=-1).tolist()
+        return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()
+
+    def codes(self, query_logits: Tensor) -> Tensor:
+        """Logits at the pose queries [B, Q, V] -> codebook indices [B, Q] (int64, CPU)."""
+        if self.generator is None:
+            return pose_codes_from_logits(query_logits, self.vocab, self.code_vectors).cpu()
+        first = self.vocab.pose_id_offset
+        code_logits = query_logits[..., first:first + self.vocab.codebook_size]
+        return sample_ids(code_logits, self.config.temperature, self.config.top_p, self.generator)
 
 
 @dataclass
@@ -138,6 +216,8 @@ class GenerationResult:
     pose_codes: list[Tensor] = field(default_factory=list)
     finish_reason: str | None = None
     forced_first_token: bool = False
+    prompt_tokens: int = 0  # continue_generation: the prompt's length, and how much of it the kept cache held
+    reused_tokens: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -448,17 +528,18 @@ def generate(
     slots = [padded] * batch
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
     one_pass = config.one_pass and max_new_tokens >= streams.pose_block_ids
+    picker = TokenPicker(config, vocab, pose_code_vectors)
 
     with stage("prefill_pose" if one_pass else "prefill"):
         if one_pass:
             logits, query_logits, state = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
         else:
             logits, state = prefill(model, cache, prompt_embeds, lengths)
-        streams.accept_first(logits.argmax(dim=-1).tolist())
+        streams.accept_first(picker.tokens(logits))
         if one_pass:
             keep = streams.posing()
             if any(keep):
-                codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
+                codes = picker.codes(query_logits)
                 state.advance(torch.tensor(keep, device=device), 1 + vocab.num_pose_tokens)
                 for b in (b for b in range(batch) if keep[b]):
                     streams.take_pose(b, codes[b])
@@ -474,7 +555,7 @@ def generate(
             with stage("pose_step"):
                 query_logits = pose_step(model, cache, state, vocab, torch.tensor(posing, device=device),
                                          kv_length=max(slots) + 1 + vocab.num_pose_tokens)
-                codes = pose_codes_from_logits(query_logits, vocab, pose_code_vectors).cpu()
+                codes = picker.codes(query_logits)
                 for b in (b for b in range(batch) if posing[b]):
                     streams.take_pose(b, codes[b])
                     slots[b] += 1 + vocab.num_pose_tokens
@@ -487,4 +568,156 @@ def generate(
                                  kv_length=max(slots) + 1)
             slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
             # The one host synchronisation per token: the stop check needs the sampled ids.
-            streams.accept_running(logits.argmax(dim=-1).tolist(), running)
+            streams.accept_running(picker.tokens(logits), running)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversations: one row whose KV cache is kept across calls
+
+
+Key = Hashable  # what one cache slot holds: a token id, or a marker for an image slot / a pose query
+
+
+class PrefixCache:
+    """One conversation's KV cache, kept between calls: slot i holds the state of the token whose key is keys[i].
+
+    A call hands `continue_generation` the keys of its whole prompt (the conversation so far plus the new turn);
+    the longest prefix that the cache already holds is reused as it is, everything after it is computed again
+    (and overwrites whatever the cache held there). The cache is the caller's own (`new_private_cache` where the
+    model shares its cache between calls, as the torch runtime's FastLM does), grows in steps of `step` slots and
+    never shrinks.
+    """
+
+    def __init__(self, model: LanguageModel, step: int = 256) -> None:
+        self.model = model
+        self.step = step
+        self.cache: Any = None
+        self.keys: list[Key] = []
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.cache is None else int(self.cache.max_length)
+
+    def clear(self) -> None:
+        """Forget what the slots hold (the memory stays for the next conversation)."""
+        self.keys = []
+
+    def release(self) -> None:
+        self.cache = None
+        self.keys = []
+
+    def reusable(self, keys: Sequence[Key]) -> int:
+        """How many leading slots `keys` can reuse: the common prefix with what the cache holds, leaving at least
+        the last key to compute (its logits choose the first new token)."""
+        limit = min(len(self.keys), len(keys) - 1)
+        common = 0
+        while common < limit and self.keys[common] == keys[common]:
+            common += 1
+        return common
+
+    def reserve(self, length: int) -> None:
+        """Room for `length` slots; a larger cache takes over the slots already held."""
+        if length <= self.capacity:
+            return
+        size = -(-length // self.step) * self.step
+        make = getattr(self.model, "new_private_cache", None)
+        cache = make(1, size) if make is not None else self.model.new_cache(1, size)
+        held = len(self.keys)
+        if self.cache is not None and held:
+            for new, old in ((cache.k, self.cache.k), (cache.v, self.cache.v)):
+                for layer in range(len(new)):
+                    new[layer][:, :, :held] = old[layer][:, :, :held]
+        self.cache = cache
+
+
+@dataclass
+class StreamEvent:
+    """One step of `continue_generation`: an accepted text token ("token"), a finished pose block ("pose", its
+    codes [Q]), or the end ("end", the row's result)."""
+
+    kind: str
+    token: int | None = None
+    codes: Tensor | None = None
+    result: GenerationResult | None = None
+
+
+@torch.no_grad()
+def extend(model: LanguageModel, cache: KVCache, state: DecodeState, embeds: Tensor) -> Tensor:
+    """Feed T more tokens (embeds [B, T, C]) causally after what the cache holds: positions and slots continue
+    from `state`. Returns the next-token logits [B, V] after the last one."""
+    num_tokens = embeds.shape[1]
+    zeros = torch.zeros_like(state.next_slot)
+    mask = MixedMask(block_start=zeros, block_end=zeros, key_start=state.key_start, query_offset=state.next_slot)
+    steps = torch.arange(num_tokens, device=state.next_slot.device)
+    kv_length = int(state.next_slot.max().item()) + num_tokens
+    out = model(input_embeds=embeds, positions=state.next_position.unsqueeze(1) + steps, mask=mask, cache=cache,
+                kv_length=kv_length, logits_positions=slice(-1, None))
+    state.advance(torch.ones_like(state.next_slot, dtype=torch.bool), num_tokens)
+    return out.logits[:, -1]
+
+
+def continue_generation(
+    model: LanguageModel,
+    prefix: PrefixCache,
+    keys: Sequence[Key],
+    embed_from: Callable[[int], Tensor],
+    vocab: VocabLayout,
+    config: GenerationConfig,
+    *,
+    max_context: int,
+    pose_code_vectors: Tensor | None = None,
+    on_stage: OnStage | None = None,
+) -> Iterator[StreamEvent]:
+    """Generate one answer for one row whose prompt's slots are `keys`, reusing the slots `prefix` holds.
+
+    embed_from(start) returns the prompt's input embeddings [len(keys) - start, C] from slot `start` on (images
+    spliced in); only those are computed. Yields each accepted text token and each pose block as it completes,
+    then "end" with the GenerationResult (its `reused_tokens` says how many prompt slots came from the cache).
+    The answer's tokens are those `generate` gives for the same prompt and config (greedy or under a seed); the
+    cache's contents follow each step, so a caller that stops early leaves it consistent for the next call.
+    """
+    if len(keys) == 0:
+        raise InvalidTextError.make("an empty prompt", "at least one token", "Start prompts with bos.")
+    _check_lengths([len(keys)], config.max_new_tokens, max_context)
+    stage = on_stage if on_stage is not None else untimed
+    device = model.device
+    num_queries = vocab.num_pose_tokens
+    start = prefix.reusable(keys)
+    prefix.keys = prefix.keys[:start]
+    prefix.reserve(len(keys) + config.max_new_tokens + 1)
+    cache = prefix.cache
+    streams = AnswerStreams(1, vocab, config)
+    picker = TokenPicker(config, vocab, pose_code_vectors)
+    one = torch.zeros(1, dtype=torch.int32, device=device)
+    state = DecodeState(key_start=one, next_slot=one + start, next_position=(one + start).to(torch.long))
+    active = torch.ones(1, dtype=torch.bool, device=device)
+    with stage("prefill"):
+        embeds = embed_from(start).to(device)
+        logits = extend(model, cache, state, embeds.unsqueeze(0))
+        prefix.keys.extend(keys[start:])
+        streams.accept_first(picker.tokens(logits))
+    result = streams.results[0]
+    result.prompt_tokens, result.reused_tokens = len(keys), start
+    if result.token_ids:
+        yield StreamEvent("token", token=result.token_ids[-1])
+    while streams.running()[0]:
+        if streams.posing()[0]:
+            with stage("pose_step"):
+                query_logits = pose_step(model, cache, state, vocab, active,
+                                         kv_length=len(prefix.keys) + 1 + num_queries)
+                codes = picker.codes(query_logits)[0]
+                prefix.keys.extend([vocab.pose_begin_id, *(("pose_query", k) for k in range(num_queries))])
+                streams.take_pose(0, codes)
+            yield StreamEvent("pose", codes=codes)
+            if not streams.running()[0]:
+                break
+        with stage("decode"):
+            token = streams.next_tokens()[0]
+            logits = decode_step(model, cache, state, torch.tensor([token], device=device), active,
+                                 kv_length=len(prefix.keys) + 1)
+            prefix.keys.append(token)
+            before = len(result.token_ids)
+            streams.accept(0, picker.tokens(logits)[0])
+        if len(result.token_ids) > before:
+            yield StreamEvent("token", token=result.token_ids[-1])
+    yield StreamEvent("end", result=result)

@@ -133,6 +133,17 @@ class FastLM:
         self.llm.rope_table(cache.max_length)
         return cache
 
+    def new_private_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache of the caller's own, which no other call reuses: a conversation keeps its history's states in
+        it between calls (`generation.PrefixCache`), while task calls keep sharing the batch size's cache."""
+        cache = self.llm.new_cache(batch_size, _round_up(max_length, self.cache_step), dtype=dtype or self.llm.dtype)
+        if self.compiled:
+            for tensor in cache.k + cache.v:
+                torch._dynamo.mark_static_address(tensor)
+        self.llm.refresh_fused()
+        self.llm.rope_table(cache.max_length)
+        return cache
+
     def release_caches(self) -> None:
         self._caches.clear()
 
