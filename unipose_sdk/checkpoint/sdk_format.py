@@ -65,8 +65,13 @@ def save_model(model: Any, directory: str | os.PathLike, tokenizer: TextTokenize
 
 def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, directory: str | os.PathLike,
                     tokenizer: TextTokenizer | None = None, *, dtype: torch.dtype | None = None,
-                    is_random: bool = False, source: str = "", overwrite: bool = False) -> Path:
-    """Like save_model, from a state dict already in the SDK's key layout (what `unipose convert` writes)."""
+                    is_random: bool = False, source: str = "", overwrite: bool = False,
+                    int8_prefixes: tuple[str, ...] = ()) -> Path:
+    """Like save_model, from a state dict already in the SDK's key layout (what `unipose convert` writes).
+
+    `int8_prefixes`: matrices under these key prefixes are stored as int8 rows with one scale per row (see
+    `quantize_int8_rows`) and turned back into floats at load; unipose-tiny stores its frozen sentence encoder so,
+    to fit the package size budget."""
     target = Path(directory)
     if target.exists() and not overwrite:
         raise CheckpointError.make(
@@ -87,6 +92,9 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
             if dtype is not None and value.is_floating_point() and not key.startswith("pose_tokenizer."):
                 value = value.to(dtype)
             tensors[key] = value.to("cpu").contiguous()
+        for key in [k for k, v in tensors.items() if k.startswith(int8_prefixes) and v.dim() == 2
+                    and v.is_floating_point()] if int8_prefixes else []:
+            tensors[key + INT8_SUFFIX], tensors[key + INT8_SCALE_SUFFIX] = quantize_int8_rows(tensors.pop(key))
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "unipose_format": FORMAT_NAME})
         follow_umask(tmp / WEIGHTS_FILE)  # safetensors creates it 0600
         stored = {str(v.dtype).removeprefix("torch.") for k, v in tensors.items() if v.is_floating_point()
@@ -166,13 +174,49 @@ def read_weights(path: Path) -> dict[str, Tensor]:
                                    "a complete safetensors file", "Re-convert or re-copy the model.") from None
 
 
+INT8_SUFFIX = ".int8"
+INT8_SCALE_SUFFIX = ".int8_row_scale"
+
+
+def quantize_int8_rows(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """[R, C] float -> (int8 [R, C], scale [R] in the matrix's dtype): symmetric per row, row = int8 * scale.
+    Per-row scales keep a rare embedding row (or an output channel) from borrowing a large neighbour's range;
+    the scale's dtype is the one the matrix is restored to."""
+    values = matrix.float()
+    scale = (values.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    quantized = torch.round(values / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return quantized, scale.to(matrix.dtype)
+
+
+def dequantize_int8_rows(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict read from disk with every int8-row pair (`quantize_int8_rows`) turned back into a float
+    matrix (the scale's dtype) under its own key; a pair with a part missing is a CheckpointError."""
+    out = {k: v for k, v in state.items() if not k.endswith((INT8_SUFFIX, INT8_SCALE_SUFFIX))}
+    for key in [k for k in state if k.endswith(INT8_SUFFIX)]:
+        name = key[: -len(INT8_SUFFIX)]
+        scale = state.get(name + INT8_SCALE_SUFFIX)
+        quantized = state[key]
+        if scale is None or quantized.dtype != torch.int8 or scale.shape != quantized.shape[:1]:
+            raise CheckpointError.make(
+                f"int8 weight {key} ({tuple(quantized.shape)}, {quantized.dtype}) with scale "
+                f"{None if scale is None else tuple(scale.shape)}",
+                f"an int8 matrix and a per-row scale {name + INT8_SCALE_SUFFIX} of one value per row",
+                "Re-save the model with this SDK version; the weights file is damaged or hand-edited.")
+        out[name] = (quantized.float() * scale.float()[:, None]).to(scale.dtype)
+    orphans = [k for k in state if k.endswith(INT8_SCALE_SUFFIX) and k[: -len(INT8_SCALE_SUFFIX)] not in out]
+    if orphans:
+        raise CheckpointError.make(f"int8 row scales without their matrices: {orphans[:5]}",
+                                   "each scale next to its int8 matrix", "Re-save the model with this SDK version.")
+    return out
+
+
 def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
                dtype: torch.dtype | None = None) -> LoadedModel:
     """Load an SDK directory: meta-device build, strict assign-load of the memory-mapped weights, optional cast."""
     root = Path(directory)
     meta = read_metadata(root)
     config = read_config(root)
-    state = read_weights(root / WEIGHTS_FILE)
+    state = dequantize_int8_rows(read_weights(root / WEIGHTS_FILE))
     model = build_model(config, state, str(root / WEIGHTS_FILE), device=device, dtype=dtype)
     tokenizer = TextTokenizer.from_directory(root, config.vocab) if (root / TOKENIZER_FILE).is_file() else None
     source = meta.get("source") or str(root)

@@ -1,7 +1,15 @@
-"""Configuration dataclasses for every part of the UniPose model, and the two presets.
+"""Configuration dataclasses for every part of the model, and the presets.
 
-`unipose-7b` reproduces the released model's sizes exactly (the checkpoint's config.json and tensor shapes);
-`unipose-tiny` is the small model embedded in the package and used by the tests.
+Two model families share the one definition (`UniPoseConfig.family`):
+- "unipose": UniPose (Mistral LLM, CLIP + Pose-ViT, pose VQ-VAE tokens). `unipose-7b` reproduces the released
+  model's sizes exactly (the checkpoint's config.json and tensor shapes); `unipose-tiny` is the small model
+  embedded in the package and used by the tests.
+- "chatpose": ChatPose (PoseGPT, Feng et al. CVPR 2024): LLaVA with a LLaMA LLM (the same decoder module with
+  LLaMA settings: no GQA, RoPE theta 1e4), the CLIP tower alone with LLaVA's projector, and a pose head that
+  regresses 24 x 6D rotations from the last hidden state before the pose token `[SEG]`. `chatpose-13b` has the
+  released sizes; `chatpose-tiny` is a random-weight toy for tests and benchmarks. A ChatPose config still carries
+  `pose_vit` and `pose_tokenizer` sections (the image preprocessing reads both views' sizes), but no Pose-ViT
+  and no pose tokenizer are built for it.
 Every size the code needs is read from here; no module hard-codes a width.
 """
 
@@ -34,12 +42,20 @@ class PoseTokenizerConfig:
     ema_decay: float = 0.99
 
 
+FAMILIES = ("unipose", "chatpose")
+# ChatPose's added tokens in id order after the base LLaMA vocabulary (LISA's order: `[SEG]` first, then LLaVA's
+# image markers); the chat UI shows [SEG] as [POSE].
+CHATPOSE_ADDED_TOKENS = ("[SEG]", "<im_start>", "<im_end>")
+
+
 @dataclass(frozen=True)
 class VocabLayout:
     """Where the added tokens sit. Ids are a compatibility contract with the released checkpoint.
 
-    text ids 0..text_vocab_size-1, then codebook_size pose ids, BEGIN, END, <im_start>, <im_end>,
-    then num_pose_tokens learned pose queries (the LAST rows of the embedding table).
+    family "unipose": text ids 0..text_vocab_size-1, then codebook_size pose ids, BEGIN, END, <im_start>,
+    <im_end>, then num_pose_tokens learned pose queries (the LAST rows of the embedding table).
+    family "chatpose": text ids, then `[SEG]` (the pose token), <im_start>, <im_end>; there are no pose ids,
+    BEGIN / END are -1 (no id is ever one of them) and codebook_size = num_pose_tokens = 0.
     """
 
     text_vocab_size: int = 32000
@@ -48,6 +64,7 @@ class VocabLayout:
     bos_id: int = 1
     eos_id: int = 2
     pad_id: int = 0  # Mistral has no pad token; UniPose pads with unk (0)
+    family: str = "unipose"
 
     @property
     def pose_id_offset(self) -> int:
@@ -55,26 +72,43 @@ class VocabLayout:
 
     @property
     def pose_begin_id(self) -> int:
+        if self.family == "chatpose":
+            return -1
         return self.text_vocab_size + self.codebook_size
 
     @property
     def pose_end_id(self) -> int:
+        if self.family == "chatpose":
+            return -1
         return self.pose_begin_id + 1
 
     @property
+    def pose_token_id(self) -> int:
+        """ChatPose's `[SEG]`: a pose is regressed from the hidden state before it; -1 for UniPose (none)."""
+        return self.text_vocab_size if self.family == "chatpose" else -1
+
+    @property
     def image_start_id(self) -> int:
+        if self.family == "chatpose":
+            return self.text_vocab_size + 1
         return self.pose_begin_id + 2
 
     @property
     def image_end_id(self) -> int:
+        if self.family == "chatpose":
+            return self.text_vocab_size + 2
         return self.pose_begin_id + 3
 
     @property
     def pose_query_offset(self) -> int:
+        if self.family == "chatpose":
+            return self.vocab_size
         return self.pose_begin_id + 4
 
     @property
     def vocab_size(self) -> int:
+        if self.family == "chatpose":
+            return self.text_vocab_size + len(CHATPOSE_ADDED_TOKENS)
         return self.pose_query_offset + self.num_pose_tokens
 
     def pose_token_ids(self, codes: Any) -> Any:
@@ -100,6 +134,9 @@ class LLMConfig:
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
+    # ChatPose's pose head (Linear(C, C) - ReLU - Linear(C, pose_head_outputs)) on the final-norm hidden state;
+    # 0: no head (UniPose). 144 = 24 joints x 6D.
+    pose_head_outputs: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,9 +193,29 @@ class PoseViTConfig:
 class ProjectorConfig:
     """Linear(in) - GELU - Linear: fused vision features -> LLM embeddings."""
 
-    input_size: int = 2304  # CLIP hidden + Pose-ViT embed
+    input_size: int = 2304  # CLIP hidden + Pose-ViT embed (UniPose); CLIP hidden alone (ChatPose)
     hidden_size: int = 4096
     output_size: int = 4096
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """A frozen BERT-style sentence encoder (unipose-tiny v2 ships all-MiniLM-L6-v2) whose mean-pooled, unit-length
+    sentence embedding of the user's text is projected to `num_rows` LLM input rows that follow BOS.
+
+    The released 7B model has none (`UniPoseConfig.text_encoder` is None): its LLM learned English itself."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    max_tokens: int = 128  # WordPiece tokens read per text (BOS/[CLS] and [SEP] included); longer text is cut
+    num_rows: int = 4  # LLM input rows the projected sentence embedding fills
+    projector_hidden_size: int = 512
 
 
 POSE_DECODINGS = ("argmax", "expected_code")
@@ -178,25 +235,53 @@ class UniPoseConfig:
     # official decoding does; or "expected_code": the codebook vector expected under each query's softmax over
     # the codes, snapped to the nearest code. unipose-tiny is trained for the second (training.batches.CodeTargets).
     pose_decoding: str = "argmax"
+    # A frozen sentence encoder whose output rows follow BOS (see TextEncoderConfig); None: the LLM reads text alone.
+    text_encoder: TextEncoderConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "unipose"  # "unipose" | "chatpose" (module docstring)
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: expected one of {FAMILIES}")
+        if self.vocab.family != self.family:
+            raise ValueError(f"vocab layout of family {self.vocab.family!r} in a {self.family!r} config")
         if self.vocab.vocab_size != self.llm.vocab_size:
             raise ValueError(f"vocab layout gives {self.vocab.vocab_size} ids but the LLM has {self.llm.vocab_size}")
-        if self.vocab.codebook_size != self.pose_tokenizer.codebook_size:
-            raise ValueError("vocab codebook_size differs from the pose tokenizer's codebook_size")
-        if self.vocab.num_pose_tokens != self.pose_tokenizer.num_tokens:
-            raise ValueError("vocab num_pose_tokens differs from the pose tokenizer's num_tokens")
-        if self.projector.input_size != self.clip.hidden_size + self.pose_vit.embed_dim:
-            raise ValueError("projector input_size must equal CLIP hidden + Pose-ViT embed dim")
+        if self.family == "chatpose":
+            self._check_chatpose()
+        else:
+            if self.llm.pose_head_outputs != 0:
+                raise ValueError("a UniPose config with a pose head (llm.pose_head_outputs must be 0)")
+            if self.vocab.codebook_size != self.pose_tokenizer.codebook_size:
+                raise ValueError("vocab codebook_size differs from the pose tokenizer's codebook_size")
+            if self.vocab.num_pose_tokens != self.pose_tokenizer.num_tokens:
+                raise ValueError("vocab num_pose_tokens differs from the pose tokenizer's num_tokens")
+            if self.projector.input_size != self.clip.hidden_size + self.pose_vit.embed_dim:
+                raise ValueError("projector input_size must equal CLIP hidden + Pose-ViT embed dim")
         if self.projector.output_size != self.llm.hidden_size:
             raise ValueError("projector output_size must equal the LLM hidden size")
         if self.pose_decoding not in POSE_DECODINGS:
             raise ValueError(f"pose_decoding={self.pose_decoding!r}: expected one of {POSE_DECODINGS}")
 
+    def _check_chatpose(self) -> None:
+        heads = self.llm.pose_head_outputs
+        if heads <= 0 or heads % 6 != 0:
+            raise ValueError(f"llm.pose_head_outputs={heads}: ChatPose regresses joints x 6D (144 = 24 x 6)")
+        if heads // 6 < 22:
+            raise ValueError(f"llm.pose_head_outputs={heads} gives {heads // 6} joints; the SDK's pose needs 22")
+        if self.vocab.codebook_size != 0 or self.vocab.num_pose_tokens != 0:
+            raise ValueError("a ChatPose vocab layout has no pose codes (codebook_size = num_pose_tokens = 0)")
+        if self.projector.input_size != self.clip.hidden_size:
+            raise ValueError("ChatPose's projector input_size must equal the CLIP hidden size (CLIP only)")
+
     @property
     def image_tokens(self) -> int:
         return self.clip.num_patches
+
+    @property
+    def pose_head_joints(self) -> int:
+        """Joints the ChatPose head regresses (24: global orient + 23 SMPL body joints); 0 for UniPose."""
+        return self.llm.pose_head_outputs // 6
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,8 +302,11 @@ class UniPoseConfig:
                 f"the UniPoseConfig fields {sorted(f.name for f in dataclasses.fields(UniPoseConfig))}",
                 "Re-convert the model with this SDK version (the file is damaged or from another tool).")
         built = {name: build_config(cls, data[name], source, prefix=f"{name}.") for name, cls in parts.items()}
-        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "extra") if k in data}
+        if data.get("text_encoder") is not None:
+            built["text_encoder"] = build_config(TextEncoderConfig, data["text_encoder"], source, "text_encoder.")
+        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "extra", "family") if k in data}
         top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding
+        top.setdefault("family", "unipose")  # configs written before the ChatPose family
         _check_fields(UniPoseConfig, top, source, prefix="")
         try:
             return UniPoseConfig(**built, **{**top, "extra": dict(top.get("extra", {}))})
@@ -242,6 +330,11 @@ _RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "PoseTokenizerConfig.ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "UniPoseConfig.pose_decoding": (f"one of {POSE_DECODINGS}", lambda v: v in POSE_DECODINGS),
     "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
+    "UniPoseConfig.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
+    "VocabLayout.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
+    "VocabLayout.codebook_size": ("a size >= 0 (0: ChatPose, no pose codes)", lambda v: v >= 0),
+    "VocabLayout.num_pose_tokens": ("a count >= 0 (0: ChatPose, no pose codes)", lambda v: v >= 0),
+    "LLMConfig.pose_head_outputs": ("a size >= 0 (0: no pose head)", lambda v: v >= 0),
 }
 _DEFAULT_RANGES: dict[type, tuple[str, Callable[[Any], bool]]] = {
     int: ("an integer >= 1", lambda v: v >= 1),
@@ -314,6 +407,11 @@ def _check_consistency(config: Any, source: str, prefix: str) -> None:
         for name in ("bos_id", "eos_id", "pad_id"):
             need(getattr(config, name) < config.text_vocab_size, name,
                  f"an id below text_vocab_size={config.text_vocab_size}")
+    elif isinstance(config, TextEncoderConfig):
+        need(config.hidden_size % config.num_attention_heads == 0, "hidden_size",
+             f"a multiple of num_attention_heads={config.num_attention_heads}")
+        need(2 <= config.max_tokens <= config.max_position_embeddings, "max_tokens",
+             f"between 2 and max_position_embeddings={config.max_position_embeddings}")
     elif isinstance(config, PoseTokenizerConfig):
         lengths = config.encoder_lengths
         need(all(b == 2 * a for a, b in zip(lengths, lengths[1:])), "encoder_lengths",
@@ -392,11 +490,52 @@ def _unipose_tiny() -> UniPoseConfig:
     )
 
 
-PRESETS = {"unipose-7b": _unipose_7b, "unipose-tiny": _unipose_tiny}
+def _chatpose_13b() -> UniPoseConfig:
+    # LLaVA-1.5-13B / LLaMA-2-13B sizes (CHATPOSE-V0's config.json): 40 heads without GQA, RoPE theta 1e4, a 4096
+    # context; 32000 LLaMA ids + [SEG], <im_start>, <im_end>. CLIP ViT-L/14-336 as for UniPose (576 patch tokens
+    # of the penultimate layer), LLaVA-1.5's mlp2x_gelu projector 1024 -> 5120 -> 5120.
+    vocab = VocabLayout(text_vocab_size=32000, codebook_size=0, num_pose_tokens=0, family="chatpose")
+    return UniPoseConfig(
+        name="chatpose-13b",
+        llm=LLMConfig(vocab_size=vocab.vocab_size, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                      num_attention_heads=40, num_key_value_heads=40, head_dim=128, rope_theta=10_000.0,
+                      rms_norm_eps=1e-5, max_position_embeddings=4096, pose_head_outputs=144),
+        vocab=vocab,
+        clip=CLIPVisionConfig(),
+        pose_vit=PoseViTConfig(),
+        projector=ProjectorConfig(input_size=1024, hidden_size=5120, output_size=5120),
+        pose_tokenizer=PoseTokenizerConfig(),
+        max_text_tokens=2048,
+        family="chatpose",
+    )
+
+
+def _chatpose_tiny() -> UniPoseConfig:
+    # The ChatPose structure at toy size for tests and benchmarks (random weights, nothing trained): LLaMA-style
+    # 2-layer 128-wide LLM without GQA, the tiny CLIP-like tower (112 px, 64 tokens), the 144-output pose head.
+    vocab = VocabLayout(text_vocab_size=1024, codebook_size=0, num_pose_tokens=0, family="chatpose")
+    base = _unipose_tiny()
+    return UniPoseConfig(
+        name="chatpose-tiny",
+        llm=LLMConfig(vocab_size=vocab.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=64, rope_theta=10_000.0,
+                      max_position_embeddings=1024, pose_head_outputs=144),
+        vocab=vocab,
+        clip=base.clip,
+        pose_vit=base.pose_vit,
+        projector=ProjectorConfig(input_size=128, hidden_size=128, output_size=128),
+        pose_tokenizer=base.pose_tokenizer,
+        max_text_tokens=512,
+        family="chatpose",
+    )
+
+
+PRESETS = {"unipose-7b": _unipose_7b, "unipose-tiny": _unipose_tiny, "chatpose-13b": _chatpose_13b,
+           "chatpose-tiny": _chatpose_tiny}
 
 
 def get_preset(name: str) -> UniPoseConfig:
-    """Return a fresh config for a preset name (`unipose-7b` or `unipose-tiny`)."""
+    """Return a fresh config for a preset name (`unipose-7b`, `unipose-tiny`, `chatpose-13b`, `chatpose-tiny`)."""
     try:
         return PRESETS[name]()
     except KeyError:

@@ -4,6 +4,8 @@ enter the token embeddings (inference, the session's prompt rows and training al
     .llm             MistralLM        keys llm.model.* / llm.lm_head.*       (HF MistralForCausalLM under `llm.`)
     .vision          VisionEncoder    keys vision.clip.vision_model.*, vision.pose_vit.*, vision.projector.{0,2}.*
     .pose_tokenizer  PoseTokenizer    keys pose_tokenizer.encoder.*, .decoder.*, .quantizer.codebook
+    .text_encoder    SentenceEncoder  keys text_encoder.bert.*, text_encoder.projector.*   (only when the config
+                                      has a `text_encoder`, as unipose-tiny v2 does; see models/text_encoder.py)
 
 These prefixed keys are the SDK's own weights format (`model.safetensors`); every foreign layout is mapped onto
 them in `unipose_sdk.checkpoint` only, which also checks a state dict against the model before `assign_weights`.
@@ -27,6 +29,7 @@ from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
+from unipose_sdk.models.text_encoder import SentenceEncoder
 from unipose_sdk.models.vision import VisionEncoder
 
 # Initialisers a meta-device build skips: they would do nothing there, and the first call of one on meta makes torch
@@ -57,6 +60,8 @@ class UniPoseModel(nn.Module):
         self.llm = MistralLM(config.llm)
         self.vision = VisionEncoder.from_config(config)
         self.pose_tokenizer = PoseTokenizer(config.pose_tokenizer)
+        self.text_encoder = (SentenceEncoder(config.text_encoder, config.llm.hidden_size)
+                             if config.text_encoder is not None else None)
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -109,6 +114,14 @@ class UniPoseModel(nn.Module):
         """clip_pixels [B, 3, S, S], pose_pixels [B, 3, H, W] (two views of the same B images) -> [B, N, D]."""
         return self.vision(clip_pixels, pose_pixels)
 
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Sentence-encoder ids and mask [B, T] (see text.encoder_tokenizer) -> LLM input rows [B, num_rows, D]."""
+        if self.text_encoder is None:
+            raise InvalidInputError.make(f"texts to encode for model {self.config.name!r}",
+                                         "a model with a sentence encoder (config.text_encoder)",
+                                         "Build prompts without sentence-encoder rows for this model.")
+        return self.text_encoder(input_ids, attention_mask)
+
     def build_inputs_embeds(self, input_ids: Tensor, image_embeds: Tensor | None = None,
                             image_rows: Tensor | None = None, image_starts: Tensor | None = None,
                             attention_mask: Tensor | None = None) -> Tensor:
@@ -134,6 +147,7 @@ class UniPoseModel(nn.Module):
             "pose_vit": count(self.vision.pose_vit),
             "projector": count(self.vision.projector),
             "pose_tokenizer": count(self.pose_tokenizer) + math.prod(self.pose_tokenizer.quantizer.codebook.shape),
+            **({"text_encoder": count(self.text_encoder)} if self.text_encoder is not None else {}),
         }
 
 

@@ -101,6 +101,10 @@ class PromptRow:
     input_ids: list[int]
     image_starts: list[int]  # offsets of each image's first embedding slot, in order of the images given
     text: str  # the rendered prompt with placeholders, for logs and error messages
+    # Models with a sentence encoder (`UniPoseConfig.text_encoder`): its rows fill `text_rows` pad slots from
+    # `text_start` on (right after BOS), encoding `encoder_text`. None: the model has no sentence encoder.
+    text_start: int | None = None
+    encoder_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,13 @@ def _codes_list(codes: Any, layout: VocabLayout, what: str) -> list[int]:
 class PromptBuilder:
     """Turns user turns with placeholders into PromptRows / PromptInputs for one model."""
 
-    def __init__(self, tokenizer: TextTokenizer, image_tokens: int, max_tokens: int | None = None) -> None:
+    def __init__(self, tokenizer: TextTokenizer, image_tokens: int, max_tokens: int | None = None,
+                 text_rows: int = 0) -> None:
         self.tokenizer = tokenizer
         self.layout = tokenizer.layout
         self.image_tokens = image_tokens
         self.max_tokens = max_tokens
+        self.text_rows = text_rows  # sentence-encoder rows after BOS (0: the model has no sentence encoder)
 
     def pose_ids(self, codes: Any, what: str = "pose") -> list[int]:
         """BEGIN + the codes' vocabulary ids + END (82 ids)."""
@@ -186,11 +192,13 @@ class PromptBuilder:
         return [self.layout.pose_begin_id, *(offset + c for c in codes_list), self.layout.pose_end_id]
 
     def build(self, user: str, poses: Sequence[Any] | Mapping[str, Any] = (), num_images: int | None = None,
-              ) -> PromptRow:
+              encoder_text: str | None = None) -> PromptRow:
         """One prompt from a free-form user turn.
 
         `poses`: a sequence (k-th `<pose>`, or A then B) or a mapping {"A": codes, "B": codes}.
         `num_images`: if given, must equal the number of `<image>` placeholders.
+        `encoder_text`: what the sentence encoder reads (models with one); None: the user turn without its
+        placeholders.
         """
         if not isinstance(user, str) or not user.strip():
             raise InvalidTextError.make(received=f"user prompt {user!r}", expected="non-empty text",
@@ -205,6 +213,12 @@ class PromptBuilder:
                 expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the prompt text.")
 
         ids = [self.layout.bos_id]
+        text_start = None
+        if self.text_rows:
+            text_start = len(ids)
+            ids += [self.layout.pad_id] * self.text_rows
+            if encoder_text is None:
+                encoder_text = " ".join(_PLACEHOLDER_RE.sub(" ", user).split())
         image_starts: list[int] = []
         for i, part in enumerate(parts):
             if i % 2 == 0:
@@ -222,7 +236,7 @@ class PromptBuilder:
                 received=f"a prompt of {len(ids)} tokens (images count {self.image_tokens} each)",
                 expected=f"at most {self.max_tokens} tokens for this model",
                 fix="Shorten the text, or use fewer images / poses in one prompt.")
-        return PromptRow(ids, image_starts, chat_prompt(user))
+        return PromptRow(ids, image_starts, chat_prompt(user), text_start, encoder_text or "")
 
     def build_task(self, task: Task | str, caption: str | None = None, poses: Sequence[Any] = (),
                    num_images: int | None = None) -> PromptRow:
@@ -232,7 +246,10 @@ class PromptBuilder:
         if len(poses) != want_poses:
             raise InvalidInputError.make(received=f"{len(poses)} poses for task {task.value}",
                                          expected=f"{want_poses}", fix="Pass one pose per <pose> of the task.")
-        return self.build(task_user_turn(task, caption), poses, want_images if num_images is None else num_images)
+        # The sentence encoder reads what the user wrote (the caption), not the task's fixed wording around it.
+        encoder_text = caption.strip() if caption is not None and TASK_INPUTS[task][2] else None
+        return self.build(task_user_turn(task, caption), poses, want_images if num_images is None else num_images,
+                          encoder_text=encoder_text)
 
     def batch(self, rows: Sequence[PromptRow]) -> PromptInputs:
         """Left-pad rows to one length (the official batched inference pads on the left)."""
