@@ -1,4 +1,9 @@
-"""The UniPose language model: a Mistral decoder in plain PyTorch, with a static KV cache.
+"""The language model: a Mistral decoder in plain PyTorch, with a static KV cache.
+
+The same module is ChatPose's LLaMA decoder: LLaMA-2 differs from Mistral only in settings (`LLMConfig`: as many
+KV heads as query heads, RoPE theta 1e4, its sizes), not in structure or key names (`LlamaForCausalLM` keys are
+`MistralForCausalLM`'s). ChatPose adds a pose head (`PoseHead`, keys `pose_head.{0,2}.*`) that regresses pose
+parameters from the final-norm hidden state; it runs at the positions that get logits (`LMOutput.pose`).
 
 Module attribute names are exactly the Hugging Face `MistralForCausalLM` state-dict keys
 (`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`,
@@ -165,6 +170,18 @@ class CallPlan(NamedTuple):
 class LMOutput(NamedTuple):
     logits: Tensor | None  # [B, T', V] at the selected positions, float32
     hidden: Tensor | None  # [B, T, C] after the final norm, when asked for
+    # ChatPose: the pose head's outputs [B, T', P] (float32) at the same positions as the logits; None without
+    # a head (UniPose) or without logits.
+    pose: Tensor | None = None
+
+
+class PoseHead(nn.Sequential):
+    """ChatPose's `text_hidden_fcs[0]`: Linear(C, C) - ReLU - Linear(C, P) on the final-norm hidden state (its
+    trailing Dropout(0.0) is the identity and holds no weights). P = 144: 24 joints x 6D in HMR2.0's layout
+    (`models.unipose.chatpose_rotmat` turns them into rotation matrices)."""
+
+    def __init__(self, hidden_size: int, outputs: int) -> None:
+        super().__init__(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, outputs))
 
 
 class RMSNorm(nn.Module):
@@ -297,6 +314,7 @@ class MistralLM(nn.Module):
         self.config = config
         self.model = MistralBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.pose_head = PoseHead(config.hidden_size, config.pose_head_outputs) if config.pose_head_outputs else None
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # The per-token path reads the decoder's blocks from plain tuples (here and in DecoderLayer):
@@ -408,7 +426,8 @@ class MistralLM(nn.Module):
             attn.fused_o = packed(attn.o_proj.weight)
             mlp.fused_gate_up = packed(mlp.gate_proj.weight, mlp.up_proj.weight, norm=layer.post_attention_layernorm)
             mlp.fused_down = packed(mlp.down_proj.weight)
-        self.fused_lm_head = packed(self.lm_head.weight, norm=self.model.norm)
+        # The pose head reads the final-norm hidden state itself, so with a head the norm keeps its weight.
+        self.fused_lm_head = packed(self.lm_head.weight, norm=None if self.pose_head is not None else self.model.norm)
 
     def _drop_fused_copies(self) -> None:
         self._rope_table = None
@@ -490,14 +509,17 @@ class MistralLM(nn.Module):
         if logits_positions is None:
             return LMOutput(None, hidden)
         if hidden is not None:
-            logits = self.lm_head(hidden[:, logits_positions])
+            normed = hidden[:, logits_positions]
+            logits = self.lm_head(normed)
         else:
             kept = len(range(*logits_positions.indices(num_tokens)))
             if kept != num_tokens:  # the final norm and the LM head only where logits are asked for
                 x = x.view(batch, num_tokens, hidden_size)[:, logits_positions].reshape(batch * kept, hidden_size)
             x = final_norm.forward(x, plan.fused)
+            normed = x.view(batch, kept, hidden_size)
             logits = (torch.mm(x, self.fused_lm_head) if plan.fused else self.lm_head(x)).view(batch, kept, -1)
-        return LMOutput(logits if logits.dtype == torch.float32 else logits.float(), hidden)
+        pose = None if self.pose_head is None else self.pose_head(normed).float()
+        return LMOutput(logits if logits.dtype == torch.float32 else logits.float(), hidden, pose)
 
     def _plan(self, mask: MixedMask, host: HostMask | None, positions: Tensor | None, batch: int, num_tokens: int,
               cache: KVCache | None, kv_length: int | None, device: torch.device, dtype: torch.dtype) -> CallPlan:

@@ -7,6 +7,11 @@ enter the token embeddings (inference, the session's prompt rows and training al
     .text_encoder    SentenceEncoder  keys text_encoder.bert.*, text_encoder.projector.*   (only when the config
                                       has a `text_encoder`, as unipose-tiny v2 does; see models/text_encoder.py)
 
+A ChatPose model (`config.family == "chatpose"`) is the same class with: `.llm` in LLaMA settings holding the pose
+head (keys llm.pose_head.{0,2}.*), `.vision` the CLIP-only route (CLIPProjectorEncoder: vision.clip.*,
+vision.projector.*), and no pose tokenizer (`.pose_tokenizer` is None). `chatpose_rotmat` turns the head's output
+into the SDK's 22 joint rotations.
+
 These prefixed keys are the SDK's own weights format (`model.safetensors`); every foreign layout is mapped onto
 them in `unipose_sdk.checkpoint` only, which also checks a state dict against the model before `assign_weights`.
 Load a directory with `unipose_sdk.loading.load_torch_model`.
@@ -25,12 +30,13 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.llm import MistralLM
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 from unipose_sdk.models.text_encoder import SentenceEncoder
-from unipose_sdk.models.vision import VisionEncoder
+from unipose_sdk.models.vision import CLIPProjectorEncoder, VisionEncoder
 
 # Initialisers a meta-device build skips: they would do nothing there, and the first call of one on meta makes torch
 # import its compiler stack (seconds). Hugging Face's `no_init_weights` patches the same functions.
@@ -58,8 +64,10 @@ class UniPoseModel(nn.Module):
         super().__init__()
         self.config = config
         self.llm = MistralLM(config.llm)
-        self.vision = VisionEncoder.from_config(config)
-        self.pose_tokenizer = PoseTokenizer(config.pose_tokenizer)
+        chatpose = config.family == "chatpose"
+        self.vision: nn.Module = (CLIPProjectorEncoder(config.clip, config.projector) if chatpose
+                                  else VisionEncoder.from_config(config))
+        self.pose_tokenizer = None if chatpose else PoseTokenizer(config.pose_tokenizer)
         self.text_encoder = (SentenceEncoder(config.text_encoder, config.llm.hidden_size)
                              if config.text_encoder is not None else None)
 
@@ -103,7 +111,8 @@ class UniPoseModel(nn.Module):
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.is_meta:
                     module._buffers[name] = torch.zeros(buffer.shape, dtype=buffer.dtype, device=device)
-        self.pose_tokenizer.quantizer.initialized.fill_(True)
+        if self.pose_tokenizer is not None:
+            self.pose_tokenizer.quantizer.initialized.fill_(True)
 
     # ---- inputs ---------------------------------------------------------------------------------------
     @property
@@ -144,11 +153,29 @@ class UniPoseModel(nn.Module):
         return {
             "llm": count(self.llm),
             "clip": count(self.vision.clip),
-            "pose_vit": count(self.vision.pose_vit),
+            "pose_vit": count(self.vision.pose_vit) if hasattr(self.vision, "pose_vit") else 0,
             "projector": count(self.vision.projector),
-            "pose_tokenizer": count(self.pose_tokenizer) + math.prod(self.pose_tokenizer.quantizer.codebook.shape),
+            "pose_tokenizer": 0 if self.pose_tokenizer is None else
+            count(self.pose_tokenizer) + math.prod(self.pose_tokenizer.quantizer.codebook.shape),
             **({"text_encoder": count(self.text_encoder)} if self.text_encoder is not None else {}),
         }
+
+
+def chatpose_rotmat(pose_params: Tensor, num_joints: int = 22) -> Tensor:
+    """ChatPose head outputs [B, J * 6] (J = 24: global orient + 23 SMPL body joints) -> the first `num_joints`
+    rotation matrices [B, num_joints, 3, 3] (22: global orient + the 21 body joints SMPL-X shares, as the official
+    code poses SMPL-X with `body_pose[:, :21]`).
+
+    ChatPose's 6D is HMR2.0's: the six numbers are the first two COLUMNS of the matrix (its rot6d_to_rotmat views
+    them as [2, 3] and stacks the Gram-Schmidt vectors as columns), while the SDK's 6D (`rotation_6d_to_matrix`,
+    PyTorch3D's convention) holds the first two ROWS. The same Gram-Schmidt gives the transpose.
+    """
+    joints = pose_params.shape[-1] // 6
+    if pose_params.shape[-1] % 6 != 0 or joints < num_joints:
+        raise InvalidInputError.make(f"pose head outputs of shape {tuple(pose_params.shape)}",
+                                     f"[B, J * 6] with J >= {num_joints}", "Pass the pose head's output as it is.")
+    six = pose_params.float().reshape(*pose_params.shape[:-1], joints, 6)[..., :num_joints, :]
+    return rotation_6d_to_matrix(six).transpose(-1, -2)
 
 
 def splice_image_embeds(token_embeds: Tensor, image_embeds: Tensor | None, image_rows: Tensor | None,

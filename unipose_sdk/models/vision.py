@@ -348,6 +348,32 @@ class VisionEncoder(nn.Module):
         return self.projector(fused.to(first.weight.dtype))  # [B, N, D]
 
 
+class CLIPProjectorEncoder(nn.Module):
+    """ChatPose's (LLaVA-1.5's) vision route: the CLIP tower's patch tokens of `select_layer`, projected.
+
+    forward(clip_pixels [B, 3, S, S], pose_pixels=None) -> [B, N, D]; `pose_pixels` is accepted and ignored, so
+    every caller hands both views the same way. Keys: vision.clip.vision_model.*, vision.projector.{0,2}.*
+    (LLaVA's `model.vision_tower.vision_tower.*` / `model.mm_projector.*`).
+    """
+
+    def __init__(self, clip_config: CLIPVisionConfig, projector_config: ProjectorConfig) -> None:
+        super().__init__()
+        if projector_config.input_size != clip_config.hidden_size:
+            raise ValueError(f"projector input_size {projector_config.input_size} must equal the CLIP hidden size "
+                             f"{clip_config.hidden_size} (CLIP-only route)")
+        self.clip = CLIPVisionTower(clip_config)
+        self.projector = Projector(projector_config)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.clip.config.num_patches
+
+    def forward(self, clip_pixels: Tensor, pose_pixels: Tensor | None = None) -> Tensor:
+        first = self.projector[0]
+        assert isinstance(first, nn.Linear)
+        return self.projector(self.clip(clip_pixels).to(first.weight.dtype))  # [B, N, D]
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of parameter elements (works on the meta device, so 7B-sized towers cost nothing to count)."""
     return sum(math.prod(p.shape) for p in module.parameters())

@@ -29,7 +29,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from unipose_sdk.errors import BackendUnavailableError, InvalidTextError, ModelNotFoundError, VocabularyError
 from unipose_sdk.fileio import atomic_write_text
-from unipose_sdk.models.config import VocabLayout, get_preset
+from unipose_sdk.models.config import CHATPOSE_ADDED_TOKENS, VocabLayout, get_preset
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -50,7 +50,10 @@ def pose_query_token(index: int) -> str:
 
 
 def added_token_names(layout: VocabLayout) -> list[str]:
-    """Every added token in id order: element i has id `layout.pose_id_offset + i`."""
+    """Every added token in id order: element i has id `layout.pose_id_offset + i` (ChatPose: `[SEG]`,
+    `<im_start>`, `<im_end>`)."""
+    if layout.family == "chatpose":
+        return list(CHATPOSE_ADDED_TOKENS)
     names = [pose_id_token(k) for k in range(layout.codebook_size + 2)]  # + BEGIN, END
     names += [IMAGE_START_TOKEN, IMAGE_END_TOKEN]
     names += [pose_query_token(k) for k in range(layout.num_pose_tokens)]
