@@ -11,6 +11,8 @@ conversation and `tokenizer_image_token`), reproduced here without its string ro
   the closing `[/INST]` (LLaVA writes " {answer} </s>" for training; at inference the prompt ends at "[/INST]").
 * each stretch of text between placeholders is tokenized on its own, as the official slow tokenizer does when it
   splits the prompt on `<image>` and on its added tokens.
+* several turns (`build_conversation`) follow LLaVA's `mistral_instruct` conversation, which the official code
+  selects: "[INST] {user1} [/INST] {answer1} </s>[INST] {user2} [/INST]", one BOS, earlier turns closed by `</s>`.
 
 Divergence on purpose: the official demo fills every `<pose>` with pose A. Here, in a prompt with no explicit
 `<poseA>` / `<poseB>`, the k-th `<pose>` takes the k-th pose given ("difference between <pose> and <pose>" then
@@ -105,6 +107,23 @@ class PromptRow:
     # `text_start` on (right after BOS), encoding `encoder_text`. None: the model has no sentence encoder.
     text_start: int | None = None
     encoder_text: str = ""
+
+
+@dataclass(frozen=True)
+class ConversationTurn:
+    """One turn of a conversation for `PromptBuilder.build_conversation`.
+
+    user: the user's text with `<image>` / `<pose>` / `<poseA>` / `<poseB>` placeholders.
+    poses: the pose codes for the placeholders, as `PromptBuilder.build` takes them (a sequence, or {"A", "B"}).
+    num_images: how many `<image>` the text holds (checked).
+    answer: None for the open (last) turn; else the model's answer in order: text stretches (str) and pose codes
+        (sequences of codebook indices), e.g. `PromptBuilder.answer_pieces(ids)`.
+    """
+
+    user: str
+    poses: Sequence[Any] | Mapping[str, Any] = ()
+    num_images: int = 0
+    answer: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +256,120 @@ class PromptBuilder:
                 expected=f"at most {self.max_tokens} tokens for this model",
                 fix="Shorten the text, or use fewer images / poses in one prompt.")
         return PromptRow(ids, image_starts, chat_prompt(user), text_start, encoder_text or "")
+
+    def build_conversation(self, turns: Sequence[ConversationTurn]) -> PromptRow:
+        """The prompt of a conversation: every turn but the last answered, the last one open (answer None).
+
+        The layout is what the official code builds with LLaVA's `mistral_instruct` conversation (empty system
+        prompt, sep "", sep2 "</s>"): the string "[INST] {user1} [/INST] {answer1} </s>[INST] {user2} [/INST]",
+        BOS first. It is tokenized as the official slow tokenizer does: the text is cut at every image, pose id
+        and `</s>`, and each stretch in between is encoded on its own, so the space before an answer belongs to
+        the stretch that ends with "[/INST]" and the space after it to the answer's last stretch. A single open
+        turn gives exactly `build`'s ids.
+        """
+        if not turns:
+            raise InvalidTextError.make("a conversation with no turns", "at least the open turn",
+                                        "Pass the new user turn.")
+        for i, turn in enumerate(turns):
+            if (turn.answer is None) != (i == len(turns) - 1):
+                raise InvalidInputError.make(
+                    f"turn {i} of {len(turns)} {'without' if turn.answer is None else 'with'} an answer",
+                    "answers for every turn but the last, and none for the last",
+                    "Close earlier turns with the model's answers and leave the new turn open.")
+        pieces: list[Any] = []
+        rendered = []
+        for turn in turns:
+            pieces += self._user_pieces(turn)
+            rendered.append(chat_prompt(turn.user))
+            if turn.answer is not None:
+                pieces.append(" ")
+                for part in turn.answer:
+                    pieces.append(part if isinstance(part, str) else ("pose", self.pose_ids(part, "answer pose")))
+                pieces += [" ", ("eos",)]
+                shown = "".join(p if isinstance(p, str) else POSE_PLACEHOLDER for p in turn.answer)
+                rendered.append(f" {shown} </s>")
+        ids, image_starts = self._tokenize_pieces(pieces)
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise InvalidTextError.make(
+                received=f"a conversation of {len(ids)} tokens (images count {self.image_tokens} each)",
+                expected=f"at most {self.max_tokens} tokens for this model",
+                fix="Start a new conversation, or use fewer images / poses per turn.")
+        return PromptRow(ids, image_starts, "".join(rendered))
+
+    def _user_pieces(self, turn: ConversationTurn) -> list[Any]:
+        """'[INST] {user} [/INST]' as text pieces, ("image",) slots and ("pose", ids) blocks."""
+        if not isinstance(turn.user, str) or not turn.user.strip():
+            raise InvalidTextError.make(received=f"user turn {turn.user!r}", expected="non-empty text",
+                                        fix="Write the request, using <image> / <pose> where inputs go.")
+        parts = _PLACEHOLDER_RE.split(chat_prompt(turn.user))
+        slots = list(parts[1::2])
+        pose_for_slot = self._assign_poses(slots, turn.poses)
+        images_in_text = slots.count(IMAGE_PLACEHOLDER)
+        if turn.num_images != images_in_text:
+            raise InvalidInputError.make(
+                received=f"{turn.num_images} images for a turn with {images_in_text} {IMAGE_PLACEHOLDER} placeholders",
+                expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the turn's text.")
+        pieces: list[Any] = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                pieces.append(part)
+            elif part == IMAGE_PLACEHOLDER:
+                pieces.append(("image",))
+            else:
+                label, codes = pose_for_slot[i // 2]
+                pieces.append(("pose", self.pose_ids(codes, what=f"pose {label}")))
+        return pieces
+
+    def _tokenize_pieces(self, pieces: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """Text pieces (adjacent ones joined, then encoded as one stretch), image slots, pose ids and eos -> ids
+        after BOS, and each image's first slot."""
+        ids = [self.layout.bos_id]
+        image_starts: list[int] = []
+        text = ""
+        for piece in [*pieces, ("end",)]:
+            if isinstance(piece, str):
+                text += piece
+                continue
+            if text:
+                ids += self.tokenizer.encode(text)
+                text = ""
+            kind = piece[0]
+            if kind == "image":
+                ids.append(self.layout.image_start_id)
+                image_starts.append(len(ids))
+                ids += [self.layout.pad_id] * self.image_tokens
+                ids.append(self.layout.image_end_id)
+            elif kind == "pose":
+                ids += piece[1]
+            elif kind == "eos":
+                ids.append(self.layout.eos_id)
+        return ids, image_starts
+
+    def answer_pieces(self, token_ids: Sequence[int]) -> tuple[str | list[int], ...]:
+        """A generated answer (ids as `generation` returns them) -> its text stretches (decoded) and pose codes,
+        in order, as `ConversationTurn.answer` takes them; eos and a block cut short are dropped and the ends of
+        the text stripped (a chat shows, and the history keeps, the answer as text)."""
+        layout = self.layout
+        pieces: list[str | list[int]] = []
+        run: list[int] = []
+        ids = [int(t) for t in token_ids if int(t) != layout.eos_id]
+        i = 0
+        while i < len(ids):
+            block = ids[i + 1:i + 1 + layout.num_pose_tokens]
+            if ids[i] == layout.pose_begin_id and len(block) == layout.num_pose_tokens:
+                pieces.append(self.tokenizer.decode(run))
+                pieces.append([t - layout.pose_id_offset for t in block])
+                run = []
+                i += layout.num_pose_tokens + 2
+                continue
+            run.append(ids[i])
+            i += 1
+        pieces.append(self.tokenizer.decode(run))
+        if isinstance(pieces[0], str):
+            pieces[0] = pieces[0].lstrip()
+        if isinstance(pieces[-1], str):
+            pieces[-1] = pieces[-1].rstrip()
+        return tuple(p for p in pieces if not (isinstance(p, str) and not p))
 
     def build_task(self, task: Task | str, caption: str | None = None, poses: Sequence[Any] = (),
                    num_images: int | None = None) -> PromptRow:
