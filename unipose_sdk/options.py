@@ -18,7 +18,7 @@ import torch
 import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
-from unipose_sdk.generation import GenerationConfig, pose_block_length
+from unipose_sdk.generation import GenerationConfig, check_sampling, pose_block_length
 from unipose_sdk.models.config import VocabLayout
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
@@ -194,3 +194,41 @@ class EditorOptions(PoseTaskOptions):
 @dataclass
 class DescriberOptions(BaseOptions):
     """Describer: the base options only (its answers are text: no pose_only / one_pass)."""
+
+
+@dataclass
+class AssistantOptions(BaseOptions):
+    """Assistant: free-form conversations (text, images and poses in; text and poses out).
+
+    max_new_tokens: most TEXT tokens of one reply (eos included); each pose the reply may hold adds its 82-token
+        block on top (max_poses of them).
+    max_poses: most pose blocks one reply may hold; a reply that starts one more ends there (finish "length").
+    temperature: 0 decodes greedily (the official behaviour, the default); above 0 samples text tokens and pose
+        codes from softmax(logits / temperature).
+    top_p: nucleus sampling cut (1.0: none); read only when sampling.
+    seed: the sampling seed (None: torch's global generator). Turn k of a conversation samples with seed + k, so
+        replaying a conversation with the same seed gives the same replies.
+    """
+
+    max_poses: int = 2
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (_is_int(self.max_poses) and 0 <= self.max_poses <= 16):
+            raise InvalidOptionError.make(f"max_poses={self.max_poses!r} ({type(self.max_poses).__name__})",
+                                          "an int in [0, 16]", "Pass e.g. max_poses=2.")
+        try:
+            check_sampling(self.temperature, self.top_p, self.seed)
+        except InvalidInputError as error:
+            raise InvalidOptionError(str(error)) from None
+
+    def generation_config(self, vocab: VocabLayout, turn: int = 0) -> GenerationConfig:
+        """Turn `turn`'s config: max_new_tokens text tokens plus room for max_poses pose blocks, greedy or sampled
+        with seed + turn."""
+        return GenerationConfig(
+            max_new_tokens=int(self.max_new_tokens) + int(self.max_poses) * pose_block_length(vocab),
+            temperature=float(self.temperature), top_p=float(self.top_p),
+            seed=None if self.seed is None else int(self.seed) + int(turn))
