@@ -721,3 +721,41 @@ def continue_generation(
         if len(result.token_ids) > before:
             yield StreamEvent("token", token=result.token_ids[-1])
     yield StreamEvent("end", result=result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ChatPose: a pose regressed wherever an answer holds the pose token
+
+
+@torch.no_grad()
+def pose_params_at_pose_tokens(model: LanguageModel, prompt: Tensor, answer_ids: Sequence[int],
+                               pose_token_id: int) -> Tensor:
+    """ChatPose's pose decoding: the pose head's outputs [K, P] (float32) at the K positions whose NEXT input token
+    is the pose token `[SEG]` (ChatPose's rule: the last layer's hidden state one step before the pose token, through
+    the head), in answer order; [0, 0] when the answer holds none.
+
+    prompt: the row's input embeddings [L, C] (images spliced in); answer_ids: the ids that followed it. One
+    forward over the prompt and the answer up to its last pose token, on a fresh cache, with the head's outputs
+    (`LMOutput.pose`) from the last prompt position on. Separate from the loop: any answer (greedy, sampled,
+    streamed, or a pose token forced by the caller) is regressed the same way, and causal attention makes the
+    states those of the decoding steps.
+    """
+    hits = [j for j, token in enumerate(answer_ids) if token == pose_token_id]
+    if not hits:
+        return prompt.new_zeros((0, 0), dtype=torch.float32)
+    device = model.device
+    prompt = prompt.to(device)
+    length = int(prompt.shape[0])
+    before = torch.tensor(list(answer_ids[: hits[-1]]), dtype=torch.long, device=device)
+    feed = torch.cat([prompt, model.embed(before.unsqueeze(0))[0].to(prompt.dtype)]) if len(before) else prompt
+    total = int(feed.shape[0])
+    cache = model.new_cache(1, total)
+    zeros = torch.zeros(1, dtype=torch.int32, device=device)
+    out = model(input_embeds=feed.unsqueeze(0), positions=torch.arange(total, device=device).unsqueeze(0),
+                mask=MixedMask(block_start=zeros, block_end=zeros, key_start=zeros, query_offset=zeros),
+                cache=cache, kv_length=total, logits_positions=slice(length - 1, None))
+    if out.pose is None:
+        raise InvalidInputError.make(f"a pose token (id {pose_token_id}) for a language model without pose head "
+                                     "outputs", "a ChatPose model whose calls return LMOutput.pose",
+                                     "Run ChatPose on the eager torch backend or an export that has the head.")
+    return out.pose[0, hits]  # row j of the call is the position whose next token is answer_ids[j]
