@@ -71,3 +71,12 @@ class InvalidOptionError(InvalidInputError):
 
 class OutputExistsError(InvalidInputError, FileExistsError):
     """An output would replace existing files, and replacing was not asked for (overwrite / --overwrite)."""
+
+
+class ConversationTooLongError(InvalidTextError):
+    """A conversation's history plus the new turn and its reply budget would not fit the model's context."""
+
+
+class UnsupportedTaskError(InvalidInputError):
+    """The loaded model's family cannot do the task (e.g. ChatPose takes no pose as input, so it cannot edit or
+    describe poses); the message names the family that can."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unipose_sdk.errors import InvalidInputError, InvalidTextError
+from unipose_sdk.errors import InvalidInputError, InvalidTextError, UnsupportedTaskError
 from unipose_sdk.models.config import VocabLayout
 from unipose_sdk.text.tokenizer import TextTokenizer
 
@@ -440,3 +440,100 @@ class PromptBuilder:
                 received=f"poses {sorted(given)} while the prompt uses {sorted(needed) or 'none'}",
                 expected="no pose without a placeholder", fix="Add <pose> to the prompt or drop the extra pose.")
         return {i: (label, named[label]) for i, label in labels.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ChatPose (PoseGPT): LLaVA's `llava_v1` conversation, LISA-style pose token
+
+CHATPOSE_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+# The user turns of the tasks ChatPose was trained for, in its own training phrasings (one per task); an image
+# comes first, on its own line, as in its training and chat code.
+CHATPOSE_TEMPLATES: dict[Task, str] = {
+    Task.POSE_ESTIMATION: "<image>\nCan you predict the SMPL pose of the person in this image?",
+    Task.TEXT_TO_POSE: "There is a person: <caption> Please output this person's SMPL pose.",
+    Task.IMAGE_DESCRIPTION: "<image>\nDescribe the pose of the person in this image.",
+}
+
+
+def chatpose_chat_prompt(user: str) -> str:
+    """The `llava_v1` conversation of one open turn as text (BOS not included)."""
+    return f"{CHATPOSE_SYSTEM} USER: {user} ASSISTANT:"
+
+
+class ChatPosePromptBuilder(PromptBuilder):
+    """PromptBuilder for ChatPose models: the same PromptRows, in ChatPose's conversation.
+
+    The conversation is LLaVA's `llava_v1` (the official chat script's default): "{system} USER: {user}
+    ASSISTANT:", one BOS; each `<image>` becomes `<im_start>` + the N projected CLIP embeddings + `<im_end>`
+    (ChatPose runs with LLaVA's use_mm_start_end). Text stretches between placeholders are tokenized on their own.
+    ChatPose takes no pose as input: a `<pose>` placeholder, and the tasks that need one (pose description,
+    difference and editing) or two images (image difference), are refused with UnsupportedTaskError naming
+    UniPose as the family that does them.
+    """
+
+    def build(self, user: str, poses: Sequence[Any] | Mapping[str, Any] = (), num_images: int | None = None,
+              encoder_text: str | None = None) -> PromptRow:
+        if not isinstance(user, str) or not user.strip():
+            raise InvalidTextError.make(received=f"user prompt {user!r}", expected="non-empty text",
+                                        fix="Write the request, using <image> where the image goes.")
+        parts = _PLACEHOLDER_RE.split(chatpose_chat_prompt(user))
+        slots = parts[1::2]
+        if poses or any(s != IMAGE_PLACEHOLDER for s in slots):
+            raise UnsupportedTaskError.make(
+                "a prompt with pose inputs for a ChatPose model", "text and at most one <image> (ChatPose reads no "
+                "poses; it answers with them)", "Use a UniPose model (family 'unipose') to describe or edit poses.")
+        if len(slots) > 1:
+            raise UnsupportedTaskError.make(f"a prompt with {len(slots)} images for a ChatPose model",
+                                            "at most one <image> (ChatPose was trained on one image per chat)",
+                                            "Use a UniPose model (family 'unipose') to compare two images.")
+        if num_images is not None and num_images != len(slots):
+            raise InvalidInputError.make(
+                received=f"{num_images} images for a prompt with {len(slots)} {IMAGE_PLACEHOLDER} placeholders",
+                expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the prompt text.")
+        ids = [self.layout.bos_id]
+        image_starts: list[int] = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                ids += self.tokenizer.encode(part) if part else []
+            else:
+                ids.append(self.layout.image_start_id)
+                image_starts.append(len(ids))
+                ids += [self.layout.pad_id] * self.image_tokens
+                ids.append(self.layout.image_end_id)
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise InvalidTextError.make(
+                received=f"a prompt of {len(ids)} tokens (an image counts {self.image_tokens})",
+                expected=f"at most {self.max_tokens} tokens for this model", fix="Shorten the text.")
+        return PromptRow(ids, image_starts, chatpose_chat_prompt(user))
+
+    def build_task(self, task: Task | str, caption: str | None = None, poses: Sequence[Any] = (),
+                   num_images: int | None = None) -> PromptRow:
+        """One prompt in ChatPose's phrasing of the task (CHATPOSE_TEMPLATES)."""
+        task = Task(task)
+        if task not in CHATPOSE_TEMPLATES:
+            raise UnsupportedTaskError.make(
+                f"task {task.value} for a ChatPose model",
+                f"one of {[t.value for t in CHATPOSE_TEMPLATES]} (ChatPose reads images and text, answers with "
+                "text and poses)", "Use a UniPose model (family 'unipose') for this task.")
+        template = CHATPOSE_TEMPLATES[task]
+        if CAPTION_PLACEHOLDER in template:
+            if caption is None or not caption.strip():
+                raise InvalidTextError.make(received=f"caption={caption!r} for task {task.value}",
+                                            expected="a non-empty description",
+                                            fix="Pass the text describing the pose.")
+            template = template.replace(CAPTION_PLACEHOLDER, caption.strip())
+        want = template.count(IMAGE_PLACEHOLDER)
+        return self.build(template, poses, want if num_images is None else num_images)
+
+    def answer_text(self, token_ids: Sequence[int]) -> str:
+        """An answer's text with each pose token shown as [POSE] (as the official chat shows it)."""
+        pieces, text_ids = [], []
+        for token in token_ids:
+            if token == self.layout.pose_token_id:
+                pieces += [self.tokenizer.decode(text_ids), "[POSE]"]
+                text_ids = []
+            elif token != self.layout.eos_id:
+                text_ids.append(token)
+        pieces.append(self.tokenizer.decode(text_ids))
+        return "".join(pieces).strip()
