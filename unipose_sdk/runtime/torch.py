@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
+from unipose_sdk.errors import UnsupportedTaskError
 from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.runtime.fast_vision import FastVisionTowers
 from unipose_sdk.runtime.torch_lm import FastLM
+
+log = logging.getLogger("unipose_sdk")
 
 
 class TorchRuntime(Runtime):
@@ -28,6 +33,10 @@ class TorchRuntime(Runtime):
 
         `encode_images` runs the towers through `FastVisionTowers` (runtime/fast_vision.py: the same weights, fewer
         and larger ops; equal to the module within float rounding).
+
+        A ChatPose model (`config.family == "chatpose"`) has no pose tokenizer (encode_poses / decode_poses raise
+        UnsupportedTaskError), runs its CLIP-only vision module as it is, and is never compiled: its poses are read
+        from the pose head's outputs (`LMOutput.pose`), which FastLM's compiled calls do not return.
         """
         self.config = config
         self.device = device
@@ -36,6 +45,14 @@ class TorchRuntime(Runtime):
         self._model = model
         model.llm.to(device=device, dtype=dtype)
         model.vision.to(device=device, dtype=dtype)
+        self.family = config.family
+        if self.family == "chatpose":
+            if compile:
+                log.warning("ChatPose models run eagerly: compile=True is ignored (the pose head's outputs come "
+                            "only from the model's own forward)")
+            self._llm = FastLM(model.llm, compile=False)
+            self._towers = model.vision
+            return
         model.pose_tokenizer.to(device=device, dtype=torch.float32)
         self._llm = FastLM(model.llm, compile=compile)
         self._towers = FastVisionTowers(model.vision)
@@ -50,14 +67,23 @@ class TorchRuntime(Runtime):
 
     @torch.inference_mode()
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
-        return self._model.pose_tokenizer.encode(pose_6d.to(self.device, torch.float32))
+        return self._pose_tokenizer("encode poses").encode(pose_6d.to(self.device, torch.float32))
 
     @torch.inference_mode()
     def decode_poses(self, codes: Tensor) -> Tensor:
-        return self._model.pose_tokenizer.decode_6d(codes.to(self.device)).float()
+        return self._pose_tokenizer("decode pose codes").decode_6d(codes.to(self.device)).float()
 
     def pose_codebook(self) -> Tensor | None:
+        if self._model.pose_tokenizer is None:
+            return None
         return self._model.pose_tokenizer.quantizer.codebook.detach().float()  # on the model's device
+
+    def _pose_tokenizer(self, what: str) -> nn.Module:
+        tokenizer = self._model.pose_tokenizer
+        if tokenizer is None:
+            raise UnsupportedTaskError.make(f"a request to {what} for a {self.family} model",
+                                            "a model with a pose tokenizer", "Use a UniPose model (family 'unipose').")
+        return tokenizer
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
