@@ -17,9 +17,12 @@ from unipose_sdk._version import __version__
 
 _LAZY = {
     "Estimator": "unipose_sdk.tasks", "Generator": "unipose_sdk.tasks", "Editor": "unipose_sdk.tasks",
-    "Describer": "unipose_sdk.tasks", "UniPose": "unipose_sdk.session", "Pose": "unipose_sdk.body.pose",
+    "Describer": "unipose_sdk.tasks", "Assistant": "unipose_sdk.tasks", "UniPose": "unipose_sdk.session",
+    "Pose": "unipose_sdk.body.pose",
     "EstimatorOptions": "unipose_sdk.options", "GeneratorOptions": "unipose_sdk.options",
     "EditorOptions": "unipose_sdk.options", "DescriberOptions": "unipose_sdk.options",
+    "AssistantOptions": "unipose_sdk.options", "AssistantReply": "unipose_sdk.results",
+    "ReplyPose": "unipose_sdk.results",
     "Backend": "unipose_sdk.options", "Device": "unipose_sdk.options",
     "EstimateResult": "unipose_sdk.results", "GenerateResult": "unipose_sdk.results",
     "EditResult": "unipose_sdk.results", "DescribeResult": "unipose_sdk.results",

@@ -54,6 +54,7 @@ class RunInfo:
     # True while the embedded default is a randomly initialised placeholder (its output means nothing).
     model_is_random: bool = False
     fallback: str | None = None  # set when the requested backend / device could not be used, saying what was
+    family: str = "unipose"  # the model family ("unipose" | "chatpose"), from the model's config
 
 
 def describe_input(value: Any) -> str:
@@ -206,3 +207,96 @@ class EditResult(PoseResult):
 @dataclass
 class DescribeResult(_Result):
     """Describer: the description in `text`."""
+
+
+@dataclass
+class ReplyPose:
+    """One pose of an Assistant reply: the pose (one row) and its codebook indices. Pass it back in a later
+    turn's `poses=` and its codes go in as they are (no re-encoding)."""
+
+    pose: Pose
+    codes: list[int]
+
+    @property
+    def joints_m(self) -> np.ndarray:
+        """[22, 3] joint positions in metres (built-in skeleton, pelvis at the origin)."""
+        return self.pose.joints()[0].numpy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis_angle": self.pose.axis_angle()[0].tolist(), "joints_m": self.pose.joints()[0].tolist(),
+                "codes": list(self.codes)}
+
+
+@dataclass
+class AssistantReply(_Result):
+    """Assistant: one reply of a conversation.
+
+    text: the reply with each pose shown as <pose>; poses: every pose block of the reply, in order.
+    turn: the turn's index in the conversation (0 first); finish_reason: "eos", or "length" when the reply ran
+        out of max_new_tokens / max_poses.
+    prompt_tokens: the conversation's prompt for this turn (history, the new turn), in tokens; reused_tokens: how
+        many of them the kept KV cache already held; computed_tokens: the rest, run this turn.
+    generated_ids: the reply's token ids as generated (pose blocks as BEGIN, codes, END).
+    """
+
+    poses: list[ReplyPose] = field(default_factory=list)
+    turn: int = 0
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_ids: list[int] = field(default_factory=list)
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.prompt_tokens - self.reused_tokens
+
+    @property
+    def pose(self) -> Pose | None:
+        """The reply's first pose (None without one)."""
+        return self.poses[0].pose if self.poses else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "turn": self.turn, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "reused_tokens": self.reused_tokens,
+                "computed_tokens": self.computed_tokens, "poses": [p.to_dict() for p in self.poses]}
+
+    def save(self, directory: str | Path, stem: str = "reply", overwrite: bool = False,
+             formats: Sequence[str] = DEFAULT_POSE_FORMATS) -> list[Path]:
+        """Write `<stem>.json` and, per pose k, `<stem>.pose<k>.npz` / `.npy` / `.png` (as `formats` picks, see
+        `_Result.save`) into `directory`, all together or nothing.
+
+        Raises:
+            As `_Result.save`.
+        """
+        return save_replies([self], directory, [stem], overwrite=overwrite, formats=formats)[0]
+
+
+def save_replies(replies: Sequence[AssistantReply], directory: str | Path, stems: Sequence[str],
+                 overwrite: bool = False,
+                 overwrite_hint: str = "Pass overwrite=True to replace them, or choose another directory.",
+                 numbered: bool = False, formats: Sequence[str] = DEFAULT_POSE_FORMATS) -> list[list[Path]]:
+    """Save Assistant replies as one set (every file or none, fileio.OutputSet): per reply `<stem>.json` and per
+    pose k `<stem>.pose<k>.<format>`. `numbered`: stems PREFIX_000, ... take the next free numbers, as
+    `save_results`. Returns the written paths per reply."""
+    from unipose_sdk.body.render import render_poses_png
+
+    formats = check_formats(formats)
+    if len(replies) != len(stems):
+        raise InvalidInputError.make(f"{len(replies)} replies and {len(stems)} stems", "one stem per reply",
+                                     "Pass as many stems as replies.")
+    stems = [check_stem(stem) for stem in stems]
+    files = [[f"{stem}.pose{k}.{f}" for k in range(len(reply.poses)) for f in formats] + [f"{stem}.json"]
+             for reply, stem in zip(replies, stems)]
+    documents = [json.dumps(reply.to_dict(), indent=2) for reply in replies]
+    with OutputSet(directory, [name for names in files for name in names], overwrite=overwrite,
+                   overwrite_hint=overwrite_hint, numbered=numbered) as out:
+        for reply, stem, document in zip(replies, stems, documents):
+            for k, item in enumerate(reply.poses):
+                for f in formats:
+                    target = out.path(f"{stem}.pose{k}.{f}")
+                    if f == "png":
+                        render_poses_png([item.pose], target)
+                    else:
+                        item.pose.save(target)
+            out.path(f"{stem}.json").write_text(document, encoding="utf-8")
+    return [[out.directory / out.final_name(name) for name in names] for names in files]

@@ -1,0 +1,435 @@
+"""Assistant: free-form, multi-turn conversations with images and poses in, text and poses out.
+
+    with Assistant.from_pretrained() as assistant:
+        reply = assistant.ask("Generate pose of the image: <image>.", images=["person.png"])
+        reply = assistant.ask("Edit pose <pose> by description: raise the left arm.", poses=[reply.poses[0]])
+        for chunk in assistant.ask_stream("Generate description of the pose <pose>.", poses=[reply.poses[0]]):
+            print(chunk.text, end="")
+
+The prompt of each turn is the whole conversation in the official `mistral_instruct` layout
+(`PromptBuilder.build_conversation`: "[INST] u1 [/INST] a1 </s>[INST] u2 [/INST]"). The conversation keeps its
+KV cache (`generation.PrefixCache`, its own, not shared with task calls): a turn reuses the slots the cache
+already holds and computes only the rest. What the rest is: the official layout writes each earlier answer as
+text (" {answer} </s>", re-tokenized), which is not the id stream the model generated (that began right after
+"[/INST]" and held the pose queries' states), so a turn computes the previous answer in its official form plus
+its own text: the cost follows the last exchange, not the length of the history.
+
+Context policy: a turn whose prompt plus reply budget (max_new_tokens + 82 per allowed pose) exceeds the model's
+context (`config.max_text_tokens`) is refused with ConversationTooLongError before any work; nothing is dropped
+silently. `reset()` starts over.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import unipose_sdk.generation as generation
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidTextError
+from unipose_sdk.models.unipose import splice_image_embeds
+from unipose_sdk.options import AssistantOptions
+from unipose_sdk.results import AssistantReply, ReplyPose, describe_input
+from unipose_sdk.session import UniPose
+from unipose_sdk.tasks.base import TaskBase, as_pose, check_image_paths, check_text, torch_threads
+from unipose_sdk.tasks.images import images_to_embeds
+from unipose_sdk.text.prompts import (
+    IMAGE_PLACEHOLDER,
+    POSE_A_PLACEHOLDER,
+    POSE_B_PLACEHOLDER,
+    POSE_PLACEHOLDER,
+    ConversationTurn,
+)
+from unipose_sdk.timing import StageTimer
+
+PLACEHOLDERS = (IMAGE_PLACEHOLDER, POSE_PLACEHOLDER, POSE_A_PLACEHOLDER, POSE_B_PLACEHOLDER)
+_TAG_RE = re.compile(r"<[A-Za-z_][A-Za-z0-9_]*>")
+
+
+@dataclass(frozen=True)
+class ReplyChunk:
+    """One piece of a streamed reply: new text (`text`, with "<pose>" where a pose block starts), or a finished
+    pose (`pose`). The text pieces of a stream join to the reply's `text`."""
+
+    text: str = ""
+    pose: ReplyPose | None = None
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One finished turn of the history: what was asked (text, how the images and poses were given) and the reply."""
+
+    text: str
+    images: tuple[str, ...]
+    poses: tuple[str, ...]
+    reply: AssistantReply
+
+
+@dataclass
+class _Kept:
+    """A finished turn as the prompt builder needs it, and the serial numbers of its images."""
+
+    turn: ConversationTurn
+    image_serials: list[int] = field(default_factory=list)
+
+
+class ReplyStream:
+    """The chunks of one reply as they decode; `reply` is the finished AssistantReply (reading it finishes the
+    stream). Iterate it to the end, or `close()` it: an abandoned turn is not added to the history, and the
+    Assistant takes its next turn only once this one is finished or closed."""
+
+    def __init__(self, chunks: Iterator[ReplyChunk | AssistantReply]) -> None:
+        self._chunks = chunks
+        self._reply: AssistantReply | None = None
+
+    def __iter__(self) -> Iterator[ReplyChunk]:
+        for item in self._chunks:
+            if isinstance(item, AssistantReply):
+                self._reply = item
+            else:
+                yield item
+
+    @property
+    def reply(self) -> AssistantReply:
+        if self._reply is None:
+            for _ in self:
+                pass
+        if self._reply is None:
+            raise InvalidInputError.make("the reply of a stream that was closed before it finished",
+                                         "a stream iterated to its end", "Ask the turn again.")
+        return self._reply
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class Assistant(TaskBase):
+    """A conversation with the model: `ask` one turn at a time, with `<image>` / `<pose>` / `<poseA>` / `<poseB>`
+    placeholders where the turn's images and poses go; the reply holds the text and every pose the model made.
+
+    >>> with Assistant.from_pretrained() as assistant:
+    ...     reply = assistant.ask("Generate pose of the description: a person squatting.")
+    ...     reply.text, reply.poses[0].pose, reply.poses[0].joints_m
+    """
+
+    options_class = AssistantOptions
+
+    def __init__(self, options: AssistantOptions | None = None) -> None:
+        super().__init__(options)
+        self._start_conversation()
+
+    @classmethod
+    def from_session(cls, session: UniPose, options: Any = None):  # type: ignore[no-untyped-def]
+        assistant = super().from_session(session, options)
+        assistant._start_conversation()
+        return assistant
+
+    def _start_conversation(self) -> None:
+        self._kept: list[_Kept] = []
+        self._history: list[ChatTurn] = []
+        self._images: list[Tensor] = []  # the projected embeddings [N, C] of every image so far, by serial
+        self._prefix: generation.PrefixCache | None = None
+        self._turn_lock = threading.Lock()
+        self._turn_thread: int | None = None
+
+    # ------------------------------------------------------------------ the conversation
+
+    @property
+    def history(self) -> tuple[ChatTurn, ...]:
+        """The finished turns, oldest first."""
+        return tuple(self._history)
+
+    def reset(self) -> None:
+        """Start a new conversation: the history goes; the cache's memory is kept for the next one.
+
+        Raises:
+            InvalidInputError: a turn of this Assistant is still streaming (finish or close it first).
+        """
+        with self._turn():
+            self._kept, self._history, self._images = [], [], []
+            if self._prefix is not None:
+                self._prefix.clear()
+
+    def close(self) -> None:
+        self._prefix = None
+        super().close()
+
+    def ask(self, text: str, images: Sequence[Any] | None = None,
+            poses: Sequence[Any] | Mapping[str, Any] | None = None,
+            on_chunk: Callable[[ReplyChunk], None] | None = None) -> AssistantReply:
+        """One turn: `text` with a placeholder per input; `images` (paths, PIL, arrays) fill the `<image>`s in
+        order; `poses` fill `<pose>` (the k-th `<pose>` takes the k-th pose) or `<poseA>` / `<poseB>` (a list
+        A, B, or {"A": ..., "B": ...}); a pose is a ReplyPose of an earlier reply (its codes go in unchanged), a
+        Pose, an array or a pose file. `on_chunk` receives the reply's pieces as they decode (see `ask_stream`).
+
+        Raises:
+            InvalidTextError: an empty turn, or a placeholder other than <image>, <pose>, <poseA>, <poseB>.
+            InvalidInputError: images / poses that do not match the placeholders in number, a call after
+                `close()`, or while another turn of this Assistant streams.
+            ConversationTooLongError: the history, this turn and its reply budget exceed the model's context.
+            InvalidPoseError / PoseFormatError / InvalidImageError / UniPoseFileNotFoundError: an input that
+                cannot be read.
+        """
+        stream = self.ask_stream(text, images=images, poses=poses)
+        for chunk in stream:
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return stream.reply
+
+    def ask_stream(self, text: str, images: Sequence[Any] | None = None,
+                   poses: Sequence[Any] | Mapping[str, Any] | None = None) -> ReplyStream:
+        """As `ask`, as a stream: iterate it for ReplyChunks (text as it decodes, each pose when its block is
+        done), then read `.reply` (the same AssistantReply `ask` returns). Every input is checked here, before
+        the stream starts.
+
+        Raises:
+            As `ask`.
+        """
+        session = self._session()
+        text, image_list, pose_items = self._checked_turn(text, images, poses)
+        self._check_length(session, text, len(image_list), pose_items)
+        return ReplyStream(self._run_turn(session, text, image_list, pose_items))
+
+    # ------------------------------------------------------------------ checks (before any work)
+
+    def _checked_turn(self, text: Any, images: Sequence[Any] | None,
+                      poses: Sequence[Any] | Mapping[str, Any] | None) -> tuple[str, list[Any], Any]:
+        text = check_text(text, "turn")
+        for tag in _TAG_RE.findall(text):
+            if tag not in PLACEHOLDERS:
+                close = difflib.get_close_matches(tag, PLACEHOLDERS, n=1)
+                hint = f"Did you mean {close[0]}? " if close else ""
+                raise InvalidTextError.make(
+                    f"the placeholder {tag} in the turn {text!r}", f"only {', '.join(PLACEHOLDERS)}",
+                    f"{hint}To keep angle brackets as plain text, put a space after '<' (e.g. '< {tag[1:]}').")
+        if images is not None and (isinstance(images, (str, bytes)) or not isinstance(images, Sequence)):
+            images = [images]
+        image_list = list(images or [])
+        wanted_images = text.count(IMAGE_PLACEHOLDER)
+        if len(image_list) != wanted_images:
+            raise InvalidInputError.make(
+                f"{len(image_list)} image{'s' * (len(image_list) != 1)} for a turn with {wanted_images} "
+                f"{IMAGE_PLACEHOLDER} placeholder{'s' * (wanted_images != 1)}", "one image per <image>",
+                f"Put {IMAGE_PLACEHOLDER} in the text where each image goes, or pass {wanted_images} image(s).")
+        check_image_paths(image_list)
+        slots = [s for s in re.findall(r"<poseA>|<poseB>|<pose>", text)]
+        explicit = any(s != POSE_PLACEHOLDER for s in slots)
+        labels = ({"B" if s == POSE_B_PLACEHOLDER else "A" for s in slots} if explicit
+                  else {"AB"[min(i, 1)] for i in range(len(slots))})
+        if len([s for s in slots if s == POSE_PLACEHOLDER]) > 2 and not explicit:
+            raise InvalidTextError.make(f"{len(slots)} {POSE_PLACEHOLDER} placeholders in {text!r}", "at most 2",
+                                        "A turn takes one or two poses: name them <poseA> and <poseB>.")
+        if isinstance(poses, Mapping):
+            unknown = sorted(set(poses) - {"A", "B"})
+            if unknown or set(poses) != labels:
+                raise InvalidInputError.make(
+                    f"poses named {sorted(poses)} for a turn whose placeholders need {sorted(labels) or 'none'}",
+                    "one pose per name the placeholders use ('A' for <pose>/<poseA>, 'B' for <poseB>)",
+                    "Name the poses after the placeholders, or pass them as a list in order A, B.")
+            items: Any = {label: self._checked_pose(poses[label], f"pose {label}") for label in sorted(poses)}
+        else:
+            if poses is not None and (isinstance(poses, (str, Pose, ReplyPose)) or not isinstance(poses, Sequence)):
+                poses = [poses]
+            given = list(poses or [])
+            if len(given) != len(labels):
+                where = ", ".join(slots) or "none"
+                raise InvalidInputError.make(
+                    f"{len(given)} pose{'s' * (len(given) != 1)} for a turn with the pose placeholders {where}",
+                    f"{len(labels)} pose{'s' * (len(labels) != 1)} (one per distinct pose the text names)",
+                    f"Put {POSE_PLACEHOLDER} in the text where each pose goes, or pass {len(labels)} pose(s).")
+            items = [self._checked_pose(p, f"pose {i}") for i, p in enumerate(given)]
+        return text, image_list, items
+
+    @staticmethod
+    def _checked_pose(value: Any, what: str) -> ReplyPose | Pose:
+        return value if isinstance(value, ReplyPose) else as_pose(value, what)
+
+    def _check_length(self, session: UniPose, text: str, num_images: int, poses: Any) -> None:
+        """Refuse a turn that cannot fit before anything runs: the layout's length does not depend on the codes,
+        so placeholder codes stand in for poses not encoded yet."""
+        zero = [0] * session.config.vocab.num_pose_tokens
+        dummy = {k: zero for k in poses} if isinstance(poses, Mapping) else [zero] * len(poses)
+        turn = ConversationTurn(text, dummy, num_images)
+        prompts = _unlimited_builder(session)
+        total = len(_build(prompts, [k.turn for k in self._kept] + [turn]).input_ids)
+        alone = len(_build(prompts, [turn]).input_ids)
+        budget = self.options.generation_config(session.config.vocab).max_new_tokens
+        limit = int(session.config.max_text_tokens)
+        if total + budget > limit:
+            history = total - alone
+            raise ConversationTooLongError.make(
+                f"a turn of {alone} tokens after a history of {history} tokens, with a reply budget of {budget} "
+                f"(max_new_tokens={self.options.max_new_tokens} + 82 per pose, max_poses={self.options.max_poses}):"
+                f" {total + budget} tokens", f"at most {limit} tokens (the model's context)",
+                "Call reset() to start a new conversation" + (
+                    "" if alone + budget <= limit else ", and shorten the turn or lower max_new_tokens / max_poses"
+                ) + ".")
+
+    # ------------------------------------------------------------------ one turn
+
+    def _turn(self) -> _TurnGuard:
+        return _TurnGuard(self)
+
+    @contextmanager
+    def _step(self, session: UniPose) -> Iterator[None]:
+        """One piece of a turn's work: under the session's lock and this object's thread count, held only while
+        it computes (never while a stream waits for its reader)."""
+        threads = self.options.num_threads if session.runtime.backend == "torch" else None
+        with torch_threads(threads), session.lock, torch.inference_mode():
+            yield
+
+    @staticmethod
+    def _pose_codes(session: UniPose, poses: Any) -> Any:
+        """The codes of each pose: a ReplyPose's as they are, the others encoded in one batch."""
+        items = dict(poses) if isinstance(poses, Mapping) else dict(enumerate(poses))
+        to_encode = [k for k, p in items.items() if not isinstance(p, ReplyPose)]
+        codes = {k: list(p.codes) for k, p in items.items() if isinstance(p, ReplyPose)}
+        if to_encode:
+            encoded = session.encode_poses(Pose.cat([items[k] for k in to_encode]))
+            codes.update({k: encoded[i].tolist() for i, k in enumerate(to_encode)})
+        if isinstance(poses, Mapping):
+            return {k: codes[k] for k in items}
+        return [codes[k] for k in range(len(items))]
+
+    def _run_turn(self, session: UniPose, text: str, images: list[Any], poses: Any,
+                  ) -> Iterator[ReplyChunk | AssistantReply]:
+        with self._turn():
+            timer = StageTimer(session.runtime.device)
+            vocab = session.config.vocab
+            turn_index = len(self._history)
+            config = self.options.generation_config(vocab, turn=turn_index)
+            with self._step(session), timer.stage("preprocess"):
+                codes = self._pose_codes(session, poses)
+                turn = ConversationTurn(text, codes, len(images))
+                row = _build(_unlimited_builder(session), [k.turn for k in self._kept] + [turn])
+            new_embeds: list[Tensor] = []
+            if images:
+                with self._step(session), timer.stage("vision"):
+                    new_embeds = list(images_to_embeds(session, images))
+            serials = list(range(len(self._images), len(self._images) + len(images)))
+            all_images = self._images + new_embeds
+            image_serials = [s for k in self._kept for s in k.image_serials] + serials
+            keys: list[generation.Key] = list(row.input_ids)
+            tokens = session.config.image_tokens
+            for serial, start in zip(image_serials, row.image_starts):
+                keys[start:start + tokens] = [("image", serial, j) for j in range(tokens)]
+            if self._prefix is None or self._prefix.model is not session.runtime.llm:
+                self._prefix = generation.PrefixCache(session.runtime.llm)
+            prefix = self._prefix
+
+            def embed_from(start: int) -> Tensor:
+                llm = session.runtime.llm
+                ids = torch.tensor(row.input_ids[start:], dtype=torch.long, device=llm.device)
+                embeds = llm.embed(ids.unsqueeze(0))
+                inside = [(all_images[s], b - start) for s, b in zip(image_serials, row.image_starts)
+                          if b + tokens > start]
+                for image, offset in inside:  # an image cut by `start` keeps only its rows after it
+                    cut = max(0, -offset)
+                    part = image[cut:].unsqueeze(0)
+                    embeds = splice_image_embeds(embeds, part, [0], [offset + cut])
+                return embeds[0]
+
+            events = generation.continue_generation(
+                session.runtime.llm, prefix, keys, embed_from, vocab, config,
+                max_context=int(session.config.max_text_tokens), pose_code_vectors=session.pose_code_vectors,
+                on_stage=timer.stage)
+            emitted, ids = "", []
+            reply_poses: list[ReplyPose] = []
+            result: generation.GenerationResult | None = None
+            while True:
+                with self._step(session):
+                    with timer.stage("llm"):
+                        event = next(events, None)
+                    if event is not None and event.kind == "pose":
+                        with timer.stage("detokenize"):
+                            assert event.codes is not None
+                            pose = session.decode_poses(event.codes.unsqueeze(0))
+                        reply_poses.append(ReplyPose(pose, event.codes.tolist()))
+                        ids.extend(vocab.pose_token_ids(event.codes).tolist() + [vocab.pose_end_id])
+                if event is None:
+                    break
+                if event.kind == "end":
+                    result = event.result
+                    continue
+                if event.kind == "pose":
+                    yield ReplyChunk(pose=reply_poses[-1])
+                    continue
+                if event.token is not None:
+                    ids.append(event.token)
+                shown = _visible(session, ids)
+                if shown.startswith(emitted) and len(shown) > len(emitted):
+                    yield ReplyChunk(text=shown[len(emitted):])
+                    emitted = shown
+            assert result is not None
+            final = session.answer_text(result)
+            if final != emitted and final.startswith(emitted):
+                yield ReplyChunk(text=final[len(emitted):])
+            reply = AssistantReply(
+                timing_ms=timer.timing_ms(), run=session.run_info(), text=final,
+                input={"task": "chat", "text": text, "images": [describe_input(i) for i in images],
+                       "poses": _describe_poses(poses)},
+                decode_steps=timer.counts.get("decode", 0), pose_steps=timer.counts.get("pose_step", 0),
+                poses=reply_poses, turn=turn_index, finish_reason=result.finish_reason or "length",
+                prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens,
+                generated_ids=list(result.token_ids))
+            answered = dataclasses.replace(turn, answer=session.prompts.answer_pieces(result.token_ids))
+            self._kept.append(_Kept(answered, serials))
+            self._images += new_embeds
+            self._history.append(ChatTurn(text, tuple(describe_input(i) for i in images),
+                                          tuple(_describe_poses(poses)), reply))
+            yield reply
+
+
+class _TurnGuard:
+    """One turn at a time per Assistant: another thread waits; the same thread (a turn started while one of its
+    streams is suspended) is refused instead of deadlocking."""
+
+    def __init__(self, assistant: Assistant) -> None:
+        self.assistant = assistant
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self.assistant._turn_thread == me:
+            raise InvalidInputError.make(
+                "a new turn while a stream of this Assistant is not finished", "one turn at a time",
+                "Iterate the open ReplyStream to its end (or close() it) before the next call.")
+        self.assistant._turn_lock.acquire()
+        self.assistant._turn_thread = me
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.assistant._turn_thread = None
+        self.assistant._turn_lock.release()
+
+
+def _unlimited_builder(session: UniPose) -> Any:
+    """The session's prompt builder without its own length limit: the Assistant checks the conversation's
+    length itself (ConversationTurn + reply budget) and says what to do about it."""
+    builder = copy.copy(session.prompts)
+    builder.max_tokens = None
+    return builder
+
+
+def _build(builder: Any, turns: list[ConversationTurn]) -> Any:
+    return builder.build_conversation(turns)
+
+
+def _visible(session: UniPose, ids: list[int]) -> str:
+    """The reply text so far as `UniPose.answer_text` writes it, without a trailing partial character."""
+    return session.answer_text(generation.GenerationResult(token_ids=list(ids))).rstrip("\ufffd")
+
+
+def _describe_poses(poses: Any) -> list[str]:
+    items = [poses[k] for k in sorted(poses)] if isinstance(poses, Mapping) else list(poses)
+    return ["<a pose of an earlier reply>" if isinstance(p, ReplyPose) else describe_input(p) for p in items]
