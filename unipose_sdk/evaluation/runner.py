@@ -14,8 +14,12 @@ engine as training. Each metric is reported next to a trivial baseline, so the n
     pose_editing    share of the instructed changes holding on the edited pose,
                     MPJPE to the target pose                                   | mean pose; unchanged input
     estimation      MPJPE and PA-MPJPE from renders                           | mean pose
+    free_form       share of hand-written everyday prompts whose geometric
+                    checks all hold on the generated pose (and of all checks)  | best constant pose
 
-The trivial baselines come from training-distribution data (the training seed), never from the held-out pool.
+The trivial baselines come from training-distribution data (the training seed), never from the held-out pool;
+the free-form prompts' "best constant pose" is the exception: the one pose among the SDK's examples, the mean pose
+and the held-out pool's poses that satisfies the most prompts (a deliberately strong reference).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import unipose_sdk.evaluation.freeform as F
 import unipose_sdk.evaluation.metrics as M
 from unipose_sdk.body.pose import Pose
 from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
@@ -214,10 +219,24 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
                 "pa_mpjpe_mm": _metric(M.pa_mpjpe_mm(predicted, truth).mean(), M.pa_mpjpe_mm(mean, truth).mean(),
                                        "mean pose", False)}
 
+    constant: dict[str, Any] = {}
+    free_form_detail: dict[str, Any] = {}
+
+    def free_form() -> dict[str, Any]:
+        prompts = F.load_prompts()
+        scores = F.freeform_score(generator, prompts)
+        free_form_detail["per_predicate"] = scores["per_predicate"]
+        constant.update(F.best_constant_pose(F.candidate_poses(base.mean_pose_aa, pool.axis_angle), prompts))
+        return {"prompts_satisfied": _metric(scores["prompts_satisfied"], constant["prompts_satisfied"],
+                                             "best constant pose", True),
+                # the same constant pose's share of checks: it was chosen for whole prompts, not checks
+                "checks_hold": _metric(scores["checks_hold"], constant["checks_hold"], "best constant pose", True,
+                                       gate=False)}
+
     for name, fn in (("tokenizer", tokenizer), ("text_to_pose", text_to_pose), ("pose_description", pose_description),
                      ("pose_difference", pose_difference), ("pose_editing", pose_editing),
                      ("image_description", image_description), ("image_difference", image_difference),
-                     ("estimation", estimation)):
+                     ("estimation", estimation), ("free_form", free_form)):
         timed(name, fn)
     run = session.run_info()
     report = {
@@ -227,8 +246,11 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         "eval_seed": seed + EVAL_SEED_OFFSET,
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},
-        "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction},
+        "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction,
+                      "best_constant_pose": {k: constant[k] for k in ("name", "satisfied", "prompts", "candidates")}},
         "metrics": results,
+        # share of each free-form predicate's checks that hold on the generated poses (where to look first)
+        "free_form_checks_by_predicate": free_form_detail["per_predicate"],
         "beats_all_baselines": all(m["beats_baseline"] for task in results.values() for m in task.values()
                                    if m["gate"]),
         "seconds": {**timings, "total": round(time.perf_counter() - start, 1)},
@@ -240,7 +262,8 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
 
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {report['model']}", "",
-             f"Held-out synthetic data (eval seed {report['eval_seed']}, {'quick subset' if report['quick'] else 'full'}"
+             f"Held-out synthetic data (eval seed {report['eval_seed']}, "
+             f"{'quick subset' if report['quick'] else 'full'}"
              f": {report['sizes']['poses']} poses, {report['sizes']['pairs']} pairs, "
              f"{report['sizes']['pose_images']} + {2 * report['sizes']['pair_images']} renders). "
              f"Model flagged random: {report['model_is_random']}.", "",
@@ -252,7 +275,12 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {task} | {name} ({arrow} is better) | {m['model']:.3f} | {m['baseline']:.3f} | "
                          f"{m['baseline_name']}{reference} | {'yes' if m['beats_baseline'] else 'no'} |")
     lines += ["", f"Most frequent caption baseline: \"{report['baselines']['most_frequent_caption']}\"",
-              f"Most frequent instruction baseline: \"{report['baselines']['most_frequent_instruction']}\"", "",
+              f"Most frequent instruction baseline: \"{report['baselines']['most_frequent_instruction']}\""]
+    constant = report["baselines"].get("best_constant_pose")
+    if constant:  # reports written before the free-form prompts existed have none
+        lines.append(f"Best constant pose baseline (free-form prompts): {constant['name']}, {constant['satisfied']} of "
+                     f"{constant['prompts']} prompts (best of {constant['candidates']} candidate poses).")
+    lines += ["",
               f"Total time {report['seconds']['total']} s on CPU.", ""]
     return "\n".join(lines)
 
