@@ -22,12 +22,12 @@ import unipose_sdk.formats as formats
 import unipose_sdk.generation as generation
 import unipose_sdk.loading as loading
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import ModelNotFoundError
+from unipose_sdk.errors import ModelNotFoundError, UnsupportedTaskError
 from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
-from unipose_sdk.text.prompts import PromptBuilder, PromptRow
+from unipose_sdk.text.prompts import ChatPosePromptBuilder, PromptBuilder, PromptRow
 from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.timing import OnStage, untimed
 
@@ -46,7 +46,8 @@ class UniPose:
         self.runtime = runtime
         self.config = runtime.config
         self.tokenizer = tokenizer
-        self.prompts = PromptBuilder(tokenizer, self.config.image_tokens, self.config.max_text_tokens)
+        builder = ChatPosePromptBuilder if self.config.family == "chatpose" else PromptBuilder
+        self.prompts = builder(tokenizer, self.config.image_tokens, self.config.max_text_tokens)
         self.model_name = model_name
         self.model_is_random = model_is_random
         self.fallback = fallback
@@ -135,12 +136,16 @@ class UniPose:
 
     def run_info(self) -> RunInfo:
         return RunInfo(backend=self.runtime.backend, device=str(self.runtime.device), model=self.model_name,
-                       model_is_random=self.model_is_random, fallback=self.fallback)
+                       model_is_random=self.model_is_random, fallback=self.fallback, family=self.config.family)
 
     # ------------------------------------------------------------------ the shared pipeline pieces
 
     def encode_poses(self, poses: Pose) -> Tensor:
         """Pose (batched) -> codes [B, 80] (int64, CPU)."""
+        if self.config.family == "chatpose":
+            raise UnsupportedTaskError.make(
+                f"poses as input to {self.model_name}, a ChatPose model", "a model that reads poses (ChatPose only "
+                "answers with them)", "Use a UniPose model (family 'unipose') to describe or edit poses.")
         return self.runtime.encode_poses(poses.rotation_6d()).cpu()
 
     def decode_poses(self, codes: Tensor) -> Pose:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import InvalidInputError
+from unipose_sdk.errors import InvalidInputError, UnsupportedTaskError
 from unipose_sdk.options import EditorOptions
 from unipose_sdk.results import EditResult, describe_input
 from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, split_batch
@@ -28,7 +28,15 @@ class Editor(TaskBase):
             InvalidTextError: an instruction that is not non-empty UTF-8 text, or too long for the prompt.
             InvalidInputError: poses and instructions that do not pair up, an empty list, or a call after
                 `close()`.
+            UnsupportedTaskError: the model is a ChatPose model (it answers with poses but reads none); UniPose
+                models edit.
         """
+        session = self._session()
+        if session.config.family != "unipose":
+            raise UnsupportedTaskError.make(
+                f"Editor.edit on {session.model_name}, a {session.config.family} model",
+                "a model of family 'unipose' (ChatPose reads no pose, so it cannot edit one)",
+                "Load a UniPose model for editing (e.g. Editor.from_pretrained() for the embedded unipose-tiny).")
         poses, single = as_batch(pose, (str, Pose))
         instructions, single_text = as_batch(instruction, (str,))
         if single_text and not single:
