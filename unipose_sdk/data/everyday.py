@@ -1,0 +1,226 @@
+"""Everyday phrasings of a pose: what people type, not what the captioner's templates say.
+
+`everyday_caption(facts, rng)` names one to three things about a pose the way a user asks for it: activity names
+tied to geometry ("doing a squat", "in a T-pose", "down on one knee"), casual wording ("hands in the air"), and
+several sentence shapes (a person / someone / a man ... doing it, an imperative "raise your left hand", a bare
+noun phrase). Every rule fires only when the facts measured on the pose's joints (`data.facts`) show it, so the
+text stays true to the pose; the captioner's `caption` keeps the exhaustive, template-like descriptions.
+
+Left and right are the person's own, as everywhere in the data engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from unipose_sdk.data.facts import Fact
+
+SIDES = ("left", "right")
+OTHER = {"left": "right", "right": "left"}
+
+FactSet = set[tuple[str, str, str]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One thing a pose shows. `doing`: participle phrases ("raising {P} left hand"); `commands`: imperatives.
+    {P} is the possessive of the subject ("their", "his", "her"; "your" in commands)."""
+
+    name: str
+    holds: Callable[[FactSet], bool]
+    doing: tuple[str, ...]
+    commands: tuple[str, ...] = ()
+    body: bool = False  # a whole-body activity (stated first, at most one per text)
+    weight: float = 1.0  # how often it is picked when it holds (common, dull facts less often)
+
+
+def _has(facts: FactSet, kind: str, subject: str, *levels: str) -> bool:
+    return any((kind, subject, level) in facts for level in levels)
+
+
+def _hand_up(f: FactSet, side: str) -> bool:
+    return _has(f, "hand_height", side, "above_head") or _has(f, "arm_direction", side, "up")
+
+
+def _upright(f: FactSet) -> bool:
+    """Standing (or jumping): not lying, sitting, squatting or kneeling."""
+    return not any(kind in ("posture", "sit", "squat", "kneel") for kind, _, _ in f)
+
+
+def _side_rules(side: str) -> list[Rule]:
+    other = OTHER[side]
+    return [
+        Rule(f"{side}_hand_up", lambda f: _hand_up(f, side) and not _hand_up(f, other),
+             (f"raising {{P}} {side} hand", f"with {{P}} {side} hand up in the air",
+              f"reaching up with {{P}} {side} arm",
+              f"holding {{P}} {side} arm up high", f"pointing at the ceiling with {{P}} {side} hand",
+              f"lifting {{P}} {side} arm above {{P}} head", f"with {{P}} {side} arm stretched overhead"),
+             (f"raise your {side} hand", f"put your {side} hand up", f"lift your {side} arm above your head",
+              f"reach up with your {side} arm", f"point at the sky with your {side} hand")),
+        Rule(f"{side}_arm_side", lambda f: _has(f, "arm_direction", side, "out") and not _has(
+            f, "arm_direction", other, "out"),
+             (f"holding {{P}} {side} arm out to the side", f"pointing to {{P}} {side}",
+              f"with {{P}} {side} arm extended sideways", f"stretching {{P}} {side} arm out sideways"),
+             (f"stretch your {side} arm out to the side", f"point to your {side} with your arm straight")),
+        Rule(f"{side}_arm_forward", lambda f: _has(f, "arm_direction", side, "forward") and not _has(
+            f, "arm_direction", other, "forward"),
+             (f"reaching forward with {{P}} {side} arm", f"pointing straight ahead with {{P}} {side} arm",
+              f"holding {{P}} {side} arm out in front", f"offering a handshake with {{P}} {side} hand"),
+             (f"reach forward with your {side} arm", f"point ahead with your {side} arm")),
+        Rule(f"{side}_leg_up", lambda f: _has(f, "leg_raised", side, "raised", "raised_high") and not _has(
+            f, "leg_raised", other, "raised", "raised_high") and not _has(f, "posture", "body", "lying_back",
+                                                                          "lying_front", "lying_side"),
+             (f"standing on {{P}} {other} leg", f"lifting {{P}} {side} leg", f"balancing on {{P}} {other} foot",
+              f"with {{P}} {side} foot off the ground", f"raising {{P}} {side} knee"),
+             (f"stand on your {other} leg", f"lift your {side} foot off the floor", f"balance on your {other} foot")),
+        Rule(f"{side}_hand_head", lambda f: any(k == "hand_touch" and s == f"{side}_hand:head" for k, s, _ in f),
+             (f"touching {{P}} head with {{P}} {side} hand", f"scratching {{P}} head with {{P}} {side} hand",
+              f"with {{P}} {side} hand on {{P}} head"),
+             (f"put your {side} hand on your head", f"touch your head with your {side} hand")),
+        Rule(f"{side}_hand_foot", lambda f: any(k == "hand_touch" and s.startswith(f"{side}_hand:")
+                                                and s.endswith("foot") for k, s, _ in f),
+             (f"touching {{P}} foot with {{P}} {side} hand", f"reaching down to {{P}} foot with {{P}} {side} hand",
+              "tying a shoelace"),
+             (f"touch your foot with your {side} hand",)),
+        Rule(f"{side}_kneel", lambda f: _has(f, "kneel", side, "kneeling") and not _has(f, "kneel", other, "kneeling"),
+             (f"down on {{P}} {side} knee", "kneeling on one knee", f"resting on {{P}} {side} knee",
+              "proposing on one knee"),
+             (f"go down on your {side} knee", "kneel on one knee"), body=True),
+        Rule(f"{side}_lunge", lambda f: _has(f, "lunge", side, "lunging"),
+             (f"lunging forward with {{P}} {side} leg", "doing a lunge", f"stepping far forward on {{P}} {side} foot"),
+             (f"lunge forward with your {side} leg", "do a lunge"), body=True),
+        Rule(f"{side}_lean", lambda f: _has(f, "torso_roll", "torso", side),
+             (f"leaning to {{P}} {side}", f"bending sideways to the {side}", f"tilting {{P}} upper body {side}"),
+             (f"lean to your {side}", f"bend sideways to the {side}")),
+        Rule(f"{side}_look", lambda f: _has(f, "head_turn", "head", side),
+             (f"looking to {{P}} {side}", f"turning {{P}} head {side}", f"glancing over {{P}} {side} shoulder"),
+             (f"look to your {side}", f"turn your head to the {side}")),
+    ]
+
+
+RULES: list[Rule] = [
+    Rule("lying_back", lambda f: _has(f, "posture", "body", "lying_back"),
+         ("lying on {P} back", "lying down face up", "sleeping on {P} back", "resting flat on the floor",
+          "lying on the ground looking at the sky"), ("lie down on your back", "lie flat facing up"), body=True),
+    Rule("lying_front", lambda f: _has(f, "posture", "body", "lying_front"),
+         ("lying face down", "lying on {P} stomach", "lying on the floor face first"),
+         ("lie face down", "lie on your stomach"), body=True),
+    Rule("lying_side", lambda f: _has(f, "posture", "body", "lying_side"),
+         ("lying on {P} side", "resting on one side on the ground", "sleeping on {P} side"),
+         ("lie on your side",), body=True),
+    Rule("squat", lambda f: _has(f, "squat", "body", "squatting"),
+         ("doing a squat", "squatting down", "crouching low", "in a deep crouch", "hunkering down"),
+         ("squat down", "do a deep squat", "crouch down low"), body=True),
+    Rule("sit", lambda f: _has(f, "sit", "body", "sitting"),
+         ("sitting down", "seated", "sitting on a chair", "taking a seat"),
+         ("sit down", "take a seat"), body=True),
+    Rule("kneel", lambda f: all(_has(f, "kneel", s, "kneeling") for s in SIDES),
+         ("kneeling on both knees", "on {P} knees", "kneeling down"), ("kneel down", "get on your knees"), body=True),
+    Rule("jump", lambda f: _has(f, "feet_ground", "feet", "neither")
+         and not any(k == "posture" for k, _, _ in f),
+         ("jumping", "in mid-air", "leaping off the ground", "jumping up"), ("jump", "jump into the air"), body=True),
+    Rule("bent_over", lambda f: _has(f, "torso_pitch", "torso", "bent_over"),
+         ("bending over", "bowing deeply", "bent forward at the waist", "reaching down toward the floor",
+          "touching {P} toes"), ("bend forward at the waist", "bow deeply", "touch your toes"), body=True),
+    Rule("lean_forward", lambda f: _has(f, "torso_pitch", "torso", "forward", "slightly_forward"),
+         ("leaning forward", "bowing slightly", "tipping {P} upper body forward"), ("lean forward", "bow a little")),
+    Rule("lean_back", lambda f: _has(f, "torso_pitch", "torso", "back"),
+         ("leaning back", "arching {P} back", "leaning backwards"), ("lean back", "arch your back")),
+    Rule("t_pose", lambda f: all(_has(f, "arm_direction", s, "out") for s in SIDES),
+         ("doing a t-pose", "in a T-pose", "with both arms spread out like wings", "holding {P} arms out to the sides",
+          "spreading {P} arms wide like an airplane"),
+         ("do a T-pose", "spread your arms out to the sides", "hold both arms out sideways")),
+    Rule("hands_up", lambda f: all(_hand_up(f, s) for s in SIDES),
+         ("with both hands in the air", "raising both arms", "reaching for the sky", "cheering with both arms up",
+          "stretching both arms overhead", "holding {P} hands up"),
+         ("put your hands up", "raise both arms", "reach for the sky with both hands", "hands up")),
+    Rule("arms_down", lambda f: all(_has(f, "arm_direction", s, "down") for s in SIDES),
+         ("with {P} arms hanging at {P} sides", "keeping {P} arms down", "arms relaxed by {P} sides"),
+         ("let your arms hang down", "keep your arms at your sides"), weight=0.5),
+    Rule("arms_forward", lambda f: all(_has(f, "arm_direction", s, "forward") for s in SIDES),
+         ("with both arms straight out in front", "reaching forward with both arms", "sleepwalking like a zombie"),
+         ("stretch both arms forward", "hold both arms out in front of you")),
+    Rule("arms_crossed", lambda f: _has(f, "arms_crossed", "arms", "crossed"),
+         ("with {P} arms crossed", "with {P} arms folded", "crossing {P} arms over {P} chest"),
+         ("cross your arms", "fold your arms")),
+    Rule("hands_hips", lambda f: all(any(k == "hand_touch" and s.startswith(f"{side}_hand:") and s.endswith("hip")
+                                         for k, s, _ in f) for side in SIDES),
+         ("with {P} hands on {P} hips", "standing akimbo", "in a superhero stance with hands on hips"),
+         ("put your hands on your hips",)),
+    Rule("hands_together", lambda f: _has(f, "hands_distance", "hands", "together"),
+         ("with {P} hands together", "clasping {P} hands", "pressing {P} palms together", "clapping"),
+         ("put your hands together", "clasp your hands")),
+    Rule("hands_behind", lambda f: all(_has(f, "hand_behind_back", s, "behind") for s in SIDES),
+         ("with {P} hands behind {P} back", "holding {P} hands behind {P} back"),
+         ("put your hands behind your back",)),
+    Rule("feet_wide", lambda f: _has(f, "feet_distance", "feet", "wide") and _upright(f),
+         ("with {P} feet wide apart", "in a wide stance", "standing with legs spread"),
+         ("spread your feet wide", "take a wide stance")),
+    Rule("feet_together", lambda f: _has(f, "feet_distance", "feet", "together") and _upright(f),
+         ("with {P} feet together", "standing with feet side by side"), ("put your feet together",), weight=0.25),
+    Rule("legs_crossed", lambda f: _has(f, "legs_crossed", "legs", "crossed"),
+         ("with {P} legs crossed", "crossing {P} legs"), ("cross your legs",)),
+    Rule("look_down", lambda f: _has(f, "head_pitch", "head", "down"),
+         ("looking down", "with {P} head bowed", "looking at the floor"), ("look down", "bow your head")),
+    Rule("look_up", lambda f: _has(f, "head_pitch", "head", "up"),
+         ("looking up", "gazing at the sky", "tilting {P} head back"), ("look up", "look up at the ceiling")),
+    Rule("knees_bent", lambda f: all(_has(f, "knee_bend", s, "bent", "deeply_bent") for s in SIDES)
+         and not any(k in ("squat", "sit", "kneel", "posture") for k, _, _ in f),
+         ("with both knees bent", "bending {P} knees", "in a half crouch"), ("bend your knees",)),
+    Rule("standing_straight", lambda f: _has(f, "torso_pitch", "torso", "upright")
+         and all(_has(f, "knee_bend", s, "straight") for s in SIDES)
+         and all(_has(f, "arm_direction", s, "down") for s in SIDES),
+         ("standing up straight", "standing at attention", "standing still", "in a neutral standing pose"),
+         ("stand up straight", "stand at attention"), body=True),
+] + [rule for side in SIDES for rule in _side_rules(side)]
+
+SUBJECTS = (("a person", "their"), ("someone", "their"), ("a man", "his"), ("a woman", "her"),
+            ("person", "their"), ("somebody", "their"), ("a guy", "his"), ("a girl", "her"), ("the figure", "their"),
+            ("an athlete", "their"), ("a kid", "their"), ("a dancer", "their"))
+
+
+def matching_rules(facts: list[Fact]) -> list[Rule]:
+    keys = {f.key for f in facts}
+    return [rule for rule in RULES if rule.holds(keys)]
+
+
+def everyday_caption(facts: list[Fact], rng: np.random.Generator, max_rules: int = 3) -> str | None:
+    """One everyday phrasing of one to `max_rules` things the pose shows; None when no rule fits."""
+    rules = matching_rules(facts)
+    if not rules:
+        return None
+    body = [r for r in rules if r.body]
+    rest = [r for r in rules if not r.body]
+    chosen = [body[int(rng.integers(len(body)))]] if body and rng.random() < 0.9 else []
+    count = int(rng.integers(1, max_rules + 1)) - len(chosen)
+    if rest and count > 0:
+        weights = np.array([r.weight for r in rest])
+        picks = rng.choice(len(rest), size=min(count, len(rest)), replace=False, p=weights / weights.sum())
+        chosen += [rest[int(i)] for i in picks]
+    if not chosen:
+        chosen = [rules[int(rng.integers(len(rules)))]]
+    shape = rng.random()
+    commandable = [r for r in chosen if r.commands]
+    if shape < 0.3 and len(commandable) == len(chosen):
+        parts = [r.commands[int(rng.integers(len(r.commands)))] for r in chosen]
+        return _join(parts, rng, ("and", "while you", ", then")).capitalize()
+    subject, possessive = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
+    parts = [r.doing[int(rng.integers(len(r.doing)))].replace("{P}", possessive) for r in chosen]
+    text = _join(parts, rng, ("and", "while", ","))
+    if shape < 0.45:
+        return text  # a bare phrase: "doing a squat and raising their left hand"
+    verb = " is " if rng.random() < 0.4 and not text.startswith(("with ", "in ", "on ", "down ")) else " "
+    return f"{subject}{verb}{text}"
+
+
+def _join(parts: list[str], rng: np.random.Generator, connectors: tuple[str, ...]) -> str:
+    text = parts[0]
+    for part in parts[1:]:
+        # "while with ..." is not English: a "with" phrase is joined by a comma or "and".
+        usable = [c for c in connectors if not part.startswith("with ") or c in (",", "and")] or [","]
+        connector = usable[int(rng.integers(len(usable)))]
+        text += f"{connector} {part}" if connector.startswith(",") else f" {connector} {part}"
+    return text
