@@ -100,6 +100,8 @@ class GenerationConfig:
     top_p: nucleus sampling: draw only from the most likely ids whose probabilities add up to top_p (1.0: all).
     seed: the sampling stream's seed: the same seed, prompt and config give the same tokens on the same backend
         and device. None: a fresh stream from torch's global generator (torch.manual_seed makes it repeatable).
+    max_text_tokens / max_poses: None, or the most text ids (pose blocks not counted) / pose blocks a row may
+        hold; reaching either ends the row ("length"), within max_new_tokens, which still bounds all ids.
     """
 
     max_new_tokens: int
@@ -109,6 +111,8 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    max_text_tokens: int | None = None
+    max_poses: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
@@ -120,6 +124,11 @@ class GenerationConfig:
                 raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False",
                                              f"Pass {name}=True or False.")
         check_sampling(self.temperature, self.top_p, self.seed)
+        for name in ("max_text_tokens", "max_poses"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidInputError.make(f"{name}={value!r}", "None or an integer >= 0",
+                                             f"Pass {name}=None for no limit of its own.")
 
     @property
     def sampling(self) -> bool:
@@ -441,13 +450,17 @@ class AnswerStreams:
     def accept(self, b: int, token: int) -> None:
         """Append a sampled token to row b's stream, or finish the row."""
         out = self.results[b]
-        if token == self.vocab.pose_begin_id and len(out.token_ids) + self.pose_block_ids > self.max_new_tokens:
+        begin = token == self.vocab.pose_begin_id
+        if begin and (len(out.token_ids) + self.pose_block_ids > self.max_new_tokens or (
+                self.config.max_poses is not None and len(out.pose_codes) >= self.config.max_poses)):
             out.finish_reason = "length"
             return
         out.token_ids.append(token)
+        text_ids = len(out.token_ids) - self.pose_block_ids * len(out.pose_codes)
         if token == self.vocab.eos_id:
             out.finish_reason = "eos"
-        elif len(out.token_ids) >= self.max_new_tokens:
+        elif len(out.token_ids) >= self.max_new_tokens or (
+                not begin and self.config.max_text_tokens is not None and text_ids >= self.config.max_text_tokens):
             out.finish_reason = "length"
         self.pending[b] = token
 

@@ -203,6 +203,7 @@ class AssistantOptions(BaseOptions):
     max_new_tokens: most TEXT tokens of one reply (eos included); each pose the reply may hold adds its 82-token
         block on top (max_poses of them).
     max_poses: most pose blocks one reply may hold; a reply that starts one more ends there (finish "length").
+        A text-only reply still ends after max_new_tokens text tokens.
     temperature: 0 decodes greedily (the official behaviour, the default); above 0 samples text tokens and pose
         codes from softmax(logits / temperature).
     top_p: nucleus sampling cut (1.0: none); read only when sampling.
@@ -231,4 +232,5 @@ class AssistantOptions(BaseOptions):
         return GenerationConfig(
             max_new_tokens=int(self.max_new_tokens) + int(self.max_poses) * pose_block_length(vocab),
             temperature=float(self.temperature), top_p=float(self.top_p),
-            seed=None if self.seed is None else int(self.seed) + int(turn))
+            seed=None if self.seed is None else int(self.seed) + int(turn),
+            max_text_tokens=int(self.max_new_tokens), max_poses=int(self.max_poses))

@@ -30,7 +30,7 @@ _USER_ERRORS = (errors.InvalidInputError, errors.UniPoseFileNotFoundError, error
 
 
 # The order of `unipose --help`: the tasks, then working with poses and models, then measuring and training.
-_ORDER = ("tasks", "pose", "info", "convert", "export", "bench", "evaluate", "data", "train")
+_ORDER = ("tasks", "chat", "pose", "info", "convert", "export", "bench", "evaluate", "data", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -198,63 +198,11 @@ class Assistant(TaskBase):
             As `ask`.
         """
         session = self._session()
-        text, image_list, pose_items = self._checked_turn(text, images, poses)
+        text, image_list, pose_items = check_turn(text, images, poses)
         self._check_length(session, text, len(image_list), pose_items)
         return ReplyStream(self._run_turn(session, text, image_list, pose_items))
 
     # ------------------------------------------------------------------ checks (before any work)
-
-    def _checked_turn(self, text: Any, images: Sequence[Any] | None,
-                      poses: Sequence[Any] | Mapping[str, Any] | None) -> tuple[str, list[Any], Any]:
-        text = check_text(text, "turn")
-        for tag in _TAG_RE.findall(text):
-            if tag not in PLACEHOLDERS:
-                close = difflib.get_close_matches(tag, PLACEHOLDERS, n=1)
-                hint = f"Did you mean {close[0]}? " if close else ""
-                raise InvalidTextError.make(
-                    f"the placeholder {tag} in the turn {text!r}", f"only {', '.join(PLACEHOLDERS)}",
-                    f"{hint}To keep angle brackets as plain text, put a space after '<' (e.g. '< {tag[1:]}').")
-        if images is not None and (isinstance(images, (str, bytes)) or not isinstance(images, Sequence)):
-            images = [images]
-        image_list = list(images or [])
-        wanted_images = text.count(IMAGE_PLACEHOLDER)
-        if len(image_list) != wanted_images:
-            raise InvalidInputError.make(
-                f"{len(image_list)} image{'s' * (len(image_list) != 1)} for a turn with {wanted_images} "
-                f"{IMAGE_PLACEHOLDER} placeholder{'s' * (wanted_images != 1)}", "one image per <image>",
-                f"Put {IMAGE_PLACEHOLDER} in the text where each image goes, or pass {wanted_images} image(s).")
-        check_image_paths(image_list)
-        slots = [s for s in re.findall(r"<poseA>|<poseB>|<pose>", text)]
-        explicit = any(s != POSE_PLACEHOLDER for s in slots)
-        labels = ({"B" if s == POSE_B_PLACEHOLDER else "A" for s in slots} if explicit
-                  else {"AB"[min(i, 1)] for i in range(len(slots))})
-        if len([s for s in slots if s == POSE_PLACEHOLDER]) > 2 and not explicit:
-            raise InvalidTextError.make(f"{len(slots)} {POSE_PLACEHOLDER} placeholders in {text!r}", "at most 2",
-                                        "A turn takes one or two poses: name them <poseA> and <poseB>.")
-        if isinstance(poses, Mapping):
-            unknown = sorted(set(poses) - {"A", "B"})
-            if unknown or set(poses) != labels:
-                raise InvalidInputError.make(
-                    f"poses named {sorted(poses)} for a turn whose placeholders need {sorted(labels) or 'none'}",
-                    "one pose per name the placeholders use ('A' for <pose>/<poseA>, 'B' for <poseB>)",
-                    "Name the poses after the placeholders, or pass them as a list in order A, B.")
-            items: Any = {label: self._checked_pose(poses[label], f"pose {label}") for label in sorted(poses)}
-        else:
-            if poses is not None and (isinstance(poses, (str, Pose, ReplyPose)) or not isinstance(poses, Sequence)):
-                poses = [poses]
-            given = list(poses or [])
-            if len(given) != len(labels):
-                where = ", ".join(slots) or "none"
-                raise InvalidInputError.make(
-                    f"{len(given)} pose{'s' * (len(given) != 1)} for a turn with the pose placeholders {where}",
-                    f"{len(labels)} pose{'s' * (len(labels) != 1)} (one per distinct pose the text names)",
-                    f"Put {POSE_PLACEHOLDER} in the text where each pose goes, or pass {len(labels)} pose(s).")
-            items = [self._checked_pose(p, f"pose {i}") for i, p in enumerate(given)]
-        return text, image_list, items
-
-    @staticmethod
-    def _checked_pose(value: Any, what: str) -> ReplyPose | Pose:
-        return value if isinstance(value, ReplyPose) else as_pose(value, what)
 
     def _check_length(self, session: UniPose, text: str, num_images: int, poses: Any) -> None:
         """Refuse a turn that cannot fit before anything runs: the layout's length does not depend on the codes,
@@ -390,6 +338,61 @@ class Assistant(TaskBase):
             self._history.append(ChatTurn(text, tuple(describe_input(i) for i in images),
                                           tuple(_describe_poses(poses)), reply))
             yield reply
+
+
+def check_turn(text: Any, images: Sequence[Any] | None,
+           poses: Sequence[Any] | Mapping[str, Any] | None) -> tuple[str, list[Any], Any]:
+    """One turn's inputs checked against its placeholders before any work: (text, images, poses as ReplyPose or
+    one-row Pose, a list or an {"A", "B"} mapping). Raises as `Assistant.ask` says."""
+    text = check_text(text, "turn")
+    for tag in _TAG_RE.findall(text):
+        if tag not in PLACEHOLDERS:
+            close = difflib.get_close_matches(tag, PLACEHOLDERS, n=1)
+            hint = f"Did you mean {close[0]}? " if close else ""
+            raise InvalidTextError.make(
+                f"the placeholder {tag} in the turn {text!r}", f"only {', '.join(PLACEHOLDERS)}",
+                f"{hint}To keep angle brackets as plain text, put a space after '<' (e.g. '< {tag[1:]}').")
+    if images is not None and (isinstance(images, (str, bytes)) or not isinstance(images, Sequence)):
+        images = [images]
+    image_list = list(images or [])
+    wanted_images = text.count(IMAGE_PLACEHOLDER)
+    if len(image_list) != wanted_images:
+        raise InvalidInputError.make(
+            f"{len(image_list)} image{'s' * (len(image_list) != 1)} for a turn with {wanted_images} "
+            f"{IMAGE_PLACEHOLDER} placeholder{'s' * (wanted_images != 1)}", "one image per <image>",
+            f"Put {IMAGE_PLACEHOLDER} in the text where each image goes, or pass {wanted_images} image(s).")
+    check_image_paths(image_list)
+    slots = [s for s in re.findall(r"<poseA>|<poseB>|<pose>", text)]
+    explicit = any(s != POSE_PLACEHOLDER for s in slots)
+    labels = ({"B" if s == POSE_B_PLACEHOLDER else "A" for s in slots} if explicit
+              else {"AB"[min(i, 1)] for i in range(len(slots))})
+    if len([s for s in slots if s == POSE_PLACEHOLDER]) > 2 and not explicit:
+        raise InvalidTextError.make(f"{len(slots)} {POSE_PLACEHOLDER} placeholders in {text!r}", "at most 2",
+                                    "A turn takes one or two poses: name them <poseA> and <poseB>.")
+    if isinstance(poses, Mapping):
+        unknown = sorted(set(poses) - {"A", "B"})
+        if unknown or set(poses) != labels:
+            raise InvalidInputError.make(
+                f"poses named {sorted(poses)} for a turn whose placeholders need {sorted(labels) or 'none'}",
+                "one pose per name the placeholders use ('A' for <pose>/<poseA>, 'B' for <poseB>)",
+                "Name the poses after the placeholders, or pass them as a list in order A, B.")
+        items: Any = {label: _checked_pose(poses[label], f"pose {label}") for label in sorted(poses)}
+    else:
+        if poses is not None and (isinstance(poses, (str, Pose, ReplyPose)) or not isinstance(poses, Sequence)):
+            poses = [poses]
+        given = list(poses or [])
+        if len(given) != len(labels):
+            where = ", ".join(slots) or "none"
+            raise InvalidInputError.make(
+                f"{len(given)} pose{'s' * (len(given) != 1)} for a turn with the pose placeholders {where}",
+                f"{len(labels)} pose{'s' * (len(labels) != 1)} (one per distinct pose the text names)",
+                f"Put {POSE_PLACEHOLDER} in the text where each pose goes, or pass {len(labels)} pose(s).")
+        items = [_checked_pose(p, f"pose {i}") for i, p in enumerate(given)]
+    return text, image_list, items
+
+
+def _checked_pose(value: Any, what: str) -> ReplyPose | Pose:
+    return value if isinstance(value, ReplyPose) else as_pose(value, what)
 
 
 class _TurnGuard:
