@@ -237,6 +237,7 @@ class AssistantReply(_Result):
     prompt_tokens: the conversation's prompt for this turn (history, the new turn), in tokens; reused_tokens: how
         many of them the kept KV cache already held; computed_tokens: the rest, run this turn.
     generated_ids: the reply's token ids as generated (pose blocks as BEGIN, codes, END).
+    prompt_ids: the turn's whole prompt in the official conversation layout (image slots hold pad_id).
     """
 
     poses: list[ReplyPose] = field(default_factory=list)
@@ -245,6 +246,7 @@ class AssistantReply(_Result):
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_ids: list[int] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list, repr=False)  # image slots hold pad_id; not in to_dict
 
     @property
     def computed_tokens(self) -> int:

@@ -331,7 +331,7 @@ class Assistant(TaskBase):
                 decode_steps=timer.counts.get("decode", 0), pose_steps=timer.counts.get("pose_step", 0),
                 poses=reply_poses, turn=turn_index, finish_reason=result.finish_reason or "length",
                 prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens,
-                generated_ids=list(result.token_ids))
+                generated_ids=list(result.token_ids), prompt_ids=list(row.input_ids))
             answered = dataclasses.replace(turn, answer=session.prompts.answer_pieces(result.token_ids))
             self._kept.append(_Kept(answered, serials))
             self._images += new_embeds

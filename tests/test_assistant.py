@@ -1,0 +1,335 @@
+"""Assistant on the embedded model: a three-turn conversation (an image, a generated pose, an edit of it) whose
+prompts equal the official mistral_instruct layout turn by turn, whose kept KV cache gives the tokens of a
+recomputation from scratch, streamed replies equal to `ask`, seeded sampling, and the typed errors of bad turns.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unipose_sdk import Assistant, AssistantOptions, Generator, generation
+from unipose_sdk.body.examples import example_image_path, load_example_pose
+from unipose_sdk.body.pose import Pose
+from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidOptionError, InvalidTextError
+from unipose_sdk.results import AssistantReply
+from unipose_sdk.tasks.images import images_to_embeds
+from unipose_sdk.text.prompts import PromptRow
+
+OPTIONS = {"max_new_tokens": 8, "max_poses": 1}
+IMAGE_TURN = "Generate pose of the image: <image>."
+TEXT_TURN = "Generate pose of the description: a person squatting with both arms raised."
+EDIT_TURN = "Edit pose <pose> by description: raise the left arm above the head."
+DESCRIBE_TURN = "Generate description of the pose <pose>."
+
+
+def three_turns(assistant: Assistant) -> list[AssistantReply]:
+    assistant.reset()
+    first = assistant.ask(IMAGE_TURN, images=[example_image_path()])
+    second = assistant.ask(TEXT_TURN)
+    third = assistant.ask(EDIT_TURN, poses=[second.poses[0]])
+    return [first, second, third]
+
+
+@pytest.fixture(scope="module")
+def assistant() -> Assistant:
+    return Assistant.from_pretrained(**OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def conversation(assistant: Assistant) -> list[AssistantReply]:
+    return three_turns(assistant)
+
+
+def _other(assistant: Assistant, **options: object) -> Assistant:
+    """A second conversation over the same loaded model."""
+    return Assistant.from_session(assistant.session, AssistantOptions(**{**OPTIONS, **options}))
+
+
+# ------------------------------------------------------------------------------------------- the conversation
+
+
+def test_three_turns_mix_an_image_a_generated_pose_and_its_edit(assistant: Assistant,
+                                                                conversation: list[AssistantReply]) -> None:
+    codebook = assistant.session.config.vocab.codebook_size
+    for turn, reply in enumerate(conversation):
+        assert reply.turn == turn and reply.finish_reason == "eos"
+        assert reply.text.count("<pose>") == len(reply.poses) == 1
+        item = reply.poses[0]
+        assert isinstance(item.pose, Pose) and len(item.pose) == 1
+        assert len(item.codes) == 80 and all(0 <= c < codebook for c in item.codes)
+        assert item.joints_m.shape == (22, 3) and np.isfinite(item.joints_m).all()
+        assert reply.timing_ms["total"] > 0 and reply.run.backend == "torch"
+    assert "vision" in conversation[0].timing_ms and "vision" not in conversation[1].timing_ms
+    assert [t.reply for t in assistant.history] == conversation
+    assert assistant.history[2].poses == ("<a pose of an earlier reply>",)
+    # The edit starts from the generated pose's codes: its prompt holds them verbatim.
+    block = [assistant.session.config.vocab.pose_id_offset + c for c in conversation[1].poses[0].codes]
+    third = conversation[2].prompt_ids
+    assert any(third[i:i + 80] == block for i in range(conversation[1].prompt_tokens, len(third)))
+
+
+def test_each_turn_reuses_the_whole_previous_prompt_and_computes_only_the_last_exchange(
+        conversation: list[AssistantReply]) -> None:
+    first, second, third = conversation
+    assert first.reused_tokens == 0 and first.computed_tokens == first.prompt_tokens
+    # The official layout rewrites each answer as text after "[/INST]", so the cache is valid up to there.
+    assert second.reused_tokens == first.prompt_tokens
+    assert third.reused_tokens == second.prompt_tokens
+    assert third.computed_tokens == third.prompt_tokens - second.prompt_tokens < third.prompt_tokens // 2
+
+
+def official_prompt_ids(assistant: Assistant, turns: list[tuple[str, list[list[int]], str | None]]) -> list[int]:
+    """The official prompt written out independently: LLaVA's mistral_instruct get_prompt (sep "", sep2 "</s>",
+    empty system) over UniPose's template strings (a pose as <pose_id_K> ... <pose_id_K+1>, an image as
+    <im_start><image><im_end>), tokenized as the slow tokenizer does: split at added tokens and <image>, each text
+    stretch encoded on its own, BOS once."""
+    session = assistant.session
+    layout, tokenizer = session.config.vocab, session.tokenizer
+    begin, end = f"<pose_id_{layout.codebook_size}>", f"<pose_id_{layout.codebook_size + 1}>"
+
+    def pose_string(codes: list[int]) -> str:
+        return begin + "".join(f"<pose_id_{c}>" for c in codes) + end
+
+    text = ""
+    for user, poses, answer in turns:
+        for codes in poses:
+            user = user.replace("<pose>", pose_string(codes), 1)
+        user = user.replace("<image>", "<im_start><image><im_end>")
+        text += f"[INST] {user} [/INST]"
+        if answer is not None:
+            text += " " + answer + " " + "</s>"
+    ids = [layout.bos_id]
+    for piece in re.split(r"(<pose_id_\d+>|<im_start>|<im_end>|</s>|<image>)", text):
+        if not piece:
+            continue
+        if piece == "<image>":
+            ids += [layout.pad_id] * session.config.image_tokens
+        elif piece == "</s>":
+            ids.append(layout.eos_id)
+        elif piece.startswith(("<pose_id_", "<im_")):
+            ids.append(tokenizer.token_to_id(piece))
+        else:
+            ids += tokenizer.encode(piece)
+    return ids
+
+
+def test_prompt_ids_equal_the_official_layout_turn_by_turn(assistant: Assistant,
+                                                           conversation: list[AssistantReply]) -> None:
+    def answer(reply: AssistantReply) -> str:
+        text = reply.text
+        for item in reply.poses:
+            begin = assistant.session.config.vocab.codebook_size
+            text = text.replace("<pose>", f"<pose_id_{begin}>" + "".join(f"<pose_id_{c}>" for c in item.codes)
+                                + f"<pose_id_{begin + 1}>", 1)
+        return text
+
+    first, second, third = conversation
+    done = [(IMAGE_TURN, [], answer(first)), (TEXT_TURN, [], answer(second))]
+    assert first.prompt_ids == official_prompt_ids(assistant, [(IMAGE_TURN, [], None)])
+    assert second.prompt_ids == official_prompt_ids(assistant, [done[0], (TEXT_TURN, [], None)])
+    assert third.prompt_ids == official_prompt_ids(assistant, [*done, (EDIT_TURN, [second.poses[0].codes], None)])
+    eos = assistant.session.config.vocab.eos_id
+    assert third.prompt_ids.count(eos) == 2  # the two earlier turns closed with </s>
+
+
+def test_the_kept_cache_gives_the_tokens_of_a_recomputation_from_scratch(assistant: Assistant,
+                                                                        conversation: list[AssistantReply]) -> None:
+    session = assistant.session
+    third = conversation[2]
+    ids = third.prompt_ids
+    starts = [i + 1 for i, t in enumerate(ids) if t == session.config.vocab.image_start_id]
+    with torch.inference_mode():
+        embeds = images_to_embeds(session, [example_image_path()])
+    config = assistant.options.generation_config(session.config.vocab, turn=2)
+    scratch = session.generate([PromptRow(ids, starts, "")], embeds, config)[0]  # one prefill, fresh cache
+    assert scratch.token_ids == third.generated_ids
+    assert [c.tolist() for c in scratch.pose_codes] == [p.codes for p in third.poses]
+
+
+def test_continue_generation_reuses_a_prefix_and_matches_generate() -> None:
+    from unipose_sdk.models.config import get_preset
+    from unipose_sdk.models.llm import MistralLM
+
+    config = get_preset("unipose-tiny")
+    torch.manual_seed(1)
+    model = MistralLM(config.llm).eval()
+    vocab = config.vocab
+    prompt = [1, *range(300, 340)]
+    longer = [*prompt, *range(500, 520)]
+    run = generation.GenerationConfig(12)
+
+    def embed_from(ids: list[int]):  # type: ignore[no-untyped-def]
+        return lambda start: model.embed(torch.tensor([ids[start:]]))[0]
+
+    prefix = generation.PrefixCache(model, step=16)
+    first = list(generation.continue_generation(model, prefix, prompt, embed_from(prompt), vocab, run,
+                                                max_context=512))
+    events = list(generation.continue_generation(model, prefix, longer, embed_from(longer), vocab, run,
+                                                 max_context=512))
+    result = events[-1].result
+    assert first[-1].result.reused_tokens == 0 and result.reused_tokens == len(prompt)
+    assert prefix.capacity % 16 == 0 and prefix.capacity >= len(longer) + 12
+    assert result.token_ids == generation.generate(model, [longer], vocab, run)[0].token_ids
+    assert [e.token for e in events if e.kind == "token"] == [t for t in result.token_ids]
+
+
+# ------------------------------------------------------------------------------------------- streaming
+
+
+def test_streaming_yields_the_reply_ask_returns(assistant: Assistant, conversation: list[AssistantReply]) -> None:
+    streamed = _other(assistant)
+    replies, texts, poses = [], [], []
+    for text, images, pose_of in ((IMAGE_TURN, [example_image_path()], None), (TEXT_TURN, [], None),
+                                  (EDIT_TURN, [], 1)):
+        stream = streamed.ask_stream(text, images=images, poses=[replies[pose_of].poses[0]] if pose_of else None)
+        chunks = list(stream)
+        replies.append(stream.reply)
+        texts.append("".join(c.text for c in chunks))
+        poses.append([c.pose for c in chunks if c.pose is not None])
+    for reply, asked, text, made in zip(replies, conversation, texts, poses):
+        assert reply.text == asked.text == text
+        assert reply.generated_ids == asked.generated_ids and reply.prompt_ids == asked.prompt_ids
+        assert [p.codes for p in made] == [p.codes for p in reply.poses] == [p.codes for p in asked.poses]
+        assert made[0].pose.allclose(asked.poses[0].pose)
+
+
+def test_a_text_reply_streams_in_pieces_and_the_callback_sees_the_same(assistant: Assistant) -> None:
+    talker = _other(assistant, max_new_tokens=24)
+    pose = load_example_pose("squatting")
+    pieces = [c.text for c in talker.ask_stream(DESCRIBE_TURN, poses=[pose]) if c.text]
+    talker.reset()
+    seen: list[str] = []
+    reply = talker.ask(DESCRIBE_TURN, poses=[pose], on_chunk=lambda c: seen.append(c.text))
+    assert len(pieces) > 3 and "".join(pieces) == reply.text and "".join(seen) == reply.text
+    assert not reply.poses and len(reply.generated_ids) <= 24
+
+
+def test_an_abandoned_stream_leaves_no_turn_and_the_next_turn_is_consistent(assistant: Assistant) -> None:
+    talker = _other(assistant, max_new_tokens=24)
+    pose = load_example_pose("squatting")
+    stream = talker.ask_stream(DESCRIBE_TURN, poses=[pose])
+    next(iter(stream))
+    with pytest.raises(InvalidInputError, match="one turn at a time"):
+        talker.ask(TEXT_TURN)
+    stream.close()
+    assert talker.history == ()
+    with pytest.raises(InvalidInputError, match="closed before it finished"):
+        _ = stream.reply
+    reply = talker.ask(DESCRIBE_TURN, poses=[pose])
+    fresh = _other(assistant, max_new_tokens=24).ask(DESCRIBE_TURN, poses=[pose])
+    assert reply.generated_ids == fresh.generated_ids and reply.reused_tokens > 0
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def test_greedy_first_turn_gives_the_generator_s_pose(assistant: Assistant) -> None:
+    reply = _other(assistant).ask(TEXT_TURN)
+    with Generator.from_pretrained(max_new_tokens=8) as generator:
+        expected = generator.generate("a person squatting with both arms raised")
+    assert reply.poses[0].codes == expected.pose_codes
+
+
+def test_sampling_repeats_under_a_seed_and_differs_across_seeds(assistant: Assistant) -> None:
+    def sampled(seed: int) -> list[list[int]]:
+        talker = _other(assistant, temperature=1.0, top_p=0.9, seed=seed)
+        return [talker.ask(TEXT_TURN).generated_ids, talker.ask(DESCRIBE_TURN, poses=[load_example_pose()]).text]
+
+    first, again, other = sampled(3), sampled(3), sampled(4)
+    assert first == again
+    assert first[0] != other[0]
+    greedy = _other(assistant).ask(TEXT_TURN).generated_ids
+    assert first[0] != greedy
+
+
+def test_sample_ids_keeps_to_the_nucleus() -> None:
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]]).log_softmax(-1).repeat(2000, 1)
+    draws = generation.sample_ids(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {0}  # the top id alone carries more than half of the mass
+    draws = generation.sample_ids(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) >= {0, 1}
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"temperature": -0.5}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"seed": -1}, "seed"),
+    ({"max_text_tokens": -1}, "max_text_tokens")])
+def test_generation_config_refuses_bad_sampling_fields(fields: dict, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        generation.GenerationConfig(8, **fields)
+
+
+def test_options_refuse_bad_values() -> None:
+    with pytest.raises(InvalidOptionError, match="top_p"):
+        AssistantOptions(top_p=1.5)
+    with pytest.raises(InvalidOptionError, match="max_poses"):
+        AssistantOptions(max_poses=-1)
+    with pytest.raises(InvalidOptionError, match="'temprature' -> 'temperature'"):
+        Assistant.from_pretrained(temprature=0.5)
+
+
+# ------------------------------------------------------------------------------------------- bad turns
+
+
+@pytest.mark.parametrize("text, images, poses, error, names", [
+    ("   ", None, None, InvalidTextError, ["turn='   '", "non-empty"]),
+    ("Describe <poseC> please.", None, None, InvalidTextError, ["<poseC>", "Did you mean <pose>"]),
+    ("Describe the <video>.", None, None, InvalidTextError, ["<video>", "space after '<'"]),
+    (IMAGE_TURN, None, None, InvalidInputError, ["0 images", "1 <image> placeholder", "pass 1 image"]),
+    ("Hello.", ["x.png"], None, InvalidInputError, ["1 image for a turn with 0", "Put <image>"]),
+    (DESCRIBE_TURN, None, None, InvalidInputError, ["0 poses", "<pose>", "pass 1 pose"]),
+    (DESCRIBE_TURN, None, "two", InvalidInputError, ["2 poses", "1 pose"]),
+    ("Output the difference between pose <poseA> and pose <poseB>.", None, {"A": "p"}, InvalidInputError,
+     ["poses named ['A']", "['A', 'B']"]),
+])
+def test_bad_turns_get_typed_errors_naming_the_value_and_the_fix(
+        assistant: Assistant, text: str, images: list | None, poses: object, error: type, names: list[str]) -> None:
+    if poses == "two":
+        poses = [load_example_pose(), load_example_pose()]
+    elif isinstance(poses, dict):
+        poses = {"A": load_example_pose()}
+    before = assistant.history
+    with pytest.raises(error) as caught:
+        assistant.ask(text, images=images, poses=poses)
+    for name in names:
+        assert name in str(caught.value)
+    assert assistant.history == before
+
+
+def test_a_history_too_long_for_the_context_is_refused_before_any_work(assistant: Assistant) -> None:
+    talker = _other(assistant)
+    talker.ask(TEXT_TURN)
+    talker.ask(TEXT_TURN)
+    with pytest.raises(ConversationTooLongError) as caught:
+        for _ in range(6):
+            talker.ask(TEXT_TURN)
+    message = str(caught.value)
+    assert "history of" in message and "at most 512 tokens" in message and "reset()" in message
+    kept = len(talker.history)
+    with pytest.raises(ConversationTooLongError):
+        talker.ask(TEXT_TURN)
+    assert len(talker.history) == kept
+    talker.reset()
+    assert talker.history == () and talker.ask(TEXT_TURN).reused_tokens == 0
+    with pytest.raises(ConversationTooLongError, match="shorten the turn"):
+        talker.ask("Describe " + "a very long request " * 200)
+
+
+def test_a_closed_assistant_refuses_calls(assistant: Assistant) -> None:
+    talker = _other(assistant)
+    with talker:
+        pass
+    with pytest.raises(InvalidInputError, match="closed Assistant"):
+        talker.ask(TEXT_TURN)
+
+
+def test_a_reply_saves_its_json_and_every_pose(tmp_path: Path, conversation: list[AssistantReply]) -> None:
+    written = conversation[2].save(tmp_path, "turn")
+    assert sorted(p.name for p in written) == ["turn.json", "turn.pose0.npy", "turn.pose0.npz", "turn.pose0.png"]
+    assert Pose.load(tmp_path / "turn.pose0.npz").allclose(conversation[2].poses[0].pose, atol=1e-5)
+    document = (tmp_path / "turn.json").read_text()
+    assert '"reused_tokens"' in document and '"codes"' in document
