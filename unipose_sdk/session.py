@@ -27,6 +27,7 @@ from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
+from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
 from unipose_sdk.text.prompts import ChatPosePromptBuilder, PromptBuilder, PromptRow
 from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.timing import OnStage, untimed
@@ -42,12 +43,22 @@ class UniPose:
     _cache_lock = threading.Lock()
 
     def __init__(self, runtime: Runtime, tokenizer: TextTokenizer, model_name: str, model_is_random: bool,
-                 fallback: str | None = None) -> None:
+                 fallback: str | None = None, sentence_tokenizer: SentenceTokenizer | None = None) -> None:
         self.runtime = runtime
         self.config = runtime.config
         self.tokenizer = tokenizer
-        builder = ChatPosePromptBuilder if self.config.family == "chatpose" else PromptBuilder
-        self.prompts = builder(tokenizer, self.config.image_tokens, self.config.max_text_tokens)
+        # Models with a sentence encoder (unipose-tiny v2) read its rows after BOS; its own tokenizer feeds it.
+        self.sentence_tokenizer = sentence_tokenizer
+        if self.config.family == "chatpose":
+            self.prompts = ChatPosePromptBuilder(tokenizer, self.config.image_tokens, self.config.max_text_tokens)
+        else:
+            rows = self.config.text_encoder.num_rows if self.config.text_encoder is not None else 0
+            if rows and sentence_tokenizer is None:
+                raise ModelNotFoundError(
+                    f"received model {model_name} with a sentence encoder but no sentence tokenizer; expected "
+                    "sentence_tokenizer.json next to its weights. Copy or re-export the complete model directory.")
+            self.prompts = PromptBuilder(tokenizer, self.config.image_tokens, self.config.max_text_tokens,
+                                         text_rows=rows)
         self.model_name = model_name
         self.model_is_random = model_is_random
         self.fallback = fallback
@@ -101,7 +112,8 @@ class UniPose:
         runtime = TorchRuntime(loaded.model, loaded.config, device, dtype, compile=options.torch_compile(device))
         if loaded.is_random:
             log.warning("%s: %s", source.name, loaded.source)
-        return cls(runtime, loaded.tokenizer, source.name, loaded.is_random)
+        return cls(runtime, loaded.tokenizer, source.name, loaded.is_random,
+                   sentence_tokenizer=loaded.sentence_tokenizer)
 
     @classmethod
     def _load_exported(cls, source: formats.Source, options: BaseOptions, device: torch.device) -> UniPose:
@@ -156,16 +168,31 @@ class UniPose:
 
     def embed_rows(self, rows: Sequence[PromptRow], image_embeds: Tensor | None) -> list[Tensor]:
         """Token ids of each prompt -> input embeddings [L, C], with the projected image embeddings spliced into
-        the image slots (images numbered row by row in prompt order)."""
+        the image slots (images numbered row by row in prompt order), and for models with a sentence encoder its
+        rows for each prompt's `encoder_text` in the slots after BOS."""
         llm = self.runtime.llm
-        out, image_index = [], 0
+        text_rows = self.encode_texts([row.encoder_text for row in rows if row.text_start is not None])
+        out, image_index, text_index = [], 0, 0
         for row in rows:
             ids = torch.tensor(row.input_ids, dtype=torch.long, device=llm.device)
             count = len(row.image_starts)
             images = image_embeds[image_index:image_index + count] if count else None
-            out.append(splice_image_embeds(llm.embed(ids.unsqueeze(0)), images, [0] * count, row.image_starts)[0])
+            embeds = splice_image_embeds(llm.embed(ids.unsqueeze(0)), images, [0] * count, row.image_starts)
+            if row.text_start is not None:
+                assert text_rows is not None
+                embeds = splice_image_embeds(embeds, text_rows[text_index:text_index + 1], [0], [row.text_start])
+                text_index += 1
+            out.append(embeds[0])
             image_index += count
         return out
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor | None:
+        """The sentence encoder's LLM rows [N, num_rows, C] for `texts` (None for none)."""
+        if not texts:
+            return None
+        assert self.sentence_tokenizer is not None  # __init__ refuses a text-encoder model without one
+        ids, mask = self.sentence_tokenizer(texts)
+        return self.runtime.encode_texts(ids, mask)
 
     def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, config: generation.GenerationConfig,
                  on_stage: OnStage | None = None) -> list[generation.GenerationResult]:

@@ -51,16 +51,17 @@ class LoadedModel:
     tokenizer: TextTokenizer | None
     is_random: bool
     source: str
+    sentence_tokenizer: Any = None  # text.encoder_tokenizer.SentenceTokenizer, for models with a text_encoder
 
 
 def save_model(model: Any, directory: str | os.PathLike, tokenizer: TextTokenizer | None = None, *,
                dtype: torch.dtype | None = None, is_random: bool = False, source: str = "",
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, int8_prefixes: tuple[str, ...] = ()) -> Path:
     """Write `model` (a UniPoseModel) in the SDK format. `dtype` casts floating tensors except the pose
     tokenizer's (kept float32). Refuses to replace an existing directory unless `overwrite=True`."""
     state = {k: v for k, v in model.state_dict().items()}
     return save_state_dict(state, model.config, directory, tokenizer, dtype=dtype, is_random=is_random,
-                           source=source, overwrite=overwrite)
+                           source=source, overwrite=overwrite, int8_prefixes=int8_prefixes)
 
 
 def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, directory: str | os.PathLike,
@@ -219,8 +220,13 @@ def load_model(directory: str | os.PathLike, device: torch.device | str = "cpu",
     state = dequantize_int8_rows(read_weights(root / WEIGHTS_FILE))
     model = build_model(config, state, str(root / WEIGHTS_FILE), device=device, dtype=dtype)
     tokenizer = TextTokenizer.from_directory(root, config.vocab) if (root / TOKENIZER_FILE).is_file() else None
+    sentence_tokenizer = None
+    if config.text_encoder is not None:
+        from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
+
+        sentence_tokenizer = SentenceTokenizer.from_directory(root, config.text_encoder)
     source = meta.get("source") or str(root)
-    return LoadedModel(model, config, tokenizer, bool(meta.get("is_random", False)), source)
+    return LoadedModel(model, config, tokenizer, bool(meta.get("is_random", False)), source, sentence_tokenizer)
 
 
 def dtype_from_name(name: str) -> torch.dtype:

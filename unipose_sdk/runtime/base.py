@@ -45,6 +45,15 @@ class Runtime(ABC):
     @abstractmethod
     def encode_poses(self, pose_6d: Tensor) -> Tensor: ...
 
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Sentence-encoder ids and mask [B, T] int64 -> LLM input rows [B, num_rows, C], for models with a
+        `text_encoder` (unipose-tiny v2). A backend whose files carry no sentence encoder says so."""
+        from unipose_sdk.errors import BackendUnavailableError
+
+        raise BackendUnavailableError.make(
+            f"a {self.backend} runtime asked to run the sentence encoder of {self.config.name!r}",
+            "files that hold the sentence encoder", "Re-export the model with this SDK version.")
+
     @abstractmethod
     def decode_poses(self, codes: Tensor) -> Tensor: ...
 

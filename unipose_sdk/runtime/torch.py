@@ -54,6 +54,8 @@ class TorchRuntime(Runtime):
             self._towers = model.vision
             return
         model.pose_tokenizer.to(device=device, dtype=torch.float32)
+        if model.text_encoder is not None:
+            model.text_encoder.to(device=device, dtype=dtype)
         self._llm = FastLM(model.llm, compile=compile)
         self._towers = FastVisionTowers(model.vision)
 
@@ -64,6 +66,12 @@ class TorchRuntime(Runtime):
     @torch.inference_mode()
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
         return self._towers(clip_pixels.to(self.device, self.dtype), pose_pixels.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if self._model.text_encoder is None:
+            return super().encode_texts(input_ids, attention_mask)
+        return self._model.encode_texts(input_ids.to(self.device), attention_mask.to(self.device))
 
     @torch.inference_mode()
     def encode_poses(self, pose_6d: Tensor) -> Tensor:

@@ -1,0 +1,179 @@
+"""The optional frozen sentence encoder (unipose-tiny v2): BERT parity, int8-row storage, prompt slots, and the
+whole path from a saved directory through the task classes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from unipose_sdk.checkpoint.sdk_format import (
+    INT8_SCALE_SUFFIX,
+    INT8_SUFFIX,
+    dequantize_int8_rows,
+    load_model,
+    quantize_int8_rows,
+    save_model,
+)
+from unipose_sdk.errors import CheckpointError, ConfigError, VocabularyError
+from unipose_sdk.models.config import TextEncoderConfig, UniPoseConfig, get_preset
+from unipose_sdk.models.text_encoder import SentenceEncoder
+from unipose_sdk.models.unipose import UniPoseModel
+from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
+from unipose_sdk.text.prompts import PromptBuilder, Task
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "person", "raise", "your", "left", "right", "hand", "arm", "up",
+         "sit", "down", "squat", "##s", "##ing", ".", ",", "the", "ceiling", "point", "at", "someone", "is"]
+SMALL = TextEncoderConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=64, max_tokens=16, num_rows=3,
+                          projector_hidden_size=48)
+
+
+def wordpiece_tokenizer() -> Tokenizer:
+    backend = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                           special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return backend
+
+
+@pytest.fixture(scope="module")
+def embedded_tokenizer():  # noqa: ANN201
+    from unipose_sdk.training.pipeline import load_text_tokenizer
+
+    return load_text_tokenizer()
+
+
+def small_config() -> UniPoseConfig:
+    return dataclasses.replace(get_preset("unipose-tiny"), text_encoder=SMALL)
+
+
+def test_bert_matches_transformers_on_random_weights() -> None:
+    transformers = pytest.importorskip("transformers")
+    bert_config = transformers.BertConfig(
+        vocab_size=SMALL.vocab_size, hidden_size=SMALL.hidden_size, intermediate_size=SMALL.intermediate_size,
+        num_hidden_layers=SMALL.num_hidden_layers, num_attention_heads=SMALL.num_attention_heads,
+        max_position_embeddings=SMALL.max_position_embeddings, type_vocab_size=SMALL.type_vocab_size,
+        layer_norm_eps=SMALL.layer_norm_eps, hidden_act="gelu")
+    torch.manual_seed(0)
+    reference = transformers.BertModel(bert_config, add_pooling_layer=False).eval()
+    ours = SentenceEncoder(SMALL, 16).eval()
+    state = {k: v for k, v in reference.state_dict().items() if k != "embeddings.position_ids"}
+    ours.bert.load_state_dict(state, strict=True)
+    ids = torch.tensor([[2, 4, 5, 6, 7, 3, 0, 0], [2, 24, 25, 13, 14, 18, 20, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        hidden = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        expected = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+        got = ours.sentence_embedding(ids, mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Padding must not change a text's embedding.
+    with torch.no_grad():
+        alone = ours.sentence_embedding(ids[:1, :6], mask[:1, :6])
+    torch.testing.assert_close(alone, got[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_int8_rows_round_trip_and_damaged_pairs_are_refused() -> None:
+    matrix = torch.randn(50, 33) * torch.linspace(0.01, 5.0, 50)[:, None]  # rows of very different ranges
+    quantized, scale = quantize_int8_rows(matrix)
+    assert quantized.dtype == torch.int8 and scale.shape == (50,)
+    restored = dequantize_int8_rows({"w" + INT8_SUFFIX: quantized, "w" + INT8_SCALE_SUFFIX: scale})["w"]
+    row_error = (restored - matrix).abs().amax(1) / matrix.abs().amax(1)
+    assert float(row_error.max()) <= 0.5 / 127 + 1e-6  # at most half a step of each row's own range
+    with pytest.raises(CheckpointError, match="scale"):
+        dequantize_int8_rows({"w" + INT8_SUFFIX: quantized})
+    with pytest.raises(CheckpointError, match="without their matrices"):
+        dequantize_int8_rows({"w" + INT8_SCALE_SUFFIX: scale})
+    with pytest.raises(CheckpointError):
+        dequantize_int8_rows({"w" + INT8_SUFFIX: quantized, "w" + INT8_SCALE_SUFFIX: scale[:10]})
+
+
+def test_config_round_trip_and_bad_values() -> None:
+    config = small_config()
+    assert UniPoseConfig.from_dict(config.to_dict()) == config
+    assert UniPoseConfig.from_dict(get_preset("unipose-tiny").to_dict()).text_encoder is None
+    bad = config.to_dict()
+    bad["text_encoder"]["max_tokens"] = 1000
+    with pytest.raises(ConfigError, match="max_tokens"):
+        UniPoseConfig.from_dict(bad)
+    bad = config.to_dict()
+    bad["text_encoder"]["num_rows"] = "four"
+    with pytest.raises(ConfigError, match="num_rows"):
+        UniPoseConfig.from_dict(bad)
+
+
+def test_prompt_slots_follow_bos_and_hold_the_caption(embedded_tokenizer) -> None:  # noqa: ANN001
+    builder = PromptBuilder(embedded_tokenizer, 64, 512, text_rows=3)
+    plain = PromptBuilder(embedded_tokenizer, 64, 512)
+    row = builder.build_task(Task.TEXT_TO_POSE, "someone pointing at the ceiling")
+    base = plain.build_task(Task.TEXT_TO_POSE, "someone pointing at the ceiling")
+    layout = embedded_tokenizer.layout
+    assert row.text_start == 1 and row.encoder_text == "someone pointing at the ceiling"
+    assert row.input_ids == [layout.bos_id] + [layout.pad_id] * 3 + base.input_ids[1:]
+    assert base.text_start is None
+    free = builder.build("Describe <pose> in words.", poses=[[0] * 80])
+    assert free.encoder_text == "Describe in words."
+    assert builder.build_task(Task.POSE_DESCRIPTION, poses=[[0] * 80]).encoder_text == "Generate description of the pose ."
+
+
+def test_sentence_tokenizer_checks_its_vocabulary() -> None:
+    with pytest.raises(VocabularyError, match="26 ids"):
+        SentenceTokenizer(wordpiece_tokenizer(), dataclasses.replace(SMALL, vocab_size=100))
+    tokenizer = SentenceTokenizer(wordpiece_tokenizer(), SMALL)
+    ids, mask = tokenizer(["raise your left hand", "a person " * 40])
+    assert ids.shape[1] == SMALL.max_tokens and mask[0].sum() == 6 and ids[0, 0] == 2 and ids[0, 5] == 3
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, embedded_tokenizer):  # noqa: ANN001, ANN201
+    torch.manual_seed(3)
+    model = UniPoseModel.from_config(small_config())
+    directory = tmp_path_factory.mktemp("text-encoder") / "model"
+    save_model(model, directory, embedded_tokenizer, dtype=torch.float16, int8_prefixes=("text_encoder.bert.",))
+    SentenceTokenizer(wordpiece_tokenizer(), SMALL).save(directory)
+    return directory, model
+
+
+def test_saved_directory_loads_with_int8_encoder(saved_model) -> None:  # noqa: ANN001
+    directory, model = saved_model
+    loaded = load_model(directory)
+    assert loaded.sentence_tokenizer is not None and loaded.model.text_encoder is not None
+    ids, mask = loaded.sentence_tokenizer(["raise your left hand", "someone is squatting down"])
+    with torch.no_grad():
+        want = model.text_encoder.sentence_embedding(ids, mask)
+        got = loaded.model.text_encoder.float().sentence_embedding(ids, mask)
+    assert float((want * got).sum(-1).min()) > 0.99
+
+
+def test_task_classes_feed_the_encoder_rows(saved_model) -> None:  # noqa: ANN001
+    from unipose_sdk import Generator
+
+    directory, _ = saved_model
+    generator = Generator.from_pretrained(directory, backend="torch")
+    session = generator._session()
+    rows = [session.prompts.build_task(Task.TEXT_TO_POSE, text) for text in ("raise your left hand", "sit down")]
+    embeds = session.embed_rows(rows, None)
+    # Same LLM tokens apart from the caption, different sentence rows: the rows are what the encoder made.
+    encoded = session.encode_texts(["raise your left hand", "sit down"])
+    torch.testing.assert_close(embeds[0][1:4], encoded[0].to(embeds[0].dtype))
+    torch.testing.assert_close(embeds[1][1:4], encoded[1].to(embeds[1].dtype))
+    assert not torch.allclose(encoded[0], encoded[1])
+    result = generator.generate("point at the ceiling")
+    assert result.pose.joints().shape[-2:] == (22, 3)
+
+
+def test_a_directory_without_its_sentence_tokenizer_is_refused(saved_model, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    from unipose_sdk.errors import ModelNotFoundError
+
+    directory, _ = saved_model
+    broken = tmp_path / "broken"
+    shutil.copytree(directory, broken)
+    (broken / "sentence_tokenizer.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="sentence_tokenizer.json"):
+        load_model(broken)
