@@ -333,3 +333,22 @@ def test_a_reply_saves_its_json_and_every_pose(tmp_path: Path, conversation: lis
     assert Pose.load(tmp_path / "turn.pose0.npz").allclose(conversation[2].poses[0].pose, atol=1e-5)
     document = (tmp_path / "turn.json").read_text()
     assert '"reused_tokens"' in document and '"codes"' in document
+
+
+def test_a_sentence_encoder_model_gets_its_rows_before_each_turn(assistant: Assistant) -> None:
+    from unipose_sdk.text.prompts import ConversationTurn, PromptBuilder
+
+    session = assistant.session
+    builder = PromptBuilder(session.tokenizer, session.config.image_tokens, text_rows=4)
+    single = builder.build_conversation([ConversationTurn(DESCRIBE_TURN, [[1] * 80])])
+    assert single.input_ids == builder.build(DESCRIBE_TURN, [[1] * 80]).input_ids
+    assert single.text_slots == ((1, "Generate description of the pose ."),)
+    turns = [ConversationTurn(TEXT_TURN, answer=([2] * 80, ".")), ConversationTurn(DESCRIBE_TURN, [[1] * 80])]
+    two = builder.build_conversation(turns)
+    (first, _), (second, text) = two.text_slots
+    assert first == 1 and text == "Generate description of the pose ." and two.text_start == second
+    eos = session.config.vocab.eos_id
+    assert two.input_ids[second - 1] == eos and two.input_ids[second:second + 4] == [session.config.vocab.pad_id] * 4
+    # The first turn's slots are those of the first turn asked alone: a new turn keeps the cached prefix.
+    alone = builder.build_conversation([ConversationTurn(TEXT_TURN)])
+    assert two.input_ids[:len(alone.input_ids)] == alone.input_ids

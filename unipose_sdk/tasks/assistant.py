@@ -273,6 +273,9 @@ class Assistant(TaskBase):
             tokens = session.config.image_tokens
             for serial, start in zip(image_serials, row.image_starts):
                 keys[start:start + tokens] = [("image", serial, j) for j in range(tokens)]
+            rows_per_turn = getattr(session.prompts, "text_rows", 0)
+            for start, encoder_text in row.text_slots:  # models with a sentence encoder: its rows per turn
+                keys[start:start + rows_per_turn] = [("text_rows", encoder_text, j) for j in range(rows_per_turn)]
             if self._prefix is None or self._prefix.model is not session.runtime.llm:
                 self._prefix = generation.PrefixCache(session.runtime.llm)
             prefix = self._prefix
@@ -283,10 +286,13 @@ class Assistant(TaskBase):
                 embeds = llm.embed(ids.unsqueeze(0))
                 inside = [(all_images[s], b - start) for s, b in zip(image_serials, row.image_starts)
                           if b + tokens > start]
-                for image, offset in inside:  # an image cut by `start` keeps only its rows after it
+                slots = [(b, t) for b, t in row.text_slots if b + rows_per_turn > start]
+                if slots:
+                    encoded = session.encode_texts([t for _, t in slots])
+                    inside += [(encoded[i], b - start) for i, (b, _) in enumerate(slots)]
+                for rows, offset in inside:  # an image (or row set) cut by `start` keeps only its rows after it
                     cut = max(0, -offset)
-                    part = image[cut:].unsqueeze(0)
-                    embeds = splice_image_embeds(embeds, part, [0], [offset + cut])
+                    embeds = splice_image_embeds(embeds, rows[cut:].unsqueeze(0), [0], [offset + cut])
                 return embeds[0]
 
             events = generation.continue_generation(

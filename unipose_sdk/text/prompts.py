@@ -107,6 +107,9 @@ class PromptRow:
     # `text_start` on (right after BOS), encoding `encoder_text`. None: the model has no sentence encoder.
     text_start: int | None = None
     encoder_text: str = ""
+    # A conversation (`PromptBuilder.build_conversation`) on such a model: (first slot, encoder text) of every
+    # turn's rows, in order; text_start / encoder_text are the last turn's.
+    text_slots: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,11 @@ class PromptBuilder:
         pieces: list[Any] = []
         rendered = []
         for turn in turns:
+            if self.text_rows:
+                # A model with a sentence encoder reads its rows before the request; one turn puts them right
+                # after BOS (as `build`), each later turn before its own "[INST]" (an SDK extension, no official
+                # layout exists), so a new turn leaves the earlier slots, and the cache over them, as they were.
+                pieces.append(("text_rows", " ".join(_PLACEHOLDER_RE.sub(" ", turn.user).split())))
             pieces += self._user_pieces(turn)
             rendered.append(chat_prompt(turn.user))
             if turn.answer is not None:
@@ -288,13 +296,14 @@ class PromptBuilder:
                 pieces += [" ", ("eos",)]
                 shown = "".join(p if isinstance(p, str) else POSE_PLACEHOLDER for p in turn.answer)
                 rendered.append(f" {shown} </s>")
-        ids, image_starts = self._tokenize_pieces(pieces)
+        ids, image_starts, text_slots = self._tokenize_pieces(pieces)
         if self.max_tokens is not None and len(ids) > self.max_tokens:
             raise InvalidTextError.make(
                 received=f"a conversation of {len(ids)} tokens (images count {self.image_tokens} each)",
                 expected=f"at most {self.max_tokens} tokens for this model",
                 fix="Start a new conversation, or use fewer images / poses per turn.")
-        return PromptRow(ids, image_starts, "".join(rendered))
+        last = text_slots[-1] if text_slots else (None, "")
+        return PromptRow(ids, image_starts, "".join(rendered), last[0], last[1], tuple(text_slots))
 
     def _user_pieces(self, turn: ConversationTurn) -> list[Any]:
         """'[INST] {user} [/INST]' as text pieces, ("image",) slots and ("pose", ids) blocks."""
@@ -320,11 +329,12 @@ class PromptBuilder:
                 pieces.append(("pose", self.pose_ids(codes, what=f"pose {label}")))
         return pieces
 
-    def _tokenize_pieces(self, pieces: Sequence[Any]) -> tuple[list[int], list[int]]:
-        """Text pieces (adjacent ones joined, then encoded as one stretch), image slots, pose ids and eos -> ids
-        after BOS, and each image's first slot."""
+    def _tokenize_pieces(self, pieces: Sequence[Any]) -> tuple[list[int], list[int], list[tuple[int, str]]]:
+        """Text pieces (adjacent ones joined, then encoded as one stretch), image slots, pose ids, eos and
+        sentence-encoder rows -> ids after BOS, each image's first slot, and (first slot, text) of each row set."""
         ids = [self.layout.bos_id]
         image_starts: list[int] = []
+        text_slots: list[tuple[int, str]] = []
         text = ""
         for piece in [*pieces, ("end",)]:
             if isinstance(piece, str):
@@ -343,7 +353,10 @@ class PromptBuilder:
                 ids += piece[1]
             elif kind == "eos":
                 ids.append(self.layout.eos_id)
-        return ids, image_starts
+            elif kind == "text_rows":
+                text_slots.append((len(ids), piece[1]))
+                ids += [self.layout.pad_id] * self.text_rows
+        return ids, image_starts, text_slots
 
     def answer_pieces(self, token_ids: Sequence[int]) -> tuple[str | list[int], ...]:
         """A generated answer (ids as `generation` returns them) -> its text stretches (decoded) and pose codes,
