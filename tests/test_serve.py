@@ -1,0 +1,456 @@
+"""`unipose serve` on loopback and `unipose_sdk.client.Client` against it: every endpoint, results equal to direct
+calls, the SDK's error text in 4xx bodies, the limits (413 / 422), 503 with Retry-After on overload, the API key,
+the Serve config, and a shutdown that leaves no process behind.
+
+One service (the real CLI in a subprocess: Ray start-up is ~10 s) serves the whole module; the last test stops it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="the serving stack is the `serve` extra (part of `dev`)")
+pytest.importorskip("fastapi", reason="the serving stack is the `serve` extra (part of `dev`)")
+
+from conftest import SHORT  # noqa: E402
+
+from unipose_sdk import Pose, example_image_path, load_example_pose  # noqa: E402
+from unipose_sdk.client import Client  # noqa: E402
+from unipose_sdk.errors import InvalidImageError, InvalidInputError, InvalidPoseError, InvalidTextError  # noqa: E402
+from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult  # noqa: E402
+from unipose_sdk.serve.wire import (  # noqa: E402
+    AuthenticationError,
+    LimitExceededError,
+    ServiceError,
+    ServiceOverloadedError,
+    ServiceTimeoutError,
+)
+
+API_KEY = "test-key-123"
+MAX_BATCH = 4
+MAX_QUEUED = 4
+MAX_BODY_BYTES = 1024 * 1024
+MAX_PIXELS = 300 * 300
+MAX_TEXT = 300
+IMAGE = example_image_path("person")  # 256 x 192
+
+
+# ---------------------------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`unipose serve` in its own session, marked by a token in its environment (inherited by Ray's processes)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = uuid.uuid4().hex
+        environment = {**os.environ, "UNIPOSE_SERVE_TEST_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0",
+                       **(env or {})}
+        environment.pop("RAY_ADDRESS", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "unipose_sdk", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True)
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+        ready = threading.Event()
+        self.banner = ""
+
+        def read_stdout() -> None:
+            for line in self.process.stdout:
+                if line.startswith("unipose serve:"):
+                    self.banner = line
+                    ready.set()
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        if not ready.wait(180):
+            self.stop()
+            raise RuntimeError(f"the service did not start: {''.join(self.stderr)[-3000:]}")
+
+    def processes(self) -> list[int]:
+        """Every process that carries this service's token: the CLI and whatever Ray started for it."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if self.token.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                        found.append(int(entry))
+                except OSError:  # gone, or not ours to read
+                    pass
+        return found
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """Ctrl-C, as a user stops it; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill_leftovers(self) -> None:
+        for pid in self.processes():  # only processes this test started (they carry its token)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def service():
+    started = Service("--max-batch", str(MAX_BATCH), "--max-queued", str(MAX_QUEUED),
+                      "--max-new-tokens", str(SHORT["max_new_tokens"]), "--max-body-mb", str(MAX_BODY_BYTES / 2**20),
+                      "--max-image-pixels", str(MAX_PIXELS), "--max-text-chars", str(MAX_TEXT),
+                      "--batch-wait-ms", "20", "--api-key-env", "UNIPOSE_TEST_KEY", env={"UNIPOSE_TEST_KEY": API_KEY})
+    yield started
+    started.stop()
+    started.kill_leftovers()
+
+
+@pytest.fixture(scope="module")
+def client(service) -> Client:
+    return Client(service.url, api_key=API_KEY)
+
+
+def post(url: str, path: str, body: bytes | dict, content_type: str = "application/json",
+         key: str | None = API_KEY) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers) of a POST, errors included."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = {"Content-Type": content_type}
+    if key:
+        headers["X-API-Key"] = key
+    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
+
+
+def get(url: str, path: str, key: str | None = API_KEY) -> tuple[int, bytes, dict]:
+    request = urllib.request.Request(url + path, headers={"X-API-Key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, filename, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def assert_same_pose_result(remote, local) -> None:
+    assert type(remote) is type(local)
+    assert remote.pose_codes == local.pose_codes
+    np.testing.assert_allclose(remote.joints_m, local.joints_m, atol=1e-5)
+    np.testing.assert_allclose(remote.pose.rotmat.numpy(), local.pose.rotmat.numpy(), atol=1e-5)
+    assert remote.text == local.text
+    assert remote.run.model == local.run.model and remote.run.backend == local.run.backend
+
+
+# ---------------------------------------------------------------------------------------------- endpoints
+
+
+def test_health_model_info_and_api_pages(service, client) -> None:
+    health = client.health()
+    assert health["status"] == "ok" and health["models"] == {"unipose-tiny": "ok"} and health["api_key_required"]
+    info = client.model_info()
+    assert info["default_model"] == "unipose-tiny" and info["max_batch"] == MAX_BATCH
+    assert info["models"][0]["run"]["backend"] == "torch" and info["models"][0]["max_new_tokens"] == 6
+    assert len(info["skeleton"]["joint_names"]) == 22 and info["skeleton"]["parents"][0] == -1
+    assert info["limits"]["max_image_pixels"] == MAX_PIXELS
+    assert "127.0.0.1" in service.banner and "API key required" in service.banner
+    status, body, _ = get(service.url, "/v1/openapi.json", key=None)
+    paths = json.loads(body)["paths"]
+    assert {"/v1/estimate", "/v1/generate", "/v1/edit", "/v1/describe", "/v1/health", "/v1/model"} <= set(paths)
+    status, page, _ = get(service.url, "/docs", key=None)
+    assert status == 200 and b"/v1/generate" in page
+    # Offline: the API page and the demo load nothing from another host.
+    for path in ("/docs", "/", "/static/demo.js", "/static/demo.css"):
+        status, content, _ = get(service.url, path, key=None)
+        assert status == 200
+        assert b"https://" not in content and b"http://" not in content, path
+    assert get(service.url, "/static/..%2Fapp.py", key=None)[0] == 404
+
+
+def test_generate_equals_direct_calls(client, generator) -> None:
+    remote = client.generate("a person squatting with both arms raised")
+    assert isinstance(remote, GenerateResult) and remote.prompt == "a person squatting with both arms raised"
+    assert_same_pose_result(remote, generator.generate("a person squatting with both arms raised"))
+    texts = ["a person standing", "a person kneeling on the left knee", "arms crossed"]
+    remote_batch = client.generate(texts)
+    assert isinstance(remote_batch, list) and len(remote_batch) == 3
+    for r, local in zip(remote_batch, generator.generate(texts)):
+        assert_same_pose_result(r, local)
+    assert remote_batch[0].batch_size == 3 and set(remote.timing_ms) >= {"total", "llm"}
+
+
+def test_edit_equals_direct_calls_from_pose_array_and_file(client, editor, tmp_path) -> None:
+    pose = load_example_pose("squatting")
+    local = editor.edit(pose, "raise your left arm above your head")
+    remote = client.edit(pose, "raise your left arm above your head")
+    assert isinstance(remote, EditResult) and remote.instruction == "raise your left arm above your head"
+    assert_same_pose_result(remote, local)
+    assert remote.source_pose.allclose(local.source_pose)
+    path = tmp_path / "pose.npz"
+    pose.save(path)
+    assert_same_pose_result(client.edit(str(path), "raise your left arm above your head"),
+                            editor.edit(str(path), "raise your left arm above your head"))
+    # A bare JSON array in any pose layout is one pose: 66 axis-angle values.
+    aa = pose.axis_angle()[0].reshape(-1).double().tolist()
+    status, body, _ = post(client.url, "/v1/edit", {"pose": aa, "instruction": "sit down"})
+    assert status == 200 and body["single"] and body["results"][0]["pose_codes"] == editor.edit(
+        np.asarray(aa), "sit down").pose_codes
+
+
+def test_describe_every_kind_equals_direct_calls(client, describer, generator) -> None:
+    a, b = generator.generate(["a person standing", "a person squatting"])
+    for kwargs in ({"pose": a.pose}, {"image": IMAGE}, {"poses": (a.pose, b.pose)}, {"images": (IMAGE, IMAGE)},
+                   {"pose": [a.pose, b.pose]}):
+        remote, local = client.describe(**kwargs), describer.describe(**kwargs)
+        if isinstance(local, list):
+            assert [r.text for r in remote] == [r.text for r in local]
+        else:
+            assert isinstance(remote, DescribeResult) and remote.text == local.text and remote.text
+
+
+def test_estimate_json_and_multipart_equal_direct_calls(service, client, estimator) -> None:
+    local = estimator.estimate(IMAGE)
+    remote = client.estimate(IMAGE)
+    assert isinstance(remote, EstimateResult)
+    assert_same_pose_result(remote, local)
+    box = (20.0, 10.0, 180.0, 250.0)
+    assert_same_pose_result(client.estimate(IMAGE, bbox=box), estimator.estimate(IMAGE, bbox=box))
+    array = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(IMAGE).convert("RGB"))
+    assert_same_pose_result(client.estimate([array, IMAGE])[0], estimator.estimate([array, IMAGE])[0])
+    body, kind = multipart({"bbox": json.dumps(list(box)), "formats": "npz"},
+                           [("image", "person.png", Path(IMAGE).read_bytes())])
+    status, answer, _ = post(service.url, "/v1/estimate", body, kind)
+    assert status == 200, answer
+    item = answer["results"][0]
+    assert item["pose_codes"] == estimator.estimate(IMAGE, bbox=box).pose_codes
+    assert base64.b64decode(item["files"]["npz"])[:2] == b"PK"
+
+
+def test_every_pose_format_on_request(service, generator, tmp_path) -> None:
+    status, answer, _ = post(service.url, "/v1/generate", {"text": "a person standing",
+                                                           "formats": ["npz", "npy", "json", "bvh", "glb", "png"]})
+    assert status == 200
+    files = answer["results"][0]["files"]
+    assert set(files) == {"npz", "npy", "json", "bvh", "glb", "png"}
+    local = generator.generate("a person standing").pose
+    for fmt in ("npz", "npy", "json", "bvh"):
+        path = tmp_path / f"pose.{fmt}"
+        path.write_bytes(base64.b64decode(files[fmt]))
+        assert Pose.load(path).allclose(local, atol=1e-4), fmt
+    assert base64.b64decode(files["png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64decode(files["glb"])[:4] == b"glTF"
+
+
+# ---------------------------------------------------------------------------------------------- errors and limits
+
+
+def test_typed_errors_keep_the_sdk_text(service, client, generator, editor) -> None:
+    with pytest.raises(InvalidTextError) as remote:
+        client.generate("   ")
+    with pytest.raises(InvalidTextError) as local:
+        generator.generate("   ")
+    assert str(remote.value) == str(local.value)
+    status, body, _ = post(service.url, "/v1/generate", {"text": "   "})
+    error = body["error"]
+    assert status == 422 and error["type"] == "InvalidTextError" and error["message"] == str(local.value)
+    assert error["received"] == "text='   '" and error["expected"] == "non-empty text"
+    assert error["fix"].startswith("Write")
+    bad = np.full((22, 3), np.nan)
+    with pytest.raises(InvalidPoseError) as remote_pose:
+        client.edit(bad, "sit")
+    with pytest.raises(InvalidPoseError) as local_pose:
+        editor.edit(bad, "sit")
+    assert str(remote_pose.value) == str(local_pose.value)
+    with pytest.raises(InvalidInputError, match="2 poses and 3 instructions"):
+        client.edit([Pose.identity(), Pose.identity()], ["a", "b", "c"])
+    for path, payload, kind in [
+        ("/v1/estimate", {"image": b64(b"not an image")}, "InvalidImageError"),
+        ("/v1/estimate", {"image": "%%% not base64"}, "InvalidImageError"),
+        ("/v1/generate", {"text": "x", "temperature": 2}, "InvalidInputError"),
+        ("/v1/generate", {"text": "x", "formats": ["obj"]}, "InvalidInputError"),
+        ("/v1/generate", {"text": "x", "model": "other"}, "InvalidInputError"),
+        ("/v1/describe", {"pose": [0.0] * 66, "image": b64(b"x")}, "InvalidInputError"),
+        ("/v1/edit", {"pose": {"file": b64(b"garbage")}, "instruction": "sit"}, "PoseFormatError"),
+    ]:
+        status, body, _ = post(service.url, path, payload)
+        assert status == 422 and body["error"]["type"] == kind, (payload, body)
+        assert "received" in body["error"]["message"]
+    status, body, _ = post(service.url, "/v1/generate", b"[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]")
+    assert status == 422 and "nested" in body["error"]["message"]
+    with pytest.raises(InvalidImageError):
+        client.estimate(b"raw bytes are not an image input")
+
+
+def test_nothing_on_the_wire_is_unpickled(service) -> None:
+    marker = Path(f"/tmp/unipose-serve-pickle-{uuid.uuid4().hex}")
+    payload = io.BytesIO()
+    np.save(payload, np.array([_Boom(str(marker))], dtype=object), allow_pickle=True)
+    for path, body in [("/v1/estimate", {"image": {"npy": b64(payload.getvalue())}}),
+                       ("/v1/edit", {"pose": {"file": b64(payload.getvalue()), "name": "p.npy"}, "instruction": "x"})]:
+        status, answer, _ = post(service.url, path, body)
+        assert status == 422, answer
+    assert not marker.exists()
+
+
+class _Boom:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_limits_answer_413_and_422(service) -> None:
+    status, body, _ = post(service.url, "/v1/generate", {"text": "x" * (MAX_BODY_BYTES + 10)})
+    assert status == 413 and body["error"]["type"] == "LimitExceededError" and "bytes" in body["error"]["message"]
+    big = io.BytesIO()
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (400, 400)).save(big, format="PNG")
+    status, body, _ = post(service.url, "/v1/estimate", {"image": b64(big.getvalue())})
+    assert status == 413 and "400x400" in body["error"]["message"]
+    status, body, _ = post(service.url, "/v1/generate", {"text": "a" * (MAX_TEXT + 1)})
+    assert status == 422 and body["error"]["type"] == "InvalidTextError" and str(MAX_TEXT) in body["error"]["message"]
+    status, body, _ = post(service.url, "/v1/generate", {"text": ["a person"] * (MAX_BATCH + 1)})
+    assert status == 413 and f"at most {MAX_BATCH}" in body["error"]["message"]
+
+
+def test_api_key_is_required(service) -> None:
+    for key in (None, "wrong"):
+        status, body, _ = post(service.url, "/v1/generate", {"text": "a person"}, key=key)
+        assert status == 401 and body["error"]["type"] == "AuthenticationError"
+        assert get(service.url, "/v1/model", key=key)[0] == 401
+    with pytest.raises(AuthenticationError):
+        Client(service.url).generate("a person")
+    assert get(service.url, "/v1/health", key=None)[0] == 200  # liveness stays open for load balancers
+
+
+def test_concurrent_requests_share_batches_and_equal_direct_calls(client, generator) -> None:
+    texts = [f"a person {verb}" for verb in ("standing", "sitting", "squatting", "kneeling", "jumping", "waving",
+                                              "bowing", "lying down")]
+    local = {t: generator.generate(t).pose_codes for t in texts}
+    with ThreadPoolExecutor(8) as pool:
+        remote = list(pool.map(client.generate, texts))
+    assert [r.pose_codes for r in remote] == [local[t] for t in texts]
+    assert max(r.batch_size for r in remote) > 1  # requests from different clients ran as one model batch
+    assert all(r.batch_size <= MAX_BATCH for r in remote)
+
+
+def test_overload_answers_503_with_retry_after(service) -> None:
+    body = {"text": ["a person squatting with both arms raised"] * MAX_BATCH}  # each request is a full batch
+
+    def one(_: int) -> tuple[int, dict, dict]:
+        return post(service.url, "/v1/generate", body)
+
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(one, range(48)))
+    statuses = [a[0] for a in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0 and statuses.count(200) >= MAX_BATCH
+    refused = next(a for a in answers if a[0] == 503)
+    assert refused[1]["error"]["type"] == "ServiceOverloadedError" and refused[2]["retry-after"] == "1"
+    # The service is still healthy afterwards, and the client raises the typed error with the delay.
+    assert post(service.url, "/v1/generate", {"text": "a person"})[0] == 200
+
+
+def test_timeout_cancels_the_request() -> None:
+    import asyncio
+
+    from unipose_sdk.serve.app import await_within
+
+    class Slow:
+        cancelled = False
+
+        def __await__(self):
+            return asyncio.sleep(10).__await__()
+
+        def cancel(self) -> None:
+            Slow.cancelled = True
+
+    with pytest.raises(ServiceTimeoutError, match="still running after 0.05 s"):
+        asyncio.run(await_within(Slow(), 0.05))
+    assert Slow.cancelled
+
+
+def test_client_errors_without_a_service() -> None:
+    with pytest.raises(ServiceError, match="received no answer"):
+        Client(f"http://127.0.0.1:{free_port()}", timeout_s=5).generate("a person")
+    with pytest.raises(InvalidInputError):
+        Client("127.0.0.1:8000")
+    with pytest.raises(InvalidInputError, match="empty list"):
+        Client("http://127.0.0.1:1").generate([])
+    assert issubclass(ServiceOverloadedError, RuntimeError) and issubclass(LimitExceededError, InvalidInputError)
+
+
+def test_print_config_is_a_serve_config_without_the_key(tmp_path) -> None:
+    import yaml
+
+    from unipose_sdk.serve.limits import ServeSettings, api_key_digest
+
+    out = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--replicas", "3",
+                          "--max-batch", "8", "--host", "0.0.0.0", "--api-key-env", "K"],
+                         capture_output=True, text=True, env={**os.environ, "K": "secret-value"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(out.stdout)
+    assert config["http_options"]["host"] == "0.0.0.0"
+    app = config["applications"][0]
+    assert app["import_path"] == "unipose_sdk.serve.app:build_app"
+    settings = ServeSettings.from_args(app["args"])
+    assert settings.replicas == 3 and settings.max_batch == 8 and settings.max_ongoing_requests >= 8
+    assert settings.api_key_sha256 == api_key_digest("secret-value") and "secret-value" not in out.stdout
+    missing = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--api-key-env",
+                              "UNSET_VARIABLE_FOR_TEST"], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "UNSET_VARIABLE_FOR_TEST"})
+    assert missing.returncode == 2 and "UNSET_VARIABLE_FOR_TEST" in missing.stderr
+
+
+def test_shutdown_leaves_no_process_behind(service) -> None:
+    """Last in the module: Ctrl-C stops the CLI, Serve and the private Ray instance with every worker."""
+    assert len(service.processes()) > 2  # the CLI, Ray's GCS and raylet, the replicas ...
+    code = service.stop()
+    assert code in (0, 130), "".join(service.stderr)[-2000:]
+    deadline = time.monotonic() + 30
+    while service.processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert service.processes() == []

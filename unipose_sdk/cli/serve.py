@@ -1,0 +1,135 @@
+"""`unipose serve`: the task classes as an HTTP service (Ray Serve) with a web demo.
+
+Without `--address` it starts a private Ray instance in this process, runs the application, prints the URL and
+serves until Ctrl-C / SIGTERM, then shuts Serve and Ray down (no process is left behind). With `--address` it
+joins an existing Ray cluster and, on exit, deletes only its own application. `--print-config` prints a Serve
+config (YAML) for `serve deploy` instead of serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from unipose_sdk.cli.tasks import positive_int
+from unipose_sdk.formats import DTYPE_NAMES
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from unipose_sdk.errors import InvalidOptionError
+    from unipose_sdk.serve.limits import ServeLimits, ServeSettings, api_key_digest
+
+    digest = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise InvalidOptionError.make(f"--api-key-env {args.api_key_env}, a variable that is unset or empty",
+                                          "the name of an environment variable holding the API key",
+                                          f"export {args.api_key_env}=... before starting the service.")
+        digest = api_key_digest(key)
+    limits = ServeLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
+                         max_text_chars=args.max_text_chars, max_batch_items=args.max_batch,
+                         max_queued_requests=args.max_queued, request_timeout_s=args.request_timeout_s)
+    models = tuple(args.model or ["unipose-tiny"])
+    # A local model directory is named by its absolute path: the replicas may not share this working directory.
+    models = tuple(str(Path(m).resolve()) if Path(m).exists() else m for m in models)
+    return ServeSettings(models=models, backend=args.backend, device=args.device, dtype=args.dtype,
+                         max_new_tokens=args.max_new_tokens, replicas=args.replicas, max_batch=args.max_batch,
+                         batch_wait_ms=args.batch_wait_ms, threads_per_replica=args.threads_per_replica,
+                         limits=limits, api_key_sha256=digest)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.print_config:
+        import yaml
+
+        from unipose_sdk.serve.app import serve_config
+
+        sys.stdout.write(yaml.safe_dump(serve_config(settings, args.host, args.port), sort_keys=False))
+        return 0
+
+    import time
+
+    import ray
+    from ray import serve
+
+    from unipose_sdk.serve.app import APP_NAME, build_app
+
+    local = args.address is None
+    if local:  # a private instance: never attach to a cluster that RAY_ADDRESS or a running instance would name
+        needed = settings.replicas * settings.threads_per_replica * len(settings.models)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
+                 log_to_driver=args.verbose, logging_level="WARNING")
+    else:
+        ray.init(address=args.address, log_to_driver=args.verbose, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port,
+                                  "request_timeout_s": settings.limits.request_timeout_s + 5},
+                    logging_config={"log_level": "INFO" if args.verbose else "WARNING"})
+        serve.run(build_app(settings.to_args()), name=APP_NAME, route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        print(f"unipose serve: {url}/ (web demo), {url}/docs (API), models {', '.join(settings.models)}; "
+              f"{settings.replicas} replica(s) per model, batches up to {settings.max_batch}"
+              + ("; API key required" if settings.api_key_sha256 else "") + ". Ctrl-C stops it.", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        try:
+            if local:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
+            print("unipose serve: stopped", file=sys.stderr, flush=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve the tasks over HTTP (Ray Serve) with a web demo")
+    p.add_argument("--model", action="append", metavar="NAME|DIR",
+                   help="'unipose-tiny' (default) or a model / export directory; repeat for several models (one "
+                        "deployment each, the first is the default)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
+                   help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
+    p.add_argument("--replicas", type=positive_int, default=1, metavar="N", help="replicas per model")
+    p.add_argument("--max-batch", type=positive_int, default=16, metavar="B",
+                   help="most inputs per model call: concurrent requests are batched up to B (also the most "
+                        "inputs one request may hold)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a replica waits to fill a batch (default 5)")
+    p.add_argument("--threads-per-replica", type=positive_int, default=1, metavar="N",
+                   help="CPU threads (and Ray CPUs) per replica")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--address", default=None, metavar="RAY_ADDRESS",
+                   help="join an existing Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require the API key held in environment variable VAR (only its SHA-256 is kept)")
+    p.add_argument("--max-body-mb", type=_positive_float, default=32.0, metavar="MB", help="largest request body")
+    p.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, metavar="N",
+                   help="largest image (width x height)")
+    p.add_argument("--max-text-chars", type=positive_int, default=2000, metavar="N", help="longest prompt")
+    p.add_argument("--max-queued", type=positive_int, default=64, metavar="N",
+                   help="requests waiting per model beyond those running; more are answered 503 with Retry-After")
+    p.add_argument("--request-timeout-s", type=_positive_float, default=60.0, metavar="S",
+                   help="requests unanswered after S seconds are cancelled and answered 504")
+    p.add_argument("--print-config", action="store_true",
+                   help="print a Serve config (YAML) for `serve deploy` on a cluster, and exit")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the replicas' logs")
+    p.set_defaults(handler=_serve)

@@ -1,0 +1,452 @@
+"""The Serve application: a FastAPI ingress in front of one `ModelServer` deployment per model.
+
+Endpoints (JSON in and out; the input and result layouts are in `unipose_sdk.serve.wire`):
+    POST /v1/estimate   {"image": IMAGE | [IMAGE, ...], "bbox": null | [x1, y1, x2, y2] | [box or null, ...]}
+    POST /v1/generate   {"text": "..." | ["...", ...]}
+    POST /v1/edit       {"pose": POSE | [POSE, ...], "instruction": "..." | ["...", ...]}
+    POST /v1/describe   exactly one of {"pose": ...}, {"image": ...}, {"poses": [A, B] | [[A, B], ...]},
+                        {"images": [A, B] | [[A, B], ...]}
+        every task also takes "formats": ["npz", "npy", "json", "bvh", "glb", "png"] (pose files in the results)
+        and "model": a name from /v1/model (default: the first). The same fields work as multipart/form-data
+        (files for images and poses, form fields for the rest).
+    GET  /v1/health, GET /v1/model, GET /v1/openapi.json, GET /docs (the API page), GET / (the web demo).
+
+Every typed SDK error is answered 4xx with the error's own text (422; 413 for the size limits), a full model queue
+503 with Retry-After, a request past its timeout 504; with an API key set, /v1 task and model calls need it
+(`Authorization: Bearer KEY` or `X-API-Key: KEY`).
+"""
+
+import asyncio
+import base64
+import hmac
+import html
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from unipose_sdk._version import __version__
+from unipose_sdk.errors import InvalidInputError, UniPoseError
+from unipose_sdk.fileio import parse_json
+from unipose_sdk.serve.deployment import DESCRIBE_MODES, ModelServer, Work
+from unipose_sdk.serve.limits import ServeSettings, api_key_digest
+from unipose_sdk.serve.wire import (
+    MAX_REQUEST_JSON_DEPTH,
+    WIRE_POSE_FORMATS,
+    AuthenticationError,
+    LimitExceededError,
+    ServiceOverloadedError,
+    ServiceTimeoutError,
+    check_batch,
+    check_wire_formats,
+    decode_image,
+    decode_pose,
+    decode_text,
+    error_body,
+    is_batch_of_objects,
+)
+
+STATIC_DIR = Path(__file__).parent / "static"
+API_VERSION = "v1"
+
+api = FastAPI(title="unipose-sdk service", version=__version__, docs_url=None, redoc_url=None,
+              openapi_url="/v1/openapi.json",
+              description="Estimate, generate, edit and describe 3D human poses. Inputs and results are JSON "
+                          "(images and pose files in base64) or multipart uploads; errors carry the SDK's "
+                          "received / expected / fix text.")
+
+
+def _body_doc(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The request body of a task endpoint for the OpenAPI page (parsed by hand: see `Ingress._payload`)."""
+    common = {"formats": {"type": "array", "items": {"enum": list(WIRE_POSE_FORMATS)},
+                          "description": "pose files to return with each pose result (base64 in `files`)"},
+              "model": {"type": "string", "description": "a model name from /v1/model (default: the first)"}}
+    schema = {"type": "object", "properties": {**fields, **common}, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
+                                                           "multipart/form-data": {"schema": schema}}}}
+
+
+_IMAGE_DOC = {"description": "IMAGE or a list of IMAGE: base64 image file bytes, {\"data\": base64}, or "
+                             "{\"npy\": base64 .npy bytes}"}
+_POSE_DOC = {"description": "POSE or a list of POSE objects: a nested array in one pose layout (66 axis-angle, "
+                            "22x3, 22x3x3, 22x6), {\"array\": ..., \"dtype\": ...}, or {\"file\": base64 pose file}"}
+_TEXT_DOC = {"description": "a string, or a list of strings (one batch)"}
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _error_response(exc: BaseException, retry_after_s: int) -> JSONResponse:
+    status, body = error_body(exc)
+    return _json(status, body, {"Retry-After": str(retry_after_s)} if status == 503 else None)
+
+
+def _unknown_fields(payload: dict[str, Any], allowed: set[str], task: str) -> None:
+    unknown = sorted(set(payload) - allowed - {"formats", "model"})
+    if unknown:
+        raise InvalidInputError.make(f"the fields {unknown} for /v1/{task}",
+                                     f"fields among {sorted(allowed | {'formats', 'model'})}",
+                                     "Remove or rename them (see /docs).")
+
+
+def _required(payload: dict[str, Any], name: str, task: str) -> Any:
+    if payload.get(name) is None:
+        raise InvalidInputError.make(f"a /v1/{task} request without {name!r}", f"the field {name!r}",
+                                     "See /docs for the request layout.")
+    return payload[name]
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+async def await_within(response: Any, timeout_s: float) -> Any:
+    """Await a deployment response within the request timeout; past it, cancel it (the replica stops working on
+    it) and raise ServiceTimeoutError (504)."""
+    try:
+        return await asyncio.wait_for(_awaited(response), timeout_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise ServiceTimeoutError.make(f"a request still running after {timeout_s} s",
+                                       "an answer within the service's request timeout",
+                                       "Send fewer inputs per request, or retry later.") from None
+
+
+def _api_page(schema: dict[str, Any]) -> str:
+    """The OpenAPI document as one self-contained HTML page (no CDN: the service works offline)."""
+    rows = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            fields = "".join(
+                f"<li><code>{html.escape(name)}</code>{' (required)' if name in body.get('required', []) else ''}: "
+                f"{html.escape(str(spec.get('description', spec.get('type', ''))))}</li>"
+                for name, spec in body.get("properties", {}).items()) if body else ""
+            rows.append(f"<section><h2><code>{method.upper()} {html.escape(path)}</code></h2>"
+                        f"<p>{html.escape(op.get('summary', ''))}</p>{f'<ul>{fields}</ul>' if fields else ''}"
+                        f"</section>")
+    info = schema.get("info", {})
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(info.get('title', ''))} API"
+            "</title><link rel='stylesheet' href='/static/demo.css'></head><body class='docs'>"
+            f"<h1>{html.escape(info.get('title', ''))} {html.escape(info.get('version', ''))}</h1>"
+            f"<p>{html.escape(info.get('description', ''))}</p>"
+            "<p>Machine-readable: <a href='/v1/openapi.json'>/v1/openapi.json</a>. Web demo: <a href='/'>/</a>.</p>"
+            f"{''.join(rows)}<h2>The OpenAPI document</h2><pre>{html.escape(json.dumps(schema, indent=1))}</pre>"
+            "</body></html>")
+
+
+@serve.deployment(name="ingress", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Ingress:
+    """Checks and decodes requests, sends them to the model deployments, turns every failure into a JSON answer."""
+
+    def __init__(self, models: list[Any], settings_args: dict[str, Any]) -> None:
+        self.settings = ServeSettings.from_args(settings_args)
+        self.limits = self.settings.limits
+        self.handles = dict(zip(self.settings.models, models))
+
+    # ------------------------------------------------------------------ request plumbing
+
+    def _authorize(self, request: Request) -> None:
+        expected = self.settings.api_key_sha256
+        if expected is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is None or not hmac.compare_digest(api_key_digest(given), expected):
+            raise AuthenticationError.make("a request " + ("with a wrong API key" if given else "without an API key"),
+                                           "the service's API key",
+                                           "Send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.")
+
+    async def _payload(self, request: Request) -> dict[str, Any]:
+        """The request's fields: a JSON object, or a multipart form (files become base64 IMAGE / POSE objects).
+        The size is checked from Content-Length before anything is read (the server reads exactly that many)."""
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise LimitExceededError.make("a request body without a Content-Length", "a body of known length",
+                                          "Send the body in one piece (no chunked transfer encoding).")
+        if int(length) > self.limits.max_body_bytes:
+            raise LimitExceededError.make(f"a request body of {int(length)} bytes",
+                                          f"at most {self.limits.max_body_bytes} bytes",
+                                          "Send fewer or smaller inputs per request.")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            return await self._form(request)
+        payload = parse_json(await request.body(), "the request body", InvalidInputError, MAX_REQUEST_JSON_DEPTH,
+                             "a JSON object")
+        if not isinstance(payload, dict):
+            raise InvalidInputError.make(f"a JSON {type(payload).__name__} as the request body", "a JSON object",
+                                         "Send the fields as an object (see /docs).")
+        return payload
+
+    async def _form(self, request: Request) -> dict[str, Any]:
+        limit = self.limits.max_batch_items * 2
+        try:
+            form = await request.form(max_files=limit, max_fields=limit + 8)
+        except Exception as exc:  # starlette's multipart errors: the request's fault
+            raise InvalidInputError.make(f"a multipart body that cannot be parsed ({exc})",
+                                         f"a multipart/form-data body with at most {limit} files",
+                                         "Send the fields as a form (see /docs).") from None
+        payload: dict[str, Any] = {}
+        try:
+            for name in set(form.keys()):
+                values = []
+                for value in form.getlist(name):
+                    if hasattr(value, "read"):  # an uploaded file
+                        data = base64.b64encode(await value.read()).decode("ascii")
+                        values.append({"file": data, "name": value.filename or name} if "pose" in name
+                                      else {"data": data})
+                    else:
+                        values.append(value)
+                if name in ("bbox", "formats") and len(values) == 1 and isinstance(values[0], str):
+                    text = values[0].strip()
+                    payload[name] = (parse_json(text.encode(), f"the form field {name!r}", InvalidInputError, 4,
+                                                "JSON") if text.startswith("[") else text or None)
+                elif name in ("poses", "images"):
+                    payload[name] = values  # a pair of files
+                else:
+                    payload[name] = values[0] if len(values) == 1 else values
+        finally:
+            await form.close()
+        return payload
+
+    async def _run(self, request: Request, task: str, parse: Callable[[dict[str, Any]], tuple[Work, bool]]
+                   ) -> Response:
+        started = time.perf_counter()
+        try:
+            self._authorize(request)
+            payload = await self._payload(request)
+            model = payload.pop("model", None) or self.settings.models[0]
+            if model not in self.handles:
+                raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.handles)}",
+                                             "GET /v1/model lists the loaded models.")
+            formats = check_wire_formats(payload.pop("formats", None))
+            work, single = await asyncio.to_thread(parse, payload)  # image decoding is CPU work: off the loop
+            parsed_ms = (time.perf_counter() - started) * 1000.0
+            outcome = await self._call(self.handles[model].run.remote(task, work, list(formats)))
+        except (UniPoseError, BackPressureError) as exc:
+            return _error_response(self._overload(exc), self.limits.retry_after_s)
+        except Exception as exc:  # a failure of the service, not of the request: 500 with a one-line reason
+            return _error_response(exc, self.limits.retry_after_s)
+        if "error" in outcome:
+            status, body = outcome["error"]
+            return _json(status, body)
+        return _json(200, {"results": outcome["results"], "single": single,
+                           "service_ms": {"parse": round(parsed_ms, 3), **outcome["replica_ms"],
+                                          "total": round((time.perf_counter() - started) * 1000.0, 3)}})
+
+    def _overload(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, BackPressureError):
+            return ServiceOverloadedError.make(
+                "a request while the model's queue is full", f"at most {self.limits.max_queued_requests} waiting "
+                f"requests per model", f"Retry after {self.limits.retry_after_s} s, or add replicas.")
+        return exc
+
+    async def _call(self, response: Any) -> Any:
+        return await await_within(response, self.limits.request_timeout_s)
+
+    # ------------------------------------------------------------------ parsing per task
+
+    def _images(self, value: Any, what: str) -> tuple[list[Any], bool]:
+        if is_batch_of_objects(value):
+            check_batch(value, self.limits.max_batch_items, "images")
+            return [decode_image(v, f"{what} {i}", self.limits.max_image_pixels) for i, v in enumerate(value)], False
+        return [decode_image(value, what, self.limits.max_image_pixels)], True
+
+    def _poses(self, value: Any, what: str) -> tuple[list[Any], bool]:
+        if is_batch_of_objects(value):
+            check_batch(value, self.limits.max_batch_items, "poses")
+            return [decode_pose(v, f"{what} {i}") for i, v in enumerate(value)], False
+        return [decode_pose(value, what)], True
+
+    def _texts(self, value: Any, what: str) -> tuple[list[str], bool]:
+        if isinstance(value, list):
+            if not value:
+                raise InvalidInputError.make("an empty list", "at least one input", "Send one input or a list.")
+            check_batch(value, self.limits.max_batch_items, f"{what}s")
+            return [decode_text(v, what, self.limits.max_text_chars) for v in value], False
+        return [decode_text(value, what, self.limits.max_text_chars)], True
+
+    def _parse_generate(self, payload: dict[str, Any]) -> tuple[Work, bool]:
+        _unknown_fields(payload, {"text"}, "generate")
+        texts, single = self._texts(_required(payload, "text", "generate"), "text")
+        return Work(texts), single
+
+    def _parse_estimate(self, payload: dict[str, Any]) -> tuple[Work, bool]:
+        _unknown_fields(payload, {"image", "bbox"}, "estimate")
+        images, single = self._images(_required(payload, "image", "estimate"), "image")
+        bbox = payload.get("bbox")
+        if bbox is None:
+            boxes = [None] * len(images)
+        elif single:
+            boxes = [bbox]
+        elif isinstance(bbox, list) and len(bbox) == len(images) and all(b is None or isinstance(b, list)
+                                                                           for b in bbox):
+            boxes = bbox
+        else:
+            raise InvalidInputError.make(f"bbox={bbox!r} for {len(images)} images",
+                                         "a list with one box (or null) per image",
+                                         "Send bbox as [box_or_null, ...] in the order of the images.")
+        return Work(list(zip(images, boxes))), single
+
+    def _parse_edit(self, payload: dict[str, Any]) -> tuple[Work, bool]:
+        _unknown_fields(payload, {"pose", "instruction"}, "edit")
+        poses, single = self._poses(_required(payload, "pose", "edit"), "pose")
+        texts, single_text = self._texts(_required(payload, "instruction", "edit"), "instruction")
+        if single_text and not single:
+            texts = texts * len(poses)
+        if len(texts) != len(poses):
+            raise InvalidInputError.make(f"{len(poses)} poses and {len(texts)} instructions",
+                                         "one instruction per pose, or one for all", "Send lists of equal length.")
+        return Work(list(zip(poses, texts))), single
+
+    def _parse_describe(self, payload: dict[str, Any]) -> tuple[Work, bool]:
+        _unknown_fields(payload, set(DESCRIBE_MODES), "describe")
+        given = [m for m in DESCRIBE_MODES if payload.get(m) is not None]
+        if len(given) != 1:
+            raise InvalidInputError.make(f"the fields {given or 'none'}",
+                                         "exactly one of pose, image, poses=[a, b], images=[a, b]",
+                                         "Send one kind of input per request.")
+        mode = given[0]
+        value = payload[mode]
+        if mode == "pose":
+            items, single = self._poses(value, "pose")
+        elif mode == "image":
+            items, single = self._images(value, "image")
+        else:
+            decode = self._poses if mode == "poses" else self._images
+            pairs, single = self._pairs(value, mode)
+            items = [(decode(a, f"{mode[:-1]} A of pair {i}")[0][0], decode(b, f"{mode[:-1]} B of pair {i}")[0][0])
+                     for i, (a, b) in enumerate(pairs)]
+        return Work(items, mode), single
+
+    def _pairs(self, value: Any, what: str) -> tuple[list[Any], bool]:
+        """[a, b] -> one pair; [[a, b], ...] -> a batch of pairs (a POSE array never has 2 rows at its top)."""
+        def is_pair(v: Any) -> bool:
+            return isinstance(v, list) and len(v) == 2 and all(
+                isinstance(x, (str, dict)) or (isinstance(x, list) and len(x) != 2) for x in v)
+
+        if is_pair(value):
+            return [value], True
+        if isinstance(value, list) and value and all(is_pair(v) for v in value):
+            check_batch(value, self.limits.max_batch_items, f"{what} pairs")
+            return value, False
+        raise InvalidInputError.make(f"{what} of type {type(value).__name__}", f"a pair [{what[:-1]}_a, "
+                                     f"{what[:-1]}_b] or a list of such pairs", f"Send {what}: [a, b].")
+
+    # ------------------------------------------------------------------ routes
+
+    @api.post("/v1/estimate", summary="image -> 3D pose", openapi_extra=_body_doc(
+        {"image": _IMAGE_DOC, "bbox": {"description": "null, [x1, y1, x2, y2] in pixels, or one box or null per "
+                                                       "image"}}, ["image"]))
+    async def estimate(self, request: Request) -> Response:
+        return await self._run(request, "estimate", self._parse_estimate)
+
+    @api.post("/v1/generate", summary="text -> 3D pose", openapi_extra=_body_doc({"text": _TEXT_DOC}, ["text"]))
+    async def generate(self, request: Request) -> Response:
+        return await self._run(request, "generate", self._parse_generate)
+
+    @api.post("/v1/edit", summary="pose + instruction -> edited pose", openapi_extra=_body_doc(
+        {"pose": _POSE_DOC, "instruction": _TEXT_DOC}, ["pose", "instruction"]))
+    async def edit(self, request: Request) -> Response:
+        return await self._run(request, "edit", self._parse_edit)
+
+    @api.post("/v1/describe", summary="pose / image / difference of two -> text", openapi_extra=_body_doc(
+        {"pose": _POSE_DOC, "image": _IMAGE_DOC,
+         "poses": {"description": "[POSE, POSE] or a list of such pairs: what changes from the first to the second"},
+         "images": {"description": "[IMAGE, IMAGE] or a list of such pairs"}}, []))
+    async def describe(self, request: Request) -> Response:
+        return await self._run(request, "describe", self._parse_describe)
+
+    @api.get("/v1/health", summary="liveness of the ingress and every model deployment (no API key needed)")
+    async def health(self) -> Response:
+        states = {}
+        for name, handle in self.handles.items():
+            try:
+                states[name] = "ok" if await asyncio.wait_for(_awaited(handle.ping.remote()), 10.0) else "closed"
+            except Exception as exc:  # a replica that does not answer is what this endpoint reports
+                states[name] = f"unavailable ({type(exc).__name__}: {exc})"
+        healthy = all(s == "ok" for s in states.values())
+        return _json(200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "models": states,
+                                               "api_key_required": self.settings.api_key_sha256 is not None,
+                                               "version": __version__})
+
+    @api.get("/v1/model", summary="the loaded models, limits, skeleton and formats")
+    async def model(self, request: Request) -> Response:
+        from unipose_sdk.body.skeleton import JOINT_NAMES, PARENTS
+
+        try:
+            self._authorize(request)
+            infos = [await self._call(handle.info.remote()) for handle in self.handles.values()]
+        except UniPoseError as exc:
+            return _error_response(exc, self.limits.retry_after_s)
+        return _json(200, {"api": API_VERSION, "version": __version__, "models": infos,
+                           "default_model": self.settings.models[0],
+                           "limits": self.limits.__dict__, "max_batch": self.settings.max_batch,
+                           "formats": list(WIRE_POSE_FORMATS),
+                           "skeleton": {"joint_names": list(JOINT_NAMES), "parents": list(PARENTS)}})
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        return HTMLResponse(_api_page(api.openapi()))
+
+    @api.get("/", include_in_schema=False)
+    async def index(self) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+        if name not in files:  # only the package's own files: no path from the request reaches the filesystem
+            return _json(404, {"error": {"type": "NotFound", "status": 404, "message": f"no file {name!r}"}})
+        return FileResponse(files[name])
+
+
+# ---------------------------------------------------------------------------------------------- building it
+
+
+def deployment_name(index: int) -> str:
+    return f"model-{index}"
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The application builder (`import_path: unipose_sdk.serve.app:build_app` in a Serve config, the settings
+    in its `args`; see `serve_config`)."""
+    settings = ServeSettings.from_args(args or {})
+    settings_args = settings.to_args()
+    models = [
+        serve.deployment(ModelServer).options(
+            name=deployment_name(i), num_replicas=settings.replicas,
+            max_ongoing_requests=settings.max_ongoing_requests,
+            max_queued_requests=settings.limits.max_queued_requests,
+            ray_actor_options={"num_cpus": settings.threads_per_replica},
+        ).bind(model, settings_args)
+        for i, model in enumerate(settings.models)
+    ]
+    # The ingress only parses and forwards: it may hold every request that the model queues admit, and more
+    # are refused by the model handles (503), not queued here.
+    ingress_ongoing = len(models) * (settings.replicas * settings.max_ongoing_requests
+                                     + settings.limits.max_queued_requests) + 16
+    return Ingress.options(max_ongoing_requests=ingress_ongoing).bind(models, settings_args)
+
+
+APP_NAME = "unipose"
+
+
+def serve_config(settings: ServeSettings, host: str, port: int) -> dict[str, Any]:
+    """A Serve config file for `serve deploy` on a cluster: the same application, settings and HTTP options."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port, "request_timeout_s": settings.limits.request_timeout_s + 5},
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "unipose_sdk.serve.app:build_app",
+                          "args": settings.to_args()}],
+    }

@@ -1,0 +1,141 @@
+"""One Serve deployment per loaded model: the four task classes over one shared session, with dynamic batching.
+
+Each task has its own `serve.batch` queue. Concurrent requests for the same task (each holding one or more inputs)
+are gathered for up to `batch_wait_ms`, to at most `max_batch` inputs, and run as ONE call of the task class, which
+takes real batches; a batch's results are bit-for-bit those of its rows run alone (the task classes' padding is
+exact, as `tests/test_reliability_concurrency.py` checks). The model call runs in a worker thread, so the replica
+keeps gathering the next batch while one runs. If a batch fails on one request's input, every request of it is run
+again alone, so only the faulty one gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+
+from unipose_sdk.errors import UniPoseError
+from unipose_sdk.serve.limits import ServeSettings
+from unipose_sdk.serve.wire import encode_result, error_body
+
+TASKS = ("estimate", "generate", "edit", "describe")
+DESCRIBE_MODES = ("pose", "image", "poses", "images")
+
+
+@dataclass
+class Work:
+    """One request's inputs for one task (checked and decoded by the ingress); `mode` is the describe kind."""
+
+    items: list[Any]
+    mode: str = ""
+
+
+def _items_in(works: Sequence[Work]) -> int:
+    return sum(len(w.items) for w in works)
+
+
+# The batch size and wait are set per replica from the settings; these are only the decorator's defaults.
+_batched = serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=_items_in)
+
+
+class ModelServer:
+    """A replica: one model, its four task objects, one batch queue per task."""
+
+    def __init__(self, model: str, settings_args: dict[str, Any]) -> None:
+        import torch
+
+        from unipose_sdk.options import DescriberOptions, EditorOptions, EstimatorOptions
+        from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
+
+        settings = ServeSettings.from_args(settings_args)
+        torch.set_num_threads(settings.threads_per_replica)  # this process is the replica's own
+        where = {"model": model, "backend": settings.backend, "device": settings.device, "dtype": settings.dtype,
+                 "max_new_tokens": settings.max_new_tokens}
+        self.model = model
+        self.settings = settings
+        self.generator = Generator.from_pretrained(**where)
+        session = self.generator.session
+        self.estimator = Estimator.from_session(session, EstimatorOptions(**where))
+        self.editor = Editor.from_session(session, EditorOptions(**where))
+        self.describer = Describer.from_session(session, DescriberOptions(**where))
+        for method in (self._estimate, self._generate, self._edit, self._describe):
+            method.set_max_batch_size(settings.max_batch)
+            method.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+
+    # ------------------------------------------------------------------ what the ingress calls
+
+    async def run(self, task: str, work: Work, formats: Sequence[str] = ()) -> dict[str, Any]:
+        """One request: its results as wire JSON (see `wire`), or {"error": (status, body)} for a typed error."""
+        started = time.perf_counter()
+        queue = {"estimate": self._estimate, "generate": self._generate, "edit": self._edit,
+                 "describe": self._describe}[task]
+        outcome = await queue(work)
+        if isinstance(outcome, tuple):
+            return {"error": outcome}
+        batched_ms = (time.perf_counter() - started) * 1000.0
+        results = await asyncio.to_thread(lambda: [encode_result(r, formats) for r in outcome])
+        return {"results": results, "replica_ms": {"queue_and_model": round(batched_ms, 3),
+                                                   "total": round((time.perf_counter() - started) * 1000.0, 3)}}
+
+    def info(self) -> dict[str, Any]:
+        session = self.generator.session
+        config = session.config
+        return {"name": self.model, "run": session.run_info().__dict__, "max_new_tokens": self.settings.max_new_tokens,
+                "max_batch": self.settings.max_batch, "replicas": self.settings.replicas,
+                "image_tokens": int(config.image_tokens), "max_text_tokens": int(config.max_text_tokens)}
+
+    def ping(self) -> bool:
+        return self.generator.session is not None
+
+    # ------------------------------------------------------------------ the batch queues
+
+    @_batched
+    async def _estimate(self, works: list[Work]) -> list[Any]:
+        def call(items: list[Any]) -> list[Any]:
+            boxes = [box for _, box in items]
+            return self.estimator.estimate([image for image, _ in items],
+                                           bbox=boxes if any(b is not None for b in boxes) else None)
+        return await asyncio.to_thread(_run_batch, works, call)
+
+    @_batched
+    async def _generate(self, works: list[Work]) -> list[Any]:
+        return await asyncio.to_thread(_run_batch, works, self.generator.generate)
+
+    @_batched
+    async def _edit(self, works: list[Work]) -> list[Any]:
+        return await asyncio.to_thread(
+            _run_batch, works, lambda items: self.editor.edit([p for p, _ in items], [t for _, t in items]))
+
+    @_batched
+    async def _describe(self, works: list[Work]) -> list[Any]:
+        # One call per kind of input present in the batch (a pose and an image cannot share a prompt batch).
+        outcomes: list[Any] = [None] * len(works)
+        for mode in DESCRIBE_MODES:
+            picked = [i for i, w in enumerate(works) if w.mode == mode]
+            if picked:
+                done = await asyncio.to_thread(
+                    _run_batch, [works[i] for i in picked], lambda items, m=mode: self.describer.describe(**{m: items}))
+                for i, outcome in zip(picked, done):
+                    outcomes[i] = outcome
+        return outcomes
+
+
+def _run_batch(works: Sequence[Work], call: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """Run every work's items as one call and hand each work its results; on a typed error, run each work alone so
+    that only the work at fault gets it (as its (status, body) tuple)."""
+    items = [item for w in works for item in w.items]
+    try:
+        results = call(items)
+    except UniPoseError as exc:
+        if len(works) == 1:
+            return [error_body(exc)]
+        return [_run_batch([w], call)[0] for w in works]
+    outcomes, start = [], 0
+    for w in works:
+        outcomes.append(results[start:start + len(w.items)])
+        start += len(w.items)
+    return outcomes

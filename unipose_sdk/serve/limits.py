@@ -1,0 +1,121 @@
+"""The service's settings and limits: one frozen object that the CLI builds, `--print-config` writes into a Serve
+config (as the application's `args`) and every replica reads back. Imports neither Ray nor FastAPI."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from unipose_sdk.errors import InvalidOptionError
+
+DEFAULT_HOST = "127.0.0.1"  # loopback unless told otherwise: exposing the service is a decision, not a default
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may hold and how long it may wait.
+
+    max_body_bytes: the request body (JSON or multipart), checked before it is parsed (413).
+    max_image_pixels: width x height of each image, checked from its header before it is decoded (413).
+    max_text_chars: each prompt / instruction (422, as the SDK's own text errors).
+    max_batch_items: inputs in one request (413); at most the deployment's batch size.
+    max_queued_requests: requests waiting for a model replica beyond those it is running; one more is answered 503
+        with Retry-After instead of growing the queue.
+    request_timeout_s: a request still unanswered after this long is cancelled and answered 504.
+    retry_after_s: the Retry-After of a 503.
+    """
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_text_chars: int = 2000
+    max_batch_items: int = 16
+    max_queued_requests: int = 64
+    request_timeout_s: float = 60.0
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidOptionError.make(f"{f.name}={value!r}", "a positive number",
+                                              f"Pass e.g. {f.name}={f.default}.")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """One service: the models (one Serve deployment each, the first is the default), how each runs, the limits.
+
+    max_batch: the most inputs one model call takes; concurrent requests are batched up to it (`serve.batch`),
+        and each replica accepts at least that many requests at once (`max_ongoing_requests`; Serve's default of 5
+        would cap every batch at 5).
+    batch_wait_ms: how long a replica waits for more requests before running a batch that is not full.
+    api_key_sha256: the SHA-256 hex digest of the API key requests must carry (None: no key). Only the digest is
+        kept, so neither the Serve config nor Ray's state holds the key itself.
+    """
+
+    models: tuple[str, ...] = ("unipose-tiny",)
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str | None = None
+    max_new_tokens: int = 128
+    replicas: int = 1
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+    threads_per_replica: int = 1
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    api_key_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise InvalidOptionError.make(f"models={self.models!r}", "one or more model names or directories",
+                                          "Pass --model unipose-tiny or a model directory.")
+        if len(set(self.models)) != len(self.models):
+            raise InvalidOptionError.make(f"models={list(self.models)}", "each model once",
+                                          "Remove the repeated --model.")
+        for name in ("replicas", "max_batch", "threads_per_replica", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError.make(f"{name}={value!r}", "a positive integer", f"Pass e.g. {name}=1.")
+        if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
+            raise InvalidOptionError.make(f"batch_wait_ms={self.batch_wait_ms!r}", "a number in [0, 1000]",
+                                          "Pass e.g. batch_wait_ms=5.")
+        if self.limits.max_batch_items > self.max_batch:
+            object.__setattr__(self, "limits", dataclasses.replace(self.limits, max_batch_items=self.max_batch))
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Per replica: at least the batch size, so that a full batch can form (plus one batch being filled while
+        the previous one runs)."""
+        return 2 * self.max_batch
+
+    def to_args(self) -> dict[str, Any]:
+        """The plain-JSON form: a Serve config's application `args` (`from_args` reads it back)."""
+        args = dataclasses.asdict(self)
+        args["models"] = list(self.models)
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ServeSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise InvalidOptionError.make(f"the service settings {unknown}", f"names among {sorted(known)}",
+                                          "Fix the application's args in the Serve config.")
+        values = dict(args)
+        if "models" in values:
+            values["models"] = tuple(values["models"])
+        if isinstance(values.get("limits"), dict):
+            limit_names = {f.name for f in dataclasses.fields(ServeLimits)}
+            bad = sorted(set(values["limits"]) - limit_names)
+            if bad:
+                raise InvalidOptionError.make(f"the limits {bad}", f"names among {sorted(limit_names)}",
+                                              "Fix the limits in the Serve config.")
+            values["limits"] = ServeLimits(**values["limits"])
+        return cls(**values)
+
+
+def api_key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
