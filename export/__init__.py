@@ -3,6 +3,7 @@
     specs.py      one declarative spec per graph: names, dynamic axes, opset, tolerance, metadata keys
     onnx.py       export_onnx(model, output_dir, precision=...): five self-describing, validated graphs
     validate.py   ONNX Runtime vs torch comparison (ExportValidationError); it only compares
+    quantize.py   int4 / int8 weights in the graphs (MatMulNBits, dynamic int8, GatherBlockQuantized, QDQ)
     artifacts.py  reading exports back (the runtimes use it): metadata, engine headers, codebook, tokenizer,
                   and the identity checks that every part belongs to one export
     tensorrt.py   engines from the exported graphs: profiles, version checks, cache keys, the builder

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import unipose_sdk.export.quantize as Q
 import unipose_sdk.export.specs as S
 
 from unipose_sdk.errors import (
@@ -88,6 +89,7 @@ class GraphInfo:
     spec: S.GraphSpec
     metadata: dict[str, str]
     identity: Identity
+    quantization: Q.QuantInfo = field(default_factory=lambda: Q.QuantInfo(Q.FLOAT, Q.FLOAT))
 
 
 @dataclass
@@ -104,6 +106,12 @@ class ExportedModel:
     identity: Identity
     file_digests: dict[str, str] = field(default_factory=dict)  # recorded sha256 of the files beside the graphs
     pose_codebook: np.ndarray | None = None  # [K, D] float32; None when the file was removed (argmax decoding)
+    weights: str = "float"  # the weight precision every graph records: float | int8 | int4 | mixed
+
+    @property
+    def quantization(self) -> dict[str, Q.QuantInfo]:
+        """Graph name -> how its weights are stored."""
+        return {name: info.quantization for name, info in self.graphs.items()}
 
 
 def read_graph_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -165,7 +173,47 @@ def _graph_info(root: Path, name: str) -> GraphInfo:
     if not export_id or not weights:
         raise CheckpointError.make(f"{file} without an export id or weights digest",
                                    "the identity `unipose export` records in every graph", REEXPORT_HINT)
-    return GraphInfo(file, spec, meta, Identity(export_id, weights))
+    try:
+        quantization = Q.read_quantization(meta)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError.make(f"{file} with unusable quantization metadata ({type(exc).__name__}: {exc})",
+                                   f"the {Q.META_QUANTIZATION!r} entry `unipose export` writes",
+                                   REEXPORT_HINT) from None
+    return GraphInfo(file, spec, meta, Identity(export_id, weights), quantization)
+
+
+def check_quantization(graphs: Mapping[str, GraphInfo]) -> str:
+    """The weight precision every graph records. Refused, naming the graph: graphs of different precisions (parts
+    of two exports mixed even under one export id), a scheme the precision does not plan for that graph, and a
+    graph that does not hold the ops its metadata names (or holds quantized ops while it says float)."""
+    precisions = collections.Counter(info.quantization.precision for info in graphs.values())
+    reference = precisions.most_common(1)[0][0]
+    odd = [f"{info.path.name} ({info.quantization.precision})" for info in graphs.values()
+           if info.quantization.precision != reference]
+    if odd or reference not in Q.PRECISIONS:
+        first = next(iter(graphs.values())).path.parent
+        raise CheckpointError.make(f"{', '.join(odd) or reference!r} in {first}",
+                                   f"every graph of one weight precision (one of {list(Q.PRECISIONS)}), like the "
+                                   f"other graphs ({reference})", MIXED_HINT)
+    plans = {form: Q.plan(reference, form) for form in Q.FORMS}
+    for name, info in graphs.items():
+        quant = info.quantization
+        planned = plans.get(quant.form, {}).get(name)
+        # A plan's scheme falls back to float when a graph has nothing it applies to (e.g. a vocabulary table
+        # whose width is not whole blocks).
+        if quant.scheme not in (planned, Q.FLOAT):
+            raise CheckpointError.make(f"{info.path.name} with weights {quant.scheme!r} in a {reference} export",
+                                       f"weights {planned!r} for graph {name!r} at precision {reference}", MIXED_HINT)
+        ops = Q.graph_op_types(info.path)
+        missing = [op for op in Q.SCHEME_OPS.get(quant.scheme, ()) if op not in ops]
+        stray = sorted(ops & Q.QUANTIZED_OPS) if quant.scheme == Q.FLOAT else []
+        if missing or stray:
+            raise CheckpointError.make(
+                f"{info.path.name} whose metadata says {quant.scheme!r} but whose graph "
+                + (f"lacks {missing}" if missing else f"holds {stray}"),
+                "a graph that holds the ops its metadata names",
+                f"The file was edited or replaced. {REEXPORT_HINT}")
+    return reference
 
 
 def check_same_export(graphs: Mapping[str, GraphInfo]) -> Identity:
@@ -208,6 +256,7 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
             f"all of {[f'{n}.onnx' for n in S.GRAPH_NAMES]}", "Re-run `unipose export` into a new directory.")
     graphs = {name: _graph_info(root, name) for name in S.GRAPH_NAMES}
     identity = check_same_export(graphs)
+    weights = check_quantization(graphs)
     first = graphs["decoder"]
     config_dict = metadata_json(first.metadata, S.META_CONFIG, first.path)
     for name, info in graphs.items():
@@ -234,7 +283,7 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     is_random = first.metadata.get(S.META_IS_RANDOM, "false") == "true"
     return ExportedModel(root, config, precision, first.metadata.get(S.META_EMISSION, "decomposed"), is_random,
                          first.metadata.get(S.META_SOURCE, ""), graphs, identity, digests,
-                         read_pose_codebook(root, config, digests.get(S.POSE_CODEBOOK_FILE), identity))
+                         read_pose_codebook(root, config, digests.get(S.POSE_CODEBOOK_FILE), identity), weights)
 
 
 def read_pose_codebook(root: Path, config: UniPoseConfig, recorded_sha256: str | None = None,

@@ -14,6 +14,9 @@ custom op, which `unipose_sdk.kernels.onnx` translates (decomposed MatMul/Softma
 `Attention`, or a custom node). In half precision the attention runs in float32 inside the graph (a Cast around
 the same translation), and RMSNorm already computes in float32 in the model.
 
+With `weights="int8" | "int4" | "mixed"` each graph is then quantized as export/quantize.py plans it and compared
+with its float graph; `quantize_export` does the same to an existing float export directory, without torch.
+
 Every file carries its metadata (config, vocabulary layout, spec, SDK version, precision) and the export's
 identity (a random export id, the sha256 of the source weights, the sha256 of the codebook and tokenizer files
 written beside the graphs) in metadata_props; export/artifacts.py reads them back and refuses parts of
@@ -204,6 +207,9 @@ class GraphReport:
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
     validated: str = "no"  # "yes", "no" (validate=False), or "skipped: <reason>"
+    weights: str = "float"  # the quantization scheme of this graph (export/quantize.py), "float" when none
+    quant_relative_error: float | None = None  # worst output's ||quantized - float|| / ||float|| (validation)
+    token_agreement: float | None = None  # decoder: share of logit positions whose arg-max token is unchanged
 
 
 @dataclass
@@ -214,12 +220,20 @@ class ExportReport:
     graphs: list[GraphReport] = field(default_factory=list)
     export_id: str = ""
     weights_sha256: str = ""
+    weight_precision: str = "float"  # float | int8 | int4 | mixed (formats.WEIGHT_PRECISIONS)
 
     def table(self) -> str:
-        rows = [("graph", "size MB", "time s", "max diff", "validated")]
+        quantized = any(g.weights != "float" for g in self.graphs)
+        rows = [("graph", "size MB", "time s", "max diff", "validated")
+                + (("weights", "error vs float", "tokens vs float") if quantized else ())]
         for g in self.graphs:
             diff = "-" if g.max_abs_diff is None else f"{g.max_abs_diff:.2e}"
-            rows.append((g.name, f"{g.size_mb:.1f}", f"{g.export_s:.1f}", diff, g.validated))
+            row: tuple[str, ...] = (g.name, f"{g.size_mb:.1f}", f"{g.export_s:.1f}", diff, g.validated)
+            if quantized:
+                error = "-" if g.quant_relative_error is None else f"{g.quant_relative_error:.3f}"
+                tokens = "-" if g.token_agreement is None else f"{g.token_agreement:.1%}"
+                row += (g.weights, error, tokens)
+            rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -318,6 +332,14 @@ def export_graph(module: nn.Module, spec: S.GraphSpec, config: UniPoseConfig, pa
     program.save(str(path), external_data=weight_bytes > S.EXTERNAL_DATA_THRESHOLD_BYTES)
 
 
+def _validation_feeds(spec: S.GraphSpec, config: UniPoseConfig, dtype: torch.dtype) -> dict[str, np.ndarray]:
+    """The validation inputs (the ones `validate_graph` uses) as numpy feeds, for comparing graphs with each other."""
+    from unipose_sdk.export.validate import VALIDATION_SIZES, to_numpy
+
+    inputs = example_inputs(spec, config, dtype, seed=1, **VALIDATION_SIZES)
+    return {n: to_numpy(t) for n, t in zip(spec.input_names, inputs)}
+
+
 def _file_size_mb(path: Path) -> float:
     data = path.with_name(path.name + ".data")
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20
@@ -331,7 +353,8 @@ def _refuse_existing(target: Path) -> CheckpointError:
 def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx", *, precision: str = "fp32",
                 emission: str = "decomposed", opset: int = S.OPSET_RANGE[0], graphs: tuple[str, ...] = S.GRAPH_NAMES,
                 validate: bool = True, overwrite: bool = False, progress: bool = True,
-                optimize: bool = True) -> ExportReport:
+                optimize: bool = True, weights: str = "float", block_size: int = 128,
+                quant_form: str = "onnxruntime") -> ExportReport:
     """Export `model` (None / "unipose-tiny", an SDK model directory, or a UniPoseModel) to `output_dir`.
 
     precision: float32 | float16 | bfloat16 (or fp32 | fp16 | bf16) for the LLM and vision graphs (the pose
@@ -345,12 +368,22 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
         ExportValidationError naming the graph and its max / mean difference, and nothing is written.
     overwrite: replace an existing `output_dir` (only once the new export is complete); without it an existing
         directory is refused, also one that appears while the export runs.
+    weights: float | int8 | int4 | mixed: quantized weights on top of `precision` (export/quantize.py plans the
+        scheme of each graph); each quantized graph is compared with its float graph (error and token agreement
+        in the report) and refused when it lost the signal.
+    block_size: int4 block length along K (a power of two >= 16). quant_form: "onnxruntime" (MatMulNBits,
+        MatMulInteger, GatherBlockQuantized) or "qdq" (int8 weights behind DequantizeLinear, for TensorRT).
     """
+    import unipose_sdk.export.quantize as Q
     from tqdm import tqdm
     from unipose_sdk.export.validate import VALIDATION_SIZES, validate_graph
     from unipose_sdk.kernels import onnx as kernels_onnx
 
     precision = S.check_precision(precision)
+    weights = formats.weight_precision(weights)
+    Q.check_block_size(block_size)
+    Q.check_dtype(weights, precision, quant_form)
+    schemes = Q.plan(weights, quant_form)
     if emission not in kernels_onnx.EMISSIONS:
         raise InvalidInputError.make(f"emission={emission!r}", f"one of {kernels_onnx.EMISSIONS}",
                                      "Use 'decomposed' unless the runtime imports the opset-23 Attention op.")
@@ -366,7 +399,8 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     src = _load_source(model, torch.float32 if validate else dtype)
     specs = S.graph_specs(src.config, precision, opset=opset)
     export_id = uuid.uuid4().hex
-    report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256)
+    report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256,
+                          weight_precision=weights)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # SIGTERM / SIGHUP raise (as Ctrl-C does) while the export runs, so the cleanup below runs for them too; the
@@ -397,6 +431,11 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
                         path, spec, reference, graph_dtype, inputs)
                     del reference
                 del module
+                if schemes[name] != Q.FLOAT or weights != "float":  # a float export's graphs are left as written
+                    result = Q.quantize_in_place(path, spec, schemes[name], weights, block_size, _validation_feeds(
+                        spec, src.config, graph_dtype) if validate else None)
+                    entry.weights, entry.quant_relative_error, entry.token_agreement = result
+                    entry.size_mb = _file_size_mb(path)
                 report.graphs.append(entry)
             (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
             with deferred_signals():
@@ -409,6 +448,65 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
                         raise _refuse_existing(target) from None
         except BaseException:
             with deferred_signals():  # a second signal must not cut the cleanup short
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return report
+
+
+def quantize_export(source: str | os.PathLike, output_dir: str | os.PathLike, precision: str, *,
+                    block_size: int = 128, form: str = "onnxruntime", validate: bool = True,
+                    overwrite: bool = False) -> ExportReport:
+    """A quantized copy of a float export directory (no torch model needed: the graphs are rewritten; `unipose
+    export --model FLOAT_EXPORT_DIR --precision P`). The copy is an export of its own (a new export id in every
+    graph), so its graphs and the float ones never mix; its graphs are compared with the float ones (the float
+    graphs were validated against torch when they were exported)."""
+    import unipose_sdk.export.quantize as Q
+    from unipose_sdk.export.artifacts import read_directory
+
+    precision = formats.weight_precision(precision)
+    block_size = Q.check_block_size(block_size)
+    exported = read_directory(source)
+    if exported.weights != Q.FLOAT:
+        raise InvalidInputError.make(f"export directory {str(source)!r} with {exported.weights} weights",
+                                     "a float export to quantize", "Quantize the float export of the model.")
+    Q.check_dtype(precision, exported.precision, form)
+    schemes = Q.plan(precision, form)
+    target = Path(output_dir)
+    if target.exists() and not overwrite:
+        raise _refuse_existing(target)
+    export_id = uuid.uuid4().hex
+    dtype_name = formats.dtype(exported.precision).name
+    report = ExportReport(target, exported.precision, exported.emission, export_id=export_id,
+                          weights_sha256=exported.identity.weights_sha256, weight_precision=precision)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with signals_raise():
+        tmp = make_temp_dir(target.parent, target.name)
+        try:
+            for item in Path(source).iterdir():
+                if item.is_file():
+                    shutil.copy2(item, tmp / item.name)
+            for name, info in exported.graphs.items():
+                feeds = None
+                if validate and schemes[name] != Q.FLOAT:
+                    feeds = _validation_feeds(info.spec, exported.config, formats.torch_dtype(dtype_name))
+                started = time.perf_counter()
+                path = tmp / info.path.name
+                entry = GraphReport(name, path.name, 0.0, 0.0, validated="float graph: yes" if validate else "no")
+                entry.weights, entry.quant_relative_error, entry.token_agreement = Q.quantize_in_place(
+                    path, info.spec, schemes[name], precision, block_size, feeds, export_id=export_id)
+                entry.size_mb, entry.export_s = _file_size_mb(path), time.perf_counter() - started
+                report.graphs.append(entry)
+            (tmp / "export_report.txt").write_text(report.table() + "\n", encoding="utf-8")
+            with deferred_signals():
+                if overwrite:
+                    replace_directory(tmp, target)
+                else:
+                    try:
+                        os.rename(tmp, target)
+                    except OSError:
+                        raise _refuse_existing(target) from None
+        except BaseException:
+            with deferred_signals():
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
     return report

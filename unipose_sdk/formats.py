@@ -75,6 +75,25 @@ def torch_dtype(value: Any, what: str = "dtype") -> Any:
     return dtype(value, what).torch()
 
 
+# ------------------------------------------------------------------------------------------- weight precisions
+# How the weights of an export are stored, on top of its float dtype (export/quantize.py says which graph gets
+# which scheme): "float" (the dtype itself), "int8" (int8 weights everywhere it pays), "int4" (int4 weights
+# everywhere it pays), "mixed" (int4 language model, int8 vision towers). The pose tokenizer is always float.
+WEIGHT_PRECISIONS = ("float", "int8", "int4", "mixed")
+
+
+def weight_precision(value: Any, what: str = "precision") -> str:
+    """`value` when it names a weight precision (case-insensitive), else InvalidInputError naming `what`."""
+    key = value.lower() if isinstance(value, str) else None
+    if key in WEIGHT_PRECISIONS:
+        return key
+    raise InvalidInputError.make(
+        f"{what}={value!r}", f"one of {list(WEIGHT_PRECISIONS)}",
+        "Pass --precision int4 for the smallest, fastest decoding on a CPU or a Jetson, int8 for the fastest "
+        "prompt and pose block, mixed for int4 language model + int8 vision towers, float for the unquantized "
+        "graphs (the float dtype itself is --dtype).")
+
+
 # ------------------------------------------------------------------------------------------- formats
 @dataclass(frozen=True)
 class Format:

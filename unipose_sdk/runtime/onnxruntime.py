@@ -4,7 +4,11 @@
     generation.generate(runtime.llm, prompts, runtime.config.vocab, GenerationConfig(max_new_tokens=32))
 
 Everything is learned from the files (config, precision, tensor names come from the metadata inside them), so
-the task classes run unchanged: `Generator.from_pretrained("out/tiny-onnx", backend="onnxruntime")`.
+the task classes run unchanged: `Generator.from_pretrained("out/tiny-onnx", backend="onnxruntime")`. Quantized
+exports (`unipose export --precision int4 | int8 | mixed`) load the same way: their graphs hold MatMulNBits,
+MatMulInteger and GatherBlockQuantized nodes, which the CPU provider runs; the CUDA provider (onnxruntime-gpu)
+has MatMulNBits and MatMulInteger kernels and ONNX Runtime places any node it lacks on the CPU provider, but
+quantized graphs have not been timed on CUDA in this project.
 
 The language model over the embed and decoder graphs is `runtime/graph_lm.py`'s, shared with TensorRT. On the
 CPU provider the KV cache is a list of numpy-backed torch tensors (ONNX Runtime hands back its output buffers,
@@ -186,6 +190,12 @@ class OnnxRuntimeRuntime(Runtime):
         self._graphs = {}
         self._llm = None  # type: ignore[assignment]
 
+    @property
+    def weights(self) -> str:
+        """The export's weight precision: float | int8 | int4 | mixed (export/quantize.py)."""
+        return self.exported.weights
+
     def describe(self) -> str:
         providers = self._graphs["decoder"].session.get_providers() if self._graphs else []
-        return f"onnxruntime {providers} on {self.device} ({self.exported.precision})"
+        weights = "" if self.exported.weights == "float" else f", {self.exported.weights} weights"
+        return f"onnxruntime {providers} on {self.device} ({self.exported.precision}{weights})"
