@@ -259,6 +259,8 @@ def _interactive(args: argparse.Namespace) -> int:
                         continue
                     poses.append(made[-1] if rest == "last" else rest)
                     print(f"(pose {len(poses)} attached: {rest})", file=out)
+                elif command == "/save" and rest and not replies:
+                    print("(nothing to save yet)", file=out)
                 elif command == "/save" and rest:
                     try:
                         for paths in _save(replies, Path(rest), args):

@@ -36,7 +36,7 @@ from torch import Tensor
 
 import unipose_sdk.generation as generation
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidTextError
+from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidTextError, UnsupportedTaskError
 from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import AssistantOptions
 from unipose_sdk.results import AssistantReply, ReplyPose, describe_input
@@ -137,6 +137,12 @@ class Assistant(TaskBase):
         return assistant
 
     def _start_conversation(self) -> None:
+        family = getattr(self.session.config, "family", "unipose")
+        if family != "unipose":
+            raise UnsupportedTaskError.make(
+                f"an Assistant over {self.session.model_name}, a {family!r} model",
+                "a UniPose-family model (its answers carry poses as token blocks, its conversation is "
+                "mistral_instruct)", "Use the task classes for this model, or load a UniPose model for chats.")
         self._kept: list[_Kept] = []
         self._history: list[ChatTurn] = []
         self._images: list[Tensor] = []  # the projected embeddings [N, C] of every image so far, by serial
