@@ -113,13 +113,14 @@ class GenerationConfig:
     seed: int | None = None
     max_text_tokens: int | None = None
     max_poses: int | None = None
+    no_repeated_sentences: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
                 self.max_new_tokens < 1):
             raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "an integer >= 1",
                                          "Raise max_new_tokens.")
-        for name in ("start_with_pose", "stop_after_pose", "one_pass"):
+        for name in ("start_with_pose", "stop_after_pose", "one_pass", "no_repeated_sentences"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False",
                                              f"Pass {name}=True or False.")
@@ -165,21 +166,60 @@ def sample_ids(logits: Tensor, temperature: float, top_p: float, generator: torc
     return torch.multinomial(probs, 1, generator=generator).view(shape)
 
 
+def ban_repeated_sentences(logits: Tensor, histories: Sequence[Sequence[int]], sentence_end_ids: frozenset[int],
+                           eos_id: int) -> Tensor:
+    """Logits [B, V] where, for each row, every id that would end the current sentence as a copy of a sentence the
+    row's answer already holds is -inf (and eos, when the current sentence already is such a copy without its end).
+
+    A small model describing a pose tends to state its most likely sentence twice ("Their left arm is stretched
+    out in front." twice); banning the copy's last id makes it say something else. Sentences are runs of ids
+    ended by an id in `sentence_end_ids` (ids whose text ends in ".", "!" or "?"). Costs a few list operations per
+    row and step; returns `logits` itself when nothing is banned."""
+    banned: list[tuple[int, int]] = []
+    for row, history in enumerate(histories):
+        stated: list[tuple[int, ...]] = []
+        current: list[int] = []
+        for token in history:
+            current.append(int(token))
+            if token in sentence_end_ids:
+                stated.append(tuple(current))
+                current = []
+        if not current or not stated:
+            continue
+        prefix = tuple(current)
+        for sentence in stated:
+            if sentence[:-1] == prefix:
+                banned.append((row, sentence[-1]))
+            if sentence[:-1] == prefix or sentence == prefix:
+                banned.append((row, eos_id))
+    if not banned:
+        return logits
+    logits = logits.clone()
+    rows, ids = zip(*banned)
+    logits[list(rows), list(ids)] = float("-inf")
+    return logits
+
+
 class TokenPicker:
     """How one call turns logits into ids: greedy (argmax / `pose_codes_from_logits`) or sampled (`sample_ids`)
     from one seeded stream per call."""
 
-    def __init__(self, config: GenerationConfig, vocab: VocabLayout, code_vectors: Tensor | None = None) -> None:
+    def __init__(self, config: GenerationConfig, vocab: VocabLayout, code_vectors: Tensor | None = None,
+                 sentence_end_ids: frozenset[int] = frozenset()) -> None:
         self.config = config
         self.vocab = vocab
         self.code_vectors = code_vectors
+        self.sentence_end_ids = sentence_end_ids if config.no_repeated_sentences else frozenset()
         self.generator: torch.Generator | None = None
         if config.sampling:
             seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
             self.generator = torch.Generator().manual_seed(seed)
 
-    def tokens(self, logits: Tensor) -> list[int]:
-        """Next-token logits [B, V] -> one id per row."""
+    def tokens(self, logits: Tensor, histories: Sequence[Sequence[int]] | None = None) -> list[int]:
+        """Next-token logits [B, V] -> one id per row; `histories`: each row's answer so far (for the ban on
+        repeated sentences)."""
+        if histories is not None and self.sentence_end_ids:
+            logits = ban_repeated_sentences(logits, histories, self.sentence_end_ids, self.vocab.eos_id)
         if self.generator is None:
             return logits.argmax(dim=-1).tolist()
         return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()
@@ -513,10 +553,13 @@ def generate(
     max_context: int | None = None,
     pose_code_vectors: Tensor | None = None,
     on_stage: OnStage | None = None,
+    sentence_end_ids: frozenset[int] = frozenset(),
 ) -> list[GenerationResult]:
     """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row), as `config` says.
 
     max_context: limit on prompt + config.max_new_tokens; default the model's max_position_embeddings.
+    sentence_end_ids: the tokenizer's ids that end a sentence; with config.no_repeated_sentences no answer states
+        a sentence twice (`ban_repeated_sentences`). Empty: no ban.
     pose_code_vectors: the codebook [K, D] for expected-code pose decoding (`pose_codes_from_logits`); None:
         argmax per query. (A property of the model, not of the call: the session passes its own.)
     on_stage: called as `with on_stage(name):` around each stage: "prefill", or "prefill_pose" for the one-pass
@@ -541,7 +584,7 @@ def generate(
     slots = [padded] * batch
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
     one_pass = config.one_pass and max_new_tokens >= streams.pose_block_ids
-    picker = TokenPicker(config, vocab, pose_code_vectors)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids)
 
     with stage("prefill_pose" if one_pass else "prefill"):
         if one_pass:
@@ -581,7 +624,7 @@ def generate(
                                  kv_length=max(slots) + 1)
             slots = [slot + 1 if running[b] else slot for b, slot in enumerate(slots)]
             # The one host synchronisation per token: the stop check needs the sampled ids.
-            streams.accept_running(picker.tokens(logits), running)
+            streams.accept_running(picker.tokens(logits, [out.token_ids for out in streams.results]), running)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -601,9 +644,12 @@ class PrefixCache:
     never shrinks.
     """
 
-    def __init__(self, model: LanguageModel, step: int = 256) -> None:
+    def __init__(self, model: LanguageModel, step: int = 256, max_length: int | None = None) -> None:
+        """max_length: the most slots to allocate (the rounding to `step` stops there): exported decoders are
+        built for a longest cache (the TensorRT profiles allow config.max_text_tokens + 160 keys)."""
         self.model = model
         self.step = step
+        self.max_length = max_length
         self.cache: Any = None
         self.keys: list[Key] = []
 
@@ -633,6 +679,8 @@ class PrefixCache:
         if length <= self.capacity:
             return
         size = -(-length // self.step) * self.step
+        if self.max_length is not None:
+            size = max(length, min(size, self.max_length))
         make = getattr(self.model, "new_private_cache", None)
         cache = make(1, size) if make is not None else self.model.new_cache(1, size)
         held = len(self.keys)
@@ -680,6 +728,7 @@ def continue_generation(
     max_context: int,
     pose_code_vectors: Tensor | None = None,
     on_stage: OnStage | None = None,
+    sentence_end_ids: frozenset[int] = frozenset(),
 ) -> Iterator[StreamEvent]:
     """Generate one answer for one row whose prompt's slots are `keys`, reusing the slots `prefix` holds.
 
@@ -700,7 +749,7 @@ def continue_generation(
     prefix.reserve(len(keys) + config.max_new_tokens + 1)
     cache = prefix.cache
     streams = AnswerStreams(1, vocab, config)
-    picker = TokenPicker(config, vocab, pose_code_vectors)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids)
     one = torch.zeros(1, dtype=torch.int32, device=device)
     state = DecodeState(key_start=one, next_slot=one + start, next_position=(one + start).to(torch.long))
     active = torch.ones(1, dtype=torch.bool, device=device)
@@ -730,7 +779,7 @@ def continue_generation(
                                  kv_length=len(prefix.keys) + 1)
             prefix.keys.append(token)
             before = len(result.token_ids)
-            streams.accept(0, picker.tokens(logits)[0])
+            streams.accept(0, picker.tokens(logits, [streams.results[0].token_ids])[0])
         if len(result.token_ids) > before:
             yield StreamEvent("token", token=result.token_ids[-1])
     yield StreamEvent("end", result=result)

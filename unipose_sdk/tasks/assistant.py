@@ -283,7 +283,8 @@ class Assistant(TaskBase):
             for start, encoder_text in row.text_slots:  # models with a sentence encoder: its rows per turn
                 keys[start:start + rows_per_turn] = [("text_rows", encoder_text, j) for j in range(rows_per_turn)]
             if self._prefix is None or self._prefix.model is not session.runtime.llm:
-                self._prefix = generation.PrefixCache(session.runtime.llm)
+                self._prefix = generation.PrefixCache(session.runtime.llm,
+                                                      max_length=int(session.config.max_text_tokens) + 1)
             prefix = self._prefix
 
             def embed_from(start: int) -> Tensor:
