@@ -249,12 +249,16 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
         raise ModelNotFoundError.make(f"export directory {str(root)!r}, which does not exist",
                                       "a directory written by `unipose export`",
                                       "Check the path, or export first: unipose export --model M -o DIR.")
-    missing = [n for n in S.GRAPH_NAMES if not (root / f"{n}.onnx").is_file()]
+    # A ChatPose export has no pose tokenizer graphs; with either of them present both are required, and a
+    # UniPose config without them is refused below.
+    has_pose_graphs = any((root / f"{n}.onnx").is_file() for n in S.POSE_GRAPH_NAMES)
+    names = [n for n in S.GRAPH_NAMES if has_pose_graphs or n not in S.POSE_GRAPH_NAMES]
+    missing = [n for n in names if not (root / f"{n}.onnx").is_file()]
     if missing:
         raise CheckpointError.make(
             f"export directory {str(root)!r} without {[f'{n}.onnx' for n in missing]}",
             f"all of {[f'{n}.onnx' for n in S.GRAPH_NAMES]}", "Re-run `unipose export` into a new directory.")
-    graphs = {name: _graph_info(root, name) for name in S.GRAPH_NAMES}
+    graphs = {name: _graph_info(root, name) for name in names}
     identity = check_same_export(graphs)
     weights = check_quantization(graphs)
     first = graphs["decoder"]
@@ -270,6 +274,10 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError.make(f"{first.path} with an unusable model config ({type(exc).__name__}: {exc})",
                                    "the UniPoseConfig `unipose export` records", REEXPORT_HINT) from None
+    if set(S.family_graph_names(config)) != set(graphs):
+        raise CheckpointError.make(
+            f"export directory {str(root)!r} of a {config.family} model with the graphs {sorted(graphs)}",
+            f"the graphs {sorted(S.family_graph_names(config))}", "Re-run `unipose export` into a new directory.")
     digests = metadata_json(first.metadata, S.META_FILES, first.path)
     if not isinstance(digests, dict):
         raise CheckpointError.make(f"{first.path} whose {S.META_FILES!r} is a {type(digests).__name__}",

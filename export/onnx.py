@@ -123,7 +123,10 @@ class DecoderGraph(nn.Module):
         out = self.llm(input_embeds=input_embeds, positions=positions, mask=mask, cache=cache,
                        logits_positions=None, return_hidden=True)
         # The LM head at the selected positions only, as MistralLM does for `logits_positions`.
-        logits = self.llm.lm_head(out.hidden.index_select(1, logits_index)).float()
+        selected = out.hidden.index_select(1, logits_index)
+        logits = self.llm.lm_head(selected).float()
+        if self.llm.pose_head is not None:  # ChatPose: the pose head's outputs at the same positions
+            return (logits, self.llm.pose_head(selected).float(), *cache.k, *cache.v)
         return (logits, *cache.k, *cache.v)
 
 
@@ -398,6 +401,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     # The reference for validation is float32; without validation load straight at the export precision.
     src = _load_source(model, torch.float32 if validate else dtype)
     specs = S.graph_specs(src.config, precision, opset=opset)
+    graphs = tuple(g for g in graphs if g in specs)  # a ChatPose model has no pose tokenizer graphs
     export_id = uuid.uuid4().hex
     report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256,
                           weight_precision=weights)
@@ -411,8 +415,9 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
             # The files beside the graphs first: every graph records their digests.
             if src.tokenizer is not None:
                 src.tokenizer.save(tmp)
-            codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
-            np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
+            if src.model.pose_tokenizer is not None:
+                codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
+                np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
             digests = {name: file_sha256(tmp / name) for name in (S.POSE_CODEBOOK_FILE, *TOKENIZER_FILES)
                        if (tmp / name).is_file()}
             for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):

@@ -36,6 +36,15 @@ PRECISIONS = formats.PRECISIONS  # "fp32", "fp16", "bf16": the short names of th
 # ONNX opsets the exporter writes and ONNX Runtime runs; an emission may need more (attention23: 23).
 OPSET_RANGE = (18, 23)
 GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
+# The pose tokenizer's graphs: a ChatPose model has no pose tokenizer, so its exports hold the other three only.
+POSE_GRAPH_NAMES = ("pose_encoder", "pose_decoder")
+
+
+def family_graph_names(config: UniPoseConfig) -> tuple[str, ...]:
+    """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs)."""
+    if config.family == "chatpose":
+        return tuple(n for n in GRAPH_NAMES if n not in POSE_GRAPH_NAMES)
+    return GRAPH_NAMES
 # The pose codebook [K, D] float32 as .npy beside the graphs: expected-code pose decoding (config pose_decoding)
 # weights it on the host; it is also inside pose_decoder.onnx, but not under a name one can rely on.
 POSE_CODEBOOK_FILE = "pose_codebook.npy"
@@ -193,6 +202,9 @@ def graph_specs(config: UniPoseConfig, precision: str = "fp32", opset: int = 18,
             "decoder",
             inputs=decoder_inputs(config),
             outputs=(TensorSpec("logits", "float32", ("batch", "logits", llm.vocab_size)),
+                     # ChatPose: the pose head's outputs at the same positions as the logits (LMOutput.pose).
+                     *((TensorSpec("pose_params", "float32", ("batch", "logits", llm.pose_head_outputs)),)
+                       if llm.pose_head_outputs else ()),
                      *(TensorSpec(f"present_key_{i}", "compute", kv_shape(config))
                        for i in range(llm.num_hidden_layers)),
                      *(TensorSpec(f"present_value_{i}", "compute", kv_shape(config))
@@ -203,7 +215,8 @@ def graph_specs(config: UniPoseConfig, precision: str = "fp32", opset: int = 18,
                          "keys": (1, max_context, max_context), "logits": (1, codes, codes)},
         ),
     ]
-    return {spec.name: spec for spec in specs}
+    names = family_graph_names(config)
+    return {spec.name: spec for spec in specs if spec.name in names}
 
 
 def kv_shape(config: UniPoseConfig) -> tuple[int | str, ...]:

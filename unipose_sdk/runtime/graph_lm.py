@@ -117,7 +117,10 @@ class GraphLanguageModel:
             targets = {f"present_key_{i}": cache.spare[0][i] for i in range(layers)}
             targets.update({f"present_value_{i}": cache.spare[1][i] for i in range(layers)})
         outputs = self._decoder.run(feed, targets)
-        logits, present_k, present_v = outputs[0], outputs[1:1 + layers], outputs[1 + layers:]
+        # ChatPose's decoder graph returns the pose head's outputs after the logits (export/specs.py).
+        pose = outputs[1] if self.config.pose_head_outputs else None
+        first_kv = 2 if pose is not None else 1
+        logits, present_k, present_v = outputs[0], outputs[first_kv:first_kv + layers], outputs[first_kv + layers:]
         if sliced:
             for i in range(layers):
                 cache.k[i][:, :, :kv_length] = present_k[i]
@@ -126,4 +129,6 @@ class GraphLanguageModel:
             if targets is not None:
                 cache.spare = (cache.k, cache.v)  # the old past becomes the next call's output buffers
             cache.k, cache.v = list(present_k), list(present_v)
-        return LMOutput(logits.float() if logits_positions is not None else None, None)
+        if logits_positions is None:
+            return LMOutput(None, None)
+        return LMOutput(logits.float(), None, None if pose is None else pose.float())

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 import unipose_sdk.formats as formats
-from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
+from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, UnsupportedTaskError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import ExportedModel, read_directory
 from unipose_sdk.models.config import UniPoseConfig
@@ -177,10 +177,18 @@ class OnnxRuntimeRuntime(Runtime):
                                            "pose_pixels": pose_pixels.to(self.device, self.dtype)})[0]
 
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
-        return self._graphs["pose_encoder"].run({"pose_6d": pose_6d.to(self.device, torch.float32)})[0]
+        return self._pose_graph("pose_encoder").run({"pose_6d": pose_6d.to(self.device, torch.float32)})[0]
 
     def decode_poses(self, codes: Tensor) -> Tensor:
-        return self._graphs["pose_decoder"].run({"codes": codes.to(self.device, torch.long)})[0].float()
+        return self._pose_graph("pose_decoder").run({"codes": codes.to(self.device, torch.long)})[0].float()
+
+    def _pose_graph(self, name: str) -> _Graph:
+        graph = self._graphs.get(name)
+        if graph is None:  # a ChatPose export: no pose tokenizer
+            raise UnsupportedTaskError.make(f"a request for the {name} graph of a {self.config.family} export",
+                                            "an export with a pose tokenizer", "Use a UniPose model (family "
+                                            "'unipose').")
+        return graph
 
     def pose_codebook(self) -> Tensor | None:
         codebook = self.exported.pose_codebook
