@@ -56,7 +56,7 @@ KNEE_BENT_DEFAULT_DEG = 45.0
 ABOVE_SHOULDER_M = 0.05  # the wrist this far above its shoulder
 HAND_NEAR_FLOOR_M = 0.30  # wrist height
 HANDS_TOGETHER_M = 0.20  # wrist-to-wrist distance
-NEAR_M = {"head": 0.25, "chest": 0.25, "hip": 0.20, "knee": 0.20, "foot": 0.25, "shoulder": 0.20}
+NEAR_M = {"head": 0.25, "chest": 0.25, "hip": 0.20, "knee": 0.25, "foot": 0.25, "shoulder": 0.20}
 KNEE_RAISED_MIN_DEG = 45.0  # thigh angle from hanging straight down, towards the front
 LEG_SIDEWAYS_MIN_DEG = 25.0  # thigh angle outwards, out of the sagittal plane
 FOOT_RAISED_M = 0.15  # one foot's lowest joint above the other's
@@ -139,8 +139,12 @@ class Body:
                 break
         self.heading = _unit(candidate)
         self.heading_left = np.cross(up, self.heading)  # horizontal, the body's left
-        self.pitch_deg = math.degrees(math.atan2(float(spine @ self.heading), float(spine[1])))
-        self.roll_deg = math.degrees(math.atan2(float(spine @ self.heading_left), float(spine[1])))
+        unit_spine = _unit(spine)
+        # Pitch runs from -180 to 180 (beyond 90: folded down past horizontal); roll is the spine's angle out of the
+        # body's sagittal plane, so a symmetric pose reads 0 even upside down.
+        self.pitch_deg = math.degrees(math.atan2(float(unit_spine @ self.heading), float(unit_spine[1])))
+        self.spine_ahead = float(unit_spine @ self.heading)  # cosine of the spine with the heading
+        self.roll_deg = math.degrees(math.asin(max(-1.0, min(1.0, float(unit_spine @ self.heading_left)))))
 
     def joint(self, name: str) -> np.ndarray:
         return self.p[J[name]]
@@ -256,7 +260,7 @@ for _direction, _words in (("up", "overhead, along the torso's up axis"), ("down
 
 
 @_register("hand_near", "wrist within NEAR_M of the target: head 0.25, chest (front of spine3) 0.25, hip (waist "
-           "above the hip joint) 0.20, knee 0.20, foot (ankle or toes) 0.25, shoulder 0.20 m; target_side: the "
+           "above the hip joint) 0.20, knee 0.25, foot (ankle or toes) 0.25, shoulder 0.20 m; target_side: the "
            "target on the hand's own side, the other side, or either",
            {**_SIDE, "target": TARGETS, "target_side": TARGET_SIDES}, {"target_side": "same"})
 def hand_near(b: Body, side: str, target: str, target_side: str = "same") -> bool:
@@ -267,13 +271,13 @@ def hand_near(b: Body, side: str, target: str, target_side: str = "same") -> boo
     return _sided(side, near)
 
 
-@_register("hand_behind_back", "wrist at least 0.05 m behind spine2 along the torso's forward axis, within 0.3 m of "
-           "the midline and below the chest's top (spine3 + 0.15 m)", _SIDE)
+@_register("hand_behind_back", "wrist at least 0.08 m behind spine2 along the torso's forward axis, within 0.2 m of "
+           "the midline (an arm hanging at the side is ~0.28 m out) and below the chest's top (spine3 + 0.15 m)", _SIDE)
 def hand_behind_back(b: Body, side: str) -> bool:
     def behind(s: str) -> bool:
         w = b.torso_frame @ (b.joint(f"{s}_wrist") - b.joint("spine2"))
         top = float(b.torso_frame[1] @ (b.joint("spine3") - b.joint("spine2"))) + 0.15
-        return w[2] <= -0.05 and abs(w[0]) <= 0.3 and w[1] <= top
+        return w[2] <= -0.08 and abs(w[0]) <= 0.2 and w[1] <= top
     return _sided(side, behind)
 
 
@@ -417,10 +421,11 @@ def upside_down(b: Body) -> bool:
     return b.tilt_deg > UPSIDE_DOWN_MIN_TILT_DEG
 
 
-@_register("torso_bent_forward", "spine (pelvis -> neck) pitched at least min_deg (default 30) towards the heading, "
-           "not lying", {"min_deg": float}, {"min_deg": BENT_FORWARD_DEFAULT_DEG})
+@_register("torso_bent_forward", "spine (pelvis -> neck) pitched at least min_deg (default 30) towards the heading "
+           "with the neck clearly ahead of the pelvis (cosine with the heading >= 0.2), not lying",
+           {"min_deg": float}, {"min_deg": BENT_FORWARD_DEFAULT_DEG})
 def torso_bent_forward(b: Body, min_deg: float = BENT_FORWARD_DEFAULT_DEG) -> bool:
-    return b.pitch_deg >= min_deg and not b.is_lying()
+    return b.pitch_deg >= min_deg and b.spine_ahead >= 0.2 and not b.is_lying()
 
 
 @_register("torso_upright", f"spine within {UPRIGHT_MAX_TILT_DEG} deg of vertical")
@@ -428,9 +433,10 @@ def torso_upright(b: Body) -> bool:
     return b.tilt_deg <= UPRIGHT_MAX_TILT_DEG
 
 
-@_register("torso_leaning_back", f"spine pitched at least {LEAN_MIN_DEG} deg backwards, not lying")
+@_register("torso_leaning_back", f"spine pitched {LEAN_MIN_DEG}-90 deg backwards (neck behind the pelvis, still above "
+           "it), not lying")
 def torso_leaning_back(b: Body) -> bool:
-    return b.pitch_deg <= -LEAN_MIN_DEG and not b.is_lying()
+    return -90.0 <= b.pitch_deg <= -LEAN_MIN_DEG and not b.is_lying()
 
 
 @_register("torso_leaning_side", f"spine rolled at least {LEAN_MIN_DEG} deg towards that side, not lying",
