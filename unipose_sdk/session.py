@@ -9,6 +9,7 @@ so parallel calls on one CPU would only compete for the same cores).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -205,8 +206,16 @@ class UniPose:
             return generation.generate(
                 self.runtime.llm, embeds, self.config.vocab, config,
                 max_context=self.config.llm.max_position_embeddings, pose_code_vectors=self.pose_code_vectors,
-                on_stage=on_stage,
+                on_stage=on_stage, sentence_end_ids=self.sentence_end_ids,
             )
+
+    @functools.cached_property
+    def sentence_end_ids(self) -> frozenset[int]:
+        """Text ids whose text ends a sentence (".", "!", "?"), for the generation loop's ban on repeated
+        sentences."""
+        layout = self.config.vocab
+        return frozenset(i for i in range(layout.text_vocab_size)
+                         if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?")))
 
     def answer_text(self, result: generation.GenerationResult) -> str:
         """The text of an answer, pose blocks shown as <pose>."""

@@ -15,6 +15,15 @@ from unipose_sdk.tasks.base import TaskBase, as_batch, as_pose, check_image_path
 from unipose_sdk.tasks.images import images_to_embeds
 from unipose_sdk.tasks.pipeline import answer
 from unipose_sdk.text.prompts import Task
+from unipose_sdk.text.sentences import drop_repeated_sentences
+
+
+def stated_facts(clause: str) -> set:
+    """The (kind, subject, level) facts a clause states in the data engine's phrasing (empty for other wording)."""
+    from unipose_sdk.data.captions import parse_facts
+
+    return {fact.key for fact in parse_facts(clause)}
+
 
 _SINGLE = (str, Pose, np.ndarray, torch.Tensor)
 
@@ -89,6 +98,8 @@ class Describer(TaskBase):
         with self._call():
             answers = answer(session, prompts, self.options.generation_config(session.config.vocab),
                                        encode_images)
-        results = [DescribeResult(**a.measurements(), run=session.run_info(), text=a.text, input=inputs[i])
+        # A description states each sentence once (text/sentences.py says why the loop's ban is not enough).
+        results = [DescribeResult(**a.measurements(), run=session.run_info(),
+                                  text=drop_repeated_sentences(a.text, stated_facts), input=inputs[i])
                    for i, a in enumerate(answers)]
         return split_batch(results, single)

@@ -1,0 +1,55 @@
+"""Descriptions state nothing twice: the generation loop's ban on exact sentence copies and the text policy."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from unipose_sdk.data.captions import parse_facts
+from unipose_sdk.generation import ban_repeated_sentences
+from unipose_sdk.text.sentences import drop_repeated_sentences
+
+END, EOS = 9, 2
+
+
+def test_the_id_that_would_end_a_copy_is_banned() -> None:
+    logits = torch.zeros(3, 12)
+    histories = [
+        [5, 6, END, 5, 6],  # "A B. A B" -> ending now would copy "A B."
+        [5, 6, END, 5, 7],  # "A B. A C" -> no copy in reach
+        [5, 6],             # no sentence stated yet
+    ]
+    out = ban_repeated_sentences(logits, histories, frozenset({END}), EOS)
+    assert out[0, END] == float("-inf") and out[0, EOS] == float("-inf")
+    assert torch.isfinite(out[1]).all() and torch.isfinite(out[2]).all()
+    assert torch.isfinite(logits).all()  # the caller's logits are not changed
+    assert ban_repeated_sentences(logits, [[1, 2]], frozenset({END}), EOS) is logits
+
+
+def test_text_policy_drops_restated_clauses_and_keeps_the_rest() -> None:
+    facts = lambda clause: {f.key for f in parse_facts(clause)}  # noqa: E731
+    text = ("The person is in a deep squat; their right arm is stretched out in front. Their right arm is "
+            "stretched out in front. Their left arm is pointing down, and their left arm is hanging down while "
+            "their right knee is fully bent.")
+    assert drop_repeated_sentences(text, facts) == (
+        "The person is in a deep squat; their right arm is stretched out in front. Their left arm is pointing "
+        "down while their right knee is fully bent.")
+    assert drop_repeated_sentences("Move 3.5 cm to the left. Then raise your arm!") == \
+        "Move 3.5 cm to the left. Then raise your arm!"
+    assert drop_repeated_sentences("") == ""
+
+
+def _statements(text: str) -> list[str]:
+    pieces = re.split(r"[.;!?]\s*|,\s*and\s+|\s+and\s+|,\s*while\s+|\s+while\s+|,\s*", text.lower())
+    return [" ".join(p.split()) for p in pieces if p.strip()]
+
+
+def test_embedded_describer_states_no_sentence_twice(generator, describer) -> None:  # noqa: ANN001
+    prompts = ["a person squatting with both arms raised", "someone kneeling on one knee", "do a T-pose",
+               "a man lying on his back", "stand on your left leg", "arms crossed, looking down"]
+    poses = [r.pose for r in generator.generate(prompts)]
+    for result in describer.describe(pose=poses):
+        statements = _statements(result.text)
+        assert statements, result.text
+        assert len(statements) == len(set(statements)), result.text
