@@ -330,3 +330,16 @@ def test_cli_tasks_on_a_chatpose_model(converted: Path, tmp_path: Path) -> None:
                      "--max-new-tokens", "4", "-o", str(tmp_path / "d"), "--quiet"]) == 0
     assert cli_main(["edit", str(tmp_path / "g" / "generate_000.npz"), "raise your arm", "--model",
                      str(converted), "-o", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+def test_bench_rows_for_chatpose_shapes() -> None:
+    """`unipose bench --model chatpose-tiny`: random weights (said in the report), the tasks ChatPose can do."""
+    from unipose_sdk.bench import bench
+
+    result = bench(model=PRESET, tasks=("generate", "edit", "describe_image"), runs=1, warmup=0, max_new_tokens=3,
+                   only=("ref-sdk-eager", "sdk-fast"), log=lambda line: None)
+    assert "RANDOM weights" in result["weights"] and "latency only" in result["weights"]
+    rows = {(r["task"], r["backend"]) for r in result["results"]}
+    assert rows == {(t, b) for t in ("generate", "describe_image") for b in ("ref-sdk-eager", "sdk-fast")}
+    assert all(r["same_output_as_first_reference"] for r in result["results"])
+    assert "pose_head" in next(r for r in result["results"] if r["task"] == "generate")["stats"]

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from unipose_sdk.bench.choices import BACKENDS, TASKS
+from unipose_sdk.bench.choices import BACKENDS, CHATPOSE_TASKS, RANDOM_MODELS, TASKS
 from unipose_sdk.bench.references import LoadedParts, load_parts, reference_sessions
 from unipose_sdk.bench.report import command_line, git_commit, machine_info
 from unipose_sdk.options import BaseOptions, Device, PoseTaskOptions, resolve_device
 from unipose_sdk.session import UniPose
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
-STAGES = ("preprocess", "vision", "prefill", "pose_step", "prefill_pose", "decode", "detokenize", "llm", "total")
+STAGES = ("preprocess", "vision", "prefill", "pose_step", "prefill_pose", "decode", "detokenize", "pose_head", "llm",
+          "total")
 COUNTS = ("batch_size", "decode_steps", "pose_steps")  # result fields beside timing_ms (which holds ms only)
 
 
@@ -69,14 +70,14 @@ def _fast_session(model: str, parts: LoadedParts | None, device: torch.device, d
                   compile: bool) -> UniPose:
     """The product's own session: loaded as `from_pretrained` loads it; the random 7B (no directory) is wrapped
     in the torch runtime the same way."""
-    if model != "unipose-7b":
+    if model not in RANDOM_MODELS:
         return UniPose.load(BaseOptions(model=model, backend="torch", device=device.type, dtype=dtype,
                                         compile=compile))
     from unipose_sdk.runtime.torch import TorchRuntime
 
     parts = load_parts(model, device, dtype)  # a copy of its own: the runtime may rewrite its modules
     runtime = TorchRuntime(parts.model, parts.config, device, dtype, compile=compile)
-    return UniPose(runtime, parts.tokenizer, "unipose-7b (random weights)", True)
+    return UniPose(runtime, parts.tokenizer, f"{model} (random weights)", True)
 
 
 def make_backends(model: str, device: torch.device, dtype: torch.dtype, parts: LoadedParts, *,
@@ -159,8 +160,15 @@ def run_task(task: str, backend: Backend, inputs: dict[str, Any], max_new_tokens
 
 
 def answer_signature(results: list[Any]) -> list[Any]:
-    """What must be equal across backends: pose codes for pose tasks, the text for the description tasks."""
-    return [list(r.pose_codes) if getattr(r, "pose_codes", None) is not None else r.text for r in results]
+    """What must be equal across backends: pose codes for pose tasks (ChatPose's, which have none: the regressed
+    rotation matrices to 3 decimals), the text for the description tasks."""
+    def one(result: Any) -> Any:
+        codes = getattr(result, "pose_codes", None)
+        if codes is None:
+            return result.text
+        return list(codes) if codes else [round(v, 3) for v in result.pose.rotmat.flatten().tolist()]
+
+    return [one(r) for r in results]
 
 
 def run_timing(result: Any) -> dict[str, float]:
@@ -279,6 +287,11 @@ def bench(model: str = "unipose-tiny", device_name: str = "cpu", batches: Sequen
     torch_dtype = BaseOptions(dtype=dtype).torch_dtype(device)
     started = time.perf_counter()
     parts = load_parts(model, device, torch_dtype)
+    if parts.config.family == "chatpose":  # it reads no poses: edit and pose description do not apply
+        skipped = [t for t in tasks if t not in CHATPOSE_TASKS]
+        tasks = [t for t in tasks if t in CHATPOSE_TASKS]
+        if skipped:
+            log(f"[bench] {Path(model).name} is a ChatPose model: {', '.join(skipped)} not run (it reads no poses)")
     onnx_session, onnx_note = load_onnx_session(onnx_dir, device, model) if (
         not only or "onnxruntime" in only) else (None, "not run: not among --backends")
     backends = make_backends(model, device, torch_dtype, parts, compile_cpu=compile_cpu, onnx_session=onnx_session,

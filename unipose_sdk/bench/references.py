@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unipose_sdk.bench.choices import RANDOM_MODELS
 from unipose_sdk.generation import LanguageModel
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask, mask_mod
@@ -193,10 +194,10 @@ class LoadedParts:
 def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedParts:
     """A fresh copy of the model's modules (never shared with a fast session, whose runtime may rewrite its own).
 
-    model: "unipose-tiny" (the embedded model), "unipose-7b" (the 7B configuration, random weights: latency does
-    not depend on their values) or an SDK model directory."""
-    if model == "unipose-7b":
-        return _random_7b(device, dtype)
+    model: "unipose-tiny" (the embedded model), a preset of RANDOM_MODELS (its configuration with random weights:
+    latency does not depend on their values) or an SDK model directory."""
+    if model in RANDOM_MODELS:
+        return _random_preset(model, device, dtype)
     from unipose_sdk.formats import is_embedded
     from unipose_sdk.loading import load_torch_model
 
@@ -206,17 +207,18 @@ def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedPa
     loaded.model.eval().requires_grad_(False)
     loaded.model.llm.to(device=device, dtype=dtype)
     loaded.model.vision.to(device=device, dtype=dtype)
-    loaded.model.pose_tokenizer.to(device=device, dtype=torch.float32)
+    if loaded.model.pose_tokenizer is not None:  # a ChatPose model has none
+        loaded.model.pose_tokenizer.to(device=device, dtype=torch.float32)
     return LoadedParts(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, note)
 
 
-def _random_7b(device: torch.device, dtype: torch.dtype) -> LoadedParts:
+def _random_preset(name: str, device: torch.device, dtype: torch.dtype) -> LoadedParts:
     from unipose_sdk.models.config import get_preset
     from unipose_sdk.models.unipose import UniPoseModel
-    from unipose_sdk.text.prompts import TASK_TEMPLATES
+    from unipose_sdk.text.prompts import CHATPOSE_SYSTEM, CHATPOSE_TEMPLATES, TASK_TEMPLATES
     from unipose_sdk.text.tokenizer import build_tiny_tokenizer
 
-    config = get_preset("unipose-7b")
+    config = get_preset(name)
     torch.manual_seed(0)  # every copy gets the same weights, so the same-output check stays meaningful
     net = UniPoseModel.from_config(config, device=device, dtype=dtype)
     with torch.no_grad():
@@ -224,23 +226,28 @@ def _random_7b(device: torch.device, dtype: torch.dtype) -> LoadedParts:
             if p.dim() > 1:
                 p.normal_(0.0, 0.02)
     net.eval().requires_grad_(False)
-    net.pose_tokenizer.to(dtype=torch.float32)
+    if net.pose_tokenizer is not None:
+        net.pose_tokenizer.to(dtype=torch.float32)
     corpus = [t for pair in TASK_TEMPLATES.values() for t in pair] * 4 + ["a person squatting with arms raised"] * 4
+    corpus += [*CHATPOSE_TEMPLATES.values(), CHATPOSE_SYSTEM] * 4
     tokenizer = build_tiny_tokenizer(corpus, config.vocab.text_vocab_size, config.vocab)
     return LoadedParts(net, config, tokenizer, True,
-                       "unipose-7b configuration with RANDOM weights (latency does not depend on weight values); the "
-                       "text tokenizer is a small BPE padded to the 7B layout (prompt lengths differ slightly from "
-                       "the official one)")
+                       f"{name} configuration with RANDOM weights (latency only: it does not depend on weight values); "
+                       "the text tokenizer is a small BPE padded to the model's layout (prompt lengths differ slightly "
+                       "from the official one)")
 
 
 def reference_sessions(parts: LoadedParts) -> Iterator[tuple[str, str, UniPose]]:
     """(name, label, session) of reference 1 and reference 2, both over `parts` (the HF model takes its tensors)."""
     llm = parts.model.llm
+    chatpose = parts.config.family == "chatpose"
     for name, label, decoder in (
         ("ref-hf-eager", "reference 1: transformers Mistral eager, DynamicCache, 4-D mask, step by step; reference "
-                         "vision (preprocess_batch + VisionEncoder module)", HFMistral(llm)),
+                         "vision (preprocess_batch + VisionEncoder module)", None if chatpose else HFMistral(llm)),
         ("ref-sdk-eager", "reference 2: SDK model as defined (not fused), dense masked SDPA, step by step; reference "
                           "vision", EagerSDK(llm)),
     ):
+        if decoder is None:  # transformers' Mistral has no ChatPose pose head, so it cannot answer pose tasks
+            continue
         runtime = ReferenceRuntime(parts.model, parts.config, decoder, name)
         yield name, label, UniPose(runtime, parts.tokenizer, name, parts.is_random)

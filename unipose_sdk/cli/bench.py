@@ -36,8 +36,8 @@ def _positive(value: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=_model, default="unipose-tiny", metavar="NAME|DIR",
-                        help="unipose-tiny (the embedded model), unipose-7b (its shapes, random weights) or a model "
-                             "directory (default %(default)s)")
+                        help="unipose-tiny (the embedded model), unipose-7b, chatpose-tiny or chatpose-13b (their "
+                             "shapes, random weights: latency only) or a model directory (default %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: float32 (CPU), bfloat16 (CUDA)")
     parser.add_argument("--batch-size", type=_positive, nargs="+", default=None, metavar="N",

@@ -89,7 +89,7 @@ class TorchRuntime(Runtime):
     def _pose_tokenizer(self, what: str) -> nn.Module:
         tokenizer = self._model.pose_tokenizer
         if tokenizer is None:
-            raise UnsupportedTaskError.make(f"a request to {what} for a {self.family} model",
+            raise UnsupportedTaskError.make(f"a request to {what} for a {self.config.family} model",
                                             "a model with a pose tokenizer", "Use a UniPose model (family 'unipose').")
         return tokenizer
 
