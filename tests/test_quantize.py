@@ -361,3 +361,20 @@ def test_cli_quantizes_a_float_export(float_export: Path, tmp_path: Path, capsys
     assert main(["export", "--model", str(float_export), "--precision", "int4", "--block-size", "100",
                  "-o", str(tmp_path / "bad")]) == 2
     assert "block_size=100" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_memory_planner_prices_an_export_as_its_graphs_store_it(quantized: dict[str, Path]) -> None:
+    from unipose_sdk import memory
+
+    plan = memory.plan_memory(quantized["int4"], dtype="float32")
+    assert plan.precision == "int4"  # the export's own precision
+    stored = read_directory(quantized["int4"]).quantization
+    by_name = {c.name: c for c in plan.components}
+    config = read_directory(quantized["int4"]).config.llm
+    norms = (2 * config.num_hidden_layers + 1) * config.hidden_size  # RMSNorm weights stay float32
+    llm = by_name["llm decoder layers"].bytes + by_name["llm final norm + lm head"].bytes
+    assert llm == stored["decoder"].quantized_bytes + 4 * norms
+    assert by_name["llm embedding table"].bytes == stored["embed"].quantized_bytes
+    with pytest.raises(InvalidInputError, match="an export with int4 weights"):
+        memory.plan_memory(quantized["int4"], "int8")

@@ -1,4 +1,9 @@
-"""`unipose info`: versions, available backends and devices."""
+"""`unipose info`: versions, available backends and devices; with --memory, the memory plan of a model.
+
+    unipose info
+    unipose info --memory --model unipose-7b --precision mixed          # weights, KV cache, devices it fits
+    unipose info --memory --model out/7b-int4 --json                    # an export: its own precision
+"""
 
 from __future__ import annotations
 
@@ -61,7 +66,24 @@ def _default_model_status() -> dict:
     }
 
 
+def _memory(args: argparse.Namespace) -> int:
+    from unipose_sdk import memory
+
+    plan = memory.plan_memory(args.model, args.precision, args.dtype, args.batch)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else memory.format_plan(plan))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.memory:
+        args.model = args.model or "unipose-7b"
+        return _memory(args)
+    for flag, value in (("--model", args.model), ("--precision", args.precision)):
+        if value is not None:
+            from unipose_sdk.errors import InvalidInputError
+
+            raise InvalidInputError.make(f"{flag} {value} without --memory", "--memory with it",
+                                         f"Run unipose info --memory {flag} {value}.")
     info = collect_info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -88,6 +110,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="print versions, available backends and devices")
+    parser = subparsers.add_parser("info", help="print versions, available backends and devices (--memory: the "
+                                   "memory a model needs and the devices it fits)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--memory", action="store_true",
+                        help="print the memory plan of --model: weights per component, KV cache, runtime overhead, "
+                             "the devices it fits")
+    parser.add_argument("--model", default=None, metavar="NAME|DIR",
+                        help="with --memory: unipose-7b, unipose-tiny, or a model / export directory (default "
+                             "unipose-7b)")
+    parser.add_argument("--precision", default=None, metavar="P",
+                        help="with --memory: float | int8 | int4 | mixed (default: an export's own, else float)")
+    parser.add_argument("--dtype", default="float16", metavar="D",
+                        help="with --memory: dtype of the float weights, activations and KV cache (default float16)")
+    parser.add_argument("--batch", type=int, default=1, metavar="N", help="with --memory: sequences at once")
     parser.set_defaults(handler=_run)
