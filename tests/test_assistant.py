@@ -207,6 +207,10 @@ def test_a_text_reply_streams_in_pieces_and_the_callback_sees_the_same(assistant
     reply = talker.ask(DESCRIBE_TURN, poses=[pose], on_chunk=lambda c: seen.append(c.text))
     assert len(pieces) > 3 and "".join(pieces) == reply.text and "".join(seen) == reply.text
     assert not reply.poses and len(reply.generated_ids) <= 24
+    # A text reply (the ban on repeated sentences at work) is also the one a fresh prefill gives.
+    config = talker.options.generation_config(talker.session.config.vocab, turn=0)
+    scratch = talker.session.generate([PromptRow(reply.prompt_ids, [], "")], None, config)[0]
+    assert scratch.token_ids == reply.generated_ids
 
 
 def test_an_abandoned_stream_leaves_no_turn_and_the_next_turn_is_consistent(assistant: Assistant) -> None:

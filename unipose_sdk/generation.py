@@ -711,7 +711,9 @@ def extend(model: LanguageModel, cache: KVCache, state: DecodeState, embeds: Ten
     mask = MixedMask(block_start=zeros, block_end=zeros, key_start=state.key_start, query_offset=state.next_slot)
     steps = torch.arange(num_tokens, device=state.next_slot.device)
     kv_length = int(state.next_slot.max().item()) + num_tokens
-    out = model(input_embeds=embeds, positions=state.next_position.unsqueeze(1) + steps, mask=mask, cache=cache,
+    # A turn's length never repeats: a compiling model runs it uncompiled rather than compile a graph per length.
+    run = getattr(model, "eager", model)
+    out = run(input_embeds=embeds, positions=state.next_position.unsqueeze(1) + steps, mask=mask, cache=cache,
                 kv_length=kv_length, logits_positions=slice(-1, None))
     state.advance(torch.ones_like(state.next_slot, dtype=torch.bool), num_tokens)
     return out.logits[:, -1]

@@ -133,6 +133,12 @@ class FastLM:
         self.llm.rope_table(cache.max_length)
         return cache
 
+    @property
+    def eager(self) -> Any:
+        """What runs calls whose shapes do not repeat (a conversation turn's new tokens, `generation.extend`):
+        compiled, the model's own forward (no graph compiled for each length); eager, this object itself."""
+        return self.llm if self.compiled else self
+
     def new_private_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
         """A cache of the caller's own, which no other call reuses: a conversation keeps its history's states in
         it between calls (`generation.PrefixCache`), while task calls keep sharing the batch size's cache."""

@@ -305,7 +305,7 @@ class Assistant(TaskBase):
             events = generation.continue_generation(
                 session.runtime.llm, prefix, keys, embed_from, vocab, config,
                 max_context=int(session.config.max_text_tokens), pose_code_vectors=session.pose_code_vectors,
-                on_stage=timer.stage)
+                on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids)
             emitted, ids = "", []
             reply_poses: list[ReplyPose] = []
             result: generation.GenerationResult | None = None
