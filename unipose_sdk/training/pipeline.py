@@ -88,6 +88,9 @@ class TrainSettings:
     # (unipose-tiny v2: see models/text_encoder.py). Models that have one keep theirs.
     text_encoder_from: Path | None = None
     everyday_share: float = 0.5  # text-to-pose captions in everyday phrasing (data.everyday), when one fits
+    # Sampling weights of the tasks in the stages' language training (None: each stage's own mix); a continued run
+    # can lean on what it is meant to improve.
+    task_mix: dict[Task, float] | None = None
     caption_dropout: float = 0.25  # with a sentence encoder: prompts that leave the caption to the encoder alone
     # Test hook: fixed step counts {"stage1": n, "vision": n, "stage2": n, "stage3": n}.
     steps_override: dict[str, int] | None = None
@@ -348,6 +351,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                 info = {}
             features = image_features(model, pool, settings.device)
             weights, paraphrase = (STAGE2_TASKS, False) if stage == 2 else (STAGE3_TASKS, True)
+            weights = settings.task_mix or weights
             share = STAGE_SHARE[stage] * (0.5 if stage == 2 else 1.0)
             plan = settings.plan(f"stage{stage}", share, SECONDS_PER_LLM_STEP)
             info["language"] = train_language(model, pool, builder, weights, plan, settings,
