@@ -378,3 +378,27 @@ def test_the_memory_planner_prices_an_export_as_its_graphs_store_it(quantized: d
     assert by_name["llm embedding table"].bytes == stored["embed"].quantized_bytes
     with pytest.raises(InvalidInputError, match="an export with int4 weights"):
         memory.plan_memory(quantized["int4"], "int8")
+
+
+@pytest.mark.slow
+def test_bench_adds_a_row_per_precision(float_export: Path) -> None:
+    from unipose_sdk.bench import bench
+
+    result = bench(model="unipose-tiny", onnx_dir=str(float_export), precisions=["float", "int4"],
+                   only=["onnxruntime"], tasks=["generate"], runs=1, warmup=0, max_new_tokens=4, log=lambda s: None)
+    rows = {r["backend"]: r for r in result["results"]}
+    assert set(rows) == {"onnxruntime", "onnxruntime-int4"}
+    assert isinstance(rows["onnxruntime-int4"]["same_output_as_float_export"], bool)
+    assert rows["onnxruntime-int4"]["stats"]["total"]["median_ms"] > 0
+    assert (float_export.parent / "tiny-float-int4").is_dir() and "int4: quantized" in result["onnxruntime"]
+    assert result["precisions"] == ["float", "int4"]
+
+
+def test_bench_cli_refuses_bad_precisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.cli import main
+
+    assert main(["bench", "--precision", "int9", "-o", str(tmp_path)]) == 2
+    assert "received --precision='int9'" in capsys.readouterr().err
+    assert main(["bench", "--precision", "int4", "-o", str(tmp_path)]) == 2
+    assert "without --onnx-dir" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

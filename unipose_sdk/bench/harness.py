@@ -7,7 +7,9 @@ Backends (one process, one table):
 - `sdk-fast-compiled`: the same with `compile=True` (default on CUDA; on the CPU only when asked: compiling takes
   minutes there);
 - `onnxruntime`: an export directory through ONNX Runtime, when one is given (the tiny model is exported into a
-  new path first, so one command reproduces every row).
+  new path first, so one command reproduces every row); with `precisions`, one more row per weight precision,
+  `onnxruntime-int8` / `-int4` / `-mixed`, each a quantized copy of that float export (`<dir>-<precision>` beside
+  it, written first when missing), and "same output" also says whether its answers equal the float export's.
 
 Per cell: warm-up runs reported apart (with the compile time they include), then timed runs: median and p90 per
 stage, peak memory while they run, decode bandwidth against the measured copy-bandwidth floor, and whether the
@@ -82,7 +84,8 @@ def _fast_session(model: str, parts: LoadedParts | None, device: torch.device, d
 
 def make_backends(model: str, device: torch.device, dtype: torch.dtype, parts: LoadedParts, *,
                   compile_cpu: bool = False, onnx_session: UniPose | None = None,
-                  only: Sequence[str] | None = None) -> list[Backend]:
+                  only: Sequence[str] | None = None,
+                  quantized_sessions: dict[str, UniPose] | None = None) -> list[Backend]:
     wanted = set(only or BACKENDS)
     backends = [Backend(name, label, session, step_by_step=True)
                 for name, label, session in reference_sessions(parts) if name in wanted]
@@ -98,7 +101,48 @@ def make_backends(model: str, device: torch.device, dtype: torch.dtype, parts: L
     if "onnxruntime" in wanted and onnx_session is not None:
         backends.append(Backend("onnxruntime", "SDK fast path on ONNX Runtime (exported graphs; matrix-product "
                                 "resize, then the vision graph)", onnx_session, step_by_step=False))
+    if "onnxruntime" in wanted:
+        for precision, session in (quantized_sessions or {}).items():
+            backends.append(Backend(f"onnxruntime-{precision}", f"SDK fast path on ONNX Runtime, {precision} weights "
+                                    "(`unipose export --precision`)", session, step_by_step=False))
     return backends
+
+
+def quantized_directory(onnx_dir: str, precision: str) -> Path:
+    """Where the `precision` copy of a float export lives: beside it, `<dir>-<precision>`."""
+    path = Path(onnx_dir)
+    return path.with_name(f"{path.name}-{precision}")
+
+
+def load_quantized_sessions(onnx_dir: str | None, device: torch.device, precisions: Sequence[str],
+                            ) -> tuple[dict[str, UniPose], list[str]]:
+    """A session per quantized precision of the float export `onnx_dir` (quantized into a new directory beside it
+    when missing), and a note per precision."""
+    from unipose_sdk.formats import weight_precision
+
+    sessions, notes = {}, []
+    for precision in (weight_precision(p) for p in precisions):
+        if precision == "float":
+            continue
+        if not onnx_dir:
+            notes.append(f"{precision}: not run: pass --onnx-dir")
+            continue
+        target = quantized_directory(onnx_dir, precision)
+        try:
+            note = f"{precision}: loaded {target.name}"
+            if not target.exists():
+                from unipose_sdk.export.onnx import quantize_export
+
+                started = time.perf_counter()
+                quantize_export(onnx_dir, target, precision)
+                note = f"{precision}: quantized {Path(onnx_dir).name} into {target.name} in " \
+                       f"{time.perf_counter() - started:.0f} s"
+            sessions[precision] = UniPose.load(BaseOptions(model=str(target), backend="onnxruntime",
+                                                           device=device.type))
+            notes.append(note)
+        except Exception as exc:  # optional rows: say why one is missing instead of failing the benchmark
+            notes.append(f"{precision}: not run: {type(exc).__name__}: {exc}")
+    return sessions, notes
 
 
 def load_onnx_session(onnx_dir: str | None, device: torch.device, model: str = "unipose-tiny",
@@ -279,7 +323,7 @@ def summarize(runs: list[dict[str, float]], batch: int, weight_bytes: int) -> di
 def bench(model: str = "unipose-tiny", device_name: str = "cpu", batches: Sequence[int] = (1,),
           tasks: Sequence[str] = TASKS, runs: int = 10, warmup: int = 2, max_new_tokens: int = 32,
           compile_cpu: bool = False, onnx_dir: str | None = None, only: Sequence[str] | None = None,
-          dtype: str | None = None, argv: Sequence[str] = (),
+          dtype: str | None = None, argv: Sequence[str] = (), precisions: Sequence[str] = ("float",),
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
     """Run the benchmark; returns the result document that report.write_outputs writes (JSON-serialisable).
     argv: the command's arguments, recorded (paths reduced to their names) so the run can be repeated."""
@@ -294,8 +338,13 @@ def bench(model: str = "unipose-tiny", device_name: str = "cpu", batches: Sequen
             log(f"[bench] {Path(model).name} is a ChatPose model: {', '.join(skipped)} not run (it reads no poses)")
     onnx_session, onnx_note = load_onnx_session(onnx_dir, device, model) if (
         not only or "onnxruntime" in only) else (None, "not run: not among --backends")
-    backends = make_backends(model, device, torch_dtype, parts, compile_cpu=compile_cpu, onnx_session=onnx_session,
-                             only=only)
+    quantized, quantized_notes = load_quantized_sessions(onnx_dir, device, precisions) if (
+        not only or "onnxruntime" in only) else ({}, [])
+    if onnx_session is None and "float" not in precisions:
+        onnx_note = "float rows not asked for (--precision)"
+    backends = make_backends(model, device, torch_dtype, parts, compile_cpu=compile_cpu,
+                             onnx_session=onnx_session if "float" in precisions else None, only=only,
+                             quantized_sessions=quantized)
     weight_bytes = sum(p.numel() * p.element_size() for p in parts.model.llm.parameters())
     bandwidth = copy_bandwidth_gbs(device, 1024 if device.type == "cuda" else 256)
     result: dict[str, Any] = {
@@ -313,18 +362,24 @@ def bench(model: str = "unipose-tiny", device_name: str = "cpu", batches: Sequen
         "settings": {"runs": runs, "warmup": warmup, "max_new_tokens": max_new_tokens, "batches": list(batches),
                      "tasks": list(tasks)},
         "backends": {b.name: b.label for b in backends},
-        "onnxruntime": onnx_note,
+        "onnxruntime": onnx_note if not quantized_notes else f"{onnx_note}; " + "; ".join(quantized_notes),
+        "precisions": list(precisions),
         "results": [],
     }
     for batch in batches:
         inputs = task_inputs(batch)
         for task in tasks:
-            reference_signature = None
+            reference_signature = float_signature = None
             for backend in backends:
                 entry, signature = _cell(task, backend, inputs, batch, runs, warmup, max_new_tokens, weight_bytes,
                                          device)
                 reference_signature = signature if reference_signature is None else reference_signature
                 entry["same_output_as_first_reference"] = signature == reference_signature
+                if backend.name == "onnxruntime":
+                    float_signature = signature
+                elif backend.name.startswith("onnxruntime-"):
+                    entry["same_output_as_float_export"] = (None if float_signature is None
+                                                            else signature == float_signature)
                 result["results"].append(entry)
                 total = entry["stats"].get("total", {}).get("median_ms", float("nan"))
                 log(f"[bench] {result['model']} {device} B={batch} {task:15s} {backend.name:18s} median "

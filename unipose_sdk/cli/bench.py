@@ -3,6 +3,7 @@
     unipose bench --quick -o bench-results                     # smoke run: unipose-tiny, CPU, batch 1
     unipose bench --threads 2 --onnx-dir tiny-onnx -o results  # the CPU table, ONNX Runtime rows included
     unipose bench --device cuda --model unipose-7b --batch-size 1 8 -o results   # random bf16 7B weights
+    unipose bench --threads 2 --onnx-dir tiny-onnx --precision float int8 int4 -o results  # quantized rows
 
 Rows: reference 1 (transformers' Mistral, eager), reference 2 (this SDK's model as defined, unfused), the SDK's
 default path, its compiled variant (CUDA, or --compile) and ONNX Runtime (--onnx-dir). Every row runs the public
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from unipose_sdk.bench import BACKENDS, MODEL_NAMES, TASKS
 from unipose_sdk.errors import InvalidInputError
-from unipose_sdk.formats import DTYPE_NAMES
+from unipose_sdk.formats import DTYPE_NAMES, weight_precision
 
 
 def _model(value: str) -> str:
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx-dir", default=None, metavar="DIR",
                         help="a `unipose export` directory for the ONNX Runtime rows; with unipose-tiny a new DIR "
                              "is exported first")
+    parser.add_argument("--precision", nargs="+", default=["float"], metavar="P",
+                        help="ONNX Runtime rows per weight precision: float int8 int4 mixed (default float); each "
+                             "quantized row runs a copy of --onnx-dir quantized beside it (DIR-int4, ...)")
     parser.add_argument("--name", default=None, help="output file stem (default latency_<model>_<device>)")
     parser.add_argument("--load-note", default="", metavar="TEXT", help="stored with the results")
     parser.add_argument("--overwrite", action="store_true", help="replace results of the same name in the output")
@@ -63,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
+    precisions = [weight_precision(p, "--precision") for p in args.precision]  # refused before any work
+    if any(p != "float" for p in precisions) and not args.onnx_dir:
+        raise InvalidInputError.make(f"--precision {' '.join(args.precision)} without --onnx-dir",
+                                     "--onnx-dir DIR (the float export the quantized rows are made from)",
+                                     "Add --onnx-dir DIR (with unipose-tiny, a new DIR is exported first).")
     out = Path(args.output)
     stem = args.name or f"latency_{Path(args.model).name.removeprefix('unipose-')}_{args.device}"
     existing = [p.name for p in (out / f"{stem}{s}" for s in (".json", ".md", ".png")) if p.exists()]
@@ -81,7 +90,7 @@ def _handle(args: argparse.Namespace) -> int:
         tasks=args.tasks, runs=args.runs or (3 if quick else 10),
         warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
         max_new_tokens=args.max_new_tokens or (12 if quick else 32), compile_cpu=args.compile,
-        onnx_dir=args.onnx_dir, only=args.backends, dtype=args.dtype, argv=args.argv,
+        onnx_dir=args.onnx_dir, only=args.backends, dtype=args.dtype, argv=args.argv, precisions=precisions,
     )
     result["load_note"] = args.load_note
     write_outputs(result, out, stem)
