@@ -104,8 +104,8 @@ BASES = {
     "kneel": {"B:hip": [("x", -5)], "B:knee": [("x", 95)], "B:ankle": [("x", 40)]},
     "kneel_right": {"left_hip": [("x", -90)], "left_knee": [("x", 92)], "right_hip": [("x", 2)],
                     "right_knee": [("x", 92)], "right_ankle": [("x", 40)]},
-    "lunge_left": {"left_hip": [("x", -80)], "left_knee": [("x", 88)], "right_hip": [("x", 35)],
-                   "right_knee": [("x", 15)]},
+    "lunge_left": {"left_hip": [("x", -80)], "left_knee": [("x", 85)], "right_hip": [("x", 20)],
+                   "right_knee": [("x", 60)], "right_ankle": [("x", 20)]},  # rear knee low, both feet down
     "on_left": {"right_hip": [("x", -70)], "right_knee": [("x", 90)]},  # standing on the left leg, right knee up
     "side_leg_right": {"right_hip": [("z", -45)]},
     "kick_left": {"left_hip": [("x", -75)]},
@@ -202,14 +202,17 @@ CASES = [
     ("arms_crossed", {**BASES["stand"], **CROSSED}, _spec("stand", "together_chest", "together_chest")),
     ("knee_bent(both)", BASES["chair"], BASES["stand"]),
     ("knee_bent(left, min_deg=100)", BASES["tree_left"], BASES["chair"]),
-    ("leg_straight(right)", BASES["lunge_left"], _mirrored(BASES["lunge_left"])),
+    ("leg_straight(right)", BASES["tree_left"], _mirrored(BASES["tree_left"])),
     ("knee_raised(right)", BASES["on_left"], BASES["kneel"]),
+    ("knee_raised(either)", BASES["chair"], BASES["bow_deep"]),  # hips flexed by bowing raise no knee
     ("leg_raised(right)", BASES["on_left"], BASES["stand"]),
     ("leg_raised(either)", BASES["tree_left"], BASES["kneel"]),
     ("leg_sideways(right)", BASES["side_leg_right"], BASES["kick_left"]),
     ("feet_apart", BASES["wide"], BASES["stand"]),
+    ("feet_apart", BASES["wide"], BASES["side_leg_right"]),  # a leg lifted to the side is not a wide stance
     ("feet_together", BASES["stand"], BASES["wide"]),
     ("stride(left)", BASES["lunge_left"], _mirrored(BASES["lunge_left"])),
+    ("stride(either)", BASES["lunge_left"], BASES["on_left"]),  # a knee lifted in front is not a step
     ("standing", BASES["stand"], BASES["chair"]),
     ("standing_straight", BASES["stand"], BASES["knees_bent"]),
     ("squatting", BASES["squat"], BASES["chair"]),

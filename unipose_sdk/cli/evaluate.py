@@ -1,4 +1,5 @@
-"""`unipose evaluate`: all seven tasks on held-out synthetic data, next to trivial baselines (JSON + markdown)."""
+"""`unipose evaluate`: all seven tasks on held-out synthetic data and the hand-written free-form prompts, next to
+trivial baselines (JSON + markdown)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="evaluate a model on held-out synthetic data")
+    parser = subparsers.add_parser("evaluate", help="evaluate a model on held-out synthetic data and free-form prompts")
     parser.add_argument("--model", default=None, metavar="NAME|DIR",
                         help="unipose-tiny (the embedded model, default) or an SDK model directory")
     parser.add_argument("-o", "--output", type=Path, required=True,

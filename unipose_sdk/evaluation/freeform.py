@@ -48,7 +48,8 @@ PROMPTS_PATH = Path(__file__).resolve().parent / "freeform_prompts.json"
 _REST = rest_joints_m().numpy()
 # Pelvis height of the built-in skeleton standing straight (the rest pose), ~0.96 m: the reference for "low hips".
 STANDING_PELVIS_HEIGHT_M = float(_REST[J["pelvis"], 1] - _REST[:, 1].min())
-DIRECTION_COS = 0.7  # an arm "points" a way when shoulder -> wrist is within ~45 degrees of it
+DIRECTION_COS = 0.8  # an arm "points" a way when shoulder -> wrist is within ~37 degrees of it (at 45 a V of
+# raised arms would count as both "up" and "out to the sides")
 ARM_STRAIGHT_MAX_DEG = 35.0  # elbow flexion (0 = straight) below which an arm reads as straight
 ARM_BENT_MIN_DEG = 50.0
 LEG_STRAIGHT_MAX_DEG = 30.0  # knee flexion below which a leg reads as straight
@@ -57,9 +58,10 @@ ABOVE_SHOULDER_M = 0.05  # the wrist this far above its shoulder
 HAND_NEAR_FLOOR_M = 0.30  # wrist height
 HANDS_TOGETHER_M = 0.20  # wrist-to-wrist distance
 NEAR_M = {"head": 0.25, "chest": 0.25, "hip": 0.20, "knee": 0.25, "foot": 0.25, "shoulder": 0.20}
-KNEE_RAISED_MIN_DEG = 45.0  # thigh angle from hanging straight down, towards the front
+KNEE_RAISED_MIN_DEG = 45.0  # thigh angle from hanging straight down (world), towards the front
 LEG_SIDEWAYS_MIN_DEG = 25.0  # thigh angle outwards, out of the sagittal plane
 FOOT_RAISED_M = 0.15  # one foot's lowest joint above the other's
+FEET_LEVEL_M = 0.20  # "both feet down" (a stance or a step): neither foot's lowest joint this much above the other's
 FEET_APART_M = 0.35  # sideways ankle gap (the hips are 0.17 m apart)
 FEET_TOGETHER_M = 0.22  # ankle-to-ankle distance
 STRIDE_M = 0.35  # one ankle ahead of the other along the heading
@@ -255,7 +257,7 @@ def _arm_points(direction: str) -> Callable[[Body, str], bool]:
 
 for _direction, _words in (("up", "overhead, along the torso's up axis"), ("down", "down along the torso"),
                            ("forward", "ahead of the chest"), ("sideways", "out to the side, away from the body")):
-    _register(f"arm_{_direction}", f"shoulder -> wrist within ~45 deg (cosine >= {DIRECTION_COS}) of {_words}, "
+    _register(f"arm_{_direction}", f"shoulder -> wrist within ~37 deg (cosine >= {DIRECTION_COS}) of {_words}, "
               "in the torso frame", _SIDE)(_arm_points(_direction))
 
 
@@ -305,12 +307,14 @@ def leg_straight(b: Body, side: str) -> bool:
     return _sided(side, lambda s: b.knee_flexion_deg(s) < LEG_STRAIGHT_MAX_DEG)
 
 
-@_register("knee_raised", f"thigh at least {KNEE_RAISED_MIN_DEG} deg from hanging straight down, mostly towards the "
-           "front (pelvis frame)", _SIDE)
+@_register("knee_raised", f"thigh (hip -> knee) at least {KNEE_RAISED_MIN_DEG} deg from hanging straight down (world "
+           "vertical: a deep bow flexes the hips without raising a knee), the knee ahead of the hip along the heading",
+           _SIDE)
 def knee_raised(b: Body, side: str) -> bool:
     def raised(s: str) -> bool:
-        t = b.thigh(s)
-        return math.degrees(math.acos(max(-1.0, min(1.0, -t[1])))) >= KNEE_RAISED_MIN_DEG and t[2] > 0.5
+        t = _unit(b.joint(f"{s}_knee") - b.joint(f"{s}_hip"))
+        from_down_deg = math.degrees(math.acos(max(-1.0, min(1.0, -t[1]))))
+        return from_down_deg >= KNEE_RAISED_MIN_DEG and float(t @ b.heading) > 0.3
     return _sided(side, raised)
 
 
@@ -329,10 +333,16 @@ def _ankles_pelvis(b: Body) -> tuple[np.ndarray, np.ndarray]:
     return tuple(b.pelvis_frame @ (b.joint(f"{s}_ankle") - b.joint("pelvis")) for s in SIDES)  # type: ignore[return-value]
 
 
-@_register("feet_apart", f"ankles at least {FEET_APART_M} m apart sideways (pelvis frame)")
+def _feet_level(b: Body) -> bool:
+    return abs(b.foot_height("left") - b.foot_height("right")) < FEET_LEVEL_M
+
+
+@_register("feet_apart", f"ankles at least {FEET_APART_M} m apart sideways (pelvis frame), both feet down (neither "
+           f"{FEET_LEVEL_M} m above the other: a leg lifted out to the side is not a wide stance)")
 def feet_apart(b: Body) -> bool:
     left, right = _ankles_pelvis(b)
-    return left[0] - right[0] >= FEET_APART_M
+    level = _feet_level(b)
+    return left[0] - right[0] >= FEET_APART_M and level
 
 
 @_register("feet_together", f"ankles at most {FEET_TOGETHER_M} m apart")
@@ -340,10 +350,11 @@ def feet_together(b: Body) -> bool:
     return float(np.linalg.norm(b.joint("left_ankle") - b.joint("right_ankle"))) <= FEET_TOGETHER_M
 
 
-@_register("stride", f"this side's ankle at least {STRIDE_M} m ahead of the other along the heading", _SIDE)
+@_register("stride", f"this side's ankle at least {STRIDE_M} m ahead of the other along the heading, both feet down "
+           f"(neither {FEET_LEVEL_M} m above the other: a knee lifted in front is not a step)", _SIDE)
 def stride(b: Body, side: str) -> bool:
-    return _sided(side, lambda s: float((b.joint(f"{s}_ankle") - b.joint(f"{_other(s)}_ankle")) @ b.heading)
-                  >= STRIDE_M)
+    return _feet_level(b) and _sided(side, lambda s: float((b.joint(f"{s}_ankle") - b.joint(f"{_other(s)}_ankle"))
+                                                  @ b.heading) >= STRIDE_M)
 
 
 @_register("standing", f"pelvis at least {STANDING_MIN_PELVIS_M} m above the floor, torso within "
