@@ -70,10 +70,11 @@ def official_names(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return merged, clip
 
 
-def write_release(root: Path, seed: int = 0, *, drop: str | None = None,
-                  extra: dict | None = None) -> tuple[Path, Path]:
+def write_release(root: Path, seed: int = 0, *, drop: str | None = None, extra: dict | None = None,
+                  shard_format: str = "safetensors") -> tuple[Path, Path]:
     """The ChatPose release layout at tiny size under `root`: (merged directory, CLIP directory). `drop` removes
-    the merged keys starting with it; `extra` adds merged keys (for the converter's error tests)."""
+    the merged keys starting with it; `extra` adds merged keys (for the converter's error tests); shard_format
+    "bin" writes the shards as transformers 4.31's save_pretrained does by default (pytorch_model-*.bin)."""
     config = get_preset(PRESET)
     merged_keys, clip_keys = official_names(chatpose_weights(seed))
     llm = config.llm
@@ -104,11 +105,16 @@ def write_release(root: Path, seed: int = 0, *, drop: str | None = None,
         "feature_extractor_type": "CLIPFeatureExtractor"}))
 
     names = sorted(merged_keys)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    stem, suffix = ("pytorch_model", "bin") if shard_format == "bin" else ("model", "safetensors")
+    shards = {f"{stem}-00001-of-00002.{suffix}": names[: len(names) // 2],
+              f"{stem}-00002-of-00002.{suffix}": names[len(names) // 2:]}
     for shard, keys in shards.items():
-        save_file({k: merged_keys[k].contiguous() for k in keys}, str(merged_dir / shard), metadata={"format": "pt"})
-    (merged_dir / "model.safetensors.index.json").write_text(json.dumps(
+        tensors = {k: merged_keys[k].contiguous() for k in keys}
+        if shard_format == "bin":
+            torch.save(tensors, merged_dir / shard)
+        else:
+            save_file(tensors, str(merged_dir / shard), metadata={"format": "pt"})
+    (merged_dir / f"{stem}.{suffix}.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
     (merged_dir / "config.json").write_text(json.dumps({
         "architectures": ["ChatPoseForCausalLM"], "model_type": "llava", "hidden_size": llm.hidden_size,
@@ -233,6 +239,20 @@ def test_converted_release_matches_the_official_model(converted: Path) -> None:
     torch.testing.assert_close(got, torch.tensor(ref["logits"]), atol=2e-5, rtol=0)
     assert logits.argmax(-1).tolist() == ref["argmax"]
     torch.testing.assert_close(rotmat[ref["rotmat_joints"]], torch.tensor(ref["rotmat"]), atol=2e-5, rtol=0)
+
+
+def test_bin_shards_convert_to_the_same_weights(converted: Path, tmp_path: Path) -> None:
+    """The .bin shards (read by the restricted loader, nothing unpickled) give the safetensors shards' model."""
+    from unipose_sdk.checkpoint.sdk_format import read_weights
+
+    merged, clip = write_release(tmp_path, shard_format="bin")
+    assert sorted(p.name for p in merged.glob("*.bin")) == ["pytorch_model-00001-of-00002.bin",
+                                                              "pytorch_model-00002-of-00002.bin"]
+    out = tmp_path / "sdk"
+    assert cli_main(["convert", "--family", "chatpose", "--preset", PRESET, "--merged", str(merged), "--clip",
+                     str(clip), "-o", str(out)]) == 0
+    got, want = read_weights(out / "model.safetensors"), read_weights(converted / "model.safetensors")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_converter_lists_missing_unexpected_and_misshaped_keys(tmp_path: Path) -> None:
