@@ -107,7 +107,7 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
 
         def decode(prompts: list[Tensor], generation_config: GenerationConfig) -> list[list[int]]:
             outputs = generation.generate(llm, prompts, vocab, generation_config, max_context=max_context,
-                                          on_stage=timer.stage)
+                                          on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids)
             return [list(out.token_ids) for out in outputs]
 
         with timer.stage("llm"), torch.inference_mode():
