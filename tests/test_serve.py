@@ -433,6 +433,9 @@ def test_print_config_is_a_serve_config_without_the_key(tmp_path) -> None:
                          capture_output=True, text=True, env={**os.environ, "K": "secret-value"}, timeout=60)
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks before it deploys
     assert config["http_options"]["host"] == "0.0.0.0"
     app = config["applications"][0]
     assert app["import_path"] == "unipose_sdk.serve.app:build_app"

@@ -56,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        from unipose_sdk.serve.app import serve_config
+        from unipose_sdk.serve.limits import serve_config
 
         sys.stdout.write(yaml.safe_dump(serve_config(settings, args.host, args.port), sort_keys=False))
         return 0
@@ -66,7 +66,8 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from unipose_sdk.serve.app import APP_NAME, build_app
+    from unipose_sdk.serve.app import build_app
+    from unipose_sdk.serve.limits import APP_NAME
 
     local = args.address is None
     if local:  # a private instance: never attach to a cluster that RAY_ADDRESS or a running instance would name

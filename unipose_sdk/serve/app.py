@@ -230,7 +230,10 @@ class Ingress:
                 raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.handles)}",
                                              "GET /v1/model lists the loaded models.")
             formats = check_wire_formats(payload.pop("formats", None))
-            work, single = await asyncio.to_thread(parse, payload)  # image decoding is CPU work: off the loop
+            if task == "estimate" or "image" in payload or "images" in payload:
+                work, single = await asyncio.to_thread(parse, payload)  # decoding images: off the event loop
+            else:
+                work, single = parse(payload)  # texts and pose arrays: cheaper than a thread hop
             parsed_ms = (time.perf_counter() - started) * 1000.0
             outcome = await self._call(self.handles[model].run.remote(task, work, list(formats)))
         except (UniPoseError, BackPressureError) as exc:
@@ -437,16 +440,3 @@ def build_app(args: dict[str, Any]) -> Any:
     ingress_ongoing = len(models) * (settings.replicas * settings.max_ongoing_requests
                                      + settings.limits.max_queued_requests) + 16
     return Ingress.options(max_ongoing_requests=ingress_ongoing).bind(models, settings_args)
-
-
-APP_NAME = "unipose"
-
-
-def serve_config(settings: ServeSettings, host: str, port: int) -> dict[str, Any]:
-    """A Serve config file for `serve deploy` on a cluster: the same application, settings and HTTP options."""
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port, "request_timeout_s": settings.limits.request_timeout_s + 5},
-        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "unipose_sdk.serve.app:build_app",
-                          "args": settings.to_args()}],
-    }

@@ -3,9 +3,11 @@
 Each task has its own `serve.batch` queue. Concurrent requests for the same task (each holding one or more inputs)
 are gathered for up to `batch_wait_ms`, to at most `max_batch` inputs, and run as ONE call of the task class, which
 takes real batches; a batch's results are bit-for-bit those of its rows run alone (the task classes' padding is
-exact, as `tests/test_reliability_concurrency.py` checks). The model call runs in a worker thread, so the replica
-keeps gathering the next batch while one runs. If a batch fails on one request's input, every request of it is run
-again alone, so only the faulty one gets the error.
+exact, as `tests/test_reliability_concurrency.py` checks). The model call runs on the replica's event loop: the
+requests that arrive meanwhile wait in Ray's queue and form the next batch (a worker thread per call would only
+compete with the loop for the GIL: measured on 2 cores, 16 clients formed batches of 4.3 that way against 9.2
+inline, and one client got 20 instead of 33 requests/s). If a batch fails on one request's input, every request
+of it is run again alone, so only the faulty one gets the error.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ class ModelServer:
         if isinstance(outcome, tuple):
             return {"error": outcome}
         batched_ms = (time.perf_counter() - started) * 1000.0
-        results = await asyncio.to_thread(lambda: [encode_result(r, formats) for r in outcome])
+        if formats:  # rendering and writing files: off the event loop, which keeps gathering the next batch
+            results = await asyncio.to_thread(lambda: [encode_result(r, formats) for r in outcome])
+        else:
+            results = [encode_result(r) for r in outcome]
         return {"results": results, "replica_ms": {"queue_and_model": round(batched_ms, 3),
                                                    "total": round((time.perf_counter() - started) * 1000.0, 3)}}
 
@@ -99,16 +104,15 @@ class ModelServer:
             boxes = [box for _, box in items]
             return self.estimator.estimate([image for image, _ in items],
                                            bbox=boxes if any(b is not None for b in boxes) else None)
-        return await asyncio.to_thread(_run_batch, works, call)
+        return _run_batch(works, call)
 
     @_batched
     async def _generate(self, works: list[Work]) -> list[Any]:
-        return await asyncio.to_thread(_run_batch, works, self.generator.generate)
+        return _run_batch(works, self.generator.generate)
 
     @_batched
     async def _edit(self, works: list[Work]) -> list[Any]:
-        return await asyncio.to_thread(
-            _run_batch, works, lambda items: self.editor.edit([p for p, _ in items], [t for _, t in items]))
+        return _run_batch(works, lambda items: self.editor.edit([p for p, _ in items], [t for _, t in items]))
 
     @_batched
     async def _describe(self, works: list[Work]) -> list[Any]:
@@ -117,8 +121,8 @@ class ModelServer:
         for mode in DESCRIBE_MODES:
             picked = [i for i, w in enumerate(works) if w.mode == mode]
             if picked:
-                done = await asyncio.to_thread(
-                    _run_batch, [works[i] for i in picked], lambda items, m=mode: self.describer.describe(**{m: items}))
+                done = _run_batch([works[i] for i in picked],
+                                  lambda items, m=mode: self.describer.describe(**{m: items}))
                 for i, outcome in zip(picked, done):
                     outcomes[i] = outcome
         return outcomes

@@ -119,3 +119,17 @@ class ServeSettings:
 
 def api_key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+APP_NAME = "unipose"
+
+
+def serve_config(settings: ServeSettings, host: str, port: int) -> dict[str, Any]:
+    """A Serve config file for `serve deploy` on a cluster: the same application (`unipose_sdk.serve.app:build_app`),
+    settings and HTTP options."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port, "request_timeout_s": settings.limits.request_timeout_s + 5},
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "unipose_sdk.serve.app:build_app",
+                          "args": settings.to_args()}],
+    }
