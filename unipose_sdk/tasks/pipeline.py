@@ -103,6 +103,9 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
                 image_embeds = encode_images()
         # The ChatPose vocabulary has no UniPose pose block: the loop runs plain text decoding.
         text_config = dataclasses.replace(config, start_with_pose=False, stop_after_pose=False, one_pass=False)
+        # A pose task's budget holds the text plus a pose block (PoseTaskOptions); ChatPose's block is [SEG] alone,
+        # so the text after it gets the text budget the options were given.
+        text_budget = config.max_new_tokens - generation.pose_block_length(vocab)
         llm, max_context = session.runtime.llm, session.config.llm.max_position_embeddings
 
         def decode(prompts: list[Tensor], generation_config: GenerationConfig) -> list[list[int]]:
@@ -114,12 +117,12 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
             embeds = session.embed_rows(rows, image_embeds)
             if not config.start_with_pose:
                 answers = decode(embeds, text_config)
-            elif config.stop_after_pose or config.max_new_tokens <= 1:
+            elif config.stop_after_pose or text_budget < 1:
                 answers = [[pose_token] for _ in rows]
             else:
                 token = llm.embed(torch.tensor([[pose_token]], device=embeds[0].device))[0]
                 extended = [torch.cat([row, token.to(row.dtype)]) for row in embeds]
-                rest = decode(extended, dataclasses.replace(text_config, max_new_tokens=config.max_new_tokens - 1))
+                rest = decode(extended, dataclasses.replace(text_config, max_new_tokens=text_budget))
                 answers = [[pose_token, *ids] for ids in rest]
         poses: list[Pose | None] = [None] * len(rows)
         if any(pose_token in ids for ids in answers):
