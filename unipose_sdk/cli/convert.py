@@ -68,9 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--unipose", metavar="DIR",
                         help="UniPose directory: tokenizer, adapter_config.json, adapter_model.*, "
                              "non_lora_trainables.bin")
-    parser.add_argument("--merged", metavar="DIR", help="an already-merged UniPose model in Hugging Face format")
-    parser.add_argument("--clip", metavar="DIR", help="clip-vit-large-patch14-336 directory (tower weights the "
-                                                      "base does not hold)")
+    parser.add_argument("--merged", metavar="DIR", help="an already-merged UniPose model in Hugging Face format, or "
+                                                        "the released ChatPose model (CHATPOSE-V0)")
+    parser.add_argument("--clip", metavar="DIR", help="clip-vit-large-patch14-336 directory (UniPose: tower weights "
+                                                      "the base does not hold; ChatPose: the whole tower)")
     parser.add_argument("--tokenhmr", metavar="FILE", help="tokenhmr_model.ckpt (Pose-ViT backbone)")
     parser.add_argument("--pose-vqvae", metavar="FILE", help="pose VQ-VAE Lightning checkpoint (best_MPJPE.ckpt)")
     parser.add_argument("-o", "--output", metavar="OUT", required=True, help="output directory (SDK format)")
