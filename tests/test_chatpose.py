@@ -363,3 +363,24 @@ def test_bench_rows_for_chatpose_shapes() -> None:
     assert rows == {(t, b) for t in ("generate", "describe_image") for b in ("ref-sdk-eager", "sdk-fast")}
     assert all(r["same_output_as_first_reference"] for r in result["results"])
     assert "pose_head" in next(r for r in result["results"] if r["task"] == "generate")["stats"]
+
+
+def test_chatpose_prompts(converted: Path) -> None:
+    """llava_v1 conversation, <im_start> + N image slots + <im_end>, ChatPose's phrasings, [SEG] shown as [POSE]."""
+    from unipose_sdk.text.prompts import CHATPOSE_SYSTEM, ChatPosePromptBuilder, Task
+
+    loaded = load_torch_model(str(converted))
+    vocab, tokens = loaded.config.vocab, loaded.config.image_tokens
+    builder = ChatPosePromptBuilder(loaded.tokenizer, tokens, loaded.config.max_text_tokens)
+    row = builder.build_task(Task.POSE_ESTIMATION)
+    assert row.text.startswith(CHATPOSE_SYSTEM + " USER: <image>\n") and row.text.endswith(" ASSISTANT:")
+    start = row.image_starts[0]
+    assert row.input_ids[0] == vocab.bos_id and row.input_ids[start - 1] == vocab.image_start_id
+    assert row.input_ids[start + tokens] == vocab.image_end_id and row.image_starts == [start]
+    generate = builder.build_task(Task.TEXT_TO_POSE, caption="a person squatting.")
+    assert "There is a person: a person squatting. Please output this person's SMPL pose." in generate.text
+    assert generate.image_starts == [] and vocab.image_start_id not in generate.input_ids
+    hello = loaded.tokenizer.encode("Sure, it is")
+    assert builder.answer_text([*hello, vocab.pose_token_id, vocab.eos_id]) == "Sure, it is[POSE]"
+    with pytest.raises(UnsupportedTaskError):
+        builder.build("Describe <pose>.", poses=[[0] * 80])
