@@ -39,7 +39,8 @@ from unipose_sdk.errors import (
 )
 from unipose_sdk.models.config import UniPoseConfig
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# The text tokenizer's files, and the sentence encoder's tokenizer for models with one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "sentence_tokenizer.json")
 REEXPORT_HINT = "Re-export the model into a new directory: unipose export --model M -o DIR."
 MIXED_HINT = ("The directory mixes files of different exports; do not copy files between exports: "
               "re-export the model into a new directory (unipose export --model M -o DIR).")
@@ -252,7 +253,8 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     # A ChatPose export has no pose tokenizer graphs; with either of them present both are required, and a
     # UniPose config without them is refused below.
     has_pose_graphs = any((root / f"{n}.onnx").is_file() for n in S.POSE_GRAPH_NAMES)
-    names = [n for n in S.GRAPH_NAMES if has_pose_graphs or n not in S.POSE_GRAPH_NAMES]
+    names = [n for n in S.GRAPH_NAMES if (has_pose_graphs or n not in S.POSE_GRAPH_NAMES)
+             and (n != S.TEXT_ENCODER_GRAPH or (root / f"{n}.onnx").is_file())]
     missing = [n for n in names if not (root / f"{n}.onnx").is_file()]
     if missing:
         raise CheckpointError.make(

@@ -96,6 +96,17 @@ class VisionGraph(nn.Module):
         return self.vision(clip_pixels, pose_pixels)
 
 
+class TextEncoderGraph(nn.Module):
+    """The sentence encoder: WordPiece ids and mask -> the LLM input rows of the sentence embedding."""
+
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.text_encoder(input_ids, attention_mask)
+
+
 class EmbedGraph(nn.Module):
     def __init__(self, llm: nn.Module) -> None:
         super().__init__()
@@ -149,6 +160,13 @@ def example_inputs(spec: S.GraphSpec, config: UniPoseConfig, dtype: torch.dtype,
         "codes": torch.randint(0, config.pose_tokenizer.codebook_size, (batch, config.pose_tokenizer.num_tokens),
                                generator=gen),
     }
+    if spec.name == S.TEXT_ENCODER_GRAPH and config.text_encoder is not None:
+        words = max(tokens, 4)
+        sizes["words"] = words
+        values["input_ids"] = torch.randint(0, config.text_encoder.vocab_size, (batch, words), generator=gen)
+        mask = torch.ones((batch, words), dtype=torch.long)
+        mask[1:, words // 2:] = 0  # right padding in every row but the first
+        values["attention_mask"] = mask
     out = []
     for tensor in spec.inputs:
         shape = tuple(sizes[s] if isinstance(s, str) else s for s in tensor.shape)
@@ -251,6 +269,7 @@ class _Source:
     is_random: bool
     source: str
     weights_sha256: str  # of model.safetensors when the weights come from one, else of the state dict
+    sentence_tokenizer: Any = None  # models with a sentence encoder
 
 
 def _load_source(model: Any, dtype: torch.dtype) -> _Source:
@@ -270,7 +289,7 @@ def _load_source(model: Any, dtype: torch.dtype) -> _Source:
     weights = (EMBEDDED_DIR if formats.is_embedded(model) else Path(model)) / WEIGHTS_FILE
     digest = file_sha256(weights) if weights.is_file() else state_dict_sha256(loaded.model.state_dict())
     return _Source(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, f"{name}: {loaded.source}",
-                   digest)
+                   digest, loaded.sentence_tokenizer)
 
 
 def _part_at(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -289,6 +308,8 @@ def graph_modules(source_model: Any, name: str, dtype: torch.dtype) -> nn.Module
         return VisionGraph(_part_at(source_model.vision, dtype)).eval()
     if name == "embed":
         return EmbedGraph(_part_at(source_model.llm, dtype)).eval()
+    if name == S.TEXT_ENCODER_GRAPH:
+        return TextEncoderGraph(_part_at(source_model.text_encoder, dtype)).eval()
     if name == "decoder":
         return DecoderGraph(_part_at(source_model.llm, dtype)).eval()
     raise InvalidInputError.make(f"graph {name!r}", f"one of {S.GRAPH_NAMES}", "Pick a graph from the specs.")
@@ -415,6 +436,8 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
             # The files beside the graphs first: every graph records their digests.
             if src.tokenizer is not None:
                 src.tokenizer.save(tmp)
+            if src.sentence_tokenizer is not None:
+                src.sentence_tokenizer.save(tmp)
             if src.model.pose_tokenizer is not None:
                 codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
                 np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)

@@ -35,16 +35,21 @@ FORMAT_VERSION = 2
 PRECISIONS = formats.PRECISIONS  # "fp32", "fp16", "bf16": the short names of the one dtype table
 # ONNX opsets the exporter writes and ONNX Runtime runs; an emission may need more (attention23: 23).
 OPSET_RANGE = (18, 23)
-GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
+GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder", "text_encoder")
+# The sentence encoder's graph: only models with one (`config.text_encoder`, unipose-tiny v2) export it.
+TEXT_ENCODER_GRAPH = "text_encoder"
 # The pose tokenizer's graphs: a ChatPose model has no pose tokenizer, so its exports hold the other three only.
 POSE_GRAPH_NAMES = ("pose_encoder", "pose_decoder")
 
 
 def family_graph_names(config: UniPoseConfig) -> tuple[str, ...]:
-    """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs)."""
+    """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs; the sentence encoder's only
+    for a model with one)."""
+    names = GRAPH_NAMES if config.text_encoder is not None else tuple(n for n in GRAPH_NAMES
+                                                                        if n != TEXT_ENCODER_GRAPH)
     if config.family == "chatpose":
-        return tuple(n for n in GRAPH_NAMES if n not in POSE_GRAPH_NAMES)
-    return GRAPH_NAMES
+        return tuple(n for n in names if n not in POSE_GRAPH_NAMES)
+    return names
 # The pose codebook [K, D] float32 as .npy beside the graphs: expected-code pose decoding (config pose_decoding)
 # weights it on the host; it is also inside pose_decoder.onnx, but not under a name one can rely on.
 POSE_CODEBOOK_FILE = "pose_codebook.npy"
@@ -215,6 +220,16 @@ def graph_specs(config: UniPoseConfig, precision: str = "fp32", opset: int = 18,
                          "keys": (1, max_context, max_context), "logits": (1, codes, codes)},
         ),
     ]
+    if config.text_encoder is not None:
+        words = config.text_encoder.max_tokens
+        specs.append(GraphSpec(
+            TEXT_ENCODER_GRAPH,
+            inputs=(TensorSpec("input_ids", "int64", ("batch", "words")),
+                    TensorSpec("attention_mask", "int64", ("batch", "words"))),
+            outputs=(TensorSpec("text_rows", "compute", ("batch", config.text_encoder.num_rows, llm.hidden_size)),),
+            opset=opset, tolerance=tol, precision=precision,
+            axis_ranges={"batch": batch, "words": (2, 16, words)},
+        ))
     names = family_graph_names(config)
     return {spec.name: spec for spec in specs if spec.name in names}
 

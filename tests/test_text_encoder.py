@@ -177,3 +177,25 @@ def test_a_directory_without_its_sentence_tokenizer_is_refused(saved_model, tmp_
     (broken / "sentence_tokenizer.json").unlink()
     with pytest.raises(ModelNotFoundError, match="sentence_tokenizer.json"):
         load_model(broken)
+
+
+def test_onnx_export_runs_the_encoder_with_the_same_tokens(saved_model, tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    from unipose_sdk import Describer, Generator
+    from unipose_sdk.export.onnx import export_onnx
+
+    directory, _ = saved_model
+    report = export_onnx(str(directory), tmp_path / "onnx", precision="fp32", validate=True)
+    graphs = {g.name: g for g in report.graphs}
+    assert graphs["text_encoder"].validated
+    assert (tmp_path / "onnx" / "sentence_tokenizer.json").is_file()
+    prompts = ["raise your left hand", "someone is squatting down", "point at the ceiling"]
+    by_torch = Generator.from_pretrained(directory, backend="torch").generate(prompts)
+    by_ort = Generator.from_pretrained(tmp_path / "onnx", backend="onnxruntime").generate(prompts)
+    assert [r.pose_codes for r in by_torch] == [r.pose_codes for r in by_ort]
+    described = Describer.from_pretrained(tmp_path / "onnx", backend="onnxruntime").describe(pose=by_ort[0].pose)
+    assert isinstance(described.text, str)
+    # The tokenizer beside the graphs belongs to this export: another one is refused.
+    (tmp_path / "onnx" / "sentence_tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(CheckpointError):
+        Generator.from_pretrained(tmp_path / "onnx", backend="onnxruntime").generate("sit down")

@@ -133,13 +133,18 @@ class UniPose:
 
             runtime = OnnxRuntimeRuntime(path, device, OrtOptions(num_threads=options.num_threads))
         tokenizer = read_tokenizer(path, runtime.config.vocab)
+        sentence_tokenizer = None
+        if runtime.config.text_encoder is not None:
+            from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
+
+            sentence_tokenizer = SentenceTokenizer.from_directory(path, runtime.config.text_encoder)
         exported = getattr(runtime, "exported", None)
         is_random = bool(getattr(exported, "is_random", False))
         if is_random:
             log.warning("%s: exported from a RANDOM placeholder model", path)
         if source.note:
             log.warning("%s: %s", path, source.note)
-        return cls(runtime, tokenizer, str(path), is_random, source.note)
+        return cls(runtime, tokenizer, str(path), is_random, source.note, sentence_tokenizer=sentence_tokenizer)
 
     def close(self) -> None:
         with self.lock:

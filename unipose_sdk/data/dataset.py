@@ -269,7 +269,7 @@ def _write_all(tmp: Path, units: list, workers: int, progress: bool) -> dict[str
 def _manifest(seed, size, poses, pairs, counts, elapsed_s, workers) -> dict[str, Any]:
     import importlib.metadata
 
-    from unipose_sdk import __version__
+    from unipose_sdk._version import __version__
 
     items = sum(poses.values()) + sum(pairs.values())
     images = 2 * sum(poses.values()) + 4 * sum(pairs.values())  # both views; A and B for pairs

@@ -176,6 +176,13 @@ class OnnxRuntimeRuntime(Runtime):
         return self._graphs["vision"].run({"clip_pixels": clip_pixels.to(self.device, self.dtype),
                                            "pose_pixels": pose_pixels.to(self.device, self.dtype)})[0]
 
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        graph = self._graphs.get("text_encoder")
+        if graph is None:
+            return super().encode_texts(input_ids, attention_mask)
+        return graph.run({"input_ids": input_ids.to(self.device, torch.long),
+                          "attention_mask": attention_mask.to(self.device, torch.long)})[0]
+
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
         return self._pose_graph("pose_encoder").run({"pose_6d": pose_6d.to(self.device, torch.float32)})[0]
 
