@@ -19,12 +19,19 @@ token is unchanged). The schemes:
     qdq-int8      for TensorRT, which does not take MatMulNBits: int8 weights per output channel behind a
                   standard DequantizeLinear feeding the original MatMul (weight-only explicit quantization).
 
-Which graph gets which scheme comes from a measurement on a 2-core AVX-512 VNNI CPU (ONNX Runtime 1.32, the 7B
-shapes, benchmarks/quant_ops_cpu.py): for one decode step (1 row) int4 MatMulNBits is the fastest by far and
-dynamic int8 second; for the 81-row pose block and the vision towers' 192-577 rows dynamic int8 is the fastest
-and int4 is slower than int8. The decoder graph serves both the prompt / pose block and the decode steps, so
-"int4" trades a slower pose block for the fastest decoding and the smallest weights, "int8" the reverse. The
-pose tokenizer's graphs stay float (small, and their codes must not move).
+Which graph gets which scheme comes from a measurement (benchmarks/quant_7b_cpu.py: the 7B shapes with 2 decoder
+layers and 2 layers per vision tower, ONNX Runtime 1.32 on 2 shared cores, speed-up over float32 of the medians):
+
+    graph / step                      int8-dynamic   int4-nbits
+    decoder, one decode step (1 row)      2.9x           3.3x     (weights read once per token: int4 reads least)
+    decoder, 81-row pose block            3.7x           1.8x     (compute-bound: the int8 GEMM wins)
+    decoder, 121-row prompt + pose        3.6x           1.9x
+    vision towers (577 + 192 rows)        3.3x           1.6x
+
+The decoder graph serves the prompt, the pose block and the decode steps alike, so "int4" trades a slower pose
+block for the fastest decoding and the smallest weights, "int8" the reverse, and "mixed" keeps int4 in the
+language model (most of the bytes) with the faster int8 towers. The pose tokenizer's graphs stay float (small,
+and their codes must not move).
 
 Every quantized graph records what was done in its metadata (`unipose.quantization`: the export's precision,
 this graph's scheme, bits, block size, accuracy level, the quantized op types and how many nodes), and
