@@ -206,7 +206,8 @@ def markdown(result: dict) -> str:
     lines += ["", "Output error against the float graph on the timed inputs (relative L2; decoder: arg-max token "
               "agreement of the logits). With random weights the logits are nearly flat over 34132 ids, so the "
               "arg-max agreement is a stress figure, not a task metric (the embedded model's task agreement and "
-              "metrics are in quant_tiny_accuracy.md):", "", "| scenario | int8 error | int8 tokens | int4 error | int4 tokens |",
+              "metrics are in quant_tiny_accuracy.md):", "",
+              "| scenario | int8 error | int8 tokens | int4 error | int4 tokens |",
               "|---|---|---|---|---|"]
     for scenario in result["scenarios"]:
         row = []
