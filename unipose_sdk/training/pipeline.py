@@ -364,7 +364,8 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
         info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
-                     "caption_dropout": builder.caption_dropout})
+                     "caption_dropout": builder.caption_dropout,
+                     "task_mix": {t.value: w for t, w in settings.task_mix.items()} if settings.task_mix else None})
         _save_stage(model, settings, stage, info, tokenizer, builder.sentence_tokenizer)
         log.info("stage %d done in %.1f s -> %s", stage, info["seconds"], _stage_dir(settings, stage))
         results[f"stage{stage}"] = info
