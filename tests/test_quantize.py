@@ -172,7 +172,7 @@ def test_a_graph_without_constant_weights_stays_float() -> None:
 def test_plans_keep_the_pose_tokenizer_float() -> None:
     assert Q.plan("float") == dict.fromkeys(S.GRAPH_NAMES, Q.FLOAT)
     assert Q.plan("int4")["decoder"] == Q.INT4_NBITS and Q.plan("int8")["decoder"] == Q.INT8_DYNAMIC
-    assert Q.plan("mixed") == {"pose_encoder": Q.FLOAT, "pose_decoder": Q.FLOAT, "vision": Q.INT8_DYNAMIC,
+    assert Q.plan("mixed") == {**dict.fromkeys(S.GRAPH_NAMES, Q.FLOAT), "vision": Q.INT8_DYNAMIC,
                                "embed": Q.INT4_GATHER, "decoder": Q.INT4_NBITS}
     assert set(Q.plan("int4", "qdq").values()) == {Q.FLOAT, Q.QDQ_INT8}
     for precision in Q.PRECISIONS:
@@ -233,7 +233,7 @@ def test_export_writes_quantized_graphs_with_their_metadata(tmp_path: Path) -> N
     assert by_name["decoder"].validated == "yes" and 0 < by_name["decoder"].quant_relative_error < Q.MAX_RELATIVE_ERROR
     assert 0 <= by_name["decoder"].token_agreement <= 1
     assert "tokens vs float" in report.table()
-    for name in S.GRAPH_NAMES:
+    for name in by_name:
         meta = read_graph_metadata(tmp_path / "int4" / f"{name}.onnx")
         quant = json.loads(meta[Q.META_QUANTIZATION])
         assert quant["precision"] == "int4" and quant["scheme"] == Q.plan("int4")[name]
@@ -252,7 +252,8 @@ def test_every_precision_reads_back_with_its_plan(float_export: Path, quantized:
     for precision, directory in quantized.items():
         exported = read_directory(directory)
         assert exported.weights == precision
-        assert {name: q.scheme for name, q in exported.quantization.items()} == Q.plan(precision)
+        assert {name: q.scheme for name, q in exported.quantization.items()} == {
+            name: Q.plan(precision)[name] for name in exported.graphs}
         assert exported.identity != read_directory(float_export).identity  # an export of its own
         assert exported.identity.weights_sha256 == read_directory(float_export).identity.weights_sha256
         sizes[precision] = (directory / "decoder.onnx").stat().st_size
@@ -402,3 +403,22 @@ def test_bench_cli_refuses_bad_precisions(tmp_path: Path, capsys: pytest.Capture
     assert main(["bench", "--precision", "int4", "-o", str(tmp_path)]) == 2
     assert "without --onnx-dir" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_qdq_form_reads_back_and_runs(float_export: Path, tmp_path: Path) -> None:
+    """The TensorRT form of an export: int8 weights behind DequantizeLinear in the decoder and vision graphs, the
+    embedding table float; it reads back under its own plan, and ONNX Runtime runs it through the task classes."""
+    from unipose_sdk.export.onnx import quantize_export
+
+    from unipose_sdk.tasks import Generator
+
+    report = quantize_export(float_export, tmp_path / "qdq", "int8", form="qdq")
+    assert {g.name: g.weights for g in report.graphs} == {g.name: Q.plan("int8", "qdq")[g.name] for g in report.graphs}
+    assert {g.name: g.weights for g in report.graphs}["decoder"] == Q.QDQ_INT8
+    exported = read_directory(tmp_path / "qdq")
+    assert exported.weights == "int8" and exported.quantization["decoder"].form == "qdq"
+    ops = Q.graph_op_types(tmp_path / "qdq" / "decoder.onnx")
+    assert "DequantizeLinear" in ops and not ops & {"MatMulNBits", "MatMulInteger", "GatherBlockQuantized"}
+    result = Generator.from_pretrained(tmp_path / "qdq", backend="onnxruntime", max_new_tokens=4).generate("arms up")
+    assert len(result.pose_codes) == 80
