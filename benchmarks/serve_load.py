@@ -236,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queued", type=int, default=64)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads-per-replica", type=int, default=1)
-    parser.add_argument("--overload-clients", type=int, default=160, help="0: no overload burst")
+    parser.add_argument("--overload-clients", type=int, default=256, help="0: no overload burst")
     parser.add_argument("--handle-levels", action="store_true",
                         help="also run the levels against the model deployment's handle in this process (no HTTP)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine: the noise of these numbers
 
     import torch
 
@@ -300,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         level["p99_over_p50"] = round(lat["p99"] / lat["p50"], 2) if lat else None
     report = {
         "command": "python benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform(),
+                    "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
                      "fastapi": fastapi.__version__, "unipose_sdk": unipose_sdk.__version__},
         "service": {"model": "unipose-tiny", "backend": "torch", "device": "cpu", "replicas": 1,
-                    "max_batch": args.max_batch, "max_ongoing_requests": 2 * args.max_batch,
+                    "max_batch": args.max_batch, "max_ongoing_requests": args.max_batch + args.max_queued,
                     "max_queued_requests": args.max_queued, "batch_wait_ms": args.batch_wait_ms,
                     "threads_per_replica": args.threads_per_replica, "max_new_tokens": args.max_new_tokens,
                     "task": args.task, "inputs_per_request": 1},
