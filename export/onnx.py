@@ -312,7 +312,7 @@ def graph_modules(source_model: Any, name: str, dtype: torch.dtype) -> nn.Module
         return TextEncoderGraph(_part_at(source_model.text_encoder, dtype)).eval()
     if name == "decoder":
         return DecoderGraph(_part_at(source_model.llm, dtype)).eval()
-    raise InvalidInputError.make(f"graph {name!r}", f"one of {S.GRAPH_NAMES}", "Pick a graph from the specs.")
+    raise InvalidInputError.make(f"graph {name!r}", f"one of {S.ALL_GRAPH_NAMES}", "Pick a graph from the specs.")
 
 
 def metadata_props(spec: S.GraphSpec, src: _Source, precision: str, emission: str, export_id: str,
@@ -375,10 +375,10 @@ def _refuse_existing(target: Path) -> CheckpointError:
 
 
 def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx", *, precision: str = "fp32",
-                emission: str = "decomposed", opset: int = S.OPSET_RANGE[0], graphs: tuple[str, ...] = S.GRAPH_NAMES,
+                emission: str = "decomposed", opset: int = S.OPSET_RANGE[0], graphs: tuple[str, ...] | None = None,
                 validate: bool = True, overwrite: bool = False, progress: bool = True,
                 optimize: bool = True, weights: str = "float", block_size: int = 128,
-                quant_form: str = "onnxruntime") -> ExportReport:
+                quant_form: str = "onnxruntime", tokenizer: Any = None) -> ExportReport:
     """Export `model` (None / "unipose-tiny", an SDK model directory, or a UniPoseModel) to `output_dir`.
 
     precision: float32 | float16 | bfloat16 (or fp32 | fp16 | bf16) for the LLM and vision graphs (the pose
@@ -397,6 +397,8 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
         in the report) and refused when it lost the signal.
     block_size: int4 block length along K (a power of two >= 16). quant_form: "onnxruntime" (MatMulNBits,
         MatMulInteger, GatherBlockQuantized) or "qdq" (int8 weights behind DequantizeLinear, for TensorRT).
+    tokenizer: the TextTokenizer to write beside the graphs of an in-memory UniPoseModel (a model directory brings
+        its own), so the task classes can load the export.
     """
     import unipose_sdk.export.quantize as Q
     from tqdm import tqdm
@@ -408,6 +410,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     Q.check_block_size(block_size)
     Q.check_dtype(weights, precision, quant_form)
     schemes = Q.plan(weights, quant_form)
+    schemes.setdefault(S.TEXT_ENCODER_GRAPH, Q.FLOAT)  # the sentence encoder's graph stays float (not measured yet)
     if emission not in kernels_onnx.EMISSIONS:
         raise InvalidInputError.make(f"emission={emission!r}", f"one of {kernels_onnx.EMISSIONS}",
                                      "Use 'decomposed' unless the runtime imports the opset-23 Attention op.")
@@ -415,14 +418,17 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     target = Path(output_dir)
     if target.exists() and not overwrite:
         raise _refuse_existing(target)
-    unknown = [g for g in graphs if g not in S.GRAPH_NAMES]
+    unknown = [g for g in graphs or () if g not in S.ALL_GRAPH_NAMES]
     if unknown:
-        raise InvalidInputError.make(f"graphs {unknown}", f"names from {S.GRAPH_NAMES}", "Fix the graph names.")
+        raise InvalidInputError.make(f"graphs {unknown}", f"names from {S.ALL_GRAPH_NAMES}", "Fix the graph names.")
     dtype = formats.torch_dtype(precision)
     # The reference for validation is float32; without validation load straight at the export precision.
     src = _load_source(model, torch.float32 if validate else dtype)
+    if tokenizer is not None and src.tokenizer is None:
+        src.tokenizer = tokenizer
     specs = S.graph_specs(src.config, precision, opset=opset)
-    graphs = tuple(g for g in graphs if g in specs)  # a ChatPose model has no pose tokenizer graphs
+    # None: every graph of this model (ChatPose has no pose tokenizer graphs; a sentence encoder adds its own).
+    graphs = tuple(specs) if graphs is None else tuple(g for g in graphs if g in specs)
     export_id = uuid.uuid4().hex
     report = ExportReport(target, precision, emission, export_id=export_id, weights_sha256=src.weights_sha256,
                           weight_precision=weights)
@@ -499,6 +505,7 @@ def quantize_export(source: str | os.PathLike, output_dir: str | os.PathLike, pr
                                      "a float export to quantize", "Quantize the float export of the model.")
     Q.check_dtype(precision, exported.precision, form)
     schemes = Q.plan(precision, form)
+    schemes.setdefault(S.TEXT_ENCODER_GRAPH, Q.FLOAT)  # the sentence encoder's graph stays float (not measured yet)
     target = Path(output_dir)
     if target.exists() and not overwrite:
         raise _refuse_existing(target)

@@ -223,10 +223,17 @@ def quantized(float_export: Path) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_export_writes_quantized_graphs_with_their_metadata(tmp_path: Path) -> None:
-    """The one-step path: torch -> float graphs validated against torch -> quantized graphs compared with float."""
+    """The one-step path: torch -> float graphs validated against torch -> quantized graphs compared with float;
+    from an in-memory model, whose tokenizer is passed in and recorded like a directory's."""
     from unipose_sdk.export.onnx import export_onnx
 
-    report = export_onnx(None, tmp_path / "int4", precision="fp32", weights="int4", progress=False, optimize=False)
+    from unipose_sdk.checkpoint.embedded import load_embedded
+
+    loaded = load_embedded("cpu")
+    report = export_onnx(loaded.model, tmp_path / "int4", precision="fp32", weights="int4", progress=False,
+                         optimize=False, tokenizer=loaded.tokenizer)
+    recorded = json.loads(read_graph_metadata(tmp_path / "int4" / "decoder.onnx")[S.META_FILES])
+    assert "tokenizer.json" in recorded and (tmp_path / "int4" / "tokenizer.json").is_file()
     by_name = {g.name: g for g in report.graphs}
     assert report.weight_precision == "int4"
     assert by_name["decoder"].weights == Q.INT4_NBITS and by_name["pose_encoder"].weights == Q.FLOAT
