@@ -448,6 +448,24 @@ def test_print_config_is_a_serve_config_without_the_key(tmp_path) -> None:
     assert missing.returncode == 2 and "UNSET_VARIABLE_FOR_TEST" in missing.stderr
 
 
+def test_settings_refuse_what_cannot_run() -> None:
+    from unipose_sdk.errors import InvalidOptionError
+    from unipose_sdk.serve.limits import ServeLimits, ServeSettings
+
+    for bad in ({"models": ("unipose-tiny", "unipose-tiny")}, {"replicas": 0}, {"max_batch": True},
+                {"batch_wait_ms": -1}, {"models": ()}):
+        with pytest.raises(InvalidOptionError):
+            ServeSettings(**bad)
+    with pytest.raises(InvalidOptionError, match="max_queued_requests"):
+        ServeLimits(max_queued_requests=0)
+    with pytest.raises(InvalidOptionError, match="names among"):
+        ServeSettings.from_args({"replica": 2})
+    settings = ServeSettings(max_batch=8, limits=ServeLimits(max_batch_items=64, max_queued_requests=10))
+    assert settings.limits.max_batch_items == 8  # one request never holds more than a batch
+    assert settings.max_ongoing_requests == 18  # a full batch running and the admitted waiting requests
+    assert ServeSettings.from_args(settings.to_args()) == settings
+
+
 def test_shutdown_leaves_no_process_behind(service) -> None:
     """Last in the module: Ctrl-C stops the CLI, Serve and the private Ray instance with every worker."""
     assert len(service.processes()) > 2  # the CLI, Ray's GCS and raylet, the replicas ...
