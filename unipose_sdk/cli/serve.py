@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(serve_config(settings, args.host, args.port), sort_keys=False))
         return 0
 
+    import signal
     import time
 
     import ray
@@ -69,6 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
     from unipose_sdk.serve.app import build_app
     from unipose_sdk.serve.limits import APP_NAME
 
+    # Ray installs its own SIGTERM handler in ray.init, which ends the process at once: the command's own handlers
+    # (see unipose_sdk.cli.main) are put back so that SIGTERM shuts Serve and Ray down as Ctrl-C does.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     local = args.address is None
     if local:  # a private instance: never attach to a cluster that RAY_ADDRESS or a running instance would name
         needed = settings.replicas * settings.threads_per_replica * len(settings.models)
@@ -76,6 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
                  log_to_driver=args.verbose, logging_level="WARNING")
     else:
         ray.init(address=args.address, log_to_driver=args.verbose, logging_level="WARNING")
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
     try:
         serve.start(http_options={"host": args.host, "port": args.port,
                                   "request_timeout_s": settings.limits.request_timeout_s + 5},
