@@ -73,6 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Ray installs its own SIGTERM handler in ray.init, which ends the process at once: the command's own handlers
     # (see unipose_sdk.cli.main) are put back so that SIGTERM shuts Serve and Ray down as Ctrl-C does.
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    # Ray reports usage statistics over the network unless told not to; an SDK service does not phone home.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     local = args.address is None
     if local:  # a private instance: never attach to a cluster that RAY_ADDRESS or a running instance would name
         needed = settings.replicas * settings.threads_per_replica * len(settings.models)
