@@ -48,7 +48,8 @@ def service():
 @pytest.fixture(scope="module")
 def page(service):
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1100, "height": 720})
         page.requests_seen = []  # type: ignore[attr-defined]
         page.on("request", lambda r: page.requests_seen.append(r.url))
