@@ -39,8 +39,9 @@ from unipose_sdk.errors import (
 )
 from unipose_sdk.models.config import UniPoseConfig
 
-# The text tokenizer's files, and the sentence encoder's tokenizer for models with one.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "sentence_tokenizer.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Every tokenizer file an export may hold: the sentence encoder's for models with one (unipose-tiny v2).
+ALL_TOKENIZER_FILES = (*TOKENIZER_FILES, "sentence_tokenizer.json")
 REEXPORT_HINT = "Re-export the model into a new directory: unipose export --model M -o DIR."
 MIXED_HINT = ("The directory mixes files of different exports; do not copy files between exports: "
               "re-export the model into a new directory (unipose export --model M -o DIR).")
@@ -253,7 +254,7 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     # A ChatPose export has no pose tokenizer graphs; with either of them present both are required, and a
     # UniPose config without them is refused below.
     has_pose_graphs = any((root / f"{n}.onnx").is_file() for n in S.POSE_GRAPH_NAMES)
-    names = [n for n in S.GRAPH_NAMES if (has_pose_graphs or n not in S.POSE_GRAPH_NAMES)
+    names = [n for n in S.ALL_GRAPH_NAMES if (has_pose_graphs or n not in S.POSE_GRAPH_NAMES)
              and (n != S.TEXT_ENCODER_GRAPH or (root / f"{n}.onnx").is_file())]
     missing = [n for n in names if not (root / f"{n}.onnx").is_file()]
     if missing:
@@ -288,7 +289,7 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     if precision not in S.PRECISIONS:
         raise CheckpointError.make(f"{first.path} with precision {precision!r}", f"one of {S.PRECISIONS}",
                                    REEXPORT_HINT)
-    for name in TOKENIZER_FILES:
+    for name in ALL_TOKENIZER_FILES:
         check_file_digest(root / name, digests.get(name), identity)
     is_random = first.metadata.get(S.META_IS_RANDOM, "false") == "true"
     return ExportedModel(root, config, precision, first.metadata.get(S.META_EMISSION, "decomposed"), is_random,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import unipose_sdk.export.specs as S
 from torch import Tensor, nn
-from unipose_sdk.export.artifacts import TOKENIZER_FILES, file_sha256, state_dict_sha256
+from unipose_sdk.export.artifacts import ALL_TOKENIZER_FILES, file_sha256, state_dict_sha256
 
 import unipose_sdk.formats as formats
 import unipose_sdk.loading as loading
@@ -447,7 +447,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
             if src.model.pose_tokenizer is not None:
                 codebook = src.model.pose_tokenizer.quantizer.codebook.detach().float().cpu().numpy()
                 np.save(tmp / S.POSE_CODEBOOK_FILE, codebook, allow_pickle=False)
-            digests = {name: file_sha256(tmp / name) for name in (S.POSE_CODEBOOK_FILE, *TOKENIZER_FILES)
+            digests = {name: file_sha256(tmp / name) for name in (S.POSE_CODEBOOK_FILE, *ALL_TOKENIZER_FILES)
                        if (tmp / name).is_file()}
             for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):
                 spec = specs[name]

@@ -35,9 +35,10 @@ FORMAT_VERSION = 2
 PRECISIONS = formats.PRECISIONS  # "fp32", "fp16", "bf16": the short names of the one dtype table
 # ONNX opsets the exporter writes and ONNX Runtime runs; an emission may need more (attention23: 23).
 OPSET_RANGE = (18, 23)
-GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder", "text_encoder")
+GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
 # The sentence encoder's graph: only models with one (`config.text_encoder`, unipose-tiny v2) export it.
 TEXT_ENCODER_GRAPH = "text_encoder"
+ALL_GRAPH_NAMES = (*GRAPH_NAMES, TEXT_ENCODER_GRAPH)
 # The pose tokenizer's graphs: a ChatPose model has no pose tokenizer, so its exports hold the other three only.
 POSE_GRAPH_NAMES = ("pose_encoder", "pose_decoder")
 
@@ -45,8 +46,7 @@ POSE_GRAPH_NAMES = ("pose_encoder", "pose_decoder")
 def family_graph_names(config: UniPoseConfig) -> tuple[str, ...]:
     """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs; the sentence encoder's only
     for a model with one)."""
-    names = GRAPH_NAMES if config.text_encoder is not None else tuple(n for n in GRAPH_NAMES
-                                                                        if n != TEXT_ENCODER_GRAPH)
+    names = ALL_GRAPH_NAMES if config.text_encoder is not None else GRAPH_NAMES
     if config.family == "chatpose":
         return tuple(n for n in names if n not in POSE_GRAPH_NAMES)
     return names
