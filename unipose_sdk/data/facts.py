@@ -57,20 +57,20 @@ GROUND_TOLERANCE_M = 0.07
 TOUCH_DISTANCE_M = 0.17
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
+def unit_vector(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-9)
 
 
-def _frame(left: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """[3, 3] rows (left, up, forward), orthonormal, with `up` kept exactly."""
-    up = _unit(up)
-    left = _unit(left - np.dot(left, up) * up)
+def orthonormal_frame(left: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """[3, 3] rows (left, up, forward), orthonormal, with `up` kept exactly; `frame @ v` expresses v in it."""
+    up = unit_vector(up)
+    left = unit_vector(left - np.dot(left, up) * up)
     return np.stack([left, up, np.cross(left, up)])
 
 
-def _bend_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
+def bend_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
     """Flexion at b of the chain a-b-c: 0 when straight, 180 when folded flat."""
-    cos = np.dot(_unit(a - b), _unit(c - b))
+    cos = np.dot(unit_vector(a - b), unit_vector(c - b))
     return 180.0 - float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
@@ -91,8 +91,8 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
     def add(kind: str, subject: str, value: float, level: str) -> None:
         facts.append(Fact(kind, subject, round(float(value), 4), level))
 
-    root = _frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
-    torso = _frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
+    root = orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
+    torso = orthonormal_frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
     torso_up_world = torso[1]
 
     # --- whole body: lying, upside down ----------------------------------------------------------------
@@ -108,7 +108,7 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
         add("posture", "body", tilt_deg, level)
 
     # --- legs -----------------------------------------------------------------------------------------
-    knee_flex = {s: _bend_deg(p[J[f"{s}_hip"]], p[J[f"{s}_knee"]], p[J[f"{s}_ankle"]]) for s in SIDES}
+    knee_flex = {s: bend_deg(p[J[f"{s}_hip"]], p[J[f"{s}_knee"]], p[J[f"{s}_ankle"]]) for s in SIDES}
     foot_low = {s: min(p[J[f"{s}_ankle"], 1], p[J[f"{s}_foot"], 1]) for s in SIDES}
     on_ground = {s: foot_low[s] < GROUND_TOLERANCE_M for s in SIDES}
     kneeling = {s: p[J[f"{s}_knee"], 1] < 0.1 and p[J[f"{s}_hip"], 1] - p[J[f"{s}_knee"], 1] > 0.25 for s in SIDES}
@@ -116,7 +116,7 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
     for s in SIDES:
         # Thigh raise in the pelvis' sagittal plane: 0 hanging down, 90 forwards, negative backwards. A thigh
         # spread sideways has a short sagittal shadow, so its raise is left unmeasured (nan).
-        thigh = root @ _unit(p[J[f"{s}_knee"]] - p[J[f"{s}_hip"]])
+        thigh = root @ unit_vector(p[J[f"{s}_knee"]] - p[J[f"{s}_hip"]])
         sagittal = np.hypot(thigh[1], thigh[2])
         thigh_deg[s] = float(np.degrees(np.arctan2(thigh[2], -thigh[1]))) if sagittal > 0.6 else float("nan")
     knee_gap_m = float(np.linalg.norm(p[J["left_knee"]] - p[J["right_knee"]]))
@@ -179,7 +179,8 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
 
     # --- torso ---------------------------------------------------------------------------------------
     if not lying and tilt_deg <= 130.0:
-        heading = _unit(root[2] * [1.0, 0.0, 1.0]) if abs(root[2, 1]) < 0.95 else _unit(torso[2] * [1, 0, 1])
+        heading = (unit_vector(root[2] * [1.0, 0.0, 1.0]) if abs(root[2, 1]) < 0.95
+                   else unit_vector(torso[2] * [1, 0, 1]))
         side_axis = np.cross([0.0, 1.0, 0.0], heading)  # body's left, horizontal
         spine = p[J["neck"]] - p[J["pelvis"]]
         pitch_deg = float(np.degrees(np.arctan2(np.dot(spine, heading), spine[1])))
@@ -190,8 +191,8 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
         if abs(roll_deg) > 12.0:
             add("torso_roll", "torso", roll_deg, "left" if roll_deg > 0 else "right")
     hip_line = root[0]
-    shoulder_line = _unit(p[J["left_shoulder"]] - p[J["right_shoulder"]])
-    shoulder_line = _unit(shoulder_line - np.dot(shoulder_line, torso[1]) * torso[1])
+    shoulder_line = unit_vector(p[J["left_shoulder"]] - p[J["right_shoulder"]])
+    shoulder_line = unit_vector(shoulder_line - np.dot(shoulder_line, torso[1]) * torso[1])
     twist_deg = float(np.degrees(np.arctan2(np.dot(np.cross(hip_line, shoulder_line), torso[1]),
                                             np.dot(hip_line, shoulder_line))))
     if abs(twist_deg) > 20.0:
@@ -199,9 +200,9 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
 
     # --- arms ----------------------------------------------------------------------------------------
     for s in SIDES:
-        flex = _bend_deg(p[J[f"{s}_shoulder"]], p[J[f"{s}_elbow"]], p[J[f"{s}_wrist"]])
+        flex = bend_deg(p[J[f"{s}_shoulder"]], p[J[f"{s}_elbow"]], p[J[f"{s}_wrist"]])
         add("elbow_bend", s, flex, _level(flex, BEND_LEVELS_DEG))
-        arm = torso @ _unit(p[J[f"{s}_wrist"]] - p[J[f"{s}_shoulder"]])
+        arm = torso @ unit_vector(p[J[f"{s}_wrist"]] - p[J[f"{s}_shoulder"]])
         outward = arm[0] if s == "left" else -arm[0]
         directions = {"out": outward, "up": arm[1], "down": -arm[1], "forward": arm[2], "backward": -arm[2]}
         best = max(directions, key=directions.get)

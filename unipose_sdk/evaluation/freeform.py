@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from unipose_sdk.body.skeleton import JOINT_INDEX, NUM_JOINTS, rest_joints_m
+from unipose_sdk.data.facts import bend_deg, orthonormal_frame, unit_vector
 from unipose_sdk.errors import InvalidInputError
 
 J = JOINT_INDEX
@@ -96,23 +97,6 @@ TARGET_SIDES = ("same", "opposite", "either")
 FACINGS = ("any", "up", "down", "side")
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-9)
-
-
-def _frame(left: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """[3, 3] rows (left, up, forward), orthonormal, `up` kept exactly; `frame @ v` expresses v in it."""
-    up = _unit(up)
-    left = _unit(left - np.dot(left, up) * up)
-    return np.stack([left, up, np.cross(left, up)])
-
-
-def _flexion_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
-    """Bend at b of the chain a-b-c: 0 when straight, 180 when folded back onto itself."""
-    cos = float(np.dot(_unit(a - b), _unit(c - b)))
-    return 180.0 - math.degrees(math.acos(max(-1.0, min(1.0, cos))))
-
-
 def _other(side: str) -> str:
     return "right" if side == "left" else "left"
 
@@ -127,21 +111,22 @@ class Body:
                                          "in metres", "Pass `pose.joints()[i]` of a Pose.")
         self.p = p
         self.height = p[:, 1] - p[:, 1].min()  # above the floor (the lowest joint)
-        self.pelvis_frame = _frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
-        self.torso_frame = _frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
+        self.pelvis_frame = orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
+        self.torso_frame = orthonormal_frame(p[J["left_shoulder"]] - p[J["right_shoulder"]],
+                                             p[J["neck"]] - p[J["pelvis"]])
         spine = p[J["neck"]] - p[J["pelvis"]]
-        self.tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, _unit(spine)[1]))))  # 0 upright, 180 inverted
+        self.tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, unit_vector(spine)[1]))))  # 0 upright, 180 inverted
         up = np.array([0.0, 1.0, 0.0])
         # The way the hips face, horizontally; when the hip line is near vertical (lying on a side) the chest's
         # or the pelvis' forward axis, flattened, takes over.
         flat = lambda v: v * np.array([1.0, 0.0, 1.0])  # noqa: E731
-        for candidate in (np.cross(_unit(p[J["left_hip"]] - p[J["right_hip"]]), up), flat(self.torso_frame[2]),
+        for candidate in (np.cross(unit_vector(p[J["left_hip"]] - p[J["right_hip"]]), up), flat(self.torso_frame[2]),
                           flat(self.pelvis_frame[2])):
             if np.linalg.norm(candidate) > 0.3:  # within ~70 degrees of horizontal
                 break
-        self.heading = _unit(candidate)
+        self.heading = unit_vector(candidate)
         self.heading_left = np.cross(up, self.heading)  # horizontal, the body's left
-        unit_spine = _unit(spine)
+        unit_spine = unit_vector(spine)
         # Pitch runs from -180 to 180 (beyond 90: folded down past horizontal); roll is the spine's angle out of the
         # body's sagittal plane, so a symmetric pose reads 0 even upside down.
         self.pitch_deg = math.degrees(math.atan2(float(unit_spine @ self.heading), float(unit_spine[1])))
@@ -155,20 +140,20 @@ class Body:
         return float(self.height[J[name]])
 
     def elbow_flexion_deg(self, s: str) -> float:
-        return _flexion_deg(self.joint(f"{s}_shoulder"), self.joint(f"{s}_elbow"), self.joint(f"{s}_wrist"))
+        return bend_deg(self.joint(f"{s}_shoulder"), self.joint(f"{s}_elbow"), self.joint(f"{s}_wrist"))
 
     def knee_flexion_deg(self, s: str) -> float:
-        return _flexion_deg(self.joint(f"{s}_hip"), self.joint(f"{s}_knee"), self.joint(f"{s}_ankle"))
+        return bend_deg(self.joint(f"{s}_hip"), self.joint(f"{s}_knee"), self.joint(f"{s}_ankle"))
 
     def arm_direction(self, s: str) -> dict[str, float]:
         """Cosines of shoulder -> wrist with the torso's directions ("out" is away from the body's midline)."""
-        d = self.torso_frame @ _unit(self.joint(f"{s}_wrist") - self.joint(f"{s}_shoulder"))
+        d = self.torso_frame @ unit_vector(self.joint(f"{s}_wrist") - self.joint(f"{s}_shoulder"))
         out = d[0] if s == "left" else -d[0]
         return {"up": d[1], "down": -d[1], "forward": d[2], "sideways": out}
 
     def thigh(self, s: str) -> np.ndarray:
         """Unit hip -> knee in the pelvis frame (left, up, forward)."""
-        return self.pelvis_frame @ _unit(self.joint(f"{s}_knee") - self.joint(f"{s}_hip"))
+        return self.pelvis_frame @ unit_vector(self.joint(f"{s}_knee") - self.joint(f"{s}_hip"))
 
     def foot_height(self, s: str) -> float:
         return min(self.h(f"{s}_ankle"), self.h(f"{s}_foot"))
@@ -312,7 +297,7 @@ def leg_straight(b: Body, side: str) -> bool:
            _SIDE)
 def knee_raised(b: Body, side: str) -> bool:
     def raised(s: str) -> bool:
-        t = _unit(b.joint(f"{s}_knee") - b.joint(f"{s}_hip"))
+        t = unit_vector(b.joint(f"{s}_knee") - b.joint(f"{s}_hip"))
         from_down_deg = math.degrees(math.acos(max(-1.0, min(1.0, -t[1]))))
         return from_down_deg >= KNEE_RAISED_MIN_DEG and float(t @ b.heading) > 0.3
     return _sided(side, raised)
@@ -405,7 +390,7 @@ def kneeling(b: Body, side: str) -> bool:
            "(on a chair or on the floor)")
 def sitting(b: Body) -> bool:
     slope = math.sin(math.radians(SIT_MAX_THIGH_SLOPE_DEG))
-    thighs_flat = all(abs(_unit(b.joint(f"{s}_knee") - b.joint(f"{s}_hip"))[1]) <= slope for s in SIDES)
+    thighs_flat = all(abs(unit_vector(b.joint(f"{s}_knee") - b.joint(f"{s}_hip"))[1]) <= slope for s in SIDES)
     return thighs_flat and b.h("pelvis") <= SIT_MAX_PELVIS_M and b.tilt_deg <= SIT_MAX_TILT_DEG
 
 
