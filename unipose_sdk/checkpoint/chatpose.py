@@ -23,7 +23,6 @@ unpickled).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 from torch import Tensor
@@ -32,11 +31,11 @@ from unipose_sdk.checkpoint.official import (
     CLIP_KEYS,
     KeyTable,
     _check_llm_config,
-    _listing,
     read_hf_weights,
     remap,
+    validate_state,
 )
-from unipose_sdk.errors import CheckpointError, ConfigError, ModelNotFoundError
+from unipose_sdk.errors import ConfigError, ModelNotFoundError
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.tokenizer import SENTENCEPIECE_FILE, TOKENIZER_FILE, TextTokenizer
@@ -81,34 +80,6 @@ def _check_paths(merged: Path | None, clip: Path | None) -> None:
                                       "Name each downloaded piece with its flag (see `unipose convert --help`).")
 
 
-def validate_chatpose_state(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, Tensor], source: str,
-                            origin: Mapping[str, str]) -> None:
-    """CheckpointError listing missing (grouped by the flag that supplies them), unexpected and mis-shaped keys."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(f"{k} {tuple(state[k].shape)} vs model {expected[k]} (from {origin.get(k, source)})"
-                        for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
-    if not (missing or unexpected or mis_shaped):
-        return
-    parts = []
-    if missing:
-        groups, left = [], list(missing)
-        for prefix, hint in _PART_HINTS:
-            keys = [k for k in left if k.startswith(prefix)]
-            left = [k for k in left if not k.startswith(prefix)]
-            if keys:
-                groups.append(f"{len(keys)} of {hint} (e.g. {', '.join(keys[:4])})")
-        parts.append(f"{len(missing)} missing keys: " + "; ".join(groups))
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: "
-                     + _listing([f"{k} (from {origin.get(k, source)})" for k in unexpected]))
-    if mis_shaped:
-        parts.append(f"{len(mis_shaped)} keys with the wrong shape: {_listing(mis_shaped)}")
-    raise CheckpointError.make(f"{source} with " + "; ".join(parts), "exactly the ChatPose model's keys and shapes",
-                               "Pass the merged ChatPose directory and the CLIP directory, and the preset of these "
-                               "weights (--preset chatpose-13b for CHATPOSE-V0).")
-
-
 def load_chatpose_state(merged: Path | None, clip: Path | None, config: UniPoseConfig,
                         ) -> tuple[dict[str, Tensor], TextTokenizer]:
     """The SDK-keyed state dict of a ChatPose model (checked: complete, nothing unmapped, right shapes) and its
@@ -133,6 +104,9 @@ def load_chatpose_state(merged: Path | None, clip: Path | None, config: UniPoseC
         log.info("CLIP: %d tower tensors come from the merged directory, %d from %s", len(clip_tensors) - kept,
                  kept, clip)
     expected = {k: tuple(v.shape) for k, v in UniPoseModel.from_config(config, device="meta").state_dict().items()}
-    validate_chatpose_state(expected, tensors, source, origin)
+    validate_state(expected, tensors, source, origin, part_hints=_PART_HINTS,
+                   expected_text="exactly the ChatPose model's keys and shapes",
+                   fix="Pass the merged ChatPose directory and the CLIP directory, and the preset of these weights "
+                       "(--preset chatpose-13b for CHATPOSE-V0).")
     tokenizer = TextTokenizer.from_directory(merged, config.vocab)
     return tensors, tokenizer

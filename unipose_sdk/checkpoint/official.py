@@ -358,8 +358,15 @@ def _resize_rows(tensor: Tensor, rows: int) -> Tensor:
 
 
 def validate_state(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, Tensor], source: str,
-                   origin: Mapping[str, str] | None = None) -> None:
-    """CheckpointError listing missing (with the flag that supplies them), unexpected and mis-shaped keys."""
+                   origin: Mapping[str, str] | None = None, *,
+                   part_hints: tuple[tuple[str, str], ...] = _PART_HINTS,
+                   expected_text: str = "exactly the model's keys and shapes",
+                   fix: str = "Name every piece of the release with its flag and pick the preset of these weights.",
+                   ) -> None:
+    """CheckpointError listing missing (with the flag that supplies them), unexpected and mis-shaped keys.
+
+    part_hints: (key prefix, what supplies it) in order; a missing key is counted under the first prefix it
+    starts with, so a narrower prefix listed before a wider one ("llm.pose_head." before "llm.") takes its keys."""
     origin = origin or {}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -370,9 +377,10 @@ def validate_state(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, 
     parts = []
     if missing:
         # Grouped by part, so the message says which flag is missing rather than only key names.
-        groups = []
-        for prefix, hint in _PART_HINTS:
-            keys = [k for k in missing if k.startswith(prefix)]
+        groups, left = [], list(missing)
+        for prefix, hint in part_hints:
+            keys = [k for k in left if k.startswith(prefix)]
+            left = [k for k in left if not k.startswith(prefix)]
             if keys:
                 groups.append(f"{len(keys)} of {hint} (e.g. {', '.join(keys[:4])})")
         parts.append(f"{len(missing)} missing keys: " + "; ".join(groups))
@@ -381,8 +389,7 @@ def validate_state(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, 
         parts.append(f"{len(unexpected)} unexpected keys: {listed}")
     if mis_shaped:
         parts.append(f"{len(mis_shaped)} keys with the wrong shape: {_listing(mis_shaped)}")
-    raise CheckpointError.make(f"{source} with " + "; ".join(parts), "exactly the model's keys and shapes",
-                               "Name every piece of the release with its flag and pick the preset of these weights.")
+    raise CheckpointError.make(f"{source} with " + "; ".join(parts), expected_text, fix)
 
 
 def load_official(paths: OfficialPaths, config: UniPoseConfig | None = None, device: torch.device | str = "cpu",
