@@ -117,7 +117,8 @@ def test_prompt_slots_follow_bos_and_hold_the_caption(embedded_tokenizer) -> Non
     assert base.text_start is None
     free = builder.build("Describe <pose> in words.", poses=[[0] * 80])
     assert free.encoder_text == "Describe in words."
-    assert builder.build_task(Task.POSE_DESCRIPTION, poses=[[0] * 80]).encoder_text == "Generate description of the pose ."
+    described = builder.build_task(Task.POSE_DESCRIPTION, poses=[[0] * 80])
+    assert described.encoder_text == "Generate description of the pose ."
 
 
 def test_sentence_tokenizer_checks_its_vocabulary() -> None:
@@ -181,8 +182,9 @@ def test_a_directory_without_its_sentence_tokenizer_is_refused(saved_model, tmp_
 
 def test_onnx_export_runs_the_encoder_with_the_same_tokens(saved_model, tmp_path) -> None:  # noqa: ANN001
     pytest.importorskip("onnxruntime")
-    from unipose_sdk import Describer, Generator
     from unipose_sdk.export.onnx import export_onnx
+
+    from unipose_sdk import Describer, Generator
 
     directory, _ = saved_model
     report = export_onnx(str(directory), tmp_path / "onnx", precision="fp32", validate=True)
@@ -199,3 +201,19 @@ def test_onnx_export_runs_the_encoder_with_the_same_tokens(saved_model, tmp_path
     (tmp_path / "onnx" / "sentence_tokenizer.json").write_text("{}", encoding="utf-8")
     with pytest.raises(CheckpointError):
         Generator.from_pretrained(tmp_path / "onnx", backend="onnxruntime").generate("sit down")
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--text-encoder-from", "{tmp}"], "config.json"),
+    (["--task-mix", "text2pose=0.5,bogus=1"], "bogus=1"),
+    (["--task-mix", "text2pose=-1"], "weights must be >= 0"),
+])
+def test_train_refuses_bad_encoder_sources_and_task_mixes_before_any_work(tmp_path, capsys, argv, names) -> None:  # noqa: ANN001
+    from unipose_sdk.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "-o", str(out), *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    assert stopped.value.code == 2
+    assert names in capsys.readouterr().err
+    assert not out.exists()

