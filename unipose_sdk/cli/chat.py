@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unipose_sdk.cli.tasks import OVERWRITE_HINT, add_output_flags, finite_float, positive_int
+from unipose_sdk.cli.tasks import OVERWRITE_HINT, add_output_flags, add_runtime_flags, finite_float, positive_int
 from unipose_sdk.errors import InvalidInputError
-from unipose_sdk.formats import DTYPE_NAMES
 from unipose_sdk.results import DEFAULT_POSE_FORMATS, POSE_RESULT_FORMATS
 
 _MAX_TURNS_BYTES = 16 * 1024 * 1024
@@ -48,9 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      overwrite_help="number this run's files from chat_000, replacing files of those names")
     p.add_argument("--model", default=None, metavar="NAME|DIR",
                    help="'unipose-tiny' (the embedded default) or a model / export directory")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    add_runtime_flags(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                    help="most text tokens per reply (each pose block adds its 82 on top, see --max-poses)")
     p.add_argument("--max-poses", type=int, default=2, metavar="N", help="most poses per reply (default 2)")

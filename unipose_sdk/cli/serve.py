@@ -13,8 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from unipose_sdk.cli.tasks import positive_int
-from unipose_sdk.formats import DTYPE_NAMES
+from unipose_sdk.cli.tasks import add_runtime_flags, positive_int
 
 
 def _positive_float(text: str) -> float:
@@ -112,9 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", metavar="NAME|DIR",
                    help="'unipose-tiny' (default) or a model / export directory; repeat for several models (one "
                         "deployment each, the first is the default)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    add_runtime_flags(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                    help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
     p.add_argument("--replicas", type=positive_int, default=1, metavar="N", help="replicas per model")

@@ -57,6 +57,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """--backend, --device and --dtype: where a command runs its model (the same flags in every command)."""
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+
+
 def add_output_flags(parser: argparse.ArgumentParser, output_help: str, required: bool = False,
                      metavar: str = "PATH",
                      overwrite_help: str = "replace existing output files of the same names") -> None:
@@ -73,9 +80,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                      overwrite_help="number this run's files from TASK_000, replacing files of those names")
     parser.add_argument("--model", default=None, metavar="NAME|DIR",
                         help="'unipose-tiny' (the embedded default) or a model / export directory")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
+    add_runtime_flags(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                         help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs per model batch")
