@@ -8,6 +8,7 @@ One service (the real CLI in a subprocess: Ray start-up is ~10 s) serves the who
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -463,6 +464,10 @@ def test_settings_refuse_what_cannot_run() -> None:
     settings = ServeSettings(max_batch=8, limits=ServeLimits(max_batch_items=64, max_queued_requests=10))
     assert settings.limits.max_batch_items == 8  # one request never holds more than a batch
     assert settings.max_ongoing_requests == 18  # a full batch running and the admitted waiting requests
+    # A burst the replica admits at once is first counted at the handle: its limit covers it (the CI failure
+    # this guards against: 8 simultaneous requests to a replica admitting 8 refused by a handle limit of 4).
+    assert settings.handle_queue_limit == 18 + 10
+    assert dataclasses.replace(settings, replicas=3).handle_queue_limit == 3 * 18 + 10
     assert ServeSettings.from_args(settings.to_args()) == settings
 
 

@@ -430,7 +430,7 @@ def build_app(args: dict[str, Any]) -> Any:
         serve.deployment(ModelServer).options(
             name=deployment_name(i), num_replicas=settings.replicas,
             max_ongoing_requests=settings.max_ongoing_requests,
-            max_queued_requests=settings.limits.max_queued_requests,
+            max_queued_requests=settings.handle_queue_limit,
             ray_actor_options={"num_cpus": settings.threads_per_replica},
         ).bind(model, settings_args)
         for i, model in enumerate(settings.models)
@@ -438,5 +438,5 @@ def build_app(args: dict[str, Any]) -> Any:
     # The ingress only parses and forwards: it may hold every request that the model queues admit, and more
     # are refused by the model handles (503), not queued here.
     ingress_ongoing = len(models) * (settings.replicas * settings.max_ongoing_requests
-                                     + settings.limits.max_queued_requests) + 16
+                                     + settings.handle_queue_limit) + 16
     return Ingress.options(max_ongoing_requests=ingress_ongoing).bind(models, settings_args)

@@ -23,8 +23,8 @@ class ServeLimits:
     max_text_chars: each prompt / instruction (422, as the SDK's own text errors).
     max_batch_items: inputs in one request (413); at most the deployment's batch size.
     max_queued_requests: requests that may wait for a model beyond the batch it is running: each replica admits
-        max_batch + max_queued_requests, and the model's handle holds up to max_queued_requests more while it
-        assigns them; one more is answered 503 with Retry-After instead of growing a queue.
+        max_batch + max_queued_requests, and the model's handle holds up to max_queued_requests more beyond what
+        the replicas admit; one more is answered 503 with Retry-After instead of growing a queue.
     request_timeout_s: a request still unanswered after this long is cancelled and answered 504.
     retry_after_s: the Retry-After of a 503.
     """
@@ -93,6 +93,14 @@ class ServeSettings:
         rather than in the handle's queue, which Serve drains by probing the replicas (measured on 2 cores with
         64 clients: 26 requests/s with 32 admitted per replica, 73 with all 64 admitted)."""
         return self.max_batch + self.limits.max_queued_requests
+
+    @property
+    def handle_queue_limit(self) -> int:
+        """Requests a model's handle may hold before it answers 503. Serve counts a request as queued at the handle
+        until a replica has accepted it, so a burst that the replicas would admit all at once sits in the handle's
+        queue first: the limit covers what every replica admits plus the waiting requests, or such a burst is
+        refused while the replicas are idle."""
+        return self.replicas * self.max_ongoing_requests + self.limits.max_queued_requests
 
     def to_args(self) -> dict[str, Any]:
         """The plain-JSON form: a Serve config's application `args` (`from_args` reads it back)."""
