@@ -356,3 +356,55 @@ def test_a_sentence_encoder_model_gets_its_rows_before_each_turn(assistant: Assi
     # The first turn's slots are those of the first turn asked alone: a new turn keeps the cached prefix.
     alone = builder.build_conversation([ConversationTurn(TEXT_TURN)])
     assert two.input_ids[:len(alone.input_ids)] == alone.input_ids
+
+
+# ------------------------------------------------------------------------------------------- restoring a history
+
+
+def test_a_restored_history_gives_the_live_prompt_and_reply(assistant: Assistant,
+                                                            conversation: list[AssistantReply]) -> None:
+    from unipose_sdk.tasks.assistant import PastTurn
+
+    first, second, third = conversation  # asked live: an image, a text, then an edit of the second reply's pose
+    restored = _other(assistant)
+    restored.restore([PastTurn.of(IMAGE_TURN, first, images=[example_image_path()]),
+                      PastTurn(TEXT_TURN, second.text, [p.codes for p in second.poses])])
+    assert [t.reply.text for t in restored.history] == [first.text, second.text]
+    assert restored.history[1].reply.poses[0].codes == second.poses[0].codes
+    assert restored.history[1].reply.poses[0].pose.allclose(second.poses[0].pose, atol=1e-5)
+    reply = restored.ask(EDIT_TURN, poses=[restored.history[1].reply.poses[0]])
+    assert reply.turn == 2 and reply.reused_tokens == 0  # nothing of the live conversation's cache is at hand
+    assert "vision" in reply.timing_ms  # the restored turn's image is read with this turn
+    assert reply.prompt_ids == third.prompt_ids
+    assert reply.generated_ids == third.generated_ids and reply.text == third.text
+    assert [p.codes for p in reply.poses] == [p.codes for p in third.poses]
+
+
+def test_a_restored_history_is_checked_as_ask_checks_a_turn_before_any_work(assistant: Assistant) -> None:
+    from unipose_sdk.tasks.assistant import PastTurn
+
+    talker = _other(assistant)
+    talker.ask(TEXT_TURN)
+    before = talker.history
+    pose_reply = ("<pose>", [[1] * 80])
+    for turns, error, names in [
+        ([PastTurn(DESCRIBE_TURN, "a squat.")], InvalidInputError, ["turn 0 of the restored history", "0 poses"]),
+        ([PastTurn(TEXT_TURN, *pose_reply), PastTurn("Hi <poseC>.", "")], InvalidTextError,
+         ["turn 1 of the restored history", "<poseC>", "Did you mean <pose>"]),
+        ([PastTurn("  ", "")], InvalidTextError, ["turn='  '"]),
+        ([PastTurn(TEXT_TURN, "<pose> and <pose>", [[1] * 80])], InvalidInputError,
+         ["2 <pose> and the codes of 1 pose"]),
+        ([PastTurn(TEXT_TURN, "<pose>", [[4096] * 80])], InvalidInputError, ["reply pose 0", "codes in [0,"]),
+        ([PastTurn(TEXT_TURN, *pose_reply)] * 6, ConversationTooLongError,
+         ["at most 512 tokens", "Restore only the latest turns (these 6 do not fit)"]),
+    ]:
+        with pytest.raises(error) as caught:
+            talker.restore(turns)
+        for name in names:
+            assert name in str(caught.value), str(caught.value)
+        assert talker.history == before  # refused before anything changed
+    talker.restore([PastTurn(TEXT_TURN, *pose_reply)])
+    first = talker.ask(DESCRIBE_TURN, poses=[load_example_pose()])
+    assert first.turn == 1 and talker.ask(TEXT_TURN).reused_tokens >= first.prompt_tokens  # the cache works on
+    talker.restore([])
+    assert talker.history == () and talker.ask(TEXT_TURN).turn == 0

@@ -17,6 +17,12 @@ its own text: the cost follows the last exchange, not the length of the history.
 Context policy: a turn whose prompt plus reply budget (max_new_tokens + 82 per allowed pose) exceeds the model's
 context (`config.max_text_tokens`) is refused with ConversationTooLongError before any work; nothing is dropped
 silently. `reset()` starts over.
+
+`restore(turns)` starts from earlier turns without running the model on them (a conversation kept elsewhere, e.g.
+by a client of `unipose serve`, which keeps no state between requests): each `PastTurn` is what was asked and the
+reply's text and pose codes. Since the layout writes every earlier answer as text anyway, that is all a kept turn
+holds (`_Kept`), so the next turn's prompt is the one the live conversation would have built; its cache starts
+empty, and the restored turns' images go through the vision encoder with that next turn.
 """
 
 from __future__ import annotations
@@ -36,7 +42,13 @@ from torch import Tensor
 
 import unipose_sdk.generation as generation
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidTextError, UnsupportedTaskError
+from unipose_sdk.errors import (
+    ConversationTooLongError,
+    InvalidInputError,
+    InvalidTextError,
+    UniPoseError,
+    UnsupportedTaskError,
+)
 from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import AssistantOptions
 from unipose_sdk.results import AssistantReply, ReplyPose, describe_input
@@ -73,6 +85,25 @@ class ChatTurn:
     images: tuple[str, ...]
     poses: tuple[str, ...]
     reply: AssistantReply
+
+
+@dataclass(frozen=True)
+class PastTurn:
+    """An earlier turn for `Assistant.restore`: what was asked (`text`, `images`, `poses`, as `ask` takes them) and
+    what the model answered: `reply_text` as `AssistantReply.text` holds it (`<pose>` where each pose block stood)
+    and `reply_codes`, the codebook indices of those poses in order. `PastTurn.of(text, reply, ...)` takes them
+    from an AssistantReply."""
+
+    text: str
+    reply_text: str
+    reply_codes: Sequence[Sequence[int]] = ()
+    images: Sequence[Any] | None = None
+    poses: Sequence[Any] | Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, text: str, reply: AssistantReply, images: Sequence[Any] | None = None,
+           poses: Sequence[Any] | Mapping[str, Any] | None = None) -> PastTurn:
+        return cls(text, reply.text, [list(p.codes) for p in reply.poses], images, poses)
 
 
 @dataclass
@@ -146,6 +177,7 @@ class Assistant(TaskBase):
         self._kept: list[_Kept] = []
         self._history: list[ChatTurn] = []
         self._images: list[Tensor] = []  # the projected embeddings [N, C] of every image so far, by serial
+        self._restored_images: list[list[Any]] = []  # restored turns' images, per turn, not yet embedded
         self._prefix: generation.PrefixCache | None = None
         self._turn_lock = threading.Lock()
         self._turn_thread: int | None = None
@@ -164,7 +196,7 @@ class Assistant(TaskBase):
             InvalidInputError: a turn of this Assistant is still streaming (finish or close it first).
         """
         with self._turn():
-            self._kept, self._history, self._images = [], [], []
+            self._kept, self._history, self._images, self._restored_images = [], [], [], []
             if self._prefix is not None:
                 self._prefix.clear()
 
@@ -210,26 +242,87 @@ class Assistant(TaskBase):
 
     # ------------------------------------------------------------------ checks (before any work)
 
-    def _check_length(self, session: UniPose, text: str, num_images: int, poses: Any) -> None:
-        """Refuse a turn that cannot fit before anything runs: the layout's length does not depend on the codes,
-        so placeholder codes stand in for poses not encoded yet."""
-        zero = [0] * session.config.vocab.num_pose_tokens
-        dummy = {k: zero for k in poses} if isinstance(poses, Mapping) else [zero] * len(poses)
-        turn = ConversationTurn(text, dummy, num_images)
+    def _check_length(self, session: UniPose, text: str, num_images: int, poses: Any,
+                      history: list[ConversationTurn] | None = None, fix: str = "Call reset() to start a new "
+                      "conversation") -> None:
+        """Refuse a turn that cannot fit after `history` (None: the kept turns) before anything runs: the layout's
+        length does not depend on the codes, so placeholder codes stand in for poses not encoded yet."""
+        turn = ConversationTurn(text, _stand_in_codes(session, poses), num_images)
         prompts = _unlimited_builder(session)
-        total = len(_build(prompts, [k.turn for k in self._kept] + [turn]).input_ids)
+        before = [k.turn for k in self._kept] if history is None else history
+        total = len(_build(prompts, before + [turn]).input_ids)
         alone = len(_build(prompts, [turn]).input_ids)
         budget = self.options.generation_config(session.config.vocab).max_new_tokens
         limit = int(session.config.max_text_tokens)
         if total + budget > limit:
-            history = total - alone
             raise ConversationTooLongError.make(
-                f"a turn of {alone} tokens after a history of {history} tokens, with a reply budget of {budget} "
+                f"a turn of {alone} tokens after a history of {total - alone} tokens, with a reply budget of {budget} "
                 f"(max_new_tokens={self.options.max_new_tokens} + 82 per pose, max_poses={self.options.max_poses}):"
-                f" {total + budget} tokens", f"at most {limit} tokens (the model's context)",
-                "Call reset() to start a new conversation" + (
+                f" {total + budget} tokens", f"at most {limit} tokens (the model's context)", fix + (
                     "" if alone + budget <= limit else ", and shorten the turn or lower max_new_tokens / max_poses"
                 ) + ".")
+
+    # ------------------------------------------------------------------ a history kept elsewhere
+
+    def restore(self, turns: Sequence[PastTurn]) -> None:
+        """Start over from earlier turns (oldest first) without running the model on them: the next `ask` builds
+        exactly the prompt it would have built had they been asked live, since each earlier answer enters the
+        official layout as its text with its pose blocks in place. Every turn is checked as `ask` checks it, and
+        the history against the context, before anything runs; then the turns' poses are encoded (a ReplyPose's
+        codes go in as they are) and the replies' poses decoded. Their images are read by the vision encoder with
+        the next turn (its "vision" stage), each turn's on its own as `ask` read them. In `history` a restored
+        reply holds its text and poses only (no timings or token counts; `input["restored"]` is True).
+        `restore([])` is `reset()`.
+
+        Raises:
+            As `ask`, for each turn (the message starts with the turn's index), and InvalidInputError: a
+                `reply_text` whose `<pose>`s differ in number from `reply_codes`, or codes that are not 80 indices
+                into this model's codebook.
+            ConversationTooLongError: the turns could not have been asked live within the model's context with
+                these options (the last turn with its reply budget).
+        """
+        session = self._session()
+        checked = []
+        for i, past in enumerate(turns):
+            if not isinstance(past, PastTurn):
+                raise InvalidInputError.make(f"turn {i} of the restored history of type {type(past).__name__}",
+                                             "a PastTurn", "Build it with PastTurn(text, reply_text, reply_codes, "
+                                             "images, poses) or PastTurn.of(text, reply, images, poses).")
+            try:
+                text, images, poses = check_turn(past.text, past.images, past.poses)
+                answer = _answer_pieces(session, past.reply_text, past.reply_codes)
+            except UniPoseError as exc:
+                raise type(exc)(f"turn {i} of the restored history: {exc}") from None
+            checked.append((text, images, poses, answer))
+        if checked:
+            *before, (text, images, poses, _) = checked
+            history = [ConversationTurn(t, _stand_in_codes(session, p), len(im), answer=a) for t, im, p, a in before]
+            self._check_length(session, text, len(images), poses, history,
+                               fix=f"Restore only the latest turns (these {len(checked)} do not fit), or reset()")
+        with self._turn():
+            kept, history_turns, serial, done = [], [], 0, 0
+            with self._step(session):
+                made = [c for *_, answer in checked for c in answer if not isinstance(c, str)]
+                decoded = session.decode_poses(torch.tensor(made, dtype=torch.long)) if made else None
+                for index, (text, images, poses, answer) in enumerate(checked):
+                    kept.append(_Kept(ConversationTurn(text, self._pose_codes(session, poses), len(images),
+                                                       answer=answer), list(range(serial, serial + len(images)))))
+                    serial += len(images)
+                    reply_poses = []
+                    for codes in (c for c in answer if not isinstance(c, str)):
+                        assert decoded is not None
+                        reply_poses.append(ReplyPose(decoded[done], codes))
+                        done += 1
+                    described = {"images": [describe_input(i) for i in images], "poses": _describe_poses(poses)}
+                    reply = AssistantReply(timing_ms={}, run=session.run_info(), text=turns[index].reply_text,
+                                           input={"task": "chat", "text": text, **described, "restored": True},
+                                           poses=reply_poses, turn=index)
+                    history_turns.append(ChatTurn(text, tuple(described["images"]), tuple(described["poses"]),
+                                                  reply))
+            self._kept, self._history, self._images = kept, history_turns, []
+            self._restored_images = [list(images) for _, images, _, _ in checked if images]
+            if self._prefix is not None:
+                self._prefix.clear()
 
     # ------------------------------------------------------------------ one turn
 
@@ -268,12 +361,17 @@ class Assistant(TaskBase):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
                 row = _build(_unlimited_builder(session), [k.turn for k in self._kept] + [turn])
+            restored: list[Tensor] = []  # a restored history's images, each turn's read on its own as ask did
             new_embeds: list[Tensor] = []
-            if images:
+            if images or self._restored_images:
                 with self._step(session), timer.stage("vision"):
-                    new_embeds = list(images_to_embeds(session, images))
-            serials = list(range(len(self._images), len(self._images) + len(images)))
-            all_images = self._images + new_embeds
+                    for group in self._restored_images:
+                        restored += list(images_to_embeds(session, group))
+                    if images:
+                        new_embeds = list(images_to_embeds(session, images))
+            known = self._images + restored
+            serials = list(range(len(known), len(known) + len(images)))
+            all_images = known + new_embeds
             image_serials = [s for k in self._kept for s in k.image_serials] + serials
             keys: list[generation.Key] = list(row.input_ids)
             tokens = session.config.image_tokens
@@ -347,7 +445,7 @@ class Assistant(TaskBase):
                 generated_ids=list(result.token_ids), prompt_ids=list(row.input_ids))
             answered = dataclasses.replace(turn, answer=session.prompts.answer_pieces(result.token_ids))
             self._kept.append(_Kept(answered, serials))
-            self._images += new_embeds
+            self._images, self._restored_images = all_images, []
             self._history.append(ChatTurn(text, tuple(describe_input(i) for i in images),
                                           tuple(_describe_poses(poses)), reply))
             yield reply
@@ -427,6 +525,41 @@ class _TurnGuard:
     def __exit__(self, *exc_info: object) -> None:
         self.assistant._turn_thread = None
         self.assistant._turn_lock.release()
+
+
+def _stand_in_codes(session: UniPose, poses: Any) -> Any:
+    """Zero codes in the shape of a turn's poses: the prompt's length does not depend on the codes."""
+    zero = [0] * session.config.vocab.num_pose_tokens
+    return {k: zero for k in poses} if isinstance(poses, Mapping) else [zero] * len(poses)
+
+
+def _answer_pieces(session: UniPose, reply_text: Any, reply_codes: Any) -> tuple[str | list[int], ...]:
+    """A reply's text (`<pose>` per pose block) and its poses' codes -> the answer as a kept turn holds it: what
+    `PromptBuilder.answer_pieces` makes of the generated ids whose `UniPose.answer_text` is that text (the same
+    decoded stretches, the ends stripped, empty stretches dropped)."""
+    if not isinstance(reply_text, str):
+        raise InvalidTextError.make(f"a reply text of type {type(reply_text).__name__}", "the reply's text (a str)",
+                                    "Pass reply_text=reply.text.")
+    if isinstance(reply_codes, (str, bytes)) or not isinstance(reply_codes, Sequence):
+        raise InvalidInputError.make(f"reply codes of type {type(reply_codes).__name__}",
+                                     "a list with the codes of each pose of the reply",
+                                     "Pass reply_codes=[p.codes for p in reply.poses].")
+    stretches = reply_text.split(POSE_PLACEHOLDER)
+    if len(stretches) != len(reply_codes) + 1:
+        raise InvalidInputError.make(
+            f"a reply text with {len(stretches) - 1} {POSE_PLACEHOLDER} and the codes of {len(reply_codes)} "
+            f"pose{'s' * (len(reply_codes) != 1)}", f"the codes of one pose per {POSE_PLACEHOLDER} of the reply text",
+            "Pass the reply's text and [p.codes for p in reply.poses] together, as the reply holds them.")
+    codes = []
+    for k, item in enumerate(reply_codes):
+        session.prompts.pose_ids(item, what=f"the codes of reply pose {k}")  # 80 indices into the codebook
+        codes.append([int(c) for c in item])
+    stretches[0] = stretches[0].lstrip()
+    stretches[-1] = stretches[-1].rstrip()
+    pieces: list[str | list[int]] = [stretches[0]]
+    for item, stretch in zip(codes, stretches[1:]):
+        pieces += [item, stretch]
+    return tuple(p for p in pieces if not (isinstance(p, str) and not p))
 
 
 def _unlimited_builder(session: UniPose) -> Any:
