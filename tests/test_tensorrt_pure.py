@@ -126,6 +126,28 @@ def test_missing_tensorrt_names_the_extra(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_the_runtime_needs_one_engine_per_exported_graph(tmp_path: Path) -> None:
+    import dataclasses
+
+    from unipose_sdk.export.specs import family_graph_names
+
+    from unipose_sdk.models.config import TextEncoderConfig
+    from unipose_sdk.runtime.tensorrt import check_engines
+
+    unipose = get_preset("unipose-tiny")
+    chatpose = get_preset("chatpose-tiny")
+    with_encoder = dataclasses.replace(unipose, text_encoder=TextEncoderConfig())
+    for config in (unipose, chatpose, with_encoder):
+        names = family_graph_names(config)
+        for name in names:
+            (tmp_path / f"{name}.engine").write_bytes(b"")
+        assert check_engines(tmp_path, names) == names
+    assert "pose_decoder" not in family_graph_names(chatpose)  # ChatPose runs without pose tokenizer engines
+    (tmp_path / "text_encoder.engine").unlink()
+    with pytest.raises(CheckpointError, match=r"without engines for \['text_encoder'\]"):
+        check_engines(tmp_path, family_graph_names(with_encoder))
+
+
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (engines are built on the target device)")
 def test_engine_build_and_run_on_a_gpu() -> None:  # pragma: no cover - needs TensorRT and a GPU
     pytest.skip("engine build/run is exercised manually on a TensorRT machine: unipose export --format engine")

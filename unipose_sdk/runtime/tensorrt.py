@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 import unipose_sdk.formats as formats
-from unipose_sdk.errors import BackendUnavailableError, CheckpointError
+from unipose_sdk.errors import BackendUnavailableError, CheckpointError, UnsupportedTaskError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import (
     REBUILD_HINT,
@@ -110,6 +111,19 @@ class _Engine:
         return results
 
 
+def check_engines(root: Path, graphs: Iterable[str]) -> tuple[str, ...]:
+    """The graphs of the export at `root` (the ONNX files it holds: a ChatPose export has no pose tokenizer, a
+    model with a sentence encoder adds its graph), each of which needs its engine; refused, naming the missing
+    engines, before TensorRT loads anything."""
+    names = tuple(graphs)
+    missing = [n for n in names if not (root / f"{n}.engine").is_file()]
+    if missing:
+        raise CheckpointError.make(f"export directory {root} without engines for {missing}",
+                                   "one <graph>.engine per exported graph",
+                                   f"Build them: unipose export --model M --format engine -o {root}")
+    return names
+
+
 class TensorRTRuntime(Runtime):
     backend = "tensorrt"
 
@@ -124,15 +138,11 @@ class TensorRTRuntime(Runtime):
         self.exported = read_directory(root)  # the ONNX metadata: config, precision, identity, random flag
         self.config = self.exported.config
         self.dtype = formats.torch_dtype(self.exported.precision)
-        missing = [n for n in S.GRAPH_NAMES if not (root / f"{n}.engine").is_file()]
-        if missing:
-            raise CheckpointError.make(f"export directory {root} without engines for {missing}",
-                                       "one <graph>.engine per graph",
-                                       f"Build them: unipose export --model M --format engine -o {root}")
+        names = check_engines(root, self.exported.graphs)
         logger = trt.Logger(trt.Logger.WARNING)
         self._trt_runtime = trt.Runtime(logger)
         self._engines = {n: _Engine(trt, self._trt_runtime, root / f"{n}.engine", self.device, use_cuda_graphs,
-                                    self.exported) for n in S.GRAPH_NAMES}
+                                    self.exported) for n in names}
         self._llm = GraphLanguageModel(self.config.llm, self._engines["embed"], self._engines["decoder"],
                                        self.dtype, self.device, self.backend)
 
@@ -143,11 +153,26 @@ class TensorRTRuntime(Runtime):
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
         return self._engines["vision"].run({"clip_pixels": clip_pixels, "pose_pixels": pose_pixels})[0]
 
+    def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        engine = self._engines.get(S.TEXT_ENCODER_GRAPH)
+        if engine is None:
+            return super().encode_texts(input_ids, attention_mask)
+        return engine.run({"input_ids": input_ids.to(self.device, torch.long),
+                           "attention_mask": attention_mask.to(self.device, torch.long)})[0]
+
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
-        return self._engines["pose_encoder"].run({"pose_6d": pose_6d})[0]
+        return self._pose_engine("pose_encoder").run({"pose_6d": pose_6d})[0]
 
     def decode_poses(self, codes: Tensor) -> Tensor:
-        return self._engines["pose_decoder"].run({"codes": codes})[0].float()
+        return self._pose_engine("pose_decoder").run({"codes": codes})[0].float()
+
+    def _pose_engine(self, name: str) -> _Engine:
+        engine = self._engines.get(name)
+        if engine is None:  # a ChatPose export: no pose tokenizer
+            raise UnsupportedTaskError.make(f"a request for the {name} engine of a {self.config.family} export",
+                                            "an export with a pose tokenizer", "Use a UniPose model (family "
+                                            "'unipose').")
+        return engine
 
     def pose_codebook(self) -> Tensor | None:
         codebook = self.exported.pose_codebook
