@@ -8,6 +8,7 @@ has the full evaluation).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,12 +16,12 @@ import pytest
 import torch
 
 from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR, embedded_model_is_trained, load_embedded
-from unipose_sdk.checkpoint.sdk_format import WEIGHTS_FILE, read_weights
+from unipose_sdk.checkpoint.sdk_format import WEIGHTS_FILE, dequantize_int8_rows, read_weights
 from unipose_sdk.data.captions import compose_caption
 from unipose_sdk.data.poses import sample_poses
 from unipose_sdk.data.render import render_views
 from unipose_sdk.evaluation import metrics as M
-from unipose_sdk.models.config import get_preset
+from unipose_sdk.models.config import UniPoseConfig, get_preset
 from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.tasks import Describer, Estimator, Generator
 
@@ -48,13 +49,18 @@ def subset() -> dict:
 
 
 def test_shipped_weights_load_with_zero_missing_keys() -> None:
-    stored = set(read_weights(EMBEDDED_DIR / WEIGHTS_FILE))
-    expected = set(UniPoseModel.from_config(get_preset("unipose-tiny"), device="meta").state_dict())
-    assert stored == expected  # nothing missing, nothing unexpected
-    loaded = load_embedded()
-    assert not loaded.is_random and "RANDOM" not in loaded.source
     meta = json.loads((EMBEDDED_DIR / "config.json").read_text())
     assert meta["dtype"] == "float16" and meta["is_random"] is False
+    config = UniPoseConfig.from_dict(meta["config"])
+    # The shipped config is the preset plus, from v2 on, the sentence encoder: nothing else may differ.
+    assert dataclasses.replace(config, text_encoder=None) == get_preset("unipose-tiny")
+    stored = dequantize_int8_rows(read_weights(EMBEDDED_DIR / WEIGHTS_FILE))
+    expected = UniPoseModel.from_config(config, device="meta").state_dict()
+    assert set(stored) == set(expected)  # nothing missing, nothing unexpected
+    assert all(stored[k].shape == expected[k].shape for k in expected)
+    loaded = load_embedded()
+    assert not loaded.is_random and "RANDOM" not in loaded.source
+    assert loaded.config == config
 
 
 def test_shipped_directory_is_small_and_documented() -> None:
