@@ -384,3 +384,63 @@ def test_chatpose_prompts(converted: Path) -> None:
     assert builder.answer_text([*hello, vocab.pose_token_id, vocab.eos_id]) == "Sure, it is[POSE]"
     with pytest.raises(UnsupportedTaskError):
         builder.build("Describe <pose>.", poses=[[0] * 80])
+
+
+def _pose_token_first(converted: Path, out: Path, user: str) -> Path:
+    """A copy of `converted` whose lm_head makes `[SEG]` the first answer token of the open turn `user` (its row
+    is the last prompt state scaled up), so a conversation's pose path runs on random weights."""
+    from unipose_sdk.checkpoint.sdk_format import save_model
+    from unipose_sdk.text.prompts import ChatPosePromptBuilder, ConversationTurn
+
+    loaded = load_torch_model(str(converted))
+    builder = ChatPosePromptBuilder(loaded.tokenizer, loaded.config.image_tokens, loaded.config.max_text_tokens)
+    ids = builder.build_conversation([ConversationTurn(user)]).input_ids
+    llm = loaded.model.llm
+    with torch.no_grad():
+        hidden = llm(torch.tensor([ids]), return_hidden=True).hidden[0, -1]
+        llm.lm_head.weight[loaded.config.vocab.pose_token_id] = 50.0 * hidden / hidden.pow(2).sum()
+    save_model(loaded.model, out, loaded.tokenizer, source="test: [SEG] first")
+    return out
+
+
+def test_assistant_on_a_chatpose_model(converted: Path, tmp_path: Path) -> None:
+    """The Assistant runs ChatPose conversations: llava_v1 over several turns, a pose wherever the reply holds
+    [SEG] (streamed when it is decoded, equal to the Generator's pose for the same prompt), the earlier answer
+    written back with its [SEG], restore() giving the live prompt, and pose inputs refused naming UniPose."""
+    from unipose_sdk import Assistant
+    from unipose_sdk.tasks.assistant import PastTurn
+    from unipose_sdk.text.prompts import CHATPOSE_SYSTEM, ChatPosePromptBuilder, ConversationTurn
+
+    user = "There is a person: a person squatting. Please output this person's SMPL pose."
+    model = _pose_token_first(converted, tmp_path / "seg-first", user)
+    with Generator.from_pretrained(model) as generator:
+        expected = generator.generate("a person squatting.").pose
+    with Assistant.from_pretrained(model, max_new_tokens=4) as assistant:
+        chunks = list(assistant.ask_stream(user))
+        first = assistant.history[-1].reply
+        assert first.run.family == "chatpose" and first.text.startswith("<pose>") and first.poses
+        assert [c.pose for c in chunks if c.pose is not None] == first.poses  # each pose streamed as decoded
+        assert first.poses[0].codes == [] and first.poses[0].pose.rotmat.shape == (1, 22, 3, 3)
+        torch.testing.assert_close(first.poses[0].pose.rotmat, expected.rotmat, atol=1e-5, rtol=0)
+        second = assistant.ask("Now describe it in one word.")
+        with pytest.raises(UnsupportedTaskError, match="UniPose"):
+            assistant.ask("Describe <pose>.", poses=[first.poses[0]])
+    loaded = load_torch_model(str(model))
+    vocab = loaded.config.vocab
+    builder = ChatPosePromptBuilder(loaded.tokenizer, loaded.config.image_tokens, None)
+    prompt = second.prompt_ids
+    assert builder.build_conversation([ConversationTurn(user)]).input_ids == first.prompt_ids
+    assert prompt[: len(first.prompt_ids)] == first.prompt_ids  # the first turn as it was
+    answer = prompt[len(first.prompt_ids):]
+    assert answer.count(vocab.pose_token_id) == first.text.count("<pose>") and vocab.eos_id in answer
+    row = builder.build_conversation([ConversationTurn(user, answer=builder.answer_pieces(first.generated_ids)),
+                                      ConversationTurn("Now describe it in one word.")])
+    assert row.input_ids == prompt and row.text.startswith(CHATPOSE_SYSTEM + " USER: ")
+    assert "</s>USER: Now describe it in one word. ASSISTANT:" in row.text
+    with Assistant.from_pretrained(model, max_new_tokens=4) as restored:
+        restored.restore([PastTurn.of(user, first)])
+        again = restored.ask("Now describe it in one word.")
+    assert again.prompt_ids == prompt and again.text == second.text
+    with pytest.raises(UnsupportedTaskError, match="one image per chat|at most one <image>"):
+        builder.build_conversation([ConversationTurn("<image> a", num_images=1, answer=("b",)),
+                                    ConversationTurn("<image> c", num_images=1)])

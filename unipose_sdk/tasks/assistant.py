@@ -14,6 +14,10 @@ text (" {answer} </s>", re-tokenized), which is not the id stream the model gene
 "[/INST]" and held the pose queries' states), so a turn computes the previous answer in its official form plus
 its own text: the cost follows the last exchange, not the length of the history.
 
+ChatPose models converse in LLaVA's `llava_v1` layout (`ChatPosePromptBuilder.build_conversation`): a reply's
+pose token `[SEG]` shows as "<pose>", and its pose is regressed as soon as `[SEG]` is decoded, by one forward over
+the conversation so far through the pose head (`generation.pose_params_at_pose_tokens`); ChatPose reads no poses.
+
 Context policy: a turn whose prompt plus reply budget (max_new_tokens + 82 per allowed pose) exceeds the model's
 context (`config.max_text_tokens`) is refused with ConversationTooLongError before any work; nothing is dropped
 silently. `reset()` starts over.
@@ -47,9 +51,8 @@ from unipose_sdk.errors import (
     InvalidInputError,
     InvalidTextError,
     UniPoseError,
-    UnsupportedTaskError,
 )
-from unipose_sdk.models.unipose import splice_image_embeds
+from unipose_sdk.models.unipose import chatpose_rotmat, splice_image_embeds
 from unipose_sdk.options import AssistantOptions
 from unipose_sdk.results import AssistantReply, ReplyPose, describe_input
 from unipose_sdk.session import UniPose
@@ -168,12 +171,6 @@ class Assistant(TaskBase):
         return assistant
 
     def _start_conversation(self) -> None:
-        family = getattr(self.session.config, "family", "unipose")
-        if family != "unipose":
-            raise UnsupportedTaskError.make(
-                f"an Assistant over {self.session.model_name}, a {family!r} model",
-                "a UniPose-family model (its answers carry poses as token blocks, its conversation is "
-                "mistral_instruct)", "Use the task classes for this model, or load a UniPose model for chats.")
         self._kept: list[_Kept] = []
         self._history: list[ChatTurn] = []
         self._images: list[Tensor] = []  # the projected embeddings [N, C] of every image so far, by serial
@@ -271,7 +268,9 @@ class Assistant(TaskBase):
         the history against the context, before anything runs; then the turns' poses are encoded (a ReplyPose's
         codes go in as they are) and the replies' poses decoded. Their images are read by the vision encoder with
         the next turn (its "vision" stage), each turn's on its own as `ask` read them. In `history` a restored
-        reply holds its text and poses only (no timings or token counts; `input["restored"]` is True).
+        reply holds its text and poses only (no timings or token counts; `input["restored"]` is True); a ChatPose
+        model's restored replies hold no poses (each would need a forward over the conversation), their text and
+        the next prompt are exact.
         `restore([])` is `reset()`.
 
         Raises:
@@ -302,14 +301,16 @@ class Assistant(TaskBase):
         with self._turn():
             kept, history_turns, serial, done = [], [], 0, 0
             with self._step(session):
-                made = [c for *_, answer in checked for c in answer if not isinstance(c, str)]
+                # ChatPose's restored replies hold no poses: they would take a forward over the conversation.
+                chatpose = session.config.family == "chatpose"
+                made = [] if chatpose else [c for *_, answer in checked for c in answer if not isinstance(c, str)]
                 decoded = session.decode_poses(torch.tensor(made, dtype=torch.long)) if made else None
                 for index, (text, images, poses, answer) in enumerate(checked):
                     kept.append(_Kept(ConversationTurn(text, self._pose_codes(session, poses), len(images),
                                                        answer=answer), list(range(serial, serial + len(images)))))
                     serial += len(images)
                     reply_poses = []
-                    for codes in (c for c in answer if not isinstance(c, str)):
+                    for codes in (c for c in answer if not isinstance(c, str) and not chatpose):
                         assert decoded is not None
                         reply_poses.append(ReplyPose(decoded[done], codes))
                         done += 1
@@ -431,8 +432,12 @@ class Assistant(TaskBase):
                 if shown.startswith(emitted) and len(shown) > len(emitted):
                     yield ReplyChunk(text=shown[len(emitted):])
                     emitted = shown
+                if event.token is not None and event.token == vocab.pose_token_id:  # ChatPose: [SEG] was decoded
+                    with self._step(session), timer.stage("pose_head"):
+                        reply_poses.append(_chatpose_pose(session, embed_from(0), ids))
+                    yield ReplyChunk(pose=reply_poses[-1])
             assert result is not None
-            final = session.answer_text(result)
+            final = _reply_text(session, result.token_ids)
             if final != emitted and final.startswith(emitted):
                 yield ReplyChunk(text=final[len(emitted):])
             reply = AssistantReply(
@@ -552,6 +557,13 @@ def _answer_pieces(session: UniPose, reply_text: Any, reply_codes: Any) -> tuple
             "Pass the reply's text and [p.codes for p in reply.poses] together, as the reply holds them.")
     codes = []
     for k, item in enumerate(reply_codes):
+        if session.config.family == "chatpose":  # its poses come from the pose token's state: no codes
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item):
+                raise InvalidInputError.make(f"codes {item!r} for reply pose {k} of a ChatPose model",
+                                             "an empty list per pose (ChatPose poses have no codes)",
+                                             "Pass reply_codes=[p.codes for p in reply.poses].")
+            codes.append([])
+            continue
         session.prompts.pose_ids(item, what=f"the codes of reply pose {k}")  # 80 indices into the codebook
         codes.append([int(c) for c in item])
     stretches[0] = stretches[0].lstrip()
@@ -574,9 +586,26 @@ def _build(builder: Any, turns: list[ConversationTurn]) -> Any:
     return builder.build_conversation(turns)
 
 
+def _reply_text(session: UniPose, ids: Sequence[int]) -> str:
+    """A reply's text as `UniPose.answer_text` writes it: <pose> where each pose block (UniPose) or pose token
+    (ChatPose) stood."""
+    if session.config.family == "chatpose":
+        return session.prompts.answer_text(ids, pose_marker=POSE_PLACEHOLDER)
+    return session.answer_text(generation.GenerationResult(token_ids=list(ids)))
+
+
 def _visible(session: UniPose, ids: list[int]) -> str:
-    """The reply text so far as `UniPose.answer_text` writes it, without a trailing partial character."""
-    return session.answer_text(generation.GenerationResult(token_ids=list(ids))).rstrip("\ufffd")
+    """The reply text so far, without a trailing partial character."""
+    return _reply_text(session, ids).rstrip("\ufffd")
+
+
+def _chatpose_pose(session: UniPose, prompt_embeds: Tensor, answer_ids: list[int]) -> ReplyPose:
+    """The pose of the ChatPose pose token that ends `answer_ids`: the head over the last layer's state one step
+    before it (`generation.pose_params_at_pose_tokens`: one forward over the conversation and the answer so far,
+    on its own cache). ChatPose poses have no codes."""
+    params = generation.pose_params_at_pose_tokens(session.runtime.llm, prompt_embeds, answer_ids,
+                                                   session.config.vocab.pose_token_id)
+    return ReplyPose(Pose.from_rotmat(chatpose_rotmat(params[-1:].float().cpu())), [])
 
 
 def _describe_poses(poses: Any) -> list[str]:

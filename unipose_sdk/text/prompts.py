@@ -469,6 +469,12 @@ CHATPOSE_TEMPLATES: dict[Task, str] = {
 }
 
 
+CHATPOSE_POSE_TOKEN = "[SEG]"
+CHATPOSE_EOS = "</s>"
+# Where a ChatPose conversation's text is cut before tokenizing: images, the pose token, the turn separator.
+_CHATPOSE_SPLIT_RE = re.compile(r"(<image>|\[SEG\]|</s>)")
+
+
 def chatpose_chat_prompt(user: str) -> str:
     """The `llava_v1` conversation of one open turn as text (BOS not included)."""
     return f"{CHATPOSE_SYSTEM} USER: {user} ASSISTANT:"
@@ -539,14 +545,89 @@ class ChatPosePromptBuilder(PromptBuilder):
         want = template.count(IMAGE_PLACEHOLDER)
         return self.build(template, poses, want if num_images is None else num_images)
 
-    def answer_text(self, token_ids: Sequence[int]) -> str:
-        """An answer's text with each pose token shown as [POSE] (as the official chat shows it)."""
-        pieces, text_ids = [], []
-        for token in token_ids:
+    def answer_text(self, token_ids: Sequence[int], pose_marker: str = "[POSE]") -> str:
+        """An answer's text with each pose token shown as `pose_marker` ([POSE], as the official chat shows it;
+        the Assistant writes <pose>, as for UniPose replies)."""
+        pieces = self.answer_pieces(token_ids, strip=False)
+        return "".join(p if isinstance(p, str) else pose_marker for p in pieces).strip()
+
+    def answer_pieces(self, token_ids: Sequence[int], strip: bool = True) -> tuple[str | list[int], ...]:
+        """A generated answer -> its decoded text stretches and an empty code list where each pose token stood
+        (ChatPose's poses have no codes: the conversation writes the pose token back), as
+        `ConversationTurn.answer` takes them; eos dropped, the answer's ends stripped and empty stretches left
+        out (with `strip`)."""
+        pieces: list[str | list[int]] = []
+        text_ids: list[int] = []
+        for token in (int(t) for t in token_ids):
             if token == self.layout.pose_token_id:
-                pieces += [self.tokenizer.decode(text_ids), "[POSE]"]
+                pieces += [self.tokenizer.decode(text_ids), []]
                 text_ids = []
             elif token != self.layout.eos_id:
                 text_ids.append(token)
         pieces.append(self.tokenizer.decode(text_ids))
-        return "".join(pieces).strip()
+        if not strip:
+            return tuple(pieces)
+        if isinstance(pieces[0], str):
+            pieces[0] = pieces[0].lstrip()
+        if isinstance(pieces[-1], str):
+            pieces[-1] = pieces[-1].rstrip()
+        return tuple(p for p in pieces if not (isinstance(p, str) and not p))
+
+    def build_conversation(self, turns: Sequence[ConversationTurn]) -> PromptRow:
+        """Several turns in LLaVA's `llava_v1` conversation (sep " ", sep2 "</s>"): "{system} USER: {u1}
+        ASSISTANT: {a1}</s>USER: {u2} ASSISTANT:", BOS first; each earlier answer written as its text with the
+        pose token where each pose stood. Tokenized as `build` does one turn: the text is cut at every image, pose
+        token and `</s>`, each stretch encoded on its own; a single open turn gives exactly `build`'s ids. ChatPose
+        reads no poses and was trained on one image per chat: a pose input, or more than one image in the whole
+        conversation, is refused (UnsupportedTaskError naming UniPose)."""
+        if not turns:
+            raise InvalidTextError.make("a conversation with no turns", "at least the open turn",
+                                        "Pass the new user turn.")
+        text = f"{CHATPOSE_SYSTEM} "
+        for i, turn in enumerate(turns):
+            if (turn.answer is None) != (i == len(turns) - 1):
+                raise InvalidInputError.make(
+                    f"turn {i} of {len(turns)} {'without' if turn.answer is None else 'with'} an answer",
+                    "answers for every turn but the last, and none for the last",
+                    "Close earlier turns with the model's answers and leave the new turn open.")
+            if not isinstance(turn.user, str) or not turn.user.strip():
+                raise InvalidTextError.make(received=f"user turn {turn.user!r}", expected="non-empty text",
+                                            fix="Write the request, using <image> where the image goes.")
+            slots = _PLACEHOLDER_RE.findall(turn.user)
+            if turn.poses or any(s != IMAGE_PLACEHOLDER for s in slots):
+                raise UnsupportedTaskError.make(
+                    f"turn {i} with pose inputs for a ChatPose model", "text and at most one <image> (ChatPose "
+                    "reads no poses; it answers with them)", "Use a UniPose model (family 'unipose') to describe "
+                    "or edit poses.")
+            if turn.num_images != len(slots):
+                raise InvalidInputError.make(
+                    received=f"{turn.num_images} images for a turn with {len(slots)} {IMAGE_PLACEHOLDER} placeholders",
+                    expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the turn's text.")
+            text += f"USER: {turn.user} ASSISTANT:"
+            if turn.answer is not None:
+                answer = "".join(p if isinstance(p, str) else CHATPOSE_POSE_TOKEN for p in turn.answer)
+                text += f" {answer}{CHATPOSE_EOS}"
+        parts = _CHATPOSE_SPLIT_RE.split(text)
+        if parts.count(IMAGE_PLACEHOLDER) > 1:
+            raise UnsupportedTaskError.make(
+                f"a conversation with {parts.count(IMAGE_PLACEHOLDER)} images for a ChatPose model",
+                "at most one <image> in the whole conversation (ChatPose was trained on one image per chat)",
+                "Start a new conversation for the next image, or use a UniPose model (family 'unipose').")
+        ids = [self.layout.bos_id]
+        image_starts: list[int] = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                ids += self.tokenizer.encode(part) if part else []
+            elif part == IMAGE_PLACEHOLDER:
+                ids.append(self.layout.image_start_id)
+                image_starts.append(len(ids))
+                ids += [self.layout.pad_id] * self.image_tokens
+                ids.append(self.layout.image_end_id)
+            else:
+                ids.append(self.layout.pose_token_id if part == CHATPOSE_POSE_TOKEN else self.layout.eos_id)
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise InvalidTextError.make(
+                received=f"a conversation of {len(ids)} tokens (an image counts {self.image_tokens})",
+                expected=f"at most {self.max_tokens} tokens for this model",
+                fix="Start a new conversation, or shorten the turns.")
+        return PromptRow(ids, image_starts, text)
