@@ -127,7 +127,8 @@ def service():
     started = Service("--max-batch", str(MAX_BATCH), "--max-queued", str(MAX_QUEUED),
                       "--max-new-tokens", str(SHORT["max_new_tokens"]), "--max-body-mb", str(MAX_BODY_BYTES / 2**20),
                       "--max-image-pixels", str(MAX_PIXELS), "--max-text-chars", str(MAX_TEXT),
-                      "--batch-wait-ms", "20", "--api-key-env", "UNIPOSE_TEST_KEY", env={"UNIPOSE_TEST_KEY": API_KEY})
+                      "--batch-wait-ms", "20", "--max-poses", "1",
+                      "--api-key-env", "UNIPOSE_TEST_KEY", env={"UNIPOSE_TEST_KEY": API_KEY})
     yield started
     started.stop()
     started.kill_leftovers()
@@ -469,6 +470,107 @@ def test_settings_refuse_what_cannot_run() -> None:
     assert settings.handle_queue_limit == 18 + 10
     assert dataclasses.replace(settings, replicas=3).handle_queue_limit == 3 * 18 + 10
     assert ServeSettings.from_args(settings.to_args()) == settings
+
+
+# ---------------------------------------------------------------------------------------------- conversations
+
+GENERATE_TURN = "Generate pose of the description: a person squatting."
+EDIT_TURN = "Edit pose <pose> by description: raise the left arm."
+DESCRIBE_TURN = "Generate description of the pose <pose>."
+
+
+def test_a_remote_conversation_equals_a_local_assistant(service, client, generator) -> None:
+    from unipose_sdk import Assistant, AssistantOptions
+    from unipose_sdk.results import AssistantReply
+
+    local = Assistant.from_session(generator.session, AssistantOptions(**SHORT, max_poses=1))  # the service's
+    remote = client.assistant()
+    replies = []
+    for chat in (local, remote):
+        made = chat.ask(GENERATE_TURN)
+        edited = chat.ask(EDIT_TURN, poses=[made.poses[0]])
+        replies.append([made, edited, chat.ask(DESCRIBE_TURN, poses=[edited.poses[0]])])
+    for here, there in zip(*replies):
+        assert isinstance(there, AssistantReply) and there.turn == here.turn
+        assert there.text == here.text and there.finish_reason == here.finish_reason
+        assert [p.codes for p in there.poses] == [p.codes for p in here.poses]
+        assert there.generated_ids == here.generated_ids
+        for a, b in zip(there.poses, here.poses):
+            np.testing.assert_allclose(a.joints_m, b.joints_m, atol=1e-5)
+    made, edited, described = replies[1]
+    assert len(made.poses) == len(edited.poses) == 1 and not described.poses and described.text
+    assert made.poses[0].codes != edited.poses[0].codes  # the edit changed the pose it was given
+    assert described.reused_tokens == 0 and described.prompt_tokens > edited.prompt_tokens  # the history was sent
+    assert [t.reply for t in remote.history] == replies[1] and remote.history[1].poses == ("<a pose of an earlier "
+                                                                                           "reply>",)
+    remote.reset()
+    assert remote.history == () and remote.ask(GENERATE_TURN).poses[0].codes == replies[0][0].poses[0].codes
+    # The raw endpoint: the same reply, every pose with its matrices and the pose files asked for.
+    status, body, _ = post(service.url, "/v1/chat", {"history": [
+        {"text": GENERATE_TURN, "reply": {"text": made.text, "pose_codes": [made.poses[0].codes]}}],
+        "text": EDIT_TURN, "poses": [{"codes": made.poses[0].codes}], "formats": ["npz"]})
+    assert status == 200 and body["single"] and set(body["service_ms"]) >= {"parse", "total"}
+    item = body["results"][0]
+    assert item["kind"] == "AssistantReply" and item["text"] == edited.text and item["turn"] == 1
+    assert item["poses"][0]["codes"] == edited.poses[0].codes and len(item["poses"][0]["rotmat"]) == 22
+    assert base64.b64decode(item["poses"][0]["files"]["npz"])[:2] == b"PK"
+    assert item["run"]["model"] == "unipose-tiny" and item["timing_ms"]["total"] > 0
+    paths = json.loads(get(service.url, "/v1/openapi.json", key=None)[1])["paths"]
+    assert "history" in paths["/v1/chat"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "properties"]
+
+
+def test_chat_errors_are_the_assistant_s_typed_errors(service, client, generator) -> None:
+    from unipose_sdk import Assistant, AssistantOptions
+    from unipose_sdk.errors import ConversationTooLongError
+
+    local = Assistant.from_session(generator.session, AssistantOptions(**SHORT, max_poses=1))
+    with pytest.raises(InvalidInputError) as expected:
+        local.ask(DESCRIBE_TURN)
+    status, body, _ = post(service.url, "/v1/chat", {"text": DESCRIBE_TURN})  # a <pose> without a pose
+    assert status == 422 and body["error"]["type"] == "InvalidInputError"
+    assert body["error"]["message"] == str(expected.value) and body["error"]["expected"].startswith("1 pose")
+    with pytest.raises(InvalidInputError, match="0 poses for a turn"):
+        client.assistant().ask(DESCRIBE_TURN)
+    a_pose = {"text": GENERATE_TURN, "reply": {"text": "<pose>", "pose_codes": [[1] * 80]}}
+    for history, kind, words in [
+        ([{"text": DESCRIBE_TURN, "reply": {"text": "a squat."}}], "InvalidInputError",
+         ["turn 0 of the restored history", "0 poses"]),
+        ([{"text": GENERATE_TURN, "reply": {"text": "<pose>"}}], "InvalidInputError", ["1 <pose> and the codes of 0"]),
+        ([{**a_pose, "reply": {"text": "<pose>", "pose_codes": [[9999] * 80]}}], "InvalidInputError",
+         ["reply pose 0", "codes in [0,"]),
+        ([a_pose] * 6, "ConversationTooLongError", ["at most 512 tokens", "Restore only the latest turns"]),
+        ([{**a_pose, "mood": "x"}], "InvalidInputError", ["'mood'"]),
+    ]:
+        status, body, _ = post(service.url, "/v1/chat", {"history": history, "text": GENERATE_TURN})
+        assert status == 422 and body["error"]["type"] == kind, body
+        assert all(w in body["error"]["message"] for w in words), body["error"]["message"]
+    status, body, _ = post(service.url, "/v1/chat", {"text": DESCRIBE_TURN, "poses": [{"codes": [-1] * 80}]})
+    assert status == 422 and "codes in [0," in body["error"]["message"]
+    form, kind = multipart({"text": GENERATE_TURN}, [])
+    status, body, _ = post(service.url, "/v1/chat", form, kind)
+    assert status == 422 and "JSON body" in body["error"]["message"]
+    status, body, _ = post(service.url, "/v1/chat", {"text": GENERATE_TURN}, key=None)
+    assert status == 401
+    chat = client.assistant()  # a history that grew too long on the client: the local Assistant's error and fix
+    with pytest.raises(ConversationTooLongError, match="reset()"):
+        for _ in range(8):
+            chat.ask(GENERATE_TURN)
+    assert 0 < len(chat.history) < 8
+
+
+def test_chat_turns_share_the_admission_limits(service) -> None:
+    def one(_: int) -> tuple[int, dict, dict]:
+        return post(service.url, "/v1/chat", {"text": GENERATE_TURN})
+
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(one, range(48)))
+    statuses = [a[0] for a in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) > 0, statuses
+    refused = next(a for a in answers if a[0] == 503)
+    assert refused[1]["error"]["type"] == "ServiceOverloadedError" and refused[2]["retry-after"] == "1"
+    codes = {tuple(a[1]["results"][0]["poses"][0]["codes"]) for a in answers if a[0] == 200}
+    assert len(codes) == 1  # every replica answer is the same conversation's, whatever ran beside it
 
 
 def test_shutdown_leaves_no_process_behind(service) -> None:

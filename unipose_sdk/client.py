@@ -11,6 +11,14 @@ float32 matrices, arrays as JSON numbers or .npy; results come back as the same 
 message; an overloaded service raises `ServiceOverloadedError` (with `retry_after_s`), a timeout
 `ServiceTimeoutError`. Only the standard library's HTTP client is used: no serving stack is needed to call a
 service.
+
+`Client.assistant()` is a conversation as `Assistant` holds one (`ask`, `history`, `reset`, AssistantReply with
+ReplyPoses): the history is kept here and sent whole with each turn to /v1/chat, which keeps nothing between
+requests, so any replica answers any turn:
+
+    assistant = Client("http://127.0.0.1:8000").assistant()   # instead of Assistant.from_pretrained()
+    squat = assistant.ask("Generate pose of the description: a person squatting.")
+    edited = assistant.ask("Edit pose <pose> by description: raise the left arm.", poses=[squat.poses[0]])
 """
 
 from __future__ import annotations
@@ -18,13 +26,20 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
-from unipose_sdk.serve.wire import ServiceError, decode_result, encode_image, encode_pose, error_from_body
+from unipose_sdk.serve.wire import (
+    ServiceError,
+    decode_result,
+    encode_chat_pose,
+    encode_image,
+    encode_pose,
+    error_from_body,
+)
 
-__all__ = ["Client"]
+__all__ = ["Client", "RemoteAssistant"]
 
 
 def _batch(value: Any, single_types: tuple[type, ...]) -> tuple[list[Any], bool]:
@@ -103,6 +118,10 @@ class Client:
         """The service's /v1/model document: models, limits, skeleton, formats."""
         return self._request("GET", "/v1/model")
 
+    def assistant(self) -> RemoteAssistant:
+        """A new conversation with the service's model, used as `Assistant` (see `RemoteAssistant`)."""
+        return RemoteAssistant(self)
+
     # ------------------------------------------------------------------ the four tasks (as the local classes)
 
     def estimate(self, image: Any, bbox: Any = None) -> Any:
@@ -158,6 +177,78 @@ class Client:
             return self._task("describe", {name: [[encode(a), encode(b)] for a, b in value]})
         raise InvalidInputError.make(f"{name}={type(value).__name__}", f"a pair ({name[:-1]}_a, {name[:-1]}_b) or a "
                                      "list of such pairs", f"Pass {name}=(a, b).")
+
+
+class RemoteAssistant:
+    """A conversation with a `unipose serve` service, used as `Assistant`: `ask(text, images=, poses=)` returns the
+    same AssistantReply (text, ReplyPoses with their codes), `history` holds the ChatTurns, `reset()` starts over.
+    The history lives here: each turn sends the earlier turns (what was asked, the replies' text and pose codes)
+    with the new one, and the service restores them without running the model on them. The service's options
+    (max_new_tokens, greedy decoding) apply; its replies carry `reused_tokens` 0 (no cache outlives a request).
+
+    Raises (ask): the service's typed errors as the local Assistant raises them (InvalidTextError,
+    InvalidInputError, ConversationTooLongError, ...), ServiceOverloadedError, ServiceTimeoutError, ServiceError.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._turns: list[tuple[dict[str, Any], Any]] = []  # (the turn as sent, its ChatTurn)
+
+    def __enter__(self) -> RemoteAssistant:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing is held on the service; kept so that code written for `Assistant` runs unchanged."""
+
+    @property
+    def history(self) -> tuple[Any, ...]:
+        """The finished turns (ChatTurn), oldest first."""
+        return tuple(chat_turn for _, chat_turn in self._turns)
+
+    def reset(self) -> None:
+        """Start a new conversation."""
+        self._turns = []
+
+    def ask(self, text: str, images: Sequence[Any] | None = None,
+            poses: Sequence[Any] | Mapping[str, Any] | None = None,
+            on_chunk: Callable[[Any], None] | None = None) -> Any:
+        """As `Assistant.ask`: `images` fill the `<image>`s in order, `poses` the `<pose>`s (or a list A, B or
+        {"A": ..., "B": ...} for `<poseA>` / `<poseB>`); a ReplyPose of an earlier reply travels as its codes.
+        `on_chunk` receives the reply's text, then each pose, once the reply has arrived (the service does not
+        stream)."""
+        from unipose_sdk.body.pose import Pose
+        from unipose_sdk.results import ReplyPose, describe_input
+        from unipose_sdk.tasks.assistant import ChatTurn, ReplyChunk, _describe_poses
+
+        if images is not None and (isinstance(images, (str, bytes)) or not isinstance(images, Sequence)):
+            images = [images]
+        image_list = list(images or [])
+        if isinstance(poses, Mapping):
+            pose_items: Any = dict(poses)
+            wire_poses: Any = {k: encode_chat_pose(v) for k, v in pose_items.items()}
+        else:
+            if poses is not None and (isinstance(poses, (str, Pose, ReplyPose)) or not isinstance(poses, Sequence)):
+                poses = [poses]
+            pose_items = list(poses or [])
+            wire_poses = [encode_chat_pose(p) for p in pose_items]
+        turn = {"text": text, "images": [encode_image(i) for i in image_list], "poses": wire_poses}
+        payload: dict[str, Any] = {"history": [sent for sent, _ in self._turns], **turn}
+        if self.client.model is not None:
+            payload["model"] = self.client.model
+        answer = self.client._request("POST", "/v1/chat", payload)
+        reply = decode_result(answer["results"][0])
+        sent = {**turn, "reply": {"text": reply.text, "pose_codes": [list(p.codes) for p in reply.poses]}}
+        described = _describe_poses(pose_items)
+        self._turns.append((sent, ChatTurn(text, tuple(describe_input(i) for i in image_list), tuple(described),
+                                           reply)))
+        if on_chunk is not None:
+            on_chunk(ReplyChunk(text=reply.text))
+            for item in reply.poses:
+                on_chunk(ReplyChunk(pose=item))
+        return reply
 
 
 def _tensor_types() -> tuple[type, ...]:

@@ -47,7 +47,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return ServeSettings(models=models, backend=args.backend, device=args.device, dtype=args.dtype,
                          max_new_tokens=args.max_new_tokens, replicas=args.replicas, max_batch=args.max_batch,
                          batch_wait_ms=args.batch_wait_ms, threads_per_replica=args.threads_per_replica,
-                         limits=limits, api_key_sha256=digest)
+                         limits=limits, api_key_sha256=digest, max_poses=args.max_poses)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -114,6 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_flags(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                    help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
+    p.add_argument("--max-poses", type=int, default=2, metavar="N",
+                   help="most poses per /v1/chat reply (default 2; each reserves its 82 tokens of the context)")
     p.add_argument("--replicas", type=positive_int, default=1, metavar="N", help="replicas per model")
     p.add_argument("--max-batch", type=positive_int, default=16, metavar="B",
                    help="most inputs per model call: concurrent requests are batched up to B (also the most "

@@ -6,6 +6,12 @@ Endpoints (JSON in and out; the input and result layouts are in `unipose_sdk.ser
     POST /v1/edit       {"pose": POSE | [POSE, ...], "instruction": "..." | ["...", ...]}
     POST /v1/describe   exactly one of {"pose": ...}, {"image": ...}, {"poses": [A, B] | [[A, B], ...]},
                         {"images": [A, B] | [[A, B], ...]}
+    POST /v1/chat       {"history": [TURN, ...], "text": "...", "images": [IMAGE, ...],
+                         "poses": [CHAT_POSE, ...] | {"A": CHAT_POSE, "B": CHAT_POSE}}   (JSON only)
+                        TURN = {"text", "images", "poses", "reply": {"text": "... <pose> ...",
+                                                                      "pose_codes": [[80 ints], ...]}}
+                        the client sends the whole conversation each turn; the service keeps nothing between requests.
+                        The answer is one AssistantReply in "results" (its poses in `poses`, see `wire`).
         every task also takes "formats": ["npz", "npy", "json", "bvh", "glb", "png"] (pose files in the results)
         and "model": a name from /v1/model (default: the first). The same fields work as multipart/form-data
         (files for images and poses, form fields for the rest).
@@ -34,19 +40,22 @@ from ray.serve.exceptions import BackPressureError
 from unipose_sdk._version import __version__
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.fileio import parse_json
-from unipose_sdk.serve.deployment import DESCRIBE_MODES, ModelServer, Work
+from unipose_sdk.serve.deployment import DESCRIBE_MODES, ChatWork, ModelServer, Work
 from unipose_sdk.serve.limits import ServeSettings, api_key_digest
 from unipose_sdk.serve.wire import (
     MAX_REQUEST_JSON_DEPTH,
     WIRE_POSE_FORMATS,
     AuthenticationError,
     LimitExceededError,
+    PoseCodes,
     ServiceOverloadedError,
     ServiceTimeoutError,
     check_batch,
     check_wire_formats,
+    decode_chat_pose,
     decode_image,
     decode_pose,
+    decode_pose_codes,
     decode_text,
     error_body,
     is_batch_of_objects,
@@ -62,14 +71,16 @@ api = FastAPI(title="unipose-sdk service", version=__version__, docs_url=None, r
                           "received / expected / fix text.")
 
 
-def _body_doc(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+def _body_doc(fields: dict[str, Any], required: list[str], multipart: bool = True) -> dict[str, Any]:
     """The request body of a task endpoint for the OpenAPI page (parsed by hand: see `Ingress._payload`)."""
     common = {"formats": {"type": "array", "items": {"enum": list(WIRE_POSE_FORMATS)},
                           "description": "pose files to return with each pose result (base64 in `files`)"},
               "model": {"type": "string", "description": "a model name from /v1/model (default: the first)"}}
     schema = {"type": "object", "properties": {**fields, **common}, "required": required}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema},
-                                                           "multipart/form-data": {"schema": schema}}}}
+    content = {"application/json": {"schema": schema}}
+    if multipart:
+        content["multipart/form-data"] = {"schema": schema}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 _IMAGE_DOC = {"description": "IMAGE or a list of IMAGE: base64 image file bytes, {\"data\": base64}, or "
@@ -77,6 +88,18 @@ _IMAGE_DOC = {"description": "IMAGE or a list of IMAGE: base64 image file bytes,
 _POSE_DOC = {"description": "POSE or a list of POSE objects: a nested array in one pose layout (66 axis-angle, "
                             "22x3, 22x3x3, 22x6), {\"array\": ..., \"dtype\": ...}, or {\"file\": base64 pose file}"}
 _TEXT_DOC = {"description": "a string, or a list of strings (one batch)"}
+_CHAT_POSES_DOC = {"description": "one CHAT_POSE per pose placeholder, in order, or {\"A\": CHAT_POSE, \"B\": "
+                                  "CHAT_POSE} for <poseA> / <poseB>; a CHAT_POSE is a POSE or {\"codes\": [80 ints]}, "
+                                  "a pose of an earlier reply by its codes"}
+_CHAT_DOC = {
+    "history": {"type": "array", "description": "the earlier turns, oldest first (default none): each {\"text\": "
+                "the user's text, \"images\": [IMAGE, ...], \"poses\": as below, \"reply\": {\"text\": the "
+                "reply's text with <pose> per pose, \"pose_codes\": [[80 ints], ...] of those poses}}"},
+    "text": {"type": "string", "description": "the new user turn, with <image> / <pose> / <poseA> / <poseB> "
+             "where its inputs go"},
+    "images": {"type": "array", "description": "one IMAGE per <image> of the text, in order"},
+    "poses": _CHAT_POSES_DOC,
+}
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -219,18 +242,21 @@ class Ingress:
             await form.close()
         return payload
 
-    async def _run(self, request: Request, task: str, parse: Callable[[dict[str, Any]], tuple[Work, bool]]
+    async def _run(self, request: Request, task: str, parse: Callable[[dict[str, Any]], tuple[Any, bool]]
                    ) -> Response:
         started = time.perf_counter()
         try:
             self._authorize(request)
+            if task == "chat" and request.headers.get("content-type", "").lower().startswith("multipart/"):
+                raise InvalidInputError.make("a multipart body for /v1/chat", "a JSON body (a conversation nests "
+                                             "its turns)", "Send the conversation as JSON (see /docs).")
             payload = await self._payload(request)
             model = payload.pop("model", None) or self.settings.models[0]
             if model not in self.handles:
                 raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.handles)}",
                                              "GET /v1/model lists the loaded models.")
             formats = check_wire_formats(payload.pop("formats", None))
-            if task == "estimate" or "image" in payload or "images" in payload:
+            if task in ("estimate", "chat") or "image" in payload or "images" in payload:
                 work, single = await asyncio.to_thread(parse, payload)  # decoding images: off the event loop
             else:
                 work, single = parse(payload)  # texts and pose arrays: cheaper than a thread hop
@@ -332,6 +358,68 @@ class Ingress:
                      for i, (a, b) in enumerate(pairs)]
         return Work(items, mode), single
 
+    def _parse_chat(self, payload: dict[str, Any]) -> tuple[ChatWork, bool]:
+        """The conversation as `Assistant.restore` and `ask` take it. Each user text has the service's length
+        limit; the images and the poses sent as poses (they need the model's encoders) count against the batch
+        limit over the whole conversation; placeholders and context are the Assistant's to check."""
+        from unipose_sdk.tasks.assistant import PastTurn
+
+        _unknown_fields(payload, {"history", "text", "images", "poses"}, "chat")
+        history = payload.get("history") or []
+        if not isinstance(history, list):
+            raise InvalidInputError.make(f"history of type {type(history).__name__}", "a list of earlier turns",
+                                         "Send history: [] for the first turn (see /docs).")
+        counts = {"images": 0, "poses": 0}
+
+        def turn_inputs(turn: dict[str, Any], where: str) -> tuple[str, list[Any], Any]:
+            text = decode_text(_required(turn, "text", "chat"), "turn", self.limits.max_text_chars)
+            images = turn.get("images") or []
+            if not isinstance(images, list):
+                raise InvalidInputError.make(f"images of type {type(images).__name__} in {where}",
+                                             "a list with one IMAGE per <image>", "Send images: [IMAGE, ...].")
+            poses = turn.get("poses") or []
+            if isinstance(poses, dict):
+                decoded: Any = {k: decode_chat_pose(v, f"pose {k} of {where}") for k, v in poses.items()}
+            elif isinstance(poses, list):
+                decoded = [decode_chat_pose(v, f"pose {i} of {where}") for i, v in enumerate(poses)]
+            else:
+                raise InvalidInputError.make(f"poses of type {type(poses).__name__} in {where}",
+                                             'a list of CHAT_POSE, or {"A": ..., "B": ...}',
+                                             "Send poses: [POSE or {\"codes\": [...]}, ...].")
+            counts["images"] += len(images)
+            counts["poses"] += sum(not isinstance(p, PoseCodes)
+                                   for p in (decoded.values() if isinstance(decoded, dict) else decoded))
+            check_batch([None] * counts["images"], self.limits.max_batch_items, "images in the conversation")
+            check_batch([None] * counts["poses"], self.limits.max_batch_items, "poses (not codes) in the conversation")
+            return text, [decode_image(v, f"image {i} of {where}", self.limits.max_image_pixels)
+                          for i, v in enumerate(images)], decoded
+
+        past = []
+        for i, turn in enumerate(history):
+            where = f"turn {i} of the history"
+            if not isinstance(turn, dict):
+                raise InvalidInputError.make(f"{where} of type {type(turn).__name__}", "a turn object",
+                                             'Send {"text", "images", "poses", "reply"} (see /docs).')
+            unknown = sorted(set(turn) - {"text", "images", "poses", "reply"})
+            reply = turn.get("reply")
+            if unknown or not isinstance(reply, dict) or sorted(set(reply) - {"text", "pose_codes"}):
+                raise InvalidInputError.make(
+                    f"{where} with the fields {sorted(turn)}" + (
+                        f" and a reply with {sorted(reply)}" if isinstance(reply, dict) else ""),
+                    'a turn {"text", "images", "poses", "reply": {"text", "pose_codes"}}',
+                    "Send each earlier turn with the reply's text and pose codes (see /docs).")
+            text, images, poses = turn_inputs(turn, where)
+            codes = reply.get("pose_codes") or []
+            if not isinstance(codes, list):
+                raise InvalidInputError.make(f"pose_codes of type {type(codes).__name__} in {where}",
+                                             "a list with the codes of each pose of the reply",
+                                             "Send the reply's poses' codes as they came.")
+            past.append(PastTurn(text, reply.get("text", ""),
+                                 [list(decode_pose_codes(c, f"reply pose {k} of {where}").codes)
+                                  for k, c in enumerate(codes)], images, poses))
+        text, images, poses = turn_inputs(payload, "the new turn")
+        return ChatWork(past, text, images, poses), True
+
     def _pairs(self, value: Any, what: str) -> tuple[list[Any], bool]:
         """[a, b] -> one pair; [[a, b], ...] -> a batch of pairs (a POSE array never has 2 rows at its top)."""
         def is_pair(v: Any) -> bool:
@@ -369,6 +457,11 @@ class Ingress:
          "images": {"description": "[IMAGE, IMAGE] or a list of such pairs"}}, []))
     async def describe(self, request: Request) -> Response:
         return await self._run(request, "describe", self._parse_describe)
+
+    @api.post("/v1/chat", summary="a conversation's new turn -> the assistant's reply (text and poses)",
+              openapi_extra=_body_doc(_CHAT_DOC, ["text"], multipart=False))
+    async def chat(self, request: Request) -> Response:
+        return await self._run(request, "chat", self._parse_chat)
 
     @api.get("/v1/health", summary="liveness of the ingress and every model deployment (no API key needed)")
     async def health(self) -> Response:

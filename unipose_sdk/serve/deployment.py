@@ -8,6 +8,12 @@ requests that arrive meanwhile wait in Ray's queue and form the next batch (a wo
 compete with the loop for the GIL: measured on 2 cores, 16 clients formed batches of 4.3 that way against 9.2
 inline, and one client got 20 instead of 33 requests/s). If a batch fails on one request's input, every request
 of it is run again alone, so only the faulty one gets the error.
+
+A conversation turn (`chat`) is not batched: conversations differ in history and length. The request carries the
+whole conversation; the replica's one Assistant restores its earlier turns (`Assistant.restore`: no model run for
+them), asks the new one and forgets it all again, so any replica can answer any turn and nothing is kept between
+requests. The turn runs inline on the event loop like a batch, so a replica runs one turn at a time, and chat
+requests wait under the same admission limits as the task requests (a full queue is a 503).
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ class Work:
     mode: str = ""
 
 
+@dataclass
+class ChatWork:
+    """One conversation turn (checked and decoded by the ingress): the earlier turns as `PastTurn`s and the new
+    one; a pose given by its codes is a `wire.PoseCodes` until the replica, which knows the codebook, checks it."""
+
+    history: list[Any]
+    text: str
+    images: list[Any]
+    poses: Any  # a list, or {"A": ..., "B": ...}
+
+
 def _items_in(works: Sequence[Work]) -> int:
     return sum(len(w.items) for w in works)
 
@@ -50,8 +67,9 @@ class ModelServer:
     def __init__(self, model: str, settings_args: dict[str, Any]) -> None:
         import torch
 
-        from unipose_sdk.options import DescriberOptions, EditorOptions, EstimatorOptions
-        from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
+        from unipose_sdk.errors import UnsupportedTaskError
+        from unipose_sdk.options import AssistantOptions, DescriberOptions, EditorOptions, EstimatorOptions
+        from unipose_sdk.tasks import Assistant, Describer, Editor, Estimator, Generator
 
         settings = ServeSettings.from_args(settings_args)
         torch.set_num_threads(settings.threads_per_replica)  # this process is the replica's own
@@ -64,18 +82,30 @@ class ModelServer:
         self.estimator = Estimator.from_session(session, EstimatorOptions(**where))
         self.editor = Editor.from_session(session, EditorOptions(**where))
         self.describer = Describer.from_session(session, DescriberOptions(**where))
+        self.assistant: Any = None
+        self.chat_refusal: UniPoseError | None = None  # a model family without conversations: each turn gets it
+        try:
+            self.assistant = Assistant.from_session(session, AssistantOptions(**where, max_poses=settings.max_poses))
+        except UnsupportedTaskError as exc:
+            self.chat_refusal = exc
         for method in (self._estimate, self._generate, self._edit, self._describe):
             method.set_max_batch_size(settings.max_batch)
             method.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
 
     # ------------------------------------------------------------------ what the ingress calls
 
-    async def run(self, task: str, work: Work, formats: Sequence[str] = ()) -> dict[str, Any]:
+    async def run(self, task: str, work: Work | ChatWork, formats: Sequence[str] = ()) -> dict[str, Any]:
         """One request: its results as wire JSON (see `wire`), or {"error": (status, body)} for a typed error."""
         started = time.perf_counter()
-        queue = {"estimate": self._estimate, "generate": self._generate, "edit": self._edit,
-                 "describe": self._describe}[task]
-        outcome = await queue(work)
+        if isinstance(work, ChatWork):
+            try:
+                outcome: Any = [self._chat(work)]  # inline: one turn at a time on this replica
+            except UniPoseError as exc:
+                outcome = error_body(exc)
+        else:
+            queue = {"estimate": self._estimate, "generate": self._generate, "edit": self._edit,
+                     "describe": self._describe}[task]
+            outcome = await queue(work)
         if isinstance(outcome, tuple):
             return {"error": outcome}
         batched_ms = (time.perf_counter() - started) * 1000.0
@@ -86,10 +116,29 @@ class ModelServer:
         return {"results": results, "replica_ms": {"queue_and_model": round(batched_ms, 3),
                                                    "total": round((time.perf_counter() - started) * 1000.0, 3)}}
 
+    def _chat(self, work: ChatWork) -> Any:
+        """One conversation turn: the new turn checked, the history restored (both before any model run), the turn
+        asked; the Assistant is reset afterwards, whatever happened, so no conversation outlives its request."""
+        from unipose_sdk.tasks.assistant import PastTurn, check_turn
+
+        if self.chat_refusal is not None:
+            raise type(self.chat_refusal)(str(self.chat_refusal))
+        session = self.assistant.session
+        with_codes = _reply_poses(session, [work.poses, *(t.poses for t in work.history)])
+        poses, *history_poses = with_codes
+        check_turn(work.text, work.images, poses)
+        try:
+            self.assistant.restore([PastTurn(t.text, t.reply_text, t.reply_codes, t.images, p)
+                                    for t, p in zip(work.history, history_poses)])
+            return self.assistant.ask(work.text, images=work.images, poses=poses)
+        finally:
+            self.assistant.reset()
+
     def info(self) -> dict[str, Any]:
         session = self.generator.session
         config = session.config
         return {"name": self.model, "run": session.run_info().__dict__, "max_new_tokens": self.settings.max_new_tokens,
+                "max_poses": self.settings.max_poses, "chat": self.chat_refusal is None,
                 "max_batch": self.settings.max_batch, "replicas": self.settings.replicas,
                 "image_tokens": int(config.image_tokens), "max_text_tokens": int(config.max_text_tokens)}
 
@@ -126,6 +175,35 @@ class ModelServer:
                 for i, outcome in zip(picked, done):
                     outcomes[i] = outcome
         return outcomes
+
+
+def _reply_poses(session: Any, turns_poses: list[Any]) -> list[Any]:
+    """Each turn's poses with every `PoseCodes` checked against the model's codebook (InvalidInputError, before
+    any work) and then made a ReplyPose (its codes go into the prompt unchanged; the pose is decoded from them)."""
+    import torch
+
+    from unipose_sdk.results import ReplyPose
+    from unipose_sdk.serve.wire import PoseCodes
+
+    found = []
+    for t, poses in enumerate(turns_poses):
+        items = poses.items() if isinstance(poses, dict) else enumerate(poses or [])
+        for key, pose in items:
+            if isinstance(pose, PoseCodes):
+                where = "the new turn" if t == 0 else f"turn {t - 1} of the history"
+                session.prompts.pose_ids(list(pose.codes), what=f"the codes of pose {key} of {where}")
+                found.append(pose)
+    if not found:
+        return turns_poses
+    with session.lock, torch.inference_mode():
+        decoded = session.decode_poses(torch.tensor([p.codes for p in found], dtype=torch.long))
+    made = {id(p): ReplyPose(decoded[i], list(p.codes)) for i, p in enumerate(found)}
+
+    def swap(pose: Any) -> Any:
+        return made.get(id(pose), pose)
+
+    return [{k: swap(v) for k, v in poses.items()} if isinstance(poses, dict) else [swap(v) for v in poses or []]
+            for poses in turns_poses]
 
 
 def _run_batch(works: Sequence[Work], call: Callable[[list[Any]], list[Any]]) -> list[Any]:

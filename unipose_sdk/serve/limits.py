@@ -55,6 +55,8 @@ class ServeSettings:
     batch_wait_ms: how long a replica waits for more requests before running a batch that is not full.
     api_key_sha256: the SHA-256 hex digest of the API key requests must carry (None: no key). Only the digest is
         kept, so neither the Serve config nor Ray's state holds the key itself.
+    max_poses: most pose blocks one /v1/chat reply may hold (`AssistantOptions.max_poses`; each reserves its 82
+        tokens of the model's context).
     """
 
     models: tuple[str, ...] = ("unipose-tiny",)
@@ -68,6 +70,7 @@ class ServeSettings:
     threads_per_replica: int = 1
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key_sha256: str | None = None
+    max_poses: int = 2
 
     def __post_init__(self) -> None:
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
@@ -80,6 +83,9 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidOptionError.make(f"{name}={value!r}", "a positive integer", f"Pass e.g. {name}=1.")
+        if isinstance(self.max_poses, bool) or not isinstance(self.max_poses, int) or not 0 <= self.max_poses <= 16:
+            raise InvalidOptionError.make(f"max_poses={self.max_poses!r}", "an int in [0, 16]",
+                                          "Pass e.g. max_poses=2.")
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise InvalidOptionError.make(f"batch_wait_ms={self.batch_wait_ms!r}", "a number in [0, 1000]",
                                           "Pass e.g. batch_wait_ms=5.")

@@ -11,11 +11,15 @@ Inputs (JSON body; `multipart/form-data` uploads carry the same fields as files 
         22x3x3 rotation matrices, 22x6 / 132 6D), or {"array": ..., "dtype": "float32" | "float64"}, or
         {"file": base64 bytes of a pose file (.npz smplx / AMASS keys, .npy matrices, JSON, BVH)}.
     A list of IMAGE objects / strings, or of POSE objects, is a batch (a bare nested array is always one pose).
+    CHAT_POSE (/v1/chat only): a POSE, or {"codes": [80 ints]}, a pose of an earlier reply by its codes (they go
+        into the prompt unchanged, as a ReplyPose's do in `Assistant.ask`).
 
 Results: the fields of `result.to_dict()` (input, text, timing_ms, batch_size, decode_steps, pose_steps, run,
 pose_axis_angle, pose_joints_m, pose_codes, ...), the pose's exact float32 rotation matrices (`pose_rotmat`, and
 `source_pose_rotmat` for an edit), `prompt` / `instruction` where the result class has them, and with
-`"formats": [...]` a `files` object of base64 pose files (npz, npy, json, bvh, glb, png).
+`"formats": [...]` a `files` object of base64 pose files (npz, npy, json, bvh, glb, png). An AssistantReply (/v1/chat)
+has `poses`, one object per pose it produced ({"codes", "axis_angle", "joints_m", "rotmat", and "files" on
+request}), and `generated_ids`, besides the fields of `AssistantReply.to_dict()`.
 
 Errors: `{"error": {"type", "status", "message", "received", "expected", "fix"}}` with the SDK error's own text;
 `error_from_body` turns it back into the same typed exception on the client.
@@ -30,6 +34,7 @@ import math
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +261,34 @@ def decode_pose(value: Any, what: str) -> Any:
     return as_pose(Pose.from_any(array), what)
 
 
+@dataclass(frozen=True)
+class PoseCodes:
+    """A CHAT_POSE given by its codes: checked against the model's codebook on the replica (which knows it)."""
+
+    codes: tuple[int, ...]
+
+
+MAX_POSE_CODES = 1024  # far above any model's 80; only bounds what is read before the replica checks the codes
+
+
+def decode_pose_codes(value: Any, what: str) -> PoseCodes:
+    """{"codes": [ints]} -> PoseCodes (their number and range are the model's to check)."""
+    codes = value.get("codes") if isinstance(value, dict) else value
+    if not (isinstance(codes, list) and 0 < len(codes) <= MAX_POSE_CODES
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in codes)):
+        raise InvalidPoseError.make(f"{what} with codes of type {type(codes).__name__}" + (
+            f" ({len(codes)} items)" if isinstance(codes, list) else ""), "a list of integer codebook indices",
+            'Send the "codes" of a pose of an earlier reply as they came.')
+    return PoseCodes(tuple(codes))
+
+
+def decode_chat_pose(value: Any, what: str) -> Any:
+    """One CHAT_POSE (see the module doc) -> PoseCodes or a one-row Pose."""
+    if isinstance(value, dict) and set(value) == {"codes"}:
+        return decode_pose_codes(value, what)
+    return decode_pose(value, what)
+
+
 def decode_text(value: Any, what: str, max_chars: int) -> str:
     """One text: the SDK's own checks (non-empty UTF-8), and the service's length limit."""
     from unipose_sdk.tasks.base import check_text
@@ -329,6 +362,15 @@ def encode_pose(pose: Any) -> dict[str, Any]:
     return {"array": array.tolist(), "dtype": "float32" if array.dtype == np.float32 else "float64"}
 
 
+def encode_chat_pose(pose: Any) -> dict[str, Any]:
+    """A pose as `Assistant.ask` takes it -> a CHAT_POSE: a ReplyPose by its codes, anything else as `encode_pose`."""
+    from unipose_sdk.results import ReplyPose
+
+    if isinstance(pose, ReplyPose):
+        return {"codes": [int(c) for c in pose.codes]}
+    return encode_pose(pose)
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 
@@ -379,8 +421,17 @@ def check_wire_formats(formats: Any) -> tuple[str, ...]:
 
 def encode_result(result: Any, formats: Sequence[str] = ()) -> dict[str, Any]:
     """A task result -> its JSON object (see the module doc)."""
+    from unipose_sdk.results import AssistantReply
+
     item = result.to_dict()
     item["kind"] = type(result).__name__
+    if isinstance(result, AssistantReply):  # every pose of the reply, each in the wire form of a pose result
+        for pose_item, reply_pose in zip(item["poses"], result.poses):
+            pose_item["rotmat"] = _rotmat(reply_pose.pose)
+            if formats:
+                pose_item["files"] = pose_files(reply_pose, formats)
+        item["generated_ids"] = [int(t) for t in result.generated_ids]
+        return item
     if getattr(result, "pose", None) is not None:
         item["pose_rotmat"] = _rotmat(result.pose)
     if getattr(result, "source_pose", None) is not None:
@@ -397,9 +448,17 @@ def decode_result(item: dict[str, Any]) -> Any:
     """A result's JSON object -> the result class a local call returns, with the same values (the pose from its
     exact float32 matrices)."""
     from unipose_sdk.body.pose import Pose
-    from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult, RunInfo
+    from unipose_sdk.results import (
+        AssistantReply,
+        DescribeResult,
+        EditResult,
+        EstimateResult,
+        GenerateResult,
+        ReplyPose,
+        RunInfo,
+    )
 
-    classes = {c.__name__: c for c in (EstimateResult, GenerateResult, EditResult, DescribeResult)}
+    classes = {c.__name__: c for c in (EstimateResult, GenerateResult, EditResult, DescribeResult, AssistantReply)}
     cls = classes.get(item.get("kind", ""))
     if cls is None:
         raise ServiceError(f"received a result of kind {item.get('kind')!r}; expected one of {sorted(classes)}. "
@@ -409,6 +468,13 @@ def decode_result(item: dict[str, Any]) -> Any:
         "input": dict(item.get("input", {})), "batch_size": int(item.get("batch_size", 1)),
         "decode_steps": int(item.get("decode_steps", 0)), "pose_steps": int(item.get("pose_steps", 0)),
     }
+    if cls is AssistantReply:
+        return AssistantReply(
+            **fields, poses=[ReplyPose(Pose(np.asarray([p["rotmat"]], dtype=np.float32)), [int(c) for c in p["codes"]])
+                             for p in item.get("poses", [])],
+            turn=int(item.get("turn", 0)), finish_reason=str(item.get("finish_reason", "")),
+            prompt_tokens=int(item.get("prompt_tokens", 0)), reused_tokens=int(item.get("reused_tokens", 0)),
+            generated_ids=[int(t) for t in item.get("generated_ids", [])])
     if cls is not DescribeResult:
         fields["pose"] = Pose(np.asarray([item["pose_rotmat"]], dtype=np.float32))
         fields["pose_codes"] = [int(c) for c in item.get("pose_codes", [])]
