@@ -58,3 +58,26 @@ def test_cli_on_the_export(directories: tuple[Path, Path], tmp_path: Path) -> No
     assert cli_main(["generate", "a person squatting", "--model", str(exported), "-o", str(tmp_path), "--quiet"]) == 0
     record = json.loads((tmp_path / "generate_000.json").read_text())
     assert record["run"]["backend"] == "onnxruntime" and record["run"]["family"] == "chatpose"
+
+
+def test_assistant_on_the_export_gives_the_torch_replies(directories: tuple[Path, Path], tmp_path: Path) -> None:
+    """A two-turn ChatPose conversation on ONNX Runtime (cache kept across turns, the pose regressed through the
+    decoder graph's head output) equals the torch one."""
+    from test_chatpose import _pose_token_first
+
+    from unipose_sdk import Assistant
+
+    sdk, _ = directories
+    user = "There is a person: a person squatting. Please output this person's SMPL pose."
+    model = _pose_token_first(sdk, tmp_path / "seg-first", user)
+    assert cli_main(["export", "--model", str(model), "-o", str(tmp_path / "onnx"), "--quiet"]) == 0
+    replies = {}
+    for backend, where in (("torch", model), ("onnxruntime", tmp_path / "onnx")):
+        with Assistant.from_pretrained(where, backend=backend, max_new_tokens=4) as assistant:
+            replies[backend] = [assistant.ask(user), assistant.ask("And now?")]
+    for torch_reply, ort_reply in zip(replies["torch"], replies["onnxruntime"]):
+        assert ort_reply.run.backend == "onnxruntime" and ort_reply.text == torch_reply.text
+        assert len(ort_reply.poses) == len(torch_reply.poses)
+        for a, b in zip(torch_reply.poses, ort_reply.poses):
+            torch.testing.assert_close(b.pose.rotmat, a.pose.rotmat, atol=1e-4, rtol=0)
+    assert replies["torch"][0].poses and replies["onnxruntime"][1].reused_tokens > 0
