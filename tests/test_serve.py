@@ -573,6 +573,49 @@ def test_chat_turns_share_the_admission_limits(service) -> None:
     assert len(codes) == 1  # every replica answer is the same conversation's, whatever ran beside it
 
 
+def test_a_chatpose_model_answers_chat_turns(tmp_path) -> None:
+    """The ingress's parsing and a replica's chat path in this process (no Ray) over a ChatPose model, whose reply
+    poses have no codes: a turn after a history holding such a pose equals the local Assistant's restored turn."""
+    import asyncio
+
+    import torch
+    from test_chatpose import PRESET, write_release
+
+    from unipose_sdk import Assistant, AssistantOptions
+    from unipose_sdk.cli import main as cli_main
+    from unipose_sdk.serve.app import parse_chat
+    from unipose_sdk.serve.deployment import ModelServer
+    from unipose_sdk.serve.limits import ServeSettings
+    from unipose_sdk.serve.wire import decode_result
+    from unipose_sdk.tasks.assistant import PastTurn
+
+    merged, clip = write_release(tmp_path / "release")
+    model = str(tmp_path / "chatpose-tiny")
+    assert cli_main(["convert", "--family", "chatpose", "--preset", PRESET, "--merged", str(merged), "--clip",
+                     str(clip), "-o", model]) == 0
+    settings = ServeSettings(models=(model,), max_new_tokens=4)
+    threads = torch.get_num_threads()
+    try:
+        server = ModelServer(model, settings.to_args())
+    finally:
+        torch.set_num_threads(threads)  # the replica sets its own process's threads: this one is pytest's
+    user = "There is a person: a person squatting. Please output this person's SMPL pose."
+    work = parse_chat({"history": [{"text": user, "reply": {"text": "Sure, <pose>.", "pose_codes": [[]]}}],
+                       "text": "Now describe it in one word."}, settings.limits)
+    answer = asyncio.run(server.run("chat", work))
+    assert "error" not in answer, answer
+    remote = decode_result(answer["results"][0])
+    local = Assistant.from_session(server.assistant.session, AssistantOptions(max_new_tokens=4))
+    local.restore([PastTurn(user, "Sure, <pose>.", [[]])])
+    expected = local.ask("Now describe it in one word.")
+    assert remote.run.family == "chatpose" and remote.turn == 1
+    assert remote.text == expected.text and remote.generated_ids == expected.generated_ids
+    assert expected.prompt_ids.count(server.assistant.session.config.vocab.pose_token_id) == 1  # the history's pose
+    work = parse_chat({"text": "Describe <pose>.", "poses": [[0.0] * 66]}, settings.limits)
+    status, body = asyncio.run(server.run("chat", work))["error"]  # ChatPose reads no poses: its typed error
+    assert status == 422 and body["error"]["type"] == "UnsupportedTaskError" and "UniPose" in body["error"]["message"]
+
+
 def test_shutdown_leaves_no_process_behind(service) -> None:
     """Last in the module: SIGTERM (as a service manager stops it) shuts down Serve and the private Ray instance
     with every worker, then the CLI exits 143 (Ray's own SIGTERM handler would end the process at once)."""

@@ -41,7 +41,7 @@ from unipose_sdk._version import __version__
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.fileio import parse_json
 from unipose_sdk.serve.deployment import DESCRIBE_MODES, ChatWork, ModelServer, Work
-from unipose_sdk.serve.limits import ServeSettings, api_key_digest
+from unipose_sdk.serve.limits import ServeLimits, ServeSettings, api_key_digest
 from unipose_sdk.serve.wire import (
     MAX_REQUEST_JSON_DEPTH,
     WIRE_POSE_FORMATS,
@@ -163,6 +163,69 @@ def _api_page(schema: dict[str, Any]) -> str:
             "<p>Machine-readable: <a href='/v1/openapi.json'>/v1/openapi.json</a>. Web demo: <a href='/'>/</a>.</p>"
             f"{''.join(rows)}<h2>The OpenAPI document</h2><pre>{html.escape(json.dumps(schema, indent=1))}</pre>"
             "</body></html>")
+
+
+def parse_chat(payload: dict[str, Any], limits: ServeLimits) -> ChatWork:
+    """The conversation as `Assistant.restore` and `ask` take it. Each user text has the service's length
+    limit; the images and the poses sent as poses (they need the model's encoders) count against the batch
+    limit over the whole conversation; placeholders and context are the Assistant's to check."""
+    from unipose_sdk.tasks.assistant import PastTurn
+
+    _unknown_fields(payload, {"history", "text", "images", "poses"}, "chat")
+    history = payload.get("history") or []
+    if not isinstance(history, list):
+        raise InvalidInputError.make(f"history of type {type(history).__name__}", "a list of earlier turns",
+                                     "Send history: [] for the first turn (see /docs).")
+    counts = {"images": 0, "poses": 0}
+
+    def turn_inputs(turn: dict[str, Any], where: str) -> tuple[str, list[Any], Any]:
+        text = decode_text(_required(turn, "text", "chat"), "turn", limits.max_text_chars)
+        images = turn.get("images") or []
+        if not isinstance(images, list):
+            raise InvalidInputError.make(f"images of type {type(images).__name__} in {where}",
+                                         "a list with one IMAGE per <image>", "Send images: [IMAGE, ...].")
+        poses = turn.get("poses") or []
+        if isinstance(poses, dict):
+            decoded: Any = {k: decode_chat_pose(v, f"pose {k} of {where}") for k, v in poses.items()}
+        elif isinstance(poses, list):
+            decoded = [decode_chat_pose(v, f"pose {i} of {where}") for i, v in enumerate(poses)]
+        else:
+            raise InvalidInputError.make(f"poses of type {type(poses).__name__} in {where}",
+                                         'a list of CHAT_POSE, or {"A": ..., "B": ...}',
+                                         "Send poses: [POSE or {\"codes\": [...]}, ...].")
+        counts["images"] += len(images)
+        counts["poses"] += sum(not isinstance(p, PoseCodes)
+                               for p in (decoded.values() if isinstance(decoded, dict) else decoded))
+        check_batch([None] * counts["images"], limits.max_batch_items, "images in the conversation")
+        check_batch([None] * counts["poses"], limits.max_batch_items, "poses (not codes) in the conversation")
+        return text, [decode_image(v, f"image {i} of {where}", limits.max_image_pixels)
+                      for i, v in enumerate(images)], decoded
+
+    past = []
+    for i, turn in enumerate(history):
+        where = f"turn {i} of the history"
+        if not isinstance(turn, dict):
+            raise InvalidInputError.make(f"{where} of type {type(turn).__name__}", "a turn object",
+                                         'Send {"text", "images", "poses", "reply"} (see /docs).')
+        unknown = sorted(set(turn) - {"text", "images", "poses", "reply"})
+        reply = turn.get("reply")
+        if unknown or not isinstance(reply, dict) or sorted(set(reply) - {"text", "pose_codes"}):
+            raise InvalidInputError.make(
+                f"{where} with the fields {sorted(turn)}" + (
+                    f" and a reply with {sorted(reply)}" if isinstance(reply, dict) else ""),
+                'a turn {"text", "images", "poses", "reply": {"text", "pose_codes"}}',
+                "Send each earlier turn with the reply's text and pose codes (see /docs).")
+        text, images, poses = turn_inputs(turn, where)
+        codes = reply.get("pose_codes") or []
+        if not isinstance(codes, list):
+            raise InvalidInputError.make(f"pose_codes of type {type(codes).__name__} in {where}",
+                                         "a list with the codes of each pose of the reply",
+                                         "Send the reply's poses' codes as they came.")
+        past.append(PastTurn(text, reply.get("text", ""),
+                             [list(decode_pose_codes(c, f"reply pose {k} of {where}").codes)
+                              for k, c in enumerate(codes)], images, poses))
+    text, images, poses = turn_inputs(payload, "the new turn")
+    return ChatWork(past, text, images, poses)
 
 
 @serve.deployment(name="ingress", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -359,66 +422,7 @@ class Ingress:
         return Work(items, mode), single
 
     def _parse_chat(self, payload: dict[str, Any]) -> tuple[ChatWork, bool]:
-        """The conversation as `Assistant.restore` and `ask` take it. Each user text has the service's length
-        limit; the images and the poses sent as poses (they need the model's encoders) count against the batch
-        limit over the whole conversation; placeholders and context are the Assistant's to check."""
-        from unipose_sdk.tasks.assistant import PastTurn
-
-        _unknown_fields(payload, {"history", "text", "images", "poses"}, "chat")
-        history = payload.get("history") or []
-        if not isinstance(history, list):
-            raise InvalidInputError.make(f"history of type {type(history).__name__}", "a list of earlier turns",
-                                         "Send history: [] for the first turn (see /docs).")
-        counts = {"images": 0, "poses": 0}
-
-        def turn_inputs(turn: dict[str, Any], where: str) -> tuple[str, list[Any], Any]:
-            text = decode_text(_required(turn, "text", "chat"), "turn", self.limits.max_text_chars)
-            images = turn.get("images") or []
-            if not isinstance(images, list):
-                raise InvalidInputError.make(f"images of type {type(images).__name__} in {where}",
-                                             "a list with one IMAGE per <image>", "Send images: [IMAGE, ...].")
-            poses = turn.get("poses") or []
-            if isinstance(poses, dict):
-                decoded: Any = {k: decode_chat_pose(v, f"pose {k} of {where}") for k, v in poses.items()}
-            elif isinstance(poses, list):
-                decoded = [decode_chat_pose(v, f"pose {i} of {where}") for i, v in enumerate(poses)]
-            else:
-                raise InvalidInputError.make(f"poses of type {type(poses).__name__} in {where}",
-                                             'a list of CHAT_POSE, or {"A": ..., "B": ...}',
-                                             "Send poses: [POSE or {\"codes\": [...]}, ...].")
-            counts["images"] += len(images)
-            counts["poses"] += sum(not isinstance(p, PoseCodes)
-                                   for p in (decoded.values() if isinstance(decoded, dict) else decoded))
-            check_batch([None] * counts["images"], self.limits.max_batch_items, "images in the conversation")
-            check_batch([None] * counts["poses"], self.limits.max_batch_items, "poses (not codes) in the conversation")
-            return text, [decode_image(v, f"image {i} of {where}", self.limits.max_image_pixels)
-                          for i, v in enumerate(images)], decoded
-
-        past = []
-        for i, turn in enumerate(history):
-            where = f"turn {i} of the history"
-            if not isinstance(turn, dict):
-                raise InvalidInputError.make(f"{where} of type {type(turn).__name__}", "a turn object",
-                                             'Send {"text", "images", "poses", "reply"} (see /docs).')
-            unknown = sorted(set(turn) - {"text", "images", "poses", "reply"})
-            reply = turn.get("reply")
-            if unknown or not isinstance(reply, dict) or sorted(set(reply) - {"text", "pose_codes"}):
-                raise InvalidInputError.make(
-                    f"{where} with the fields {sorted(turn)}" + (
-                        f" and a reply with {sorted(reply)}" if isinstance(reply, dict) else ""),
-                    'a turn {"text", "images", "poses", "reply": {"text", "pose_codes"}}',
-                    "Send each earlier turn with the reply's text and pose codes (see /docs).")
-            text, images, poses = turn_inputs(turn, where)
-            codes = reply.get("pose_codes") or []
-            if not isinstance(codes, list):
-                raise InvalidInputError.make(f"pose_codes of type {type(codes).__name__} in {where}",
-                                             "a list with the codes of each pose of the reply",
-                                             "Send the reply's poses' codes as they came.")
-            past.append(PastTurn(text, reply.get("text", ""),
-                                 [list(decode_pose_codes(c, f"reply pose {k} of {where}").codes)
-                                  for k, c in enumerate(codes)], images, poses))
-        text, images, poses = turn_inputs(payload, "the new turn")
-        return ChatWork(past, text, images, poses), True
+        return parse_chat(payload, self.limits), True
 
     def _pairs(self, value: Any, what: str) -> tuple[list[Any], bool]:
         """[a, b] -> one pair; [[a, b], ...] -> a batch of pairs (a POSE array never has 2 rows at its top)."""

@@ -67,7 +67,6 @@ class ModelServer:
     def __init__(self, model: str, settings_args: dict[str, Any]) -> None:
         import torch
 
-        from unipose_sdk.errors import UnsupportedTaskError
         from unipose_sdk.options import AssistantOptions, DescriberOptions, EditorOptions, EstimatorOptions
         from unipose_sdk.tasks import Assistant, Describer, Editor, Estimator, Generator
 
@@ -82,12 +81,7 @@ class ModelServer:
         self.estimator = Estimator.from_session(session, EstimatorOptions(**where))
         self.editor = Editor.from_session(session, EditorOptions(**where))
         self.describer = Describer.from_session(session, DescriberOptions(**where))
-        self.assistant: Any = None
-        self.chat_refusal: UniPoseError | None = None  # a model family without conversations: each turn gets it
-        try:
-            self.assistant = Assistant.from_session(session, AssistantOptions(**where, max_poses=settings.max_poses))
-        except UnsupportedTaskError as exc:
-            self.chat_refusal = exc
+        self.assistant = Assistant.from_session(session, AssistantOptions(**where, max_poses=settings.max_poses))
         for method in (self._estimate, self._generate, self._edit, self._describe):
             method.set_max_batch_size(settings.max_batch)
             method.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
@@ -121,8 +115,6 @@ class ModelServer:
         asked; the Assistant is reset afterwards, whatever happened, so no conversation outlives its request."""
         from unipose_sdk.tasks.assistant import PastTurn, check_turn
 
-        if self.chat_refusal is not None:
-            raise type(self.chat_refusal)(str(self.chat_refusal))
         session = self.assistant.session
         with_codes = _reply_poses(session, [work.poses, *(t.poses for t in work.history)])
         poses, *history_poses = with_codes
@@ -138,7 +130,7 @@ class ModelServer:
         session = self.generator.session
         config = session.config
         return {"name": self.model, "run": session.run_info().__dict__, "max_new_tokens": self.settings.max_new_tokens,
-                "max_poses": self.settings.max_poses, "chat": self.chat_refusal is None,
+                "max_poses": self.settings.max_poses,
                 "max_batch": self.settings.max_batch, "replicas": self.settings.replicas,
                 "image_tokens": int(config.image_tokens), "max_text_tokens": int(config.max_text_tokens)}
 

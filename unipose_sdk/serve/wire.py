@@ -12,7 +12,8 @@ Inputs (JSON body; `multipart/form-data` uploads carry the same fields as files 
         {"file": base64 bytes of a pose file (.npz smplx / AMASS keys, .npy matrices, JSON, BVH)}.
     A list of IMAGE objects / strings, or of POSE objects, is a batch (a bare nested array is always one pose).
     CHAT_POSE (/v1/chat only): a POSE, or {"codes": [80 ints]}, a pose of an earlier reply by its codes (they go
-        into the prompt unchanged, as a ReplyPose's do in `Assistant.ask`).
+        into the prompt unchanged, as a ReplyPose's do in `Assistant.ask`; a ChatPose model's poses have no codes,
+        and it reads no poses).
 
 Results: the fields of `result.to_dict()` (input, text, timing_ms, batch_size, decode_steps, pose_steps, run,
 pose_axis_angle, pose_joints_m, pose_codes, ...), the pose's exact float32 rotation matrices (`pose_rotmat`, and
@@ -272,9 +273,10 @@ MAX_POSE_CODES = 1024  # far above any model's 80; only bounds what is read befo
 
 
 def decode_pose_codes(value: Any, what: str) -> PoseCodes:
-    """{"codes": [ints]} -> PoseCodes (their number and range are the model's to check)."""
+    """{"codes": [ints]} or [ints] -> PoseCodes (their number and range are the model's to check: a UniPose pose
+    has 80, a ChatPose pose none)."""
     codes = value.get("codes") if isinstance(value, dict) else value
-    if not (isinstance(codes, list) and 0 < len(codes) <= MAX_POSE_CODES
+    if not (isinstance(codes, list) and len(codes) <= MAX_POSE_CODES
             and all(isinstance(c, int) and not isinstance(c, bool) for c in codes)):
         raise InvalidPoseError.make(f"{what} with codes of type {type(codes).__name__}" + (
             f" ({len(codes)} items)" if isinstance(codes, list) else ""), "a list of integer codebook indices",
