@@ -197,13 +197,13 @@ def check_quantization(graphs: Mapping[str, GraphInfo]) -> str:
         raise CheckpointError.make(f"{', '.join(odd) or reference!r} in {first}",
                                    f"every graph of one weight precision (one of {list(Q.PRECISIONS)}), like the "
                                    f"other graphs ({reference})", MIXED_HINT)
-    plans = {form: Q.plan(reference, form) for form in Q.FORMS}
+    plans = {form: Q.plan(reference, form, S.ALL_GRAPH_NAMES) for form in Q.FORMS}
     for name, info in graphs.items():
         quant = info.quantization
         planned = plans.get(quant.form, {}).get(name)
         # A plan's scheme falls back to float when a graph has nothing it applies to (e.g. a vocabulary table
-        # whose width is not whole blocks).
-        if quant.scheme not in (planned, Q.FLOAT):
+        # whose width is not whole blocks), and a composite to the parts that found something.
+        if quant.scheme not in Q.accepted_schemes(planned):
             raise CheckpointError.make(f"{info.path.name} with weights {quant.scheme!r} in a {reference} export",
                                        f"weights {planned!r} for graph {name!r} at precision {reference}", MIXED_HINT)
         ops = Q.graph_op_types(info.path)

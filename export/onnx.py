@@ -409,8 +409,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
     weights = formats.weight_precision(weights)
     Q.check_block_size(block_size)
     Q.check_dtype(weights, precision, quant_form)
-    schemes = Q.plan(weights, quant_form)
-    schemes.setdefault(S.TEXT_ENCODER_GRAPH, Q.FLOAT)  # the sentence encoder's graph stays float (not measured yet)
+    schemes = Q.plan(weights, quant_form, S.ALL_GRAPH_NAMES)
     if emission not in kernels_onnx.EMISSIONS:
         raise InvalidInputError.make(f"emission={emission!r}", f"one of {kernels_onnx.EMISSIONS}",
                                      "Use 'decomposed' unless the runtime imports the opset-23 Attention op.")
@@ -504,8 +503,7 @@ def quantize_export(source: str | os.PathLike, output_dir: str | os.PathLike, pr
         raise InvalidInputError.make(f"export directory {str(source)!r} with {exported.weights} weights",
                                      "a float export to quantize", "Quantize the float export of the model.")
     Q.check_dtype(precision, exported.precision, form)
-    schemes = Q.plan(precision, form)
-    schemes.setdefault(S.TEXT_ENCODER_GRAPH, Q.FLOAT)  # the sentence encoder's graph stays float (not measured yet)
+    schemes = Q.plan(precision, form, S.ALL_GRAPH_NAMES)
     target = Path(output_dir)
     if target.exists() and not overwrite:
         raise _refuse_existing(target)

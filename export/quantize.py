@@ -18,6 +18,10 @@ token is unchanged). The schemes:
     int8-gather   hidden axis; int8 as uint8 with a zero point of 128): the table is read, never multiplied.
     qdq-int8      for TensorRT, which does not take MatMulNBits: int8 weights per output channel behind a
                   standard DequantizeLinear feeding the original MatMul (weight-only explicit quantization).
+    int8-dynamic+int8-gather
+                  a composite: both rewrites in one graph, in that order (the sentence encoder's MatMuls and its
+                  word / position tables). A part that finds nothing to rewrite (tables whose width is not whole
+                  blocks) drops out of the recorded name, as a whole scheme with nothing to rewrite records float.
 
 Which graph gets which scheme comes from a measurement (benchmarks/quant_7b_cpu.py: the 7B shapes with 2 decoder
 layers and 2 layers per vision tower, ONNX Runtime 1.32 on 2 shared cores, speed-up over float32 of the medians):
@@ -32,6 +36,25 @@ The decoder graph serves the prompt, the pose block and the decode steps alike, 
 block for the fastest decoding and the smallest weights, "int8" the reverse, and "mixed" keeps int4 in the
 language model (most of the bytes) with the faster int8 towers. The pose tokenizer's graphs stay float (small,
 and their codes must not move).
+
+The sentence encoder of models that have one (unipose-tiny v2: all-MiniLM-L6-v2, 6 layers of width 384, a
+30522 x 384 word table; `text_encoder` graph) runs once per prompt over all its words, so it is compute-bound like
+the pose block. Measured with benchmarks/quant_text_encoder.py (the real MiniLM weights, ONNX Runtime 1.32, 2
+cores shared with a training job, load average about 4.5, so +-30 %; speed-up over float of the medians of 30 runs;
+sentence-vector cosine with float, min / mean over 50 sentences):
+
+    text_encoder graph (MatMuls only)   size      12-word prompt  16 prompts   sentence cosine
+    float                               92.7 MB       1.0x           1.0x
+    int8-dynamic                        59.5 MB       1.9x           1.7x       0.986 / 0.993
+    int4-nbits                          54.2 MB       1.8x           1.1x       0.938 / 0.957
+
+int8-dynamic is at least as fast for one prompt, clearly faster for a batch, and moves the vectors far less, so
+every precision (int8, int4, mixed) gives the encoder int8-dynamic MatMuls, and its word / position tables
+int8-gather (the tables are half the graph's bytes): 24.2 MB in all, 1.9x at both sizes, cosine 0.985 / 0.993.
+In a float16 export the MatMuls have no float32 weights to rewrite and stay float16 (dynamic int8 quantizes float32
+activations); only the tables are quantized. The QDQ (TensorRT) form gives its MatMuls qdq-int8 and keeps its
+tables float, as for the other graphs. The graph outputs the projected LLM rows, not the sentence vector, so the
+export's comparison with float is the rows' relative error (0.12 on MiniLM with a fresh projector).
 
 Every quantized graph records what was done in its metadata (`unipose.quantization`: the export's precision,
 this graph's scheme, bits, block size, accuracy level, the quantized op types and how many nodes), and
@@ -60,27 +83,33 @@ INT8_DYNAMIC = "int8-dynamic"
 INT4_GATHER = "int4-gather"
 INT8_GATHER = "int8-gather"
 QDQ_INT8 = "qdq-int8"
-SCHEMES = (FLOAT, INT4_NBITS, INT8_DYNAMIC, INT4_GATHER, INT8_GATHER, QDQ_INT8)
+# A composite scheme: its parts applied one after the other to the same graph (the sentence encoder's MatMuls and
+# its embedding tables). Its name is the parts joined by "+".
+INT8_DYNAMIC_GATHER = f"{INT8_DYNAMIC}+{INT8_GATHER}"
+SCHEMES = (FLOAT, INT4_NBITS, INT8_DYNAMIC, INT4_GATHER, INT8_GATHER, QDQ_INT8, INT8_DYNAMIC_GATHER)
 # The op types a graph of each scheme must hold (checked when a directory is read back).
 SCHEME_OPS: dict[str, tuple[str, ...]] = {
     FLOAT: (), INT4_NBITS: ("MatMulNBits",), INT8_DYNAMIC: ("DynamicQuantizeLinear", "MatMulInteger"),
     INT4_GATHER: ("GatherBlockQuantized",), INT8_GATHER: ("GatherBlockQuantized",), QDQ_INT8: ("DequantizeLinear",),
 }
+SCHEME_OPS[INT8_DYNAMIC_GATHER] = SCHEME_OPS[INT8_DYNAMIC] + SCHEME_OPS[INT8_GATHER]
 # Ops that only a quantized graph holds: a graph whose metadata says "float" must hold none of them.
 QUANTIZED_OPS = frozenset(op for ops in SCHEME_OPS.values() for op in ops)
 # Graph -> scheme for each precision (ONNX Runtime form). See the module docstring for the measurement.
+# The sentence encoder (models with one) gets the same scheme at every precision: see the module docstring.
 PLANS: dict[str, dict[str, str]] = {
     "float": {},
-    "int8": {"decoder": INT8_DYNAMIC, "vision": INT8_DYNAMIC, "embed": INT8_GATHER},
-    "int4": {"decoder": INT4_NBITS, "vision": INT4_NBITS, "embed": INT4_GATHER},
-    "mixed": {"decoder": INT4_NBITS, "vision": INT8_DYNAMIC, "embed": INT4_GATHER},
+    "int8": {"decoder": INT8_DYNAMIC, "vision": INT8_DYNAMIC, "embed": INT8_GATHER,
+             S.TEXT_ENCODER_GRAPH: INT8_DYNAMIC_GATHER},
+    "int4": {"decoder": INT4_NBITS, "vision": INT4_NBITS, "embed": INT4_GATHER,
+             S.TEXT_ENCODER_GRAPH: INT8_DYNAMIC_GATHER},
+    "mixed": {"decoder": INT4_NBITS, "vision": INT8_DYNAMIC, "embed": INT4_GATHER,
+              S.TEXT_ENCODER_GRAPH: INT8_DYNAMIC_GATHER},
 }
 # The TensorRT form: int8 weights behind DequantizeLinear wherever the ONNX Runtime form quantizes a MatMul; the
-# embedding table stays float (TensorRT has no block-quantized gather).
-QDQ_PLANS: dict[str, dict[str, str]] = {
-    "float": {}, "int8": {"decoder": QDQ_INT8, "vision": QDQ_INT8},
-    "int4": {"decoder": QDQ_INT8, "vision": QDQ_INT8}, "mixed": {"decoder": QDQ_INT8, "vision": QDQ_INT8},
-}
+# embedding tables stay float (TensorRT has no block-quantized gather).
+_QDQ = {"decoder": QDQ_INT8, "vision": QDQ_INT8, S.TEXT_ENCODER_GRAPH: QDQ_INT8}
+QDQ_PLANS: dict[str, dict[str, str]] = {"float": {}, "int8": dict(_QDQ), "int4": dict(_QDQ), "mixed": dict(_QDQ)}
 FORMS = ("onnxruntime", "qdq")
 DEFAULT_BLOCK_SIZE = 128
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)  # int4 block scales tried: ratio x max|w| / 7
@@ -135,15 +164,35 @@ def check_block_size(block_size: object) -> int:
     return int(block_size)
 
 
-def plan(precision: str, form: str = "onnxruntime") -> dict[str, str]:
-    """Graph name -> scheme for every graph of an export at `precision`."""
+def plan(precision: str, form: str = "onnxruntime", graphs: tuple[str, ...] = S.GRAPH_NAMES) -> dict[str, str]:
+    """Graph name -> scheme for each of `graphs` (default: the five graphs every UniPose export has; pass
+    specs.ALL_GRAPH_NAMES to include the sentence encoder's) of an export at `precision`."""
     precision = formats.weight_precision(precision)
     table = (QDQ_PLANS if check_form(form) == "qdq" else PLANS)[precision]
-    return {name: table.get(name, FLOAT) for name in S.GRAPH_NAMES}
+    return {name: table.get(name, FLOAT) for name in graphs}
+
+
+def scheme_parts(scheme: str) -> tuple[str, ...]:
+    """The single schemes a (composite) scheme applies, in order: ("int8-dynamic", "int8-gather")."""
+    return tuple(scheme.split("+"))
+
+
+def accepted_schemes(planned: str | None) -> set[str]:
+    """What a graph planned for `planned` may record: the plan itself, float (nothing it applies to, e.g. no
+    constant weights), and for a composite any of its parts alone, in order (a part found nothing to rewrite,
+    e.g. a small encoder's tables whose width is not whole blocks); the readback then checks the ops of what
+    is recorded."""
+    if planned is None:
+        return {FLOAT}
+    parts = scheme_parts(planned)
+    subsets = {"+".join(p for i, p in enumerate(parts) if mask >> i & 1) for mask in range(1, 1 << len(parts))}
+    return {FLOAT, planned, *subsets}
 
 
 def check_dtype(precision: str, dtype_short: str, form: str = "onnxruntime") -> None:
-    """Refuse a combination the schemes cannot write: dynamic int8 takes float32 activations only."""
+    """Refuse a combination the schemes cannot write: dynamic int8 takes float32 activations only. The sentence
+    encoder is not counted: in a float16 int4 / mixed export its MatMuls have no float32 weights to rewrite and
+    stay float16, and only its tables are quantized (its graph records "int8-gather")."""
     schemes = set(plan(precision, form).values())
     if INT8_DYNAMIC in schemes and dtype_short != "fp32":
         raise InvalidInputError.make(
@@ -438,21 +487,22 @@ def quantize_model(model: Any, scheme: str, precision: str, block_size: int = DE
     if scheme not in SCHEMES:
         raise InvalidInputError.make(f"scheme {scheme!r}", f"one of {list(SCHEMES)}", "Use plan() to pick one.")
     block_size = check_block_size(block_size)
-    rw = _Rewrite.of(model)
-    if scheme == FLOAT:
-        info = QuantInfo(precision, FLOAT)
-    elif scheme == INT4_NBITS:
-        info = _quantize_int4_nbits(rw, block_size, accuracy_level)
-    elif scheme == INT8_DYNAMIC:
-        info = _quantize_int8_dynamic(rw)
-    elif scheme == QDQ_INT8:
-        info = _quantize_qdq_int8(rw)
-    else:
-        info = _quantize_gather(rw, 4 if scheme == INT4_GATHER else 8, block_size)
-    info.precision = precision
-    if scheme != FLOAT and info.nodes == 0:
-        info.scheme, info.ops, info.bits, info.block_size, info.accuracy_level = FLOAT, (), 32, None, None
-    rw.drop_unused_initializers()
+    done = []  # the parts that rewrote at least one node
+    for part in (p for p in scheme_parts(scheme) if p != FLOAT):
+        rw = _Rewrite.of(model)  # afresh for each part: the previous one rewired the graph
+        if part == INT4_NBITS:
+            part_info = _quantize_int4_nbits(rw, block_size, accuracy_level)
+        elif part == INT8_DYNAMIC:
+            part_info = _quantize_int8_dynamic(rw)
+        elif part == QDQ_INT8:
+            part_info = _quantize_qdq_int8(rw)
+        else:
+            part_info = _quantize_gather(rw, 4 if part == INT4_GATHER else 8, block_size)
+        rw.drop_unused_initializers()
+        if part_info.nodes:
+            done.append(part_info)
+    info = _combined(done, precision)
+    _Rewrite.of(model).drop_unused_initializers()
     if any(op in ("MatMulNBits", "GatherBlockQuantized") for op in info.ops) and not any(
             o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -462,6 +512,20 @@ def quantize_model(model: Any, scheme: str, precision: str, block_size: int = DE
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     return info
+
+
+def _combined(parts: list[QuantInfo], precision: str) -> QuantInfo:
+    """One record of the parts that rewrote something: float when none did, the part itself when one did, else
+    the composite (its name the parts' joined by "+", the widest bits, every op, the counts added up)."""
+    if not parts:
+        return QuantInfo(precision, FLOAT)
+    first = parts[0]
+    return QuantInfo(
+        precision, "+".join(p.scheme for p in parts), max(p.bits for p in parts),
+        next((p.block_size for p in parts if p.block_size is not None), None),
+        next((p.accuracy_level for p in parts if p.accuracy_level is not None), None),
+        tuple(dict.fromkeys(op for p in parts for op in p.ops)), sum(p.nodes for p in parts),
+        sum(p.float_bytes for p in parts), sum(p.quantized_bytes for p in parts), first.form)
 
 
 def quantize_file(source: str | os.PathLike, target: str | os.PathLike, scheme: str, precision: str,

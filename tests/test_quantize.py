@@ -168,6 +168,42 @@ def test_a_graph_without_constant_weights_stays_float() -> None:
     assert info.scheme == Q.FLOAT and info.nodes == 0 and model.graph.node[0].op_type == "MatMul"
 
 
+@pytest.mark.parametrize("width, recorded", [(256, Q.INT8_DYNAMIC_GATHER), (200, Q.INT8_DYNAMIC)])
+def test_the_composite_scheme_rewrites_matmuls_and_tables_and_records_what_it_did(width: int, recorded: str) -> None:
+    """The sentence encoder's scheme: int8 MatMuls and an int8 block-quantized table in one graph; a table whose
+    width is not whole blocks stays float and the record names only the part that rewrote something."""
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((30, width)).astype(np.float32)
+    weight = rng.standard_normal((width, N)).astype(np.float32) * 0.1
+    nodes = [helper.make_node("Gather", ["T", "ids"], ["h"]), helper.make_node("MatMul", ["h", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, N])],
+                              [numpy_helper.from_array(table, "T"), numpy_helper.from_array(weight, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    info = Q.quantize_model(model, Q.INT8_DYNAMIC_GATHER, "int8")
+    ops = {n.op_type for n in model.graph.node}
+    assert info.scheme == recorded and set(info.ops) <= ops and "MatMul" not in ops
+    assert ("GatherBlockQuantized" in ops) == (recorded == Q.INT8_DYNAMIC_GATHER)
+    assert info.nodes == (2 if recorded == Q.INT8_DYNAMIC_GATHER else 1) and info.bits == 8
+    assert json.loads({p.key: p.value for p in model.metadata_props}[Q.META_QUANTIZATION])["scheme"] == recorded
+    assert recorded in Q.accepted_schemes(Q.INT8_DYNAMIC_GATHER)
+    ids = np.array([[0, 29, 5]], np.int64)
+    expected = table[ids] @ weight
+    assert np.linalg.norm(_run(model, {"ids": ids}) - expected) / np.linalg.norm(expected) < 0.03
+
+
+def test_the_sentence_encoder_is_planned_at_every_quantized_precision() -> None:
+    for precision in ("int8", "int4", "mixed"):
+        assert Q.plan(precision, graphs=S.ALL_GRAPH_NAMES)[S.TEXT_ENCODER_GRAPH] == Q.INT8_DYNAMIC_GATHER
+        assert Q.plan(precision, "qdq", S.ALL_GRAPH_NAMES)[S.TEXT_ENCODER_GRAPH] == Q.QDQ_INT8
+    assert Q.plan("float", graphs=S.ALL_GRAPH_NAMES)[S.TEXT_ENCODER_GRAPH] == Q.FLOAT
+    assert Q.SCHEME_OPS[Q.INT8_DYNAMIC_GATHER] == ("DynamicQuantizeLinear", "MatMulInteger", "GatherBlockQuantized")
+    assert Q.accepted_schemes(Q.INT8_DYNAMIC_GATHER) == {Q.FLOAT, Q.INT8_DYNAMIC, Q.INT8_GATHER,
+                                                         Q.INT8_DYNAMIC_GATHER}
+    assert Q.accepted_schemes(Q.INT4_NBITS) == {Q.FLOAT, Q.INT4_NBITS} and Q.accepted_schemes(None) == {Q.FLOAT}
+    Q.check_dtype("int4", "fp16")  # the encoder's MatMuls stay float16 there instead of refusing the export
+
+
 # ------------------------------------------------------------------------------------------- plans and checks
 def test_plans_keep_the_pose_tokenizer_float() -> None:
     assert Q.plan("float") == dict.fromkeys(S.GRAPH_NAMES, Q.FLOAT)

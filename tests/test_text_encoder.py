@@ -217,3 +217,129 @@ def test_train_refuses_bad_encoder_sources_and_task_mixes_before_any_work(tmp_pa
     assert stopped.value.code == 2
     assert names in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- quantized exports
+@pytest.fixture(scope="module")
+def quantized_onnx(saved_model, tmp_path_factory):  # noqa: ANN001, ANN201
+    """A float export of the small model and its int8 copy. Block size 32: the small encoder's tables are 32
+    wide, so they are whole blocks and the graph holds both rewrites (MiniLM's 384 is three blocks of 128)."""
+    pytest.importorskip("onnxruntime")
+    from unipose_sdk.export.onnx import export_onnx, quantize_export
+
+    directory, _ = saved_model
+    root = tmp_path_factory.mktemp("text-encoder-quant")
+    export_onnx(str(directory), root / "float", precision="fp32", validate=False, optimize=False, progress=False)
+    report = quantize_export(root / "float", root / "int8", "int8", block_size=32)
+    return root / "float", root / "int8", report
+
+
+def test_the_one_step_export_quantizes_and_compares_the_encoder(saved_model, tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    import unipose_sdk.export.quantize as Q
+    from unipose_sdk.export.onnx import export_onnx
+
+    directory, _ = saved_model
+    report = export_onnx(str(directory), tmp_path / "int8", precision="fp32", weights="int8", block_size=32,
+                         graphs=("text_encoder",), progress=False, optimize=False)
+    (graph,) = report.graphs
+    assert graph.weights == Q.INT8_DYNAMIC_GATHER and graph.validated == "yes"
+    assert 0 < graph.quant_relative_error < 0.1  # compared with the float graph on the validation inputs
+    assert set(Q.SCHEME_OPS[Q.INT8_DYNAMIC_GATHER]) <= Q.graph_op_types(tmp_path / "int8" / "text_encoder.onnx")
+
+
+def test_an_int8_export_quantizes_the_encoder_and_serves_it_close_to_float(quantized_onnx) -> None:  # noqa: ANN001
+    import json
+
+    import onnx
+    import unipose_sdk.export.quantize as Q
+    from unipose_sdk.export.artifacts import read_directory, read_graph_metadata
+
+    from unipose_sdk import Generator
+
+    float_dir, int8_dir, report = quantized_onnx
+    by_name = {g.name: g for g in report.graphs}
+    assert by_name["text_encoder"].weights == Q.INT8_DYNAMIC_GATHER
+    assert 0 < by_name["text_encoder"].quant_relative_error < 0.1
+    ops = Q.graph_op_types(int8_dir / "text_encoder.onnx")
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "GatherBlockQuantized"} <= ops
+    tables = [t.name for t in onnx.load(str(int8_dir / "text_encoder.onnx")).graph.initializer
+              if t.name.endswith(("word_embeddings.weight", "position_embeddings.weight"))]
+    assert tables == []  # the word and position tables are read block-quantized, their float copies gone
+    recorded = json.loads(read_graph_metadata(int8_dir / "text_encoder.onnx")[Q.META_QUANTIZATION])
+    assert recorded["scheme"] == Q.INT8_DYNAMIC_GATHER and recorded["precision"] == "int8"
+    assert recorded["quantized_bytes"] < recorded["float_bytes"] / 3
+    exported = read_directory(int8_dir)
+    assert exported.weights == "int8" and exported.quantization["text_encoder"].scheme == Q.INT8_DYNAMIC_GATHER
+    texts = ["raise your left hand", "someone is squatting down", "point at the ceiling", "sit down"]
+    want = Generator.from_pretrained(float_dir, backend="onnxruntime")._session().encode_texts(texts)
+    session = Generator.from_pretrained(int8_dir, backend="onnxruntime")._session()
+    assert session.runtime.weights == "int8"
+    got = session.encode_texts(texts)
+    assert got.shape == want.shape == (4, SMALL.num_rows, 128)
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(1).float(), want.flatten(1).float(), dim=-1)
+    assert float(cosine.min()) > 0.99 and not torch.equal(got, want)  # close, and really quantized
+
+
+def test_a_swapped_or_relabelled_encoder_graph_is_refused(quantized_onnx, tmp_path) -> None:  # noqa: ANN001
+    import json
+    import shutil
+
+    import onnx
+    import unipose_sdk.export.quantize as Q
+    import unipose_sdk.export.specs as S
+    from unipose_sdk.export.artifacts import read_directory, read_graph_metadata
+
+    float_dir, int8_dir, _ = quantized_onnx
+    meta = read_graph_metadata(int8_dir / "text_encoder.onnx")
+
+    def relabel(path, **values: str) -> None:  # noqa: ANN001
+        model = onnx.load(str(path))
+        props = {p.key: p.value for p in model.metadata_props} | values
+        del model.metadata_props[:]
+        for key, value in props.items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(path))
+
+    # The float graph copied in as it is: another export's part.
+    copied = tmp_path / "copied"
+    shutil.copytree(int8_dir, copied)
+    shutil.copy(float_dir / "text_encoder.onnx", copied / "text_encoder.onnx")
+    with pytest.raises(CheckpointError, match="text_encoder.onnx"):
+        read_directory(copied)
+    # The float graph given the int8 graph's export id and quantization record: it lacks the ops it claims.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(copied, swapped)
+    relabel(swapped / "text_encoder.onnx", **{S.META_EXPORT_ID: meta[S.META_EXPORT_ID],
+                                              Q.META_QUANTIZATION: meta[Q.META_QUANTIZATION]})
+    with pytest.raises(CheckpointError, match=r"text_encoder\.onnx whose metadata says 'int8-dynamic\+int8-gather' "
+                                              r"but whose graph lacks \['DynamicQuantizeLinear'"):
+        read_directory(swapped)
+    # The int8 graph relabelled as float: it holds quantized ops.
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(int8_dir, relabelled)
+    record = json.loads(meta[Q.META_QUANTIZATION])
+    relabel(relabelled / "text_encoder.onnx", **{Q.META_QUANTIZATION: json.dumps({**record, "scheme": Q.FLOAT})})
+    with pytest.raises(CheckpointError, match=r"says 'float' but whose graph holds"):
+        read_directory(relabelled)
+    # A scheme the int8 plan does not give the encoder.
+    relabel(relabelled / "text_encoder.onnx", **{Q.META_QUANTIZATION: json.dumps({**record,
+                                                                                  "scheme": Q.INT4_NBITS})})
+    with pytest.raises(CheckpointError, match=r"weights 'int4-nbits' in a int8 export"):
+        read_directory(relabelled)
+
+
+def test_the_memory_planner_prices_the_encoder_as_its_graph_stores_it(quantized_onnx) -> None:  # noqa: ANN001
+    import unipose_sdk.export.quantize as Q
+    from unipose_sdk.export.artifacts import read_directory
+
+    from unipose_sdk import memory
+
+    float_dir, int8_dir, _ = quantized_onnx
+    encoder = {p: next(c for c in memory.plan_memory(d, dtype="float32").components if c.name == "text encoder")
+               for p, d in (("float", float_dir), ("int8", int8_dir))}
+    assert encoder["float"].scheme == "float" and encoder["float"].bytes == encoder["float"].float_bytes
+    assert encoder["int8"].scheme == Q.INT8_DYNAMIC_GATHER and encoder["int8"].parameters == encoder["float"].parameters
+    # Priced at block 128, where the small encoder's 32-wide tables stay float; its Linears are int8 either way.
+    recorded = read_directory(int8_dir).quantization["text_encoder"]
+    assert encoder["int8"].bytes < encoder["float"].bytes - 0.6 * recorded.float_bytes
