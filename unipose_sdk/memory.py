@@ -8,8 +8,10 @@ priced the way `unipose export --precision` stores them (export/quantize.py): ev
 quantized component in its scheme (int4: half a byte per weight plus one scale per block of 128; int8: one byte
 plus one scale per output channel), the token embedding table in its block-quantized gather form, and everything
 else (norms, biases, convolutions, position tables, the pose tokenizer) in the float dtype (the pose tokenizer in
-float32 always). The KV cache holds keys and values of every layer in the float dtype. Units are decimal: 1 GB =
-1e9 bytes, 1 MB = 1e6 bytes (KiB only for the per-token cache).
+float32 always). A sentence encoder (models with one) is priced as its graph stores it: int8 MatMul weights and
+its word / position tables block-quantized at every quantized precision. The KV cache holds keys and values of
+every layer in the float dtype. Units are decimal: 1 GB = 1e9 bytes, 1 MB = 1e6 bytes (KiB only for the
+per-token cache).
 
 What is assumed, and stated in every plan: the typical prompts' token counts, the runtime overhead (a fixed
 allowance for the CUDA context, allocator arenas and kernel workspaces, plus the activations of the largest step),
@@ -173,6 +175,7 @@ def plan_memory(model: str | os.PathLike = "unipose-7b", precision: str | None =
     import torch
 
     import unipose_sdk.export.quantize as Q
+    import unipose_sdk.export.specs as S
     from unipose_sdk.models.unipose import UniPoseModel
 
     config, held, name = _read_config(model)
@@ -200,10 +203,17 @@ def plan_memory(model: str | os.PathLike = "unipose-7b", precision: str | None =
     if meta_model.pose_tokenizer is not None:
         parts.append(("pose tokenizer (float32)", meta_model.pose_tokenizer, "float", "float", 4))
     if getattr(meta_model, "text_encoder", None) is not None:
-        parts.append(("text encoder", meta_model.text_encoder, "float", "float", itemsize))
+        # A composite scheme (int8-dynamic+int8-gather): its MatMul part prices the Linears, its gather part the
+        # word / position tables.
+        encoder_parts = Q.scheme_parts(Q.plan(precision, graphs=(S.TEXT_ENCODER_GRAPH,))[S.TEXT_ENCODER_GRAPH])
+        parts.append(("text encoder", meta_model.text_encoder,
+                      next((p for p in encoder_parts if not p.endswith("-gather")), "float"),
+                      next((p for p in encoder_parts if p.endswith("-gather")), "float"), itemsize))
     for label, module, scheme, table_scheme, size in parts:
         params, float_bytes, stored = _component_bytes(module, scheme, table_scheme, size)
         shown = table_scheme if label.endswith("embedding table") else scheme
+        if label == "text encoder":
+            shown = "+".join(p for p in (scheme, table_scheme) if p != "float") or "float"
         components.append(Component(label, params, float_bytes, stored, shown))
 
     c = config.llm
