@@ -343,3 +343,16 @@ def test_the_memory_planner_prices_the_encoder_as_its_graph_stores_it(quantized_
     # Priced at block 128, where the small encoder's 32-wide tables stay float; its Linears are int8 either way.
     recorded = read_directory(int8_dir).quantization["text_encoder"]
     assert encoder["int8"].bytes < encoder["float"].bytes - 0.6 * recorded.float_bytes
+
+
+def test_the_qdq_form_gives_the_encoder_int8_weights_behind_dequantize_linear(quantized_onnx, tmp_path) -> None:  # noqa: ANN001
+    import unipose_sdk.export.quantize as Q
+    from unipose_sdk.export.artifacts import read_directory
+    from unipose_sdk.export.onnx import quantize_export
+
+    float_dir, _, _ = quantized_onnx
+    report = quantize_export(float_dir, tmp_path / "qdq", "int4", form="qdq")
+    assert {g.name: g.weights for g in report.graphs}["text_encoder"] == Q.QDQ_INT8
+    ops = Q.graph_op_types(tmp_path / "qdq" / "text_encoder.onnx")
+    assert "DequantizeLinear" in ops and not ops & {"MatMulInteger", "GatherBlockQuantized", "MatMulNBits"}
+    assert read_directory(tmp_path / "qdq").quantization["text_encoder"].form == "qdq"
