@@ -541,6 +541,7 @@ def test_chat_errors_are_the_assistant_s_typed_errors(service, client, generator
          ["reply pose 0", "codes in [0,"]),
         ([a_pose] * 6, "ConversationTooLongError", ["at most 512 tokens", "Restore only the latest turns"]),
         ([{**a_pose, "mood": "x"}], "InvalidInputError", ["'mood'"]),
+        ([a_pose, {**a_pose, "text": " "}], "InvalidTextError", ["turn 1 of the history: received turn=' '"]),
     ]:
         status, body, _ = post(service.url, "/v1/chat", {"history": history, "text": GENERATE_TURN})
         assert status == 422 and body["error"]["type"] == kind, body

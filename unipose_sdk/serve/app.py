@@ -179,7 +179,10 @@ def parse_chat(payload: dict[str, Any], limits: ServeLimits) -> ChatWork:
     counts = {"images": 0, "poses": 0}
 
     def turn_inputs(turn: dict[str, Any], where: str) -> tuple[str, list[Any], Any]:
-        text = decode_text(_required(turn, "text", "chat"), "turn", limits.max_text_chars)
+        try:
+            text = decode_text(_required(turn, "text", "chat"), "turn", limits.max_text_chars)
+        except UniPoseError as exc:  # named as Assistant.restore names a history turn's errors
+            raise (exc if where == "the new turn" else type(exc)(f"{where}: {exc}")) from None
         images = turn.get("images") or []
         if not isinstance(images, list):
             raise InvalidInputError.make(f"images of type {type(images).__name__} in {where}",
