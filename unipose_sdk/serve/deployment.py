@@ -62,7 +62,7 @@ _batched = serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size
 
 
 class ModelServer:
-    """A replica: one model, its four task objects, one batch queue per task."""
+    """A replica: one model, its four task objects (one batch queue each) and an Assistant for /v1/chat turns."""
 
     def __init__(self, model: str, settings_args: dict[str, Any]) -> None:
         import torch
