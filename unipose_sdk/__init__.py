@@ -22,7 +22,7 @@ _LAZY = {
     "EstimatorOptions": "unipose_sdk.options", "GeneratorOptions": "unipose_sdk.options",
     "EditorOptions": "unipose_sdk.options", "DescriberOptions": "unipose_sdk.options",
     "AssistantOptions": "unipose_sdk.options", "AssistantReply": "unipose_sdk.results",
-    "ReplyPose": "unipose_sdk.results",
+    "ReplyPose": "unipose_sdk.results", "PastTurn": "unipose_sdk.tasks",
     "Backend": "unipose_sdk.options", "Device": "unipose_sdk.options",
     "EstimateResult": "unipose_sdk.results", "GenerateResult": "unipose_sdk.results",
     "EditResult": "unipose_sdk.results", "DescribeResult": "unipose_sdk.results",
