@@ -27,6 +27,26 @@ def test_the_id_that_would_end_a_copy_is_banned() -> None:
     assert ban_repeated_sentences(logits, [[1, 2]], frozenset({END}), EOS) is logits
 
 
+def test_ledgers_kept_across_steps_ban_what_a_whole_reading_bans() -> None:
+    """The per-call ledgers read only the new ids of each step and ban exactly what reading every row's whole
+    answer bans, step after step (two end ids, rows of different lengths, a row that restarts)."""
+    from unipose_sdk.generation import SentenceLedger
+
+    ends = frozenset({END, 10})
+    generator = torch.Generator().manual_seed(0)
+    streams = [torch.randint(3, 12, (300,), generator=generator).tolist() for _ in range(3)]
+    ledgers = [SentenceLedger() for _ in streams]
+    logits = torch.zeros(3, 12)
+    steps_with_bans = 0
+    for step in range(1, 301):
+        histories = [stream[: step if row != 2 else step % 120] for row, stream in enumerate(streams)]
+        whole = ban_repeated_sentences(logits, histories, ends, EOS)
+        kept = ban_repeated_sentences(logits, histories, ends, EOS, ledgers)
+        assert torch.equal(whole, kept), step
+        steps_with_bans += whole is not logits
+    assert steps_with_bans > 20 and ledgers[0].seen == 300 and len(ledgers[0].ends_by_prefix) > 10
+
+
 def test_text_policy_drops_restated_clauses_and_keeps_the_rest() -> None:
     facts = lambda clause: {f.key for f in parse_facts(clause)}  # noqa: E731
     text = ("The person is in a deep squat; their right arm is stretched out in front. Their right arm is "

@@ -166,32 +166,54 @@ def sample_ids(logits: Tensor, temperature: float, top_p: float, generator: torc
     return torch.multinomial(probs, 1, generator=generator).view(shape)
 
 
+class SentenceLedger:
+    """The sentences one row's answer has stated, kept up to date with the ids added since the last look, so a
+    decode step costs the length of the sentence being written, not of the whole answer.
+
+    ends_by_prefix maps a stated sentence without its last id to the ids that ended it; current is the sentence
+    being written."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.ends_by_prefix: dict[tuple[int, ...], set[int]] = {}
+        self.current: list[int] = []
+
+    def update(self, history: Sequence[int], sentence_end_ids: frozenset[int]) -> None:
+        if len(history) < self.seen:  # not the answer this ledger followed: start over
+            self.__init__()  # type: ignore[misc]
+        for token in history[self.seen:]:
+            self.current.append(int(token))
+            if int(token) in sentence_end_ids:
+                self.ends_by_prefix.setdefault(tuple(self.current[:-1]), set()).add(self.current[-1])
+                self.current = []
+        self.seen = len(history)
+
+    def banned(self, eos_id: int) -> list[int]:
+        """The ids that would end the current sentence as a copy of a stated one, and eos when the current
+        sentence already is such a copy (without its end)."""
+        if not self.current or not self.ends_by_prefix:
+            return []
+        prefix = tuple(self.current)
+        ids = sorted(self.ends_by_prefix.get(prefix, ()))
+        return ids + [eos_id] if ids else []
+
+
 def ban_repeated_sentences(logits: Tensor, histories: Sequence[Sequence[int]], sentence_end_ids: frozenset[int],
-                           eos_id: int) -> Tensor:
+                           eos_id: int, ledgers: list[SentenceLedger] | None = None) -> Tensor:
     """Logits [B, V] where, for each row, every id that would end the current sentence as a copy of a sentence the
     row's answer already holds is -inf (and eos, when the current sentence already is such a copy without its end).
 
     A small model describing a pose tends to state its most likely sentence twice ("Their left arm is stretched
     out in front." twice); banning the copy's last id makes it say something else. Sentences are runs of ids
-    ended by an id in `sentence_end_ids` (ids whose text ends in ".", "!" or "?"). Costs a few list operations per
-    row and step; returns `logits` itself when nothing is banned."""
+    ended by an id in `sentence_end_ids` (ids whose text ends in ".", "!" or "?"). `ledgers`: one SentenceLedger
+    per row kept across the steps of a call (each step then reads only the new ids); None reads the histories
+    whole. Returns `logits` itself when nothing is banned."""
+    if ledgers is None:
+        ledgers = [SentenceLedger() for _ in histories]
     banned: list[tuple[int, int]] = []
-    for row, history in enumerate(histories):
-        stated: list[tuple[int, ...]] = []
-        current: list[int] = []
-        for token in history:
-            current.append(int(token))
-            if token in sentence_end_ids:
-                stated.append(tuple(current))
-                current = []
-        if not current or not stated:
-            continue
-        prefix = tuple(current)
-        for sentence in stated:
-            if sentence[:-1] == prefix:
-                banned.append((row, sentence[-1]))
-            if sentence[:-1] == prefix or sentence == prefix:
-                banned.append((row, eos_id))
+    for row, (history, ledger) in enumerate(zip(histories, ledgers)):
+        ledger.update(history, sentence_end_ids)
+        banned += [(row, token) for token in ledger.banned(eos_id)]
     if not banned:
         return logits
     logits = logits.clone()
@@ -211,6 +233,7 @@ class TokenPicker:
         self.code_vectors = code_vectors
         self.sentence_end_ids = sentence_end_ids if config.no_repeated_sentences else frozenset()
         self.generator: torch.Generator | None = None
+        self.ledgers: list[SentenceLedger] = []  # per row of this call, for the ban on repeated sentences
         if config.sampling:
             seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
             self.generator = torch.Generator().manual_seed(seed)
@@ -219,7 +242,9 @@ class TokenPicker:
         """Next-token logits [B, V] -> one id per row; `histories`: each row's answer so far (for the ban on
         repeated sentences)."""
         if histories is not None and self.sentence_end_ids:
-            logits = ban_repeated_sentences(logits, histories, self.sentence_end_ids, self.vocab.eos_id)
+            self.ledgers += [SentenceLedger() for _ in range(len(histories) - len(self.ledgers))]
+            logits = ban_repeated_sentences(logits, histories, self.sentence_end_ids, self.vocab.eos_id,
+                                            self.ledgers)
         if self.generator is None:
             return logits.argmax(dim=-1).tolist()
         return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()
