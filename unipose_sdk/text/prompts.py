@@ -246,10 +246,7 @@ class PromptBuilder:
             if i % 2 == 0:
                 ids += self.tokenizer.encode(part) if part else []
             elif part == IMAGE_PLACEHOLDER:
-                ids.append(self.layout.image_start_id)
-                image_starts.append(len(ids))
-                ids += [self.layout.pad_id] * self.image_tokens
-                ids.append(self.layout.image_end_id)
+                self._append_image(ids, image_starts)
             else:
                 label, codes = pose_for_slot[i // 2]
                 ids += self.pose_ids(codes, what=f"pose {label}")
@@ -259,6 +256,14 @@ class PromptBuilder:
                 expected=f"at most {self.max_tokens} tokens for this model",
                 fix="Shorten the text, or use fewer images / poses in one prompt.")
         return PromptRow(ids, image_starts, chat_prompt(user), text_start, encoder_text or "")
+
+    def _append_image(self, ids: list[int], image_starts: list[int]) -> None:
+        """An image's slots at the end of `ids`: <im_start>, image_tokens pads (the embeddings go there), <im_end>;
+        where they start goes into `image_starts`."""
+        ids.append(self.layout.image_start_id)
+        image_starts.append(len(ids))
+        ids += [self.layout.pad_id] * self.image_tokens
+        ids.append(self.layout.image_end_id)
 
     def build_conversation(self, turns: Sequence[ConversationTurn]) -> PromptRow:
         """The prompt of a conversation: every turn but the last answered, the last one open (answer None).
@@ -345,10 +350,7 @@ class PromptBuilder:
                 text = ""
             kind = piece[0]
             if kind == "image":
-                ids.append(self.layout.image_start_id)
-                image_starts.append(len(ids))
-                ids += [self.layout.pad_id] * self.image_tokens
-                ids.append(self.layout.image_end_id)
+                self._append_image(ids, image_starts)
             elif kind == "pose":
                 ids += piece[1]
             elif kind == "eos":
@@ -475,11 +477,6 @@ CHATPOSE_EOS = "</s>"
 _CHATPOSE_SPLIT_RE = re.compile(r"(<image>|\[SEG\]|</s>)")
 
 
-def chatpose_chat_prompt(user: str) -> str:
-    """The `llava_v1` conversation of one open turn as text (BOS not included)."""
-    return f"{CHATPOSE_SYSTEM} USER: {user} ASSISTANT:"
-
-
 class ChatPosePromptBuilder(PromptBuilder):
     """PromptBuilder for ChatPose models: the same PromptRows, in ChatPose's conversation.
 
@@ -493,38 +490,10 @@ class ChatPosePromptBuilder(PromptBuilder):
 
     def build(self, user: str, poses: Sequence[Any] | Mapping[str, Any] = (), num_images: int | None = None,
               encoder_text: str | None = None) -> PromptRow:
-        if not isinstance(user, str) or not user.strip():
-            raise InvalidTextError.make(received=f"user prompt {user!r}", expected="non-empty text",
-                                        fix="Write the request, using <image> where the image goes.")
-        parts = _PLACEHOLDER_RE.split(chatpose_chat_prompt(user))
-        slots = parts[1::2]
-        if poses or any(s != IMAGE_PLACEHOLDER for s in slots):
-            raise UnsupportedTaskError.make(
-                "a prompt with pose inputs for a ChatPose model", "text and at most one <image> (ChatPose reads no "
-                "poses; it answers with them)", "Use a UniPose model (family 'unipose') to describe or edit poses.")
-        if len(slots) > 1:
-            raise UnsupportedTaskError.make(f"a prompt with {len(slots)} images for a ChatPose model",
-                                            "at most one <image> (ChatPose was trained on one image per chat)",
-                                            "Use a UniPose model (family 'unipose') to compare two images.")
-        if num_images is not None and num_images != len(slots):
-            raise InvalidInputError.make(
-                received=f"{num_images} images for a prompt with {len(slots)} {IMAGE_PLACEHOLDER} placeholders",
-                expected="one image per placeholder", fix=f"Add or remove {IMAGE_PLACEHOLDER} in the prompt text.")
-        ids = [self.layout.bos_id]
-        image_starts: list[int] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 0:
-                ids += self.tokenizer.encode(part) if part else []
-            else:
-                ids.append(self.layout.image_start_id)
-                image_starts.append(len(ids))
-                ids += [self.layout.pad_id] * self.image_tokens
-                ids.append(self.layout.image_end_id)
-        if self.max_tokens is not None and len(ids) > self.max_tokens:
-            raise InvalidTextError.make(
-                received=f"a prompt of {len(ids)} tokens (an image counts {self.image_tokens})",
-                expected=f"at most {self.max_tokens} tokens for this model", fix="Shorten the text.")
-        return PromptRow(ids, image_starts, chatpose_chat_prompt(user))
+        """One open turn: `build_conversation` of it alone."""
+        if num_images is None:
+            num_images = _PLACEHOLDER_RE.findall(user).count(IMAGE_PLACEHOLDER) if isinstance(user, str) else 0
+        return self.build_conversation([ConversationTurn(user, poses, num_images)])
 
     def build_task(self, task: Task | str, caption: str | None = None, poses: Sequence[Any] = (),
                    num_images: int | None = None) -> PromptRow:
@@ -619,10 +588,7 @@ class ChatPosePromptBuilder(PromptBuilder):
             if i % 2 == 0:
                 ids += self.tokenizer.encode(part) if part else []
             elif part == IMAGE_PLACEHOLDER:
-                ids.append(self.layout.image_start_id)
-                image_starts.append(len(ids))
-                ids += [self.layout.pad_id] * self.image_tokens
-                ids.append(self.layout.image_end_id)
+                self._append_image(ids, image_starts)
             else:
                 ids.append(self.layout.pose_token_id if part == CHATPOSE_POSE_TOKEN else self.layout.eos_id)
         if self.max_tokens is not None and len(ids) > self.max_tokens:
