@@ -57,6 +57,13 @@ class Runtime(ABC):
     @abstractmethod
     def decode_poses(self, codes: Tensor) -> Tensor: ...
 
+    def pose_part_missing(self, name: str) -> Exception:
+        """The error for a pose-tokenizer graph / engine `name` that a ChatPose export does not hold."""
+        from unipose_sdk.errors import UnsupportedTaskError
+
+        return UnsupportedTaskError.make(f"a request for the {name} part of a {self.config.family} export",
+                                         "an export with a pose tokenizer", "Use a UniPose model (family 'unipose').")
+
     def pose_codebook(self) -> Tensor | None:
         """The pose tokenizer's codebook [K, D] float32 on the runtime's device (where the logits are), for
         expected-code pose decoding (config `pose_decoding`); None when this backend's files do not carry it."""

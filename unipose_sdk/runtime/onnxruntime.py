@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 import unipose_sdk.formats as formats
-from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, UnsupportedTaskError
+from unipose_sdk.errors import BackendUnavailableError, InvalidInputError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import ExportedModel, read_directory
 from unipose_sdk.models.config import UniPoseConfig
@@ -192,9 +192,7 @@ class OnnxRuntimeRuntime(Runtime):
     def _pose_graph(self, name: str) -> _Graph:
         graph = self._graphs.get(name)
         if graph is None:  # a ChatPose export: no pose tokenizer
-            raise UnsupportedTaskError.make(f"a request for the {name} graph of a {self.config.family} export",
-                                            "an export with a pose tokenizer", "Use a UniPose model (family "
-                                            "'unipose').")
+            raise self.pose_part_missing(name)
         return graph
 
     def pose_codebook(self) -> Tensor | None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 import unipose_sdk.formats as formats
-from unipose_sdk.errors import BackendUnavailableError, CheckpointError, UnsupportedTaskError
+from unipose_sdk.errors import BackendUnavailableError, CheckpointError
 from unipose_sdk.export import specs as S
 from unipose_sdk.export.artifacts import (
     REBUILD_HINT,
@@ -169,9 +169,7 @@ class TensorRTRuntime(Runtime):
     def _pose_engine(self, name: str) -> _Engine:
         engine = self._engines.get(name)
         if engine is None:  # a ChatPose export: no pose tokenizer
-            raise UnsupportedTaskError.make(f"a request for the {name} engine of a {self.config.family} export",
-                                            "an export with a pose tokenizer", "Use a UniPose model (family "
-                                            "'unipose').")
+            raise self.pose_part_missing(name)
         return engine
 
     def pose_codebook(self) -> Tensor | None:
