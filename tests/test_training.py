@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,22 @@ def test_a_run_continues_from_a_stage_of_an_earlier_run(tmp_path: Path) -> None:
     assert info["init_from"]["records"]["stage1"]["language"]["steps"] == 2
     continued = load_model(tmp_path / "later" / "stage3").model.llm.lm_head.weight
     assert not torch.equal(continued.float(), start.float())  # trained further, from the earlier weights
+
+    # The history follows the weights out of their run: a stage directory copied elsewhere brings its own record
+    # (with what it continued from), a shipped model or candidate its records by stage.
+    from unipose_sdk.training.pipeline import earlier_records
+    from unipose_sdk.training.ship import training_history
+
+    copied = tmp_path / "elsewhere" / "copy-of-stage3"
+    shutil.copytree(tmp_path / "later" / "stage3", copied)
+    records = earlier_records(copied)
+    assert list(records) == ["stage3"] and records["stage3"]["init_from"]["records"]["stage1"]["language"]["steps"] == 2
+    assert [name for name, _ in training_history(records)] == ["stage1", "stage3 (continued)"]
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "training.json").write_text(json.dumps(records))
+    assert earlier_records(shipped) == records
+    assert earlier_records(tmp_path / "nothing-recorded") == {}
     with pytest.raises(FileNotFoundError, match="not an SDK model directory"):
         train(TrainSettings(out=tmp_path / "bad", stages=(3,), pool_sizes=TINY_POOL, steps_override={"stage3": 1},
                             init_from=tmp_path / "nowhere"))

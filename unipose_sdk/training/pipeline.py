@@ -291,14 +291,22 @@ def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainS
 
 
 def earlier_records(stage_dir: Path) -> dict[str, Any]:
-    """The training records of the run `stage_dir` belongs to (its stage{k}/training.json files), so a
-    continued run still says everything its weights went through."""
-    records = {}
+    """The training records of the weights in `stage_dir`, so a continued run still says everything its weights
+    went through: a stage of a run brings the run's stage{k}/training.json files; a directory holding its own
+    training.json brings that (a stage directory copied out of its run: one stage's record; a shipped model or a
+    candidate: the records by stage, each with what it continued from)."""
+    own = stage_dir / STAGE_INFO
+    records: dict[str, Any] = {}
     for stage in (1, 2, 3):
         info = stage_dir.parent / f"stage{stage}" / STAGE_INFO
         if info.is_file():
             records[f"stage{stage}"] = json.loads(info.read_text(encoding="utf-8"))
-    return records
+    if records or not own.is_file():
+        return records
+    data = json.loads(own.read_text(encoding="utf-8"))
+    if "stage" in data and "language" in data:  # one stage's own record
+        return {f"stage{data['stage']}": data}
+    return {k: v for k, v in data.items() if k.startswith("stage")}
 
 
 def train(settings: TrainSettings) -> dict[str, Any]:

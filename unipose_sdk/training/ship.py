@@ -108,7 +108,8 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     from unipose_sdk.text.encoder_tokenizer import SENTENCE_TOKENIZER_FILE
 
-    for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE):
+    # training.json too: a later `unipose train --init-from` the assets reads the whole history from it.
+    for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE, TRAINING_NAME):
         if (Path(candidate) / name).is_file():
             _copy_atomic(Path(candidate) / name, assets / name)
     # The shipped report names the shipped model, not the candidate directory it was measured in.
