@@ -89,6 +89,8 @@ def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_pa
         assert (assets / name).is_file()
     card = (assets / "MODEL_CARD.md").read_text()
     assert "| stage1 |" in card and "facts_hold" in card
+    assert json.loads((assets / "training.json").read_text()).keys() == json.loads(
+        (candidate / "training.json").read_text()).keys()  # the records ship with the weights
     # Now trained weights are shipped: the same candidate again is no improvement.
     with pytest.raises(SystemExit, match="better than the shipped weights on 0"):
         install(candidate, assets)
@@ -102,3 +104,15 @@ def test_the_history_of_continued_weights_lists_every_earlier_stage_first() -> N
     later = {"seconds": 3.0, "init_from": {"path": "old/stage2", "records": earlier}}
     assert training_history({"stage3": later}) == [("stage1", s1), ("stage2", s2), ("stage3 (continued)", later)]
     assert training_history(earlier) == [("stage1", s1), ("stage2", s2)]
+
+
+def test_shipped_records_hold_no_machine_paths() -> None:
+    from unipose_sdk.training.ship import portable_records, training_history
+
+    inner = {"seconds": 1.0, "init_from": {"path": "/home/someone/runs/v1/stage3", "records": {"stage1": {}}}}
+    outer = {"stage3": {"seconds": 2.0, "init_from": {"path": "/srv/x/runs/v2/stage3", "records": {"stage3": inner}}}}
+    portable = portable_records(outer)
+    assert portable["stage3"]["init_from"]["path"] == "v2/stage3"
+    assert portable["stage3"]["init_from"]["records"]["stage3"]["init_from"]["path"] == "v1/stage3"
+    assert "/home" not in json.dumps(portable) and outer["stage3"]["init_from"]["path"].startswith("/srv")
+    assert len(training_history(portable)) == len(training_history(outer)) == 3

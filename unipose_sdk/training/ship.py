@@ -108,10 +108,12 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     from unipose_sdk.text.encoder_tokenizer import SENTENCE_TOKENIZER_FILE
 
-    # training.json too: a later `unipose train --init-from` the assets reads the whole history from it.
-    for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE, TRAINING_NAME):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE):
         if (Path(candidate) / name).is_file():
             _copy_atomic(Path(candidate) / name, assets / name)
+    # The records too, so a later `unipose train --init-from` the assets reads the whole history from them; the
+    # directories the runs continued from are kept by their last two names (no machine paths in the package).
+    atomic_write_text(assets / TRAINING_NAME, json.dumps(portable_records(training), indent=1) + "\n")
     # The shipped report names the shipped model, not the candidate directory it was measured in.
     report = {**report, "model": EMBEDDED_NAME}
     atomic_write_text(assets / f"{EVALUATION_NAME}.json", json.dumps(report, indent=2) + "\n")
@@ -119,6 +121,18 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     atomic_write_text(assets / f"{EVALUATION_NAME}.md", "\n".join([f"# Evaluation of {EMBEDDED_NAME}", *markdown[1:]]))
     (assets / "MODEL_CARD.md").write_text(model_card(report, training, assets), encoding="utf-8")
     return why
+
+
+def portable_records(training: dict[str, Any]) -> dict[str, Any]:
+    """Training records with every `init_from` path cut to its last two names, at every depth."""
+    out = {}
+    for name, info in training.items():
+        earlier = info.get("init_from")
+        if earlier:
+            path = "/".join(Path(str(earlier.get("path", ""))).parts[-2:])
+            info = {**info, "init_from": {**earlier, "path": path, "records": portable_records(earlier["records"])}}
+        out[name] = info
+    return out
 
 
 def training_history(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
