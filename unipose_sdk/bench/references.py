@@ -189,6 +189,7 @@ class LoadedParts:
     tokenizer: Any
     is_random: bool
     note: str  # where the weights come from, for the report
+    sentence_tokenizer: Any = None  # a model with a sentence encoder (unipose-tiny v2): its tokenizer
 
 
 def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedParts:
@@ -209,7 +210,8 @@ def load_parts(model: str, device: torch.device, dtype: torch.dtype) -> LoadedPa
     loaded.model.vision.to(device=device, dtype=dtype)
     if loaded.model.pose_tokenizer is not None:  # a ChatPose model has none
         loaded.model.pose_tokenizer.to(device=device, dtype=torch.float32)
-    return LoadedParts(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, note)
+    return LoadedParts(loaded.model, loaded.config, loaded.tokenizer, loaded.is_random, note,
+                       loaded.sentence_tokenizer)
 
 
 def _random_preset(name: str, device: torch.device, dtype: torch.dtype) -> LoadedParts:
@@ -250,4 +252,5 @@ def reference_sessions(parts: LoadedParts) -> Iterator[tuple[str, str, UniPose]]
         if decoder is None:  # transformers' Mistral has no ChatPose pose head, so it cannot answer pose tasks
             continue
         runtime = ReferenceRuntime(parts.model, parts.config, decoder, name)
-        yield name, label, UniPose(runtime, parts.tokenizer, name, parts.is_random)
+        yield name, label, UniPose(runtime, parts.tokenizer, name, parts.is_random,
+                                   sentence_tokenizer=parts.sentence_tokenizer)
