@@ -1,10 +1,18 @@
 import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-import pytest
-import torch
+# `python -m pytest` from the checkout puts it first on sys.path, where its `kernels/` and `export/` directories
+# (installed as unipose_sdk.kernels / unipose_sdk.export) would shadow PyPI packages of those names: transformers
+# >= 5.25 depends on `kernels` and imports it. The tests use the installed package, never the checkout's root.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
-from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
+import pytest  # noqa: E402  (after the sys.path fix above)
+import torch  # noqa: E402
+
+from unipose_sdk.tasks import Describer, Editor, Estimator, Generator  # noqa: E402
 
 # The test models are tiny: one thread is faster than two on a 2-core machine (no oversubscription with
 # the OpenMP kernel threads or a second process).
