@@ -138,3 +138,17 @@ def test_batch_left_pads_and_places_images(builder: PromptBuilder) -> None:
             assert batch.input_ids[b, s + N_IMG] == layout.image_end_id
     assert batch.to("cpu").input_ids.equal(batch.input_ids)
     assert batch.input_ids.dtype == torch.long
+
+
+def test_the_sentence_encoder_reads_the_caption_of_a_turn_worded_as_a_task() -> None:
+    """A free-form turn worded as a task template gives the sentence encoder what build_task gives it (the caption,
+    not the fixed wording around it); any other turn is read whole, without its placeholders."""
+    from unipose_sdk.text.prompts import encoder_text_of, task_user_turn
+
+    for task, caption in ((Task.TEXT_TO_POSE, "a person squatting with both arms raised"),
+                          (Task.POSE_EDITING, "raise the left arm above the head"),
+                          (Task.TEXT_TO_POSE, "someone waving. Then bowing")):
+        assert encoder_text_of(task_user_turn(task, caption)) == caption
+    assert encoder_text_of("Edit pose <pose> by description: kneel.") == "kneel"
+    assert encoder_text_of("Generate description of the pose <pose>.") == "Generate description of the pose ."
+    assert encoder_text_of("  a person  waving <image> ") == "a person waving"

@@ -96,6 +96,28 @@ def task_user_turn(task: Task | str, caption: str | None = None) -> str:
     return template
 
 
+def _caption_pattern(template: str) -> re.Pattern[str]:
+    """A task template as a pattern whose one group is the caption; <pose> and <poseA> stand for each other."""
+    pattern = re.escape(template).replace(re.escape(CAPTION_PLACEHOLDER), "(.+?)")
+    for slot in ("<poseA>", "<poseB>", "<pose>"):
+        pattern = pattern.replace(re.escape(slot), "(?:<pose>|<poseA>|<poseB>)")
+    return re.compile(pattern.removesuffix(re.escape(".")) + r"\.?\s*", re.DOTALL)
+
+
+_CAPTION_PATTERNS = [_caption_pattern(TASK_TEMPLATES[t][0]) for t, inputs in TASK_INPUTS.items() if inputs[2]]
+
+
+def encoder_text_of(user: str) -> str:
+    """What a model's sentence encoder reads of a user turn: the caption when the turn is worded as a task template
+    that takes one (as `build_task` gives it: what the user wrote, not the task's fixed wording around it), else
+    the turn without its placeholders."""
+    for pattern in _CAPTION_PATTERNS:
+        match = pattern.fullmatch(user.strip())
+        if match and match.group(1).strip():
+            return match.group(1).strip()
+    return " ".join(_PLACEHOLDER_RE.sub(" ", user).split())
+
+
 @dataclass(frozen=True)
 class PromptRow:
     """One prompt before batching: ids with `layout.pad_id` in image slots, and each image's first slot."""
@@ -240,7 +262,7 @@ class PromptBuilder:
             text_start = len(ids)
             ids += [self.layout.pad_id] * self.text_rows
             if encoder_text is None:
-                encoder_text = " ".join(_PLACEHOLDER_RE.sub(" ", user).split())
+                encoder_text = encoder_text_of(user)
         image_starts: list[int] = []
         for i, part in enumerate(parts):
             if i % 2 == 0:
@@ -291,7 +313,7 @@ class PromptBuilder:
                 # A model with a sentence encoder reads its rows before the request; one turn puts them right
                 # after BOS (as `build`), each later turn before its own "[INST]" (an SDK extension, no official
                 # layout exists), so a new turn leaves the earlier slots, and the cache over them, as they were.
-                pieces.append(("text_rows", " ".join(_PLACEHOLDER_RE.sub(" ", turn.user).split())))
+                pieces.append(("text_rows", encoder_text_of(turn.user)))
             pieces += self._user_pieces(turn)
             rendered.append(chat_prompt(turn.user))
             if turn.answer is not None:
