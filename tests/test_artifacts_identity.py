@@ -60,6 +60,9 @@ def two_exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             if t.is_floating_point():
                 t.add_(torch.randn(t.shape, generator=gen).to(t.dtype) * 1e-2)
     save_model(loaded.model, root / "model-b", loaded.tokenizer)
+    for name in ("model-a", "model-b"):  # a model with a sentence encoder needs its tokenizer beside the weights
+        if loaded.sentence_tokenizer is not None:
+            loaded.sentence_tokenizer.save(root / name)
     _export(root / "model-a", root / "export-a")
     _export(root / "model-b", root / "export-b")
     return root / "export-a", root / "export-b"
@@ -98,7 +101,10 @@ def test_two_exports_of_one_config_have_different_identities(two_exports: tuple[
     assert a.identity.export_id != b.identity.export_id
     assert a.identity.weights_sha256 != b.identity.weights_sha256
     assert a.identity.weights_sha256 == A.file_sha256(two_exports[0].parent / "model-a" / "model.safetensors")
-    assert set(a.file_digests) == {"pose_codebook.npy", "tokenizer.json", "tokenizer_config.json"}
+    beside = {"pose_codebook.npy", "tokenizer.json", "tokenizer_config.json"}
+    if a.config.text_encoder is not None:  # a model with a sentence encoder exports its tokenizer too
+        beside.add("sentence_tokenizer.json")
+    assert set(a.file_digests) == beside
     assert all(info.identity == a.identity for info in a.graphs.values())
     assert a.file_digests["pose_codebook.npy"] == A.file_sha256(two_exports[0] / "pose_codebook.npy")
 
@@ -139,9 +145,9 @@ def test_mixed_directories_are_refused_through_the_task_classes(mixed: tuple[Pat
 
 
 def test_the_identity_is_checked_even_when_every_graph_agrees(mixed: tuple[Path, Path]) -> None:
-    """All five graphs of B with A's codebook and tokenizer: the graphs agree, the files beside them do not."""
+    """All the graphs of B with A's codebook and tokenizer: the graphs agree, the files beside them do not."""
     target, other = mixed
-    for graph in S.GRAPH_NAMES:
+    for graph in S.family_graph_names(A.read_directory(other).config):
         shutil.copy2(other / f"{graph}.onnx", target / f"{graph}.onnx")
     with pytest.raises(CheckpointError, match="pose_codebook.npy"):
         A.read_directory(target)

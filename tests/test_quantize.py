@@ -279,7 +279,7 @@ def test_export_writes_quantized_graphs_with_their_metadata(tmp_path: Path) -> N
     for name in by_name:
         meta = read_graph_metadata(tmp_path / "int4" / f"{name}.onnx")
         quant = json.loads(meta[Q.META_QUANTIZATION])
-        assert quant["precision"] == "int4" and quant["scheme"] == Q.plan("int4")[name]
+        assert quant["precision"] == "int4" and quant["scheme"] == Q.plan("int4", graphs=S.ALL_GRAPH_NAMES)[name]
     decoder = json.loads(read_graph_metadata(tmp_path / "int4" / "decoder.onnx")[Q.META_QUANTIZATION])
     assert decoder | {"nodes": 0, "float_bytes": 0, "quantized_bytes": 0} == {
         "precision": "int4", "scheme": Q.INT4_NBITS, "bits": 4, "block_size": 128, "accuracy_level": 4,
@@ -296,7 +296,7 @@ def test_every_precision_reads_back_with_its_plan(float_export: Path, quantized:
         exported = read_directory(directory)
         assert exported.weights == precision
         assert {name: q.scheme for name, q in exported.quantization.items()} == {
-            name: Q.plan(precision)[name] for name in exported.graphs}
+            name: Q.plan(precision, graphs=S.ALL_GRAPH_NAMES)[name] for name in exported.graphs}
         assert exported.identity != read_directory(float_export).identity  # an export of its own
         assert exported.identity.weights_sha256 == read_directory(float_export).identity.weights_sha256
         sizes[precision] = (directory / "decoder.onnx").stat().st_size
@@ -457,7 +457,7 @@ def test_the_qdq_form_reads_back_and_runs(float_export: Path, tmp_path: Path) ->
     from unipose_sdk.tasks import Generator
 
     report = quantize_export(float_export, tmp_path / "qdq", "int8", form="qdq")
-    assert {g.name: g.weights for g in report.graphs} == {g.name: Q.plan("int8", "qdq")[g.name] for g in report.graphs}
+    assert {g.name: g.weights for g in report.graphs} == {g.name: Q.plan("int8", "qdq", S.ALL_GRAPH_NAMES)[g.name] for g in report.graphs}
     assert {g.name: g.weights for g in report.graphs}["decoder"] == Q.QDQ_INT8
     exported = read_directory(tmp_path / "qdq")
     assert exported.weights == "int8" and exported.quantization["decoder"].form == "qdq"
