@@ -51,7 +51,7 @@ import unipose_sdk.loading as loading
 from unipose_sdk._version import __version__
 from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import CheckpointError, InvalidInputError
-from unipose_sdk.fileio import deferred_signals, make_temp_dir, replace_directory, signals_raise
+from unipose_sdk.fileio import deferred_signals, make_temp_dir, raise_if_signalled, replace_directory, signals_raise
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import UniPoseConfig
@@ -449,6 +449,7 @@ def export_onnx(model: Any = None, output_dir: str | os.PathLike = "unipose-onnx
             digests = {name: file_sha256(tmp / name) for name in (S.POSE_CODEBOOK_FILE, *ALL_TOKENIZER_FILES)
                        if (tmp / name).is_file()}
             for name in tqdm(graphs, desc="unipose export", unit="graph", disable=not progress):
+                raise_if_signalled()  # a signal whose exception Python swallowed (see fileio) ends it here
                 spec = specs[name]
                 started = time.perf_counter()
                 graph_dtype = formats.torch_dtype(spec.precision)

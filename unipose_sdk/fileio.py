@@ -34,10 +34,11 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from unipose_sdk.errors import InvalidInputError, OutputExistsError, UniPoseError, UniPoseFileNotFoundError
 
@@ -176,6 +177,19 @@ def raise_if_signalled() -> None:
         raise KeyboardInterrupt if signum == signal.SIGINT else TerminatedBySignal(signum)
 
 
+def _quiet_for_recorded_signals(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable hook that drops the exception our handler raised where Python cannot propagate it (a weakref
+    callback, a __del__): the signal is recorded and raised again at the next check, so printing "Exception
+    ignored" with a traceback would only alarm. Everything else goes to the previous hook."""
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, (TerminatedBySignal, KeyboardInterrupt)) and _received_signals:
+            return
+        previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """Within the block, SIGTERM / SIGHUP raise TerminatedBySignal and SIGINT KeyboardInterrupt (main thread only;
@@ -184,8 +198,11 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {}
-    if not _active_handlers:  # the outermost block: a record from an earlier block is not this one's signal
+    outermost = not _active_handlers
+    if outermost:  # a record from an earlier block is not this one's signal
         _received_signals.clear()
+        unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _quiet_for_recorded_signals(unraisable_hook)
     for signum in _CATCHABLE:
         handler = signal.getsignal(signum)
         if handler is not signal.SIG_IGN:
@@ -198,6 +215,8 @@ def signals_raise() -> Iterator[None]:
         _active_handlers[:] = [entry for entry in _active_handlers if entry is not previous]
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if outermost:
+            sys.unraisablehook = unraisable_hook
         if not _active_handlers:  # kept for an outer block (the CLI's guard) to see; forgotten after the last
             _received_signals.clear()
 
