@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,6 +263,24 @@ class PromptBuilder:
             ids += [self.layout.pad_id] * self.text_rows
             if encoder_text is None:
                 encoder_text = encoder_text_of(user)
+
+        def pose_slot(index: int, _: str) -> Sequence[int]:
+            label, codes = pose_for_slot[index // 2]
+            return self.pose_ids(codes, what=f"pose {label}")
+
+        image_starts = self._encode_split(ids, parts, pose_slot)
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise InvalidTextError.make(
+                received=f"a prompt of {len(ids)} tokens (images count {self.image_tokens} each)",
+                expected=f"at most {self.max_tokens} tokens for this model",
+                fix="Shorten the text, or use fewer images / poses in one prompt.")
+        return PromptRow(ids, image_starts, chat_prompt(user), text_start, encoder_text or "")
+
+    def _encode_split(self, ids: list[int], parts: Sequence[str],
+                      slot_ids: Callable[[int, str], Sequence[int]]) -> list[int]:
+        """Append a text cut at its placeholders (`re.split` with one group: the text stretches at even indices)
+        to `ids`: each stretch encoded on its own, an image as its slots, any other placeholder as
+        `slot_ids(index, placeholder)`. Returns where each image's slots start."""
         image_starts: list[int] = []
         for i, part in enumerate(parts):
             if i % 2 == 0:
@@ -270,14 +288,8 @@ class PromptBuilder:
             elif part == IMAGE_PLACEHOLDER:
                 self._append_image(ids, image_starts)
             else:
-                label, codes = pose_for_slot[i // 2]
-                ids += self.pose_ids(codes, what=f"pose {label}")
-        if self.max_tokens is not None and len(ids) > self.max_tokens:
-            raise InvalidTextError.make(
-                received=f"a prompt of {len(ids)} tokens (images count {self.image_tokens} each)",
-                expected=f"at most {self.max_tokens} tokens for this model",
-                fix="Shorten the text, or use fewer images / poses in one prompt.")
-        return PromptRow(ids, image_starts, chat_prompt(user), text_start, encoder_text or "")
+                ids += slot_ids(i, part)
+        return image_starts
 
     def _append_image(self, ids: list[int], image_starts: list[int]) -> None:
         """An image's slots at the end of `ids`: <im_start>, image_tokens pads (the embeddings go there), <im_end>;
@@ -605,14 +617,8 @@ class ChatPosePromptBuilder(PromptBuilder):
                 "at most one <image> in the whole conversation (ChatPose was trained on one image per chat)",
                 "Start a new conversation for the next image, or use a UniPose model (family 'unipose').")
         ids = [self.layout.bos_id]
-        image_starts: list[int] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 0:
-                ids += self.tokenizer.encode(part) if part else []
-            elif part == IMAGE_PLACEHOLDER:
-                self._append_image(ids, image_starts)
-            else:
-                ids.append(self.layout.pose_token_id if part == CHATPOSE_POSE_TOKEN else self.layout.eos_id)
+        image_starts = self._encode_split(ids, parts, lambda _, part: [
+            self.layout.pose_token_id if part == CHATPOSE_POSE_TOKEN else self.layout.eos_id])
         if self.max_tokens is not None and len(ids) > self.max_tokens:
             raise InvalidTextError.make(
                 received=f"a conversation of {len(ids)} tokens (an image counts {self.image_tokens})",
