@@ -31,7 +31,6 @@ import importlib.util
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_7b_cpu import session, summary  # noqa: E402  (the same ONNX Runtime session and statistics)
 
 PROMPT_12_WORDS = "a person stands on the left leg with both arms raised high"
 SENTENCES = [
@@ -91,20 +93,6 @@ def with_sentence_output(model, name: str = "sentence"):  # noqa: ANN001, ANN201
         consumer = next(n for n in model.graph.node if consumer.output[0] in n.input)
     model.graph.output.append(helper.make_tensor_value_info(consumer.input[0], TensorProto.FLOAT, ["batch", None]))
     return model, consumer.input[0]
-
-
-def session(path: Path, threads: int):  # noqa: ANN201
-    import onnxruntime as ort
-
-    from unipose_sdk.runtime.onnxruntime import OrtOptions, _session_options
-
-    return ort.InferenceSession(str(path), sess_options=_session_options(ort, OrtOptions(num_threads=threads)),
-                                providers=["CPUExecutionProvider"])
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(values), "p90_ms": float(np.percentile(values, 90)),
-            "min_ms": min(values), "runs": len(values)}
 
 
 def file_bytes(path: Path) -> int:
