@@ -18,7 +18,7 @@ from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidOptionError, InvalidTextError
 from unipose_sdk.results import AssistantReply
 from unipose_sdk.tasks.images import images_to_embeds
-from unipose_sdk.text.prompts import PromptRow
+from unipose_sdk.text.prompts import PromptRow, encoder_text_of
 
 OPTIONS = {"max_new_tokens": 8, "max_poses": 1}
 IMAGE_TURN = "Generate pose of the image: <image>."
@@ -57,7 +57,9 @@ def test_three_turns_mix_an_image_a_generated_pose_and_its_edit(assistant: Assis
                                                                 conversation: list[AssistantReply]) -> None:
     codebook = assistant.session.config.vocab.codebook_size
     for turn, reply in enumerate(conversation):
-        assert reply.turn == turn and reply.finish_reason == "eos"
+        # Every turn is a pose task, so every reply starts with its pose (forced where greedy would not); what
+        # follows is the model's own (v2 writes on after the edit's pose until max_new_tokens).
+        assert reply.turn == turn and reply.finish_reason in ("eos", "length") and reply.text.startswith("<pose>")
         assert reply.text.count("<pose>") == len(reply.poses) == 1
         item = reply.poses[0]
         assert isinstance(item.pose, Pose) and len(item.pose) == 1
@@ -87,9 +89,11 @@ def official_prompt_ids(assistant: Assistant, turns: list[tuple[str, list[list[i
     """The official prompt written out independently: LLaVA's mistral_instruct get_prompt (sep "", sep2 "</s>",
     empty system) over UniPose's template strings (a pose as <pose_id_K> ... <pose_id_K+1>, an image as
     <im_start><image><im_end>), tokenized as the slow tokenizer does: split at added tokens and <image>, each text
-    stretch encoded on its own, BOS once."""
+    stretch encoded on its own, BOS once. A model with a sentence encoder (unipose-tiny v2, not in the official
+    code) adds its rows' pad slots at the start of every turn: after BOS and after each </s>."""
     session = assistant.session
     layout, tokenizer = session.config.vocab, session.tokenizer
+    text_rows = [layout.pad_id] * getattr(session.prompts, "text_rows", 0)
     begin, end = f"<pose_id_{layout.codebook_size}>", f"<pose_id_{layout.codebook_size + 1}>"
 
     def pose_string(codes: list[int]) -> str:
@@ -103,14 +107,14 @@ def official_prompt_ids(assistant: Assistant, turns: list[tuple[str, list[list[i
         text += f"[INST] {user} [/INST]"
         if answer is not None:
             text += " " + answer + " " + "</s>"
-    ids = [layout.bos_id]
+    ids = [layout.bos_id, *text_rows]
     for piece in re.split(r"(<pose_id_\d+>|<im_start>|<im_end>|</s>|<image>)", text):
         if not piece:
             continue
         if piece == "<image>":
             ids += [layout.pad_id] * session.config.image_tokens
         elif piece == "</s>":
-            ids.append(layout.eos_id)
+            ids += [layout.eos_id, *text_rows]
         elif piece.startswith(("<pose_id_", "<im_")):
             ids.append(tokenizer.token_to_id(piece))
         else:
@@ -145,10 +149,25 @@ def test_the_kept_cache_gives_the_tokens_of_a_recomputation_from_scratch(assista
     starts = [i + 1 for i, t in enumerate(ids) if t == session.config.vocab.image_start_id]
     with torch.inference_mode():
         embeds = images_to_embeds(session, [example_image_path()])
-    config = assistant.options.generation_config(session.config.vocab, turn=2)
-    scratch = session.generate([PromptRow(ids, starts, "")], embeds, config)[0]  # one prefill, fresh cache
+    config = assistant.options.generation_config(session.config.vocab, turn=2, start_with_pose=True)  # an edit
+    scratch = session.generate([PromptRow(ids, starts, "", text_slots=text_slots_of(assistant, ids, TURNS))],
+                               embeds, config)[0]  # one prefill, fresh cache
     assert scratch.token_ids == third.generated_ids
     assert [c.tolist() for c in scratch.pose_codes] == [p.codes for p in third.poses]
+
+
+TURNS = (IMAGE_TURN, TEXT_TURN, EDIT_TURN)
+
+
+def text_slots_of(assistant: Assistant, ids: list[int], turns: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """A conversation prompt's sentence-encoder slots, found independently: each turn's rows open it (after BOS,
+    then after each </s>), reading what `encoder_text_of` takes of the turn; () for a model without an encoder."""
+    if not getattr(assistant.session.prompts, "text_rows", 0):
+        return ()
+    eos = assistant.session.config.vocab.eos_id
+    starts = [1] + [i + 1 for i, token in enumerate(ids) if token == eos]
+    assert len(starts) == len(turns)
+    return tuple((start, encoder_text_of(turn)) for start, turn in zip(starts, turns))
 
 
 def test_continue_generation_reuses_a_prefix_and_matches_generate() -> None:
@@ -209,7 +228,8 @@ def test_a_text_reply_streams_in_pieces_and_the_callback_sees_the_same(assistant
     assert not reply.poses and len(reply.generated_ids) <= 24
     # A text reply (the ban on repeated sentences at work) is also the one a fresh prefill gives.
     config = talker.options.generation_config(talker.session.config.vocab, turn=0)
-    scratch = talker.session.generate([PromptRow(reply.prompt_ids, [], "")], None, config)[0]
+    slots = text_slots_of(talker, reply.prompt_ids, (DESCRIBE_TURN,))
+    scratch = talker.session.generate([PromptRow(reply.prompt_ids, [], "", text_slots=slots)], None, config)[0]
     assert scratch.token_ids == reply.generated_ids
 
 
@@ -251,6 +271,35 @@ def test_sampling_repeats_under_a_seed_and_differs_across_seeds(assistant: Assis
     assert first[0] != greedy
 
 
+def test_pose_task_turns_start_with_a_pose_unless_asked_to_decode_freely(assistant: Assistant,
+                                                                          conversation: list[AssistantReply]) -> None:
+    """The forced start is the only difference: a free conversation's edit turn gives the tokens of a scratch
+    prefill without it, and a turn not worded as a pose task is never forced."""
+    session, third = assistant.session, conversation[2]
+    free = _other(assistant, pose_tasks_answer_with_pose=False)
+    free_turns = three_turns(free)
+    assert free_turns[2].prompt_ids[:free_turns[1].prompt_tokens] == free_turns[1].prompt_ids
+    ids = free_turns[2].prompt_ids
+    starts = [i + 1 for i, t in enumerate(ids) if t == session.config.vocab.image_start_id]
+    with torch.inference_mode():
+        embeds = images_to_embeds(session, [example_image_path()])
+    row = PromptRow(ids, starts, "", text_slots=text_slots_of(assistant, ids, TURNS))
+    for forced, expected in ((False, free_turns[2]), (True, None)):
+        config = free.options.generation_config(session.config.vocab, turn=2, start_with_pose=forced)
+        scratch = session.generate([row], embeds, config)[0]
+        if expected is not None:
+            assert scratch.token_ids == expected.generated_ids
+        else:
+            assert scratch.token_ids[0] == session.config.vocab.pose_begin_id and len(scratch.pose_codes) == 1
+    if free_turns[1].generated_ids == conversation[1].generated_ids and ids == third.prompt_ids:
+        assert third.generated_ids == scratch.token_ids  # the default forces the start, nothing else
+    chat = _other(assistant).ask("Describe a person squatting.")  # free wording: decoded freely
+    config = assistant.options.generation_config(session.config.vocab, turn=0)
+    slots = text_slots_of(assistant, chat.prompt_ids, ("Describe a person squatting.",))
+    assert chat.generated_ids == session.generate([PromptRow(chat.prompt_ids, [], "", text_slots=slots)], None,
+                                                  config)[0].token_ids
+
+
 def test_sample_ids_keeps_to_the_nucleus() -> None:
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]]).log_softmax(-1).repeat(2000, 1)
     draws = generation.sample_ids(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
@@ -272,6 +321,8 @@ def test_options_refuse_bad_values() -> None:
         AssistantOptions(top_p=1.5)
     with pytest.raises(InvalidOptionError, match="max_poses"):
         AssistantOptions(max_poses=-1)
+    with pytest.raises(InvalidOptionError, match="pose_tasks_answer_with_pose='yes'"):
+        AssistantOptions(pose_tasks_answer_with_pose="yes")  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match="'temprature' -> 'temperature'"):
         Assistant.from_pretrained(temprature=0.5)
 

@@ -152,3 +152,19 @@ def test_the_sentence_encoder_reads_the_caption_of_a_turn_worded_as_a_task() -> 
     assert encoder_text_of("Edit pose <pose> by description: kneel.") == "kneel"
     assert encoder_text_of("Generate description of the pose <pose>.") == "Generate description of the pose ."
     assert encoder_text_of("  a person  waving <image> ") == "a person waving"
+
+
+def test_a_turn_worded_as_a_task_is_recognised_and_pose_answers_are_known() -> None:
+    from unipose_sdk.text.prompts import answers_with_pose, task_of_turn, task_user_turn
+
+    for task in Task:
+        turn = task_user_turn(task, "raise the left arm")
+        assert task_of_turn(turn) is task and task_of_turn(turn.removesuffix(".") + "  ") is task
+        assert answers_with_pose(task) == (task in (Task.POSE_ESTIMATION, Task.TEXT_TO_POSE, Task.POSE_EDITING))
+    assert task_of_turn("Edit pose <poseA> by description: kneel.") is Task.POSE_EDITING
+    assert task_of_turn("Output the difference between pose <pose> and pose <pose>.") is Task.POSE_DIFFERENCE
+    for other in ("Generate pose of the description: .", "Generate pose of the description:   ",
+                  "Please generate pose of the image: <image>.", "Show me a squat.", "",
+                  "Generate pose of the image: <image>. Then describe it."):
+        assert task_of_turn(other) is None, other
+    assert not answers_with_pose(None)

@@ -209,28 +209,40 @@ class AssistantOptions(BaseOptions):
     top_p: nucleus sampling cut (1.0: none); read only when sampling.
     seed: the sampling seed (None: torch's global generator). Turn k of a conversation samples with seed + k, so
         replaying a conversation with the same seed gives the same replies.
+    pose_tasks_answer_with_pose: a turn worded as a pose task's template ("Generate pose of the image: <image>.",
+        "Generate pose of the description: ...", "Edit pose <pose> by description: ...") gets a reply that starts
+        with its pose block, as Estimator, Generator and Editor force it; small models trained on one turn at a time
+        may otherwise answer a later turn with text. False decodes every turn freely (the official demo). UniPose
+        models only: ChatPose turns always decode freely.
     """
 
     max_poses: int = 2
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    pose_tasks_answer_with_pose: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (_is_int(self.max_poses) and 0 <= self.max_poses <= 16):
             raise InvalidOptionError.make(f"max_poses={self.max_poses!r} ({type(self.max_poses).__name__})",
                                           "an int in [0, 16]", "Pass e.g. max_poses=2.")
+        if not isinstance(self.pose_tasks_answer_with_pose, bool):
+            raise InvalidOptionError.make(
+                f"pose_tasks_answer_with_pose={self.pose_tasks_answer_with_pose!r} "
+                f"({type(self.pose_tasks_answer_with_pose).__name__})", "True or False",
+                "Pass pose_tasks_answer_with_pose=False to decode pose-task turns freely.")
         try:
             check_sampling(self.temperature, self.top_p, self.seed)
         except InvalidInputError as error:
             raise InvalidOptionError(str(error)) from None
 
-    def generation_config(self, vocab: VocabLayout, turn: int = 0) -> GenerationConfig:
+    def generation_config(self, vocab: VocabLayout, turn: int = 0, start_with_pose: bool = False) -> GenerationConfig:
         """Turn `turn`'s config: max_new_tokens text tokens plus room for max_poses pose blocks, greedy or sampled
-        with seed + turn."""
+        with seed + turn; start_with_pose forces the reply's first token to be BEGIN (a pose task's turn)."""
         return GenerationConfig(
             max_new_tokens=int(self.max_new_tokens) + int(self.max_poses) * pose_block_length(vocab),
+            start_with_pose=start_with_pose and int(self.max_poses) > 0,
             temperature=float(self.temperature), top_p=float(self.top_p),
             seed=None if self.seed is None else int(self.seed) + int(turn),
             max_text_tokens=int(self.max_new_tokens), max_poses=int(self.max_poses))

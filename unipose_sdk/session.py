@@ -175,18 +175,20 @@ class UniPose:
     def embed_rows(self, rows: Sequence[PromptRow], image_embeds: Tensor | None) -> list[Tensor]:
         """Token ids of each prompt -> input embeddings [L, C], with the projected image embeddings spliced into
         the image slots (images numbered row by row in prompt order), and for models with a sentence encoder its
-        rows for each prompt's `encoder_text` in the slots after BOS."""
+        rows for each turn's encoder text in that turn's slots (one turn: right after BOS)."""
         llm = self.runtime.llm
-        text_rows = self.encode_texts([row.encoder_text for row in rows if row.text_start is not None])
+        slots = [row.text_slots or (((row.text_start, row.encoder_text),) if row.text_start is not None else ())
+                 for row in rows]
+        text_rows = self.encode_texts([text for row_slots in slots for _, text in row_slots])
         out, image_index, text_index = [], 0, 0
-        for row in rows:
+        for row, row_slots in zip(rows, slots):
             ids = torch.tensor(row.input_ids, dtype=torch.long, device=llm.device)
             count = len(row.image_starts)
             images = image_embeds[image_index:image_index + count] if count else None
             embeds = splice_image_embeds(llm.embed(ids.unsqueeze(0)), images, [0] * count, row.image_starts)
-            if row.text_start is not None:
+            for start, _ in row_slots:
                 assert text_rows is not None
-                embeds = splice_image_embeds(embeds, text_rows[text_index:text_index + 1], [0], [row.text_start])
+                embeds = splice_image_embeds(embeds, text_rows[text_index:text_index + 1], [0], [start])
                 text_index += 1
             out.append(embeds[0])
             image_index += count

@@ -22,6 +22,11 @@ Context policy: a turn whose prompt plus reply budget (max_new_tokens + 82 per a
 context (`config.max_text_tokens`) is refused with ConversationTooLongError before any work; nothing is dropped
 silently. `reset()` starts over.
 
+Pose-task turns: a turn worded as a pose task's template (estimate, generate, edit) gets a reply that starts with
+its pose block, as the task classes force it (`AssistantOptions.pose_tasks_answer_with_pose`, on by default): a
+small model trained on single turns may answer such a turn late in a conversation with text instead. Every other
+turn, and every ChatPose turn, decodes freely.
+
 `restore(turns)` starts from earlier turns without running the model on them (a conversation kept elsewhere, e.g.
 by a client of `unipose serve`, which keeps no state between requests): each `PastTurn` is what was asked and the
 reply's text and pose codes. Since the layout writes every earlier answer as text anyway, that is all a kept turn
@@ -64,6 +69,8 @@ from unipose_sdk.text.prompts import (
     POSE_B_PLACEHOLDER,
     POSE_PLACEHOLDER,
     ConversationTurn,
+    answers_with_pose,
+    task_of_turn,
 )
 from unipose_sdk.timing import StageTimer
 
@@ -357,7 +364,9 @@ class Assistant(TaskBase):
             timer = StageTimer(session.runtime.device)
             vocab = session.config.vocab
             turn_index = len(self._history)
-            config = self.options.generation_config(vocab, turn=turn_index)
+            pose_first = (self.options.pose_tasks_answer_with_pose and session.config.family == "unipose"
+                          and answers_with_pose(task_of_turn(text)))
+            config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first)
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))

@@ -96,15 +96,32 @@ def task_user_turn(task: Task | str, caption: str | None = None) -> str:
     return template
 
 
-def _caption_pattern(template: str) -> re.Pattern[str]:
-    """A task template as a pattern whose one group is the caption; <pose> and <poseA> stand for each other."""
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A task's user turn as a pattern whose group (if the task takes one) is the caption; <pose>, <poseA> and
+    <poseB> stand for each other and the closing "." may be left out."""
     pattern = re.escape(template).replace(re.escape(CAPTION_PLACEHOLDER), "(.+?)")
     for slot in ("<poseA>", "<poseB>", "<pose>"):
         pattern = pattern.replace(re.escape(slot), "(?:<pose>|<poseA>|<poseB>)")
     return re.compile(pattern.removesuffix(re.escape(".")) + r"\.?\s*", re.DOTALL)
 
 
-_CAPTION_PATTERNS = [_caption_pattern(TASK_TEMPLATES[t][0]) for t, inputs in TASK_INPUTS.items() if inputs[2]]
+_TEMPLATE_PATTERNS = {task: _template_pattern(user) for task, (user, _) in TASK_TEMPLATES.items()}
+_CAPTION_PATTERNS = [_TEMPLATE_PATTERNS[t] for t, inputs in TASK_INPUTS.items() if inputs[2]]
+
+
+def task_of_turn(user: str) -> Task | None:
+    """The task whose template a user turn is worded as (what `task_user_turn` writes, caption filled in), or
+    None for any other wording."""
+    for task, pattern in _TEMPLATE_PATTERNS.items():
+        match = pattern.fullmatch(user.strip())
+        if match and all(re.search(r"\w", group) for group in match.groups()):  # a caption says something
+            return task
+    return None
+
+
+def answers_with_pose(task: Task | None) -> bool:
+    """Whether the task's answer template is a pose (estimation, text to pose, editing)."""
+    return task is not None and TASK_TEMPLATES[task][1].startswith("<pose")
 
 
 def encoder_text_of(user: str) -> str:
