@@ -346,7 +346,19 @@ class _Boom:
 
 
 def test_limits_answer_413_and_422(service) -> None:
-    status, body, _ = post(service.url, "/v1/generate", {"text": "x" * (MAX_BODY_BYTES + 10)})
+    # The body size is refused from Content-Length before any of it is read: only the headers are sent (sending
+    # the body too races the server's early answer and close, and the client may see a broken pipe instead).
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=60)
+    connection.putrequest("POST", "/v1/generate")
+    for name, value in (("Content-Type", "application/json"), ("X-API-Key", API_KEY),
+                        ("Content-Length", str(MAX_BODY_BYTES + 10))):
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    status, body = response.status, json.loads(response.read())
+    connection.close()
     assert status == 413 and body["error"]["type"] == "LimitExceededError" and "bytes" in body["error"]["message"]
     big = io.BytesIO()
     __import__("PIL.Image", fromlist=["Image"]).new("RGB", (400, 400)).save(big, format="PNG")
@@ -470,6 +482,29 @@ def test_settings_refuse_what_cannot_run() -> None:
     assert settings.handle_queue_limit == 18 + 10
     assert dataclasses.replace(settings, replicas=3).handle_queue_limit == 3 * 18 + 10
     assert ServeSettings.from_args(settings.to_args()) == settings
+
+
+def test_work_admission_refuses_what_the_timeout_leaves_no_time_for() -> None:
+    from unipose_sdk.serve.limits import WorkAdmission
+
+    admission = WorkAdmission(replicas=2, timeout_s=10.0)  # budget 8 s of queued work per replica
+    first, _ = admission.admit("describe:pose", 16)  # nothing measured yet: the request counts alone bound it
+    assert first is not None and admission.wait_s == 0.0
+    admission.release(first, "describe:pose", 0.25)  # the replica's report: 0.25 s per input
+    assert admission.seconds_per_input == {"describe:pose": 0.25}
+    tickets = [admission.admit("describe:pose", 16)[0] for _ in range(4)]  # 4 s each, 2 replicas: 8 s of wait
+    assert None not in tickets and admission.wait_s == pytest.approx(8.0)
+    refused, retry_after_s = admission.admit("describe:pose", 16)
+    assert refused is None and retry_after_s == 2.0  # 8 s ahead + 2 s of its own, 2 s past the budget
+    assert admission.admit("generate", 16)[0] is not None  # another kind, not measured: admitted
+    admission.release(tickets[0], "describe:pose", 0.35)
+    assert admission.seconds_per_input["describe:pose"] == pytest.approx(0.25 + 0.3 * 0.10)
+    assert admission.admit("describe:pose", 16)[0] is None  # 6 s ahead + 2.24 s of its own
+    admission.release(tickets[1], "describe:pose")  # a failed or timed-out request: no report, charge dropped
+    assert admission.wait_s == pytest.approx(4.0) and admission.admit("describe:pose", 16)[0] is not None
+    lone = WorkAdmission(replicas=1, timeout_s=1.0)
+    lone.release(None, "describe:image", 5.0)
+    assert lone.admit("describe:image", 16)[0] is not None  # an idle model takes any one request
 
 
 # ---------------------------------------------------------------------------------------------- conversations
@@ -631,3 +666,31 @@ def test_shutdown_leaves_no_process_behind(service) -> None:
     while service.processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert service.processes() == []
+
+
+def test_a_describe_burst_past_the_timeout_gets_503s_not_504s() -> None:
+    """Its own service with a 6 s request timeout (after the module's service has stopped): once a describe request
+    has been measured, a burst of describe requests that each hold a full batch is answered 200 or, when the work
+    queued ahead would not finish within the timeout, 503 with the typed error and a Retry-After; none runs into a
+    504 (counting requests alone admitted such a burst and timed a third of it out)."""
+    service = Service("--max-batch", "4", "--max-queued", "64", "--max-new-tokens", "48", "--request-timeout-s", "6")
+    try:
+        names = ("squatting", "standing_relaxed", "walking_stride", "sitting")
+        body = {"pose": [{"array": load_example_pose(n).axis_angle().numpy().reshape(22, 3).tolist(),
+                          "dtype": "float32"} for n in names]}
+        for _ in range(2):  # the measurement the admission learns from
+            assert post(service.url, "/v1/describe", body, key=None)[0] == 200
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(lambda _: post(service.url, "/v1/describe", body, key=None), range(64)))
+        statuses = [a[0] for a in answers]
+        assert set(statuses) <= {200, 503} and statuses.count(200) > 0, statuses
+        refused = [a for a in answers if a[0] == 503]
+        assert refused, statuses
+        for _, answer, headers in refused:
+            error = answer["error"]
+            assert error["type"] == "ServiceOverloadedError" and "of work queued" in error["message"]
+            assert int(headers["retry-after"]) >= 1
+        assert post(service.url, "/v1/describe", body, key=None)[0] == 200  # and it recovers
+    finally:
+        service.stop()
+        service.kill_leftovers()

@@ -18,7 +18,8 @@ Endpoints (JSON in and out; the input and result layouts are in `unipose_sdk.ser
     GET  /v1/health, GET /v1/model, GET /v1/openapi.json, GET /docs (the API page), GET / (the web demo).
 
 Every typed SDK error is answered 4xx with the error's own text (422; 413 for the size limits), a full model queue
-503 with Retry-After, a request past its timeout 504; with an API key set, /v1 task and model calls need it
+or more queued work than the request timeout leaves time for (`WorkAdmission`) 503 with Retry-After, a request past
+its timeout 504; with an API key set, /v1 task and model calls need it
 (`Authorization: Bearer KEY` or `X-API-Key: KEY`).
 """
 
@@ -41,7 +42,7 @@ from unipose_sdk._version import __version__
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.fileio import parse_json
 from unipose_sdk.serve.deployment import DESCRIBE_MODES, ChatWork, ModelServer, Work
-from unipose_sdk.serve.limits import ServeLimits, ServeSettings, api_key_digest
+from unipose_sdk.serve.limits import ServeLimits, ServeSettings, WorkAdmission, api_key_digest
 from unipose_sdk.serve.wire import (
     MAX_REQUEST_JSON_DEPTH,
     WIRE_POSE_FORMATS,
@@ -240,6 +241,8 @@ class Ingress:
         self.settings = ServeSettings.from_args(settings_args)
         self.limits = self.settings.limits
         self.handles = dict(zip(self.settings.models, models))
+        self.admissions = {model: WorkAdmission(self.settings.replicas, self.limits.request_timeout_s)
+                           for model in self.settings.models}
 
     # ------------------------------------------------------------------ request plumbing
 
@@ -327,9 +330,10 @@ class Ingress:
             else:
                 work, single = parse(payload)  # texts and pose arrays: cheaper than a thread hop
             parsed_ms = (time.perf_counter() - started) * 1000.0
-            outcome = await self._call(self.handles[model].run.remote(task, work, list(formats)))
+            outcome = await self._admitted(model, task, work, list(formats))
         except (UniPoseError, BackPressureError) as exc:
-            return _error_response(self._overload(exc), self.limits.retry_after_s)
+            exc = self._overload(exc)
+            return _error_response(exc, int(getattr(exc, "retry_after_s", None) or self.limits.retry_after_s))
         except Exception as exc:  # a failure of the service, not of the request: 500 with a one-line reason
             return _error_response(exc, self.limits.retry_after_s)
         if "error" in outcome:
@@ -338,6 +342,29 @@ class Ingress:
         return _json(200, {"results": outcome["results"], "single": single,
                            "service_ms": {"parse": round(parsed_ms, 3), **outcome["replica_ms"],
                                           "total": round((time.perf_counter() - started) * 1000.0, 3)}})
+
+    async def _admitted(self, model: str, task: str, work: Work | ChatWork, formats: list[str]) -> Any:
+        """Run a request on the model's deployment if its estimated wait leaves it time to finish (`WorkAdmission`;
+        else 503 now, not a 504 later), charging its work while it runs."""
+        admission = self.admissions[model]
+        kind = f"{task}:{work.mode}" if isinstance(work, Work) and work.mode else task
+        inputs = len(work.items) if isinstance(work, Work) else 1
+        ticket, retry_after_s = admission.admit(kind, inputs)
+        if ticket is None:
+            exc = ServiceOverloadedError.make(
+                f"a {kind} request of {inputs} input(s) while {model!r} has about {admission.wait_s:.1f} s of work "
+                "queued", f"requests that can finish within {admission.budget_s:.0f} s (0.8 of the "
+                f"{self.limits.request_timeout_s:g} s request timeout)",
+                f"Retry after {retry_after_s:.0f} s, send fewer inputs per request, or add replicas.")
+            exc.retry_after_s = retry_after_s
+            raise exc
+        report = None
+        try:
+            outcome = await self._call(self.handles[model].run.remote(task, work, formats))
+            report = outcome.get("model_s_per_input")
+            return outcome
+        finally:
+            admission.release(ticket, kind, report)
 
     def _overload(self, exc: BaseException) -> BaseException:
         if isinstance(exc, BackPressureError):

@@ -53,6 +53,15 @@ class ChatWork:
     poses: Any  # a list, or {"A": ..., "B": ...}
 
 
+@dataclass
+class Answered:
+    """What a batch queue hands one request: its results (or its typed error as (status, body)) and the seconds of
+    model time per input of the call that ran it, which the ingress's `WorkAdmission` learns the cost of work from."""
+
+    outcome: Any
+    seconds_per_input: float
+
+
 def _items_in(works: Sequence[Work]) -> int:
     return sum(len(w.items) for w in works)
 
@@ -96,19 +105,22 @@ class ModelServer:
                 outcome: Any = [self._chat(work)]  # inline: one turn at a time on this replica
             except UniPoseError as exc:
                 outcome = error_body(exc)
+            seconds_per_input = time.perf_counter() - started
         else:
             queue = {"estimate": self._estimate, "generate": self._generate, "edit": self._edit,
                      "describe": self._describe}[task]
-            outcome = await queue(work)
+            answered = await queue(work)
+            outcome, seconds_per_input = answered.outcome, answered.seconds_per_input
         if isinstance(outcome, tuple):
-            return {"error": outcome}
+            return {"error": outcome, "model_s_per_input": seconds_per_input}
         batched_ms = (time.perf_counter() - started) * 1000.0
         if formats:  # rendering and writing files: off the event loop, which keeps gathering the next batch
             results = await asyncio.to_thread(lambda: [encode_result(r, formats) for r in outcome])
         else:
             results = [encode_result(r) for r in outcome]
-        return {"results": results, "replica_ms": {"queue_and_model": round(batched_ms, 3),
-                                                   "total": round((time.perf_counter() - started) * 1000.0, 3)}}
+        return {"results": results, "model_s_per_input": seconds_per_input,
+                "replica_ms": {"queue_and_model": round(batched_ms, 3),
+                               "total": round((time.perf_counter() - started) * 1000.0, 3)}}
 
     def _chat(self, work: ChatWork) -> Any:
         """One conversation turn: the new turn checked, the history restored (both before any model run), the turn
@@ -140,7 +152,7 @@ class ModelServer:
     # ------------------------------------------------------------------ the batch queues
 
     @_batched
-    async def _estimate(self, works: list[Work]) -> list[Any]:
+    async def _estimate(self, works: list[Work]) -> list[Answered]:
         def call(items: list[Any]) -> list[Any]:
             boxes = [box for _, box in items]
             return self.estimator.estimate([image for image, _ in items],
@@ -148,15 +160,15 @@ class ModelServer:
         return _run_batch(works, call)
 
     @_batched
-    async def _generate(self, works: list[Work]) -> list[Any]:
+    async def _generate(self, works: list[Work]) -> list[Answered]:
         return _run_batch(works, self.generator.generate)
 
     @_batched
-    async def _edit(self, works: list[Work]) -> list[Any]:
+    async def _edit(self, works: list[Work]) -> list[Answered]:
         return _run_batch(works, lambda items: self.editor.edit([p for p, _ in items], [t for _, t in items]))
 
     @_batched
-    async def _describe(self, works: list[Work]) -> list[Any]:
+    async def _describe(self, works: list[Work]) -> list[Answered]:
         # One call per kind of input present in the batch (a pose and an image cannot share a prompt batch).
         outcomes: list[Any] = [None] * len(works)
         for mode in DESCRIBE_MODES:
@@ -198,18 +210,20 @@ def _reply_poses(session: Any, turns_poses: list[Any]) -> list[Any]:
             for poses in turns_poses]
 
 
-def _run_batch(works: Sequence[Work], call: Callable[[list[Any]], list[Any]]) -> list[Any]:
+def _run_batch(works: Sequence[Work], call: Callable[[list[Any]], list[Any]]) -> list[Answered]:
     """Run every work's items as one call and hand each work its results; on a typed error, run each work alone so
     that only the work at fault gets it (as its (status, body) tuple)."""
     items = [item for w in works for item in w.items]
+    started = time.perf_counter()
     try:
         results = call(items)
     except UniPoseError as exc:
         if len(works) == 1:
-            return [error_body(exc)]
+            return [Answered(error_body(exc), (time.perf_counter() - started) / max(1, len(items)))]
         return [_run_batch([w], call)[0] for w in works]
-    outcomes, start = [], 0
+    seconds_per_input = (time.perf_counter() - started) / max(1, len(items))
+    answered, start = [], 0
     for w in works:
-        outcomes.append(results[start:start + len(w.items)])
+        answered.append(Answered(results[start:start + len(w.items)], seconds_per_input))
         start += len(w.items)
-    return outcomes
+    return answered

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,53 @@ class ServeSettings:
                                               "Fix the limits in the Serve config.")
             values["limits"] = ServeLimits(**values["limits"])
         return cls(**values)
+
+
+class WorkAdmission:
+    """Admission by the work a model has in hand, beside the request counts of `ServeLimits.max_queued_requests`.
+
+    Counting requests does not bound the wait: sixteen descriptions of up to 128 tokens each are one request, as
+    one short prompt is. So every request is charged, while it is in flight, its inputs times the replica seconds
+    one input of its kind ("generate", "describe:image" ...) takes, an exponential average of what the replicas
+    report (a batch's model time over its inputs, under whatever batching the load forms). A request whose wait
+    (the charges ahead of it, spread over the replicas) plus its own charge would pass `budget_fraction` of the
+    request timeout is refused at once with 503 and a Retry-After of about the excess, where admitting it would
+    only have let it run into a 504. A kind with no report yet is charged nothing: the request counts bound it
+    until its first answer. Single-threaded: the ingress calls it from its event loop.
+    """
+
+    def __init__(self, replicas: int, timeout_s: float, budget_fraction: float = 0.8, smoothing: float = 0.3):
+        self.replicas = max(1, int(replicas))
+        self.budget_s = float(timeout_s) * float(budget_fraction)
+        self.smoothing = float(smoothing)
+        self.seconds_per_input: dict[str, float] = {}
+        self.charged_s: dict[int, float] = {}  # ticket -> seconds charged
+        self._next_ticket = 0
+
+    @property
+    def wait_s(self) -> float:
+        """The estimated wait of a request admitted now: the charged work spread over the replicas."""
+        return sum(self.charged_s.values()) / self.replicas
+
+    def admit(self, kind: str, inputs: int) -> tuple[int | None, float]:
+        """(a ticket to `release`, or None when refused; the Retry-After in seconds a refusal should carry)."""
+        charge = self.seconds_per_input.get(kind, 0.0) * max(1, int(inputs))
+        over_s = self.wait_s + charge / self.replicas - self.budget_s
+        if charge > 0.0 and over_s > 0.0 and self.charged_s:  # an idle model takes any one request
+            return None, max(1.0, float(math.ceil(over_s)))
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self.charged_s[ticket] = charge
+        return ticket, 0.0
+
+    def release(self, ticket: int | None, kind: str, seconds_per_input: float | None = None) -> None:
+        """The request is answered (or failed): drop its charge, and learn from the replica's report if any."""
+        if ticket is not None:
+            self.charged_s.pop(ticket, None)
+        if seconds_per_input is not None and seconds_per_input > 0.0:
+            known = self.seconds_per_input.get(kind)
+            self.seconds_per_input[kind] = (seconds_per_input if known is None else
+                                            known + self.smoothing * (seconds_per_input - known))
 
 
 def api_key_digest(key: str) -> str:
