@@ -7,6 +7,7 @@ The screenshots are written to $UNIPOSE_SCREENSHOT_DIR when it is set (to look a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -124,3 +125,32 @@ def test_blank_prompt_shows_the_service_error(page, tmp_path) -> None:
 
 def test_everything_loads_from_the_service_only(page, service) -> None:
     assert page.requests_seen and all(url.startswith(service.url) for url in page.requests_seen), page.requests_seen
+
+
+def test_a_conversation_in_the_chat_panel(page, tmp_path) -> None:
+    """Two turns over /v1/chat (the page holds the history): a generated pose is drawn and then described through
+    <pose> (sent by its codes); a bad turn shows the service's typed error and leaves the conversation as it was."""
+    page.evaluate("document.getElementById('skeleton').dataset.drawn = 'stale'")
+    page.fill("#chat-text", "Generate pose of the description: a person squatting with both arms raised.")
+    submit(page, "#send", "pose")
+    assert page.is_hidden("#error") and skeleton_pixels(page)["left"] > 300
+    assert page.locator("#chat-log li").count() == 2 and "<pose>" in page.inner_text("#chat-log li.assistant")
+    assert "model (one turn)" in page.inner_text("#timings")
+    page.fill("#chat-text", "Generate description of the pose <pose>.")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat")) as caught:
+        submit(page, "#send")
+    sent = json.loads(caught.value.post_data)
+    assert [turn["text"] for turn in sent["history"]] == [
+        "Generate pose of the description: a person squatting with both arms raised."]
+    codes = sent["history"][0]["reply"]["pose_codes"]
+    assert len(codes) == 1 and len(codes[0]) == 80 and sent["poses"] == [{"codes": codes[0]}]
+    assert page.is_hidden("#error") and page.locator("#chat-log li").count() == 4
+    assert len(page.locator("#chat-log li.assistant").nth(1).inner_text().strip()) > 3
+    page.locator(".controls").screenshot(path=str(screenshot_dir(tmp_path) / "web_demo_chat.png"))
+    page.fill("#chat-text", "Describe <poseC> please.")
+    submit(page, "#send")
+    page.wait_for_selector("#error", state="visible")
+    assert "422 InvalidTextError" in page.inner_text("#error") and "<poseC>" in page.inner_text("#error")
+    assert page.locator("#chat-log li").count() == 4
+    page.click("#new-chat")
+    assert page.locator("#chat-log li").count() == 0 and page.is_hidden("#error")

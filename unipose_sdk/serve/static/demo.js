@@ -7,7 +7,9 @@
   const canvas = $("skeleton");
   const ctx = canvas.getContext("2d");
   const DEFAULT_VIEW = { yaw: 0.55, pitch: 0.2 };
-  const state = { skeleton: null, pose: null, source: null, view: { ...DEFAULT_VIEW }, keyRequired: false };
+  // pose: the shown pose ({rotmat, joints, codes}); chat: the conversation so far, in /v1/chat's history layout
+  // (the service keeps nothing between requests, so the page sends the whole conversation with each turn).
+  const state = { skeleton: null, pose: null, source: null, chat: [], view: { ...DEFAULT_VIEW }, keyRequired: false };
 
   // ------------------------------------------------------------------ service calls
 
@@ -85,15 +87,22 @@
 
   function show(data, roundTripMs) {
     const result = data.results[0];
+    const chatPoses = result.kind === "AssistantReply" ? result.poses : [];
     if (result.pose_joints_m) {
-      state.pose = { rotmat: result.pose_rotmat, joints: result.pose_joints_m };
+      state.pose = { rotmat: result.pose_rotmat, joints: result.pose_joints_m, codes: result.pose_codes || null };
       state.source = result.source_pose_joints_m || null;
+      draw();
+    } else if (chatPoses.length) {  // a reply's last pose; its codes go back into later turns unchanged
+      const last = chatPoses[chatPoses.length - 1];
+      state.pose = { rotmat: last.rotmat, joints: last.joints_m, codes: last.codes };
+      state.source = null;
       draw();
     }
     $("text").textContent = result.kind === "DescribeResult" ? result.text : "";
     const ms = (v) => v.toFixed(1) + " ms";
+    const model = result.kind === "AssistantReply" ? "model (one turn)" : "model (batch of " + result.batch_size + ")";
     const rows = [["round trip", ms(roundTripMs)], ["service", ms(data.service_ms.total)],
-                  ["model (batch of " + result.batch_size + ")", ms(result.timing_ms.total)]];
+                  [model, ms(result.timing_ms.total)]];
     for (const [stage, value] of Object.entries(result.timing_ms)) {
       if (stage !== "total") rows.push(["  " + stage, ms(value)]);
     }
@@ -142,6 +151,44 @@
   $("describe-form").addEventListener("submit", (event) => {
     event.preventDefault();
     run($("describe"), () => call("POST", "/v1/describe", { pose: currentPose() }));
+  });
+
+  function chatPose() {
+    if (!state.pose) {
+      throw new ServiceError(0, { type: "NoPose", message: "the turn has <pose> but there is no pose yet: " +
+                                  "generate or estimate one first" });
+    }
+    const codes = state.pose.codes;  // none for a ChatPose pose: then the pose itself
+    return codes && codes.length ? { codes } : { array: state.pose.rotmat, dtype: "float32" };
+  }
+
+  function logTurn(who, text) {
+    const item = document.createElement("li");
+    item.className = who;
+    item.textContent = text;
+    $("chat-log").append(item);
+    item.scrollIntoView({ block: "nearest" });
+  }
+
+  $("chat-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("chat-text").value;
+    run($("send"), async () => {
+      const poses = Array.from({ length: (text.match(/<pose>/g) || []).length }, chatPose);
+      const answer = await call("POST", "/v1/chat", { history: state.chat, text, poses });
+      const reply = answer.data.results[0];
+      // Only an answered turn joins the history: a refused one leaves the conversation as it was.
+      state.chat.push({ text, poses, reply: { text: reply.text, pose_codes: reply.poses.map((p) => p.codes) } });
+      logTurn("user", text);
+      logTurn("assistant", reply.text.trim() || "(no text)");
+      $("chat-text").value = "";
+      return answer;
+    });
+  });
+  $("new-chat").addEventListener("click", () => {
+    state.chat = [];
+    $("chat-log").replaceChildren();
+    $("error").hidden = true;
   });
 
   // ------------------------------------------------------------------ the 3D view
