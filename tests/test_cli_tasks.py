@@ -41,7 +41,12 @@ def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixtur
     Image.fromarray((np.random.default_rng(0).random((96, 64, 3)) * 255).astype(np.uint8)).save(image)
     assert main(["edit", pose, "raise your left arm", "-o", str(tmp_path / "edit"), "--json", *FAST]) == 0
     assert (tmp_path / "edit" / "edit_000.png").is_file()
-    assert len(_json_out(capsys)["results"][0]["source_pose_axis_angle"]) == 66
+    edited = _json_out(capsys)["results"][0]
+    assert len(edited["source_pose_axis_angle"]) == 66 and edited["edited_regions"] == ["left_arm"]
+    assert main(["edit", pose, "raise your left arm", "--whole-answer", "-o", str(tmp_path / "whole"), "--json",
+                 *FAST]) == 0
+    whole = _json_out(capsys)["results"][0]
+    assert whole["edited_regions"] == [] and whole["pose_codes"] == edited["pose_codes"]
     assert main(["estimate", str(image), "--bbox", "2", "2", "60", "90", "--json", *FAST]) == 0
     assert len(_json_out(capsys)["results"][0]["pose_codes"]) == 80
     for args in (["--pose", pose], ["--poses", pose, pose], ["--image", str(image)],

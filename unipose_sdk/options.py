@@ -188,7 +188,23 @@ class GeneratorOptions(PoseTaskOptions):
 
 @dataclass
 class EditorOptions(PoseTaskOptions):
-    """Editor: the pose-task options, nothing more."""
+    """Editor: the pose-task options and one more.
+
+    keep_unnamed_regions: the edited pose takes from the model only the regions the instruction names (an arm, a
+        leg, the torso, the head: `body.regions.regions_named`); every other joint, the global orientation
+        included, keeps the source pose's rotation. An instruction naming no region or a whole-body change
+        ("squat", "lie down") gets the model's whole pose. `pose_codes` are the model's either way; the result's
+        `edited_regions` says what was taken. False: the model's whole pose, as the official code returns it.
+    """
+
+    keep_unnamed_regions: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.keep_unnamed_regions, bool):
+            raise InvalidOptionError.make(
+                f"keep_unnamed_regions={self.keep_unnamed_regions!r} ({type(self.keep_unnamed_regions).__name__})",
+                "True or False", "Pass keep_unnamed_regions=False for the model's whole pose.")
 
 
 @dataclass

@@ -195,13 +195,17 @@ class GenerateResult(PoseResult):
 
 @dataclass
 class EditResult(PoseResult):
-    """Editor: `source_pose` edited by `instruction` into `pose`."""
+    """Editor: `source_pose` edited by `instruction` into `pose`. `edited_regions`: the regions `pose` takes from
+    the model's answer (the rest is the source's, `EditorOptions.keep_unnamed_regions`); empty when it is the
+    model's whole pose. `pose_codes` are the model's answer either way."""
 
     source_pose: Pose | None = None
     instruction: str = ""
+    edited_regions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), **_pose_fields("source_pose", self.source_pose)}
+        return {**super().to_dict(), **_pose_fields("source_pose", self.source_pose),
+                "edited_regions": list(self.edited_regions)}
 
 
 @dataclass

@@ -209,7 +209,7 @@ def _edit(args: argparse.Namespace) -> int:
     check_text(args.instruction, "instruction")
     _check_pose_files([args.pose])
     _check_output(args)
-    with _build(Editor, args) as editor:
+    with _build(Editor, args, keep_unnamed_regions=not args.whole_answer) as editor:
         results = [editor.edit(args.pose, args.instruction)]
     return _report("edit", [f"{args.pose} + {args.instruction!r}"], results, args)
 
@@ -251,6 +251,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("edit", help="edit a pose by an instruction")
     p.add_argument("pose", help="pose file (.npz smplx / AMASS keys, official .npy, or .json)")
     p.add_argument("instruction", help='e.g. "raise your left arm above your head"')
+    p.add_argument("--whole-answer", action="store_true",
+                   help="return the model's whole answer (default: only the regions the instruction names change, "
+                        "the rest of the input pose is kept)")
     _add_common(p)
     p.set_defaults(handler=_edit)
 

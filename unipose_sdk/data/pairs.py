@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unipose_sdk.body.regions import REGION_JOINTS
 from unipose_sdk.body.rotations import matrix_to_axis_angle
 from unipose_sdk.body.skeleton import JOINT_INDEX as J
 from unipose_sdk.data.captions import _BEND, _subjects
@@ -39,14 +40,7 @@ from unipose_sdk.data.poses import (
     sample_euler_deg,
 )
 
-REGIONS: dict[str, tuple[str, ...]] = {
-    "left_arm": ("left_collar", "left_shoulder", "left_elbow", "left_wrist"),
-    "right_arm": ("right_collar", "right_shoulder", "right_elbow", "right_wrist"),
-    "left_leg": ("left_hip", "left_knee", "left_ankle", "left_foot"),
-    "right_leg": ("right_hip", "right_knee", "right_ankle", "right_foot"),
-    "spine": ("spine1", "spine2", "spine3"),
-    "head": ("neck", "head"),
-}
+REGIONS = REGION_JOINTS  # the regions an edit replaces, the same the Editor keeps when an instruction names others
 
 
 @dataclass(frozen=True)

@@ -484,6 +484,7 @@ def decode_result(item: dict[str, Any]) -> Any:
         fields["prompt"] = item.get("prompt", "")
     if cls is EditResult:
         fields["instruction"] = item.get("instruction", "")
+        fields["edited_regions"] = [str(r) for r in item.get("edited_regions", [])]
         if item.get("source_pose_rotmat") is not None:
             fields["source_pose"] = Pose(np.asarray([item["source_pose_rotmat"]], dtype=np.float32))
     return cls(**fields)

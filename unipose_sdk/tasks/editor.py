@@ -1,4 +1,5 @@
-"""Editor: (pose, instruction) -> edited pose."""
+"""Editor: (pose, instruction) -> edited pose; by default only the regions the instruction names change
+(`body.regions`, `EditorOptions.keep_unnamed_regions`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from unipose_sdk.body.pose import Pose
+from unipose_sdk.body.regions import regions_named, take_regions
 from unipose_sdk.errors import InvalidInputError, UnsupportedTaskError
 from unipose_sdk.options import EditorOptions
 from unipose_sdk.results import EditResult, describe_input
@@ -55,9 +57,14 @@ class Editor(TaskBase):
                         for i, text in enumerate(instructions)]
 
             answers = answer(session, prompts, self.options.generation_config(session.config.vocab))
-        results = [EditResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
-                              pose_codes=a.codes, source_pose=sources[i:i + 1], instruction=instructions[i],
-                              input={"task": "edit", "pose": describe_input(poses[i]),
-                                     "instruction": instructions[i]})
-                   for i, a in enumerate(answers)]
+        results = []
+        for i, a in enumerate(answers):
+            source = sources[i:i + 1]
+            named = regions_named(instructions[i]) if self.options.keep_unnamed_regions else None
+            pose = take_regions(source, a.pose, named) if named else a.pose
+            results.append(EditResult(**a.measurements(), run=session.run_info(), text=a.text, pose=pose,
+                                      pose_codes=a.codes, source_pose=source, instruction=instructions[i],
+                                      edited_regions=sorted(named or ()),
+                                      input={"task": "edit", "pose": describe_input(poses[i]),
+                                             "instruction": instructions[i]}))
         return split_batch(results, single)
