@@ -155,11 +155,12 @@ def test_the_sentence_encoder_reads_the_caption_of_a_turn_worded_as_a_task() -> 
 
 
 def test_a_turn_worded_as_a_task_is_recognised_and_pose_answers_are_known() -> None:
-    from unipose_sdk.text.prompts import answers_with_pose, task_of_turn, task_user_turn
+    from unipose_sdk.text.prompts import _TEMPLATE_PATTERNS, answers_with_pose, task_of_turn, task_user_turn
 
     for task in Task:
         turn = task_user_turn(task, "raise the left arm")
         assert task_of_turn(turn) is task and task_of_turn(turn.removesuffix(".") + "  ") is task
+        assert sum(bool(p.fullmatch(turn)) for p in _TEMPLATE_PATTERNS.values()) == 1  # no two templates match
         assert answers_with_pose(task) == (task in (Task.POSE_ESTIMATION, Task.TEXT_TO_POSE, Task.POSE_EDITING))
     assert task_of_turn("Edit pose <poseA> by description: kneel.") is Task.POSE_EDITING
     assert task_of_turn("Output the difference between pose <pose> and pose <pose>.") is Task.POSE_DIFFERENCE

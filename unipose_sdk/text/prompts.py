@@ -106,16 +106,23 @@ def _template_pattern(template: str) -> re.Pattern[str]:
 
 
 _TEMPLATE_PATTERNS = {task: _template_pattern(user) for task, (user, _) in TASK_TEMPLATES.items()}
-_CAPTION_PATTERNS = [_TEMPLATE_PATTERNS[t] for t, inputs in TASK_INPUTS.items() if inputs[2]]
+
+
+def _template_match(user: str) -> tuple[Task, re.Match[str]] | None:
+    """The task template a user turn is worded as, with the match (the templates never match the same text)."""
+    for task, pattern in _TEMPLATE_PATTERNS.items():
+        match = pattern.fullmatch(user.strip())
+        if match:
+            return task, match
+    return None
 
 
 def task_of_turn(user: str) -> Task | None:
     """The task whose template a user turn is worded as (what `task_user_turn` writes, caption filled in), or
     None for any other wording."""
-    for task, pattern in _TEMPLATE_PATTERNS.items():
-        match = pattern.fullmatch(user.strip())
-        if match and all(re.search(r"\w", group) for group in match.groups()):  # a caption says something
-            return task
+    found = _template_match(user)
+    if found and all(re.search(r"\w", group) for group in found[1].groups()):  # a caption says something
+        return found[0]
     return None
 
 
@@ -128,10 +135,9 @@ def encoder_text_of(user: str) -> str:
     """What a model's sentence encoder reads of a user turn: the caption when the turn is worded as a task template
     that takes one (as `build_task` gives it: what the user wrote, not the task's fixed wording around it), else
     the turn without its placeholders."""
-    for pattern in _CAPTION_PATTERNS:
-        match = pattern.fullmatch(user.strip())
-        if match and match.group(1).strip():
-            return match.group(1).strip()
+    found = _template_match(user)
+    if found and TASK_INPUTS[found[0]][2] and found[1].group(1).strip():
+        return found[1].group(1).strip()
     return " ".join(_PLACEHOLDER_RE.sub(" ", user).split())
 
 
