@@ -59,13 +59,19 @@ _TARGET_MARKERS = ("above", "over", "on", "onto", "to", "towards", "toward", "be
 _CLAUSE_SPLIT = re.compile(r"[.,;:!?]|\band\b|\bthen\b|\bwhile\b|\bwith\b|\bbut\b", re.IGNORECASE)
 
 
-def _has_word(text: str, words: tuple[str, ...]) -> list[int]:
-    """Start offsets of every word (or phrase) of `words` in `text`, at word boundaries, plurals included."""
-    found = []
-    for word in words:
-        for match in re.finditer(r"\b" + re.escape(word) + r"(?:s|es)?\b", text):
-            found.append(match.start())
-    return found
+def _words(words: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern for any word (or phrase) of `words`, at word boundaries, plurals included."""
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")(?:s|es)?\b")
+
+
+_ARM, _LEG, _SPINE, _HEAD = _words(_ARM_WORDS), _words(_LEG_WORDS), _words(_SPINE_WORDS), _words(_HEAD_WORDS)
+_WHOLE, _TARGET = _words(_WHOLE_BODY), _words(_TARGET_MARKERS)
+_SIDE = re.compile(r"\b(left|right|both)\b")
+
+
+def _starts(pattern: re.Pattern[str], text: str) -> list[int]:
+    """Where the pattern's words start in `text`."""
+    return [match.start() for match in pattern.finditer(text)]
 
 
 def regions_named(instruction: str) -> frozenset[str] | None:
@@ -75,29 +81,29 @@ def regions_named(instruction: str) -> frozenset[str] | None:
     plural ("arms", "hands", "feet") or no side names both sides.
     """
     text = " ".join(instruction.lower().replace("’", "'").split())
-    if _has_word(text, _WHOLE_BODY):
+    if _WHOLE.search(text):
         return None
     regions: set[str] = set()
     for clause in _CLAUSE_SPLIT.split(text):
         clause = clause.strip()
         if not clause:
             continue
-        for words, limb in ((_ARM_WORDS, "arm"), (_LEG_WORDS, "leg")):
-            for start in _has_word(clause, words):
+        for pattern, limb in ((_ARM, "arm"), (_LEG, "leg")):
+            for start in _starts(pattern, clause):
                 before = clause[:start]
-                if _has_word(before, _TARGET_MARKERS):
+                if _TARGET.search(before):
                     continue
-                sides = [(m.start(), m.group(1)) for m in re.finditer(r"\b(left|right|both)\b", before)]
+                sides = _SIDE.findall(before)
                 word = re.match(r"[a-z]+", clause[start:])
                 plural = word is not None and (word.group(0).endswith("s") and word.group(0) not in ("biceps",)
                                                or word.group(0) in ("feet", "calves"))
-                side = sides[-1][1] if sides else "both"
+                side = sides[-1] if sides else "both"
                 if side == "both" or plural and not sides:
                     regions.update({f"left_{limb}", f"right_{limb}"})
                 else:
                     regions.add(f"{side}_{limb}")
-        for words, region in ((_SPINE_WORDS, "spine"), (_HEAD_WORDS, "head")):
-            if any(not _has_word(clause[:start], _TARGET_MARKERS) for start in _has_word(clause, words)):
+        for pattern, region in ((_SPINE, "spine"), (_HEAD, "head")):
+            if any(not _TARGET.search(clause[:start]) for start in _starts(pattern, clause)):
                 regions.add(region)
     return frozenset(regions) or None
 
