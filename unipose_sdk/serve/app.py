@@ -353,8 +353,8 @@ class Ingress:
         if ticket is None:
             exc = ServiceOverloadedError.make(
                 f"a {kind} request of {inputs} input(s) while {model!r} has about {admission.wait_s:.1f} s of work "
-                "queued", f"requests that can finish within {admission.budget_s:.0f} s (0.8 of the "
-                f"{self.limits.request_timeout_s:g} s request timeout)",
+                "queued", f"requests that can finish within {admission.budget_s:.0f} s ({admission.budget_fraction:g} "
+                f"of the {self.limits.request_timeout_s:g} s request timeout)",
                 f"Retry after {retry_after_s:.0f} s, send fewer inputs per request, or add replicas.")
             exc.retry_after_s = retry_after_s
             raise exc

@@ -150,7 +150,8 @@ class WorkAdmission:
 
     def __init__(self, replicas: int, timeout_s: float, budget_fraction: float = 0.8, smoothing: float = 0.3):
         self.replicas = max(1, int(replicas))
-        self.budget_s = float(timeout_s) * float(budget_fraction)
+        self.budget_fraction = float(budget_fraction)
+        self.budget_s = float(timeout_s) * self.budget_fraction
         self.smoothing = float(smoothing)
         self.seconds_per_input: dict[str, float] = {}
         self.charged_s: dict[int, float] = {}  # ticket -> seconds charged
