@@ -507,6 +507,16 @@ def test_work_admission_refuses_what_the_timeout_leaves_no_time_for() -> None:
     assert lone.admit("describe:image", 16)[0] is not None  # an idle model takes any one request
 
 
+def test_a_batch_waits_for_more_requests_only_under_load() -> None:
+    from unipose_sdk.serve.deployment import batch_wait_s
+
+    assert batch_wait_s(waiting=0, last_batch_inputs=0, batch_wait_ms=20.0) == 0.0  # the replica's first request
+    assert batch_wait_s(waiting=0, last_batch_inputs=1, batch_wait_ms=20.0) == 0.0  # a lone client: at once
+    assert batch_wait_s(waiting=1, last_batch_inputs=1, batch_wait_ms=20.0) == pytest.approx(0.020)  # one waits
+    assert batch_wait_s(waiting=0, last_batch_inputs=6, batch_wait_ms=20.0) == pytest.approx(0.020)  # more coming
+    assert batch_wait_s(waiting=3, last_batch_inputs=6, batch_wait_ms=0.0) == 0.0  # waiting switched off
+
+
 # ---------------------------------------------------------------------------------------------- conversations
 
 GENERATE_TURN = "Generate pose of the description: a person squatting."
@@ -691,6 +701,38 @@ def test_a_describe_burst_past_the_timeout_gets_503s_not_504s() -> None:
             assert error["type"] == "ServiceOverloadedError" and "of work queued" in error["message"]
             assert int(headers["retry-after"]) >= 1
         assert post(service.url, "/v1/describe", body, key=None)[0] == 200  # and it recovers
+    finally:
+        service.stop()
+        service.kill_leftovers()
+
+
+def test_a_second_model_runs_in_a_deployment_of_its_own(tmp_path) -> None:
+    """`--model` twice: the first model runs inside the service's own replicas, the second in a deployment of its
+    own behind a handle. Health and model info list both; a request naming the second is answered by it (its run
+    names its directory) with the poses of a direct call; a model not loaded is a typed 422."""
+    import shutil
+
+    from unipose_sdk import Generator
+    from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR
+
+    second = tmp_path / "tiny-copy"
+    shutil.copytree(EMBEDDED_DIR, second)
+    service = Service("--model", "unipose-tiny", "--model", str(second), "--max-new-tokens", "6")
+    try:
+        client = Client(service.url)
+        assert client.health()["models"] == {"unipose-tiny": "ok", str(second): "ok"}
+        info = client.model_info()
+        assert [m["name"] for m in info["models"]] == ["unipose-tiny", str(second)]
+        status, body, _ = post(service.url, "/v1/generate", {"text": "a person sitting", "model": str(second)},
+                               key=None)
+        assert status == 200, body
+        remote = body["results"][0]
+        with Generator.from_pretrained(model=str(second), **SHORT) as generator:
+            local = generator.generate("a person sitting")
+        assert remote["pose_codes"] == local.pose_codes and remote["run"]["model"] == local.run.model
+        assert remote["run"]["model"] != client.generate("a person sitting").run.model  # the default answered that
+        status, body, _ = post(service.url, "/v1/generate", {"text": "a person", "model": "other"}, key=None)
+        assert status == 422 and "model='other'" in body["error"]["message"]
     finally:
         service.stop()
         service.kill_leftovers()

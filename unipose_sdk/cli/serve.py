@@ -120,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=positive_int, default=16, metavar="B",
                    help="most inputs per model call: concurrent requests are batched up to B (also the most "
                         "inputs one request may hold)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="how long a replica waits to fill a batch (default 5)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, metavar="MS",
+                   help="how long a replica under load waits to fill a batch (default 20; a request that finds "
+                        "the replica idle runs at once)")
     p.add_argument("--threads-per-replica", type=positive_int, default=1, metavar="N",
                    help="CPU threads (and Ray CPUs) per replica")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -1,4 +1,10 @@
-"""The Serve application: a FastAPI ingress in front of one `ModelServer` deployment per model.
+"""The Serve application: one `Service` deployment that is both the FastAPI ingress and the default model.
+
+A `Service` replica parses a request and runs it on the `ModelServer` it holds in its own process: no second actor,
+no serialising the decoded inputs and the results across a handle. Every further `--model` is a `ModelServer`
+deployment of its own that the `Service` reaches through a handle. (The first design put every model behind a
+handle: on 2 cores the ingress replica took a quarter to a half of a core at 16 clients, and one client's request
+crossed two actors.)
 
 Endpoints (JSON in and out; the input and result layouts are in `unipose_sdk.serve.wire`):
     POST /v1/estimate   {"image": IMAGE | [IMAGE, ...], "bbox": null | [x1, y1, x2, y2] | [box or null, ...]}
@@ -18,9 +24,9 @@ Endpoints (JSON in and out; the input and result layouts are in `unipose_sdk.ser
     GET  /v1/health, GET /v1/model, GET /v1/openapi.json, GET /docs (the API page), GET / (the web demo).
 
 Every typed SDK error is answered 4xx with the error's own text (422; 413 for the size limits), a full model queue
-or more queued work than the request timeout leaves time for (`WorkAdmission`) 503 with Retry-After, a request past
-its timeout 504; with an API key set, /v1 task and model calls need it
-(`Authorization: Bearer KEY` or `X-API-Key: KEY`).
+(each replica admits `ServeSettings.max_ongoing_requests` requests per model) or more queued work than the request
+timeout leaves time for (`WorkAdmission`) 503 with Retry-After, a request past its timeout 504; with an API key
+set, /v1 task and model calls need it (`Authorization: Bearer KEY` or `X-API-Key: KEY`).
 """
 
 import asyncio
@@ -73,7 +79,7 @@ api = FastAPI(title="unipose-sdk service", version=__version__, docs_url=None, r
 
 
 def _body_doc(fields: dict[str, Any], required: list[str], multipart: bool = True) -> dict[str, Any]:
-    """The request body of a task endpoint for the OpenAPI page (parsed by hand: see `Ingress._payload`)."""
+    """The request body of a task endpoint for the OpenAPI page (parsed by hand: see `Service._payload`)."""
     common = {"formats": {"type": "array", "items": {"enum": list(WIRE_POSE_FORMATS)},
                           "description": "pose files to return with each pose result (base64 in `files`)"},
               "model": {"type": "string", "description": "a model name from /v1/model (default: the first)"}}
@@ -131,13 +137,18 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
+async def _ready(value: Any) -> Any:
+    return value
+
+
 async def await_within(response: Any, timeout_s: float) -> Any:
-    """Await a deployment response within the request timeout; past it, cancel it (the replica stops working on
-    it) and raise ServiceTimeoutError (504)."""
+    """Await a deployment response (or a call in this replica) within the request timeout; past it, cancel it (the
+    replica stops working on it) and raise ServiceTimeoutError (504)."""
     try:
         return await asyncio.wait_for(_awaited(response), timeout_s)
     except asyncio.TimeoutError:
-        response.cancel()
+        if hasattr(response, "cancel"):  # a deployment response; a local coroutine is cancelled by wait_for
+            response.cancel()
         raise ServiceTimeoutError.make(f"a request still running after {timeout_s} s",
                                        "an answer within the service's request timeout",
                                        "Send fewer inputs per request, or retry later.") from None
@@ -232,17 +243,31 @@ def parse_chat(payload: dict[str, Any], limits: ServeLimits) -> ChatWork:
     return ChatWork(past, text, images, poses)
 
 
-@serve.deployment(name="ingress", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="service", ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
-class Ingress:
-    """Checks and decodes requests, sends them to the model deployments, turns every failure into a JSON answer."""
+class Service:
+    """Checks and decodes requests, runs them on the default model in this replica or on another model's deployment,
+    turns every failure into a JSON answer."""
 
-    def __init__(self, models: list[Any], settings_args: dict[str, Any]) -> None:
+    def __init__(self, other_models: list[Any], settings_args: dict[str, Any]) -> None:
         self.settings = ServeSettings.from_args(settings_args)
         self.limits = self.settings.limits
-        self.handles = dict(zip(self.settings.models, models))
-        self.admissions = {model: WorkAdmission(self.settings.replicas, self.limits.request_timeout_s)
-                           for model in self.settings.models}
+        self.default_model = self.settings.models[0]
+        self.local = ModelServer(self.default_model, settings_args)
+        self.handles = dict(zip(self.settings.models[1:], other_models))
+        # Each replica admits by the work it sees. For the default model that is all of its own queue. For another
+        # model it is this replica's share of that model's traffic, which has as many replicas as this deployment:
+        # one replica's worth either way.
+        self.admissions = {model: WorkAdmission(1, self.limits.request_timeout_s) for model in self.settings.models}
+        self.local_in_flight = 0
+
+    def _model_call(self, model: str, method: str, *args: Any) -> Any:
+        """An awaitable call of a `ModelServer` method: in this process for the default model, through the model's
+        deployment handle for the others."""
+        if model == self.default_model:
+            value = getattr(self.local, method)(*args)
+            return value if asyncio.iscoroutine(value) else _ready(value)
+        return getattr(self.handles[model], method).remote(*args)
 
     # ------------------------------------------------------------------ request plumbing
 
@@ -321,8 +346,8 @@ class Ingress:
                                              "its turns)", "Send the conversation as JSON (see /docs).")
             payload = await self._payload(request)
             model = payload.pop("model", None) or self.settings.models[0]
-            if model not in self.handles:
-                raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.handles)}",
+            if model not in self.admissions:
+                raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.settings.models)}",
                                              "GET /v1/model lists the loaded models.")
             formats = check_wire_formats(payload.pop("formats", None))
             if task in ("estimate", "chat") or "image" in payload or "images" in payload:
@@ -358,12 +383,22 @@ class Ingress:
                 f"Retry after {retry_after_s:.0f} s, send fewer inputs per request, or add replicas.")
             exc.retry_after_s = retry_after_s
             raise exc
+        local = model == self.default_model
+        if local and self.local_in_flight >= self.settings.max_ongoing_requests:
+            admission.release(ticket, kind)
+            raise ServiceOverloadedError.make(
+                f"a request while this replica of {model!r} holds {self.local_in_flight}",
+                f"at most {self.settings.max_ongoing_requests} per replica (a batch of {self.settings.max_batch} "
+                f"and {self.limits.max_queued_requests} waiting)",
+                f"Retry after {self.limits.retry_after_s} s, or add replicas.")
         report = None
+        self.local_in_flight += local
         try:
-            outcome = await self._call(self.handles[model].run.remote(task, work, formats))
+            outcome = await self._call(self._model_call(model, "run", task, work, formats))
             report = outcome.get("model_s_per_input")
             return outcome
         finally:
+            self.local_in_flight -= local
             admission.release(ticket, kind, report)
 
     def _overload(self, exc: BaseException) -> BaseException:
@@ -497,12 +532,13 @@ class Ingress:
     async def chat(self, request: Request) -> Response:
         return await self._run(request, "chat", self._parse_chat)
 
-    @api.get("/v1/health", summary="liveness of the ingress and every model deployment (no API key needed)")
+    @api.get("/v1/health", summary="liveness of the service and every model it serves (no API key needed)")
     async def health(self) -> Response:
         states = {}
-        for name, handle in self.handles.items():
+        for name in self.settings.models:
             try:
-                states[name] = "ok" if await asyncio.wait_for(_awaited(handle.ping.remote()), 10.0) else "closed"
+                alive = await asyncio.wait_for(_awaited(self._model_call(name, "ping")), 10.0)
+                states[name] = "ok" if alive else "closed"
             except Exception as exc:  # a replica that does not answer is what this endpoint reports
                 states[name] = f"unavailable ({type(exc).__name__}: {exc})"
         healthy = all(s == "ok" for s in states.values())
@@ -516,7 +552,7 @@ class Ingress:
 
         try:
             self._authorize(request)
-            infos = [await self._call(handle.info.remote()) for handle in self.handles.values()]
+            infos = [await self._call(self._model_call(name, "info")) for name in self.settings.models]
         except UniPoseError as exc:
             return _error_response(exc, self.limits.retry_after_s)
         return _json(200, {"api": API_VERSION, "version": __version__, "models": infos,
@@ -553,17 +589,19 @@ def build_app(args: dict[str, Any]) -> Any:
     in its `args`; see `serve_config`)."""
     settings = ServeSettings.from_args(args or {})
     settings_args = settings.to_args()
-    models = [
+    others = [
         serve.deployment(ModelServer).options(
             name=deployment_name(i), num_replicas=settings.replicas,
             max_ongoing_requests=settings.max_ongoing_requests,
             max_queued_requests=settings.handle_queue_limit,
             ray_actor_options={"num_cpus": settings.threads_per_replica},
         ).bind(model, settings_args)
-        for i, model in enumerate(settings.models)
+        for i, model in enumerate(settings.models[1:], start=1)
     ]
-    # The ingress only parses and forwards: it may hold every request that the model queues admit, and more
-    # are refused by the model handles (503), not queued here.
-    ingress_ongoing = len(models) * (settings.replicas * settings.max_ongoing_requests
-                                     + settings.handle_queue_limit) + 16
-    return Ingress.options(max_ongoing_requests=ingress_ongoing).bind(models, settings_args)
+    # A replica takes in every request it might admit and refuses the rest itself (a typed 503): the default
+    # model's own limit, what the other models' handles hold, and room for health and page requests. Requests
+    # beyond that wait in Ray's proxy.
+    ongoing = settings.max_ongoing_requests + len(others) * settings.handle_queue_limit + 64
+    return Service.options(num_replicas=settings.replicas, max_ongoing_requests=max(1000, ongoing),
+                           ray_actor_options={"num_cpus": settings.threads_per_replica},
+                           ).bind(others, settings_args)

@@ -24,8 +24,9 @@ class ServeLimits:
     max_text_chars: each prompt / instruction (422, as the SDK's own text errors).
     max_batch_items: inputs in one request (413); at most the deployment's batch size.
     max_queued_requests: requests that may wait for a model beyond the batch it is running: each replica admits
-        max_batch + max_queued_requests, and the model's handle holds up to max_queued_requests more beyond what
-        the replicas admit; one more is answered 503 with Retry-After instead of growing a queue.
+        max_batch + max_queued_requests per model (for a model other than the default, its handle holds up to
+        max_queued_requests more beyond what its replicas admit); one more is answered 503 with Retry-After
+        instead of growing a queue.
     request_timeout_s: a request still unanswered after this long is cancelled and answered 504.
     retry_after_s: the Retry-After of a 503.
     """
@@ -53,7 +54,8 @@ class ServeSettings:
     max_batch: the most inputs one model call takes; concurrent requests are batched up to it (`serve.batch`),
         and each replica accepts at least that many requests at once (`max_ongoing_requests`; Serve's default of 5
         would cap every batch at 5).
-    batch_wait_ms: how long a replica waits for more requests before running a batch that is not full.
+    batch_wait_ms: how long a replica under load waits for more requests before running a batch that is not full
+        (a request that finds its replica without other work runs at once: `deployment.batch_wait_s`).
     api_key_sha256: the SHA-256 hex digest of the API key requests must carry (None: no key). Only the digest is
         kept, so neither the Serve config nor Ray's state holds the key itself.
     max_poses: most pose blocks one /v1/chat reply may hold (`AssistantOptions.max_poses`; each reserves its 82
@@ -67,7 +69,7 @@ class ServeSettings:
     max_new_tokens: int = 128
     replicas: int = 1
     max_batch: int = 16
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 20.0
     threads_per_replica: int = 1
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key_sha256: str | None = None
@@ -89,7 +91,7 @@ class ServeSettings:
                                           "Pass e.g. max_poses=2.")
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise InvalidOptionError.make(f"batch_wait_ms={self.batch_wait_ms!r}", "a number in [0, 1000]",
-                                          "Pass e.g. batch_wait_ms=5.")
+                                          "Pass e.g. batch_wait_ms=20.")
         if self.limits.max_batch_items > self.max_batch:
             object.__setattr__(self, "limits", dataclasses.replace(self.limits, max_batch_items=self.max_batch))
 
@@ -145,7 +147,7 @@ class WorkAdmission:
     (the charges ahead of it, spread over the replicas) plus its own charge would pass `budget_fraction` of the
     request timeout is refused at once with 503 and a Retry-After of about the excess, where admitting it would
     only have let it run into a 504. A kind with no report yet is charged nothing: the request counts bound it
-    until its first answer. Single-threaded: the ingress calls it from its event loop.
+    until its first answer. Single-threaded: a service replica calls it from its event loop.
     """
 
     def __init__(self, replicas: int, timeout_s: float, budget_fraction: float = 0.8, smoothing: float = 0.3):
