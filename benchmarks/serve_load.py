@@ -173,23 +173,28 @@ def run_overload(port: int, path: str, clients: int, body: dict) -> dict:
 
 
 def run_handle_levels(args: argparse.Namespace, works: list, expected: list[object]) -> list[dict]:
-    """The same closed-loop levels one layer down: the model deployment called through its Serve handle from this
-    process (no HTTP proxy, no ingress), to tell the batching of the deployment from the cost of the HTTP path."""
+    """The same closed-loop levels one layer down: a bare `ModelServer` deployment (what the service runs in its
+    replicas) called through its Serve handle from this process, with no HTTP proxy and no FastAPI, to tell the
+    batching of the model from the cost of the HTTP path."""
     import asyncio
 
     import ray
     from ray import serve
 
-    from unipose_sdk.serve.app import build_app, deployment_name
+    from unipose_sdk.serve.deployment import ModelServer
     from unipose_sdk.serve.limits import APP_NAME, ServeLimits, ServeSettings
 
-    settings = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+    settings = ServeSettings(models=(args.model,), backend=args.backend, replicas=args.replicas,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              threads_per_replica=args.threads_per_replica, max_new_tokens=args.max_new_tokens,
                              limits=ServeLimits(max_queued_requests=args.max_queued))
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        serve.run(build_app(settings.to_args()), name=APP_NAME, route_prefix=None)
-        handle = serve.get_deployment_handle(deployment_name(0), app_name=APP_NAME)
+        model_server = serve.deployment(ModelServer).options(
+            name="model", num_replicas=settings.replicas, max_ongoing_requests=settings.max_ongoing_requests,
+            max_queued_requests=settings.handle_queue_limit,
+            ray_actor_options={"num_cpus": settings.threads_per_replica})
+        handle = serve.run(model_server.bind(args.model, settings.to_args()), name=APP_NAME, route_prefix=None)
 
         async def level(clients: int) -> dict:
             records: list[dict] = []
@@ -231,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=24, help="timed requests per client")
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests per client before the timed ones")
+    parser.add_argument("--model", default="unipose-tiny", help="model name or directory (an export directory "
+                        "for --backend onnxruntime)")
+    parser.add_argument("--backend", default="auto", help="the service's --backend (the direct calls use the same)")
+    parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="text tokens per answer (service and direct)")
     parser.add_argument("--max-queued", type=int, default=64)
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--batch-wait-ms", type=float, default=20.0)
     parser.add_argument("--threads-per-replica", type=int, default=1)
     parser.add_argument("--overload-clients", type=int, default=256, help="0: no overload burst")
     parser.add_argument("--handle-levels", action="store_true",
@@ -251,14 +260,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads_per_replica)
     # The direct calls every answer must equal, one input at a time.
-    with Generator.from_pretrained(max_new_tokens=args.max_new_tokens) as generator:
+    with Generator.from_pretrained(model=args.model, backend=args.backend,
+                                   max_new_tokens=args.max_new_tokens) as generator:
+        run_info = generator.session.run_info()
         generated = [generator.generate(p) for p in PROMPTS]
     if args.task == "generate":
         bodies = [{"text": p} for p in PROMPTS]
         expected: list[object] = [r.pose_codes for r in generated]
     else:
         bodies = [{"pose": {"array": r.pose.rotmat[0].tolist(), "dtype": "float32"}} for r in generated]
-        with Describer.from_pretrained(max_new_tokens=args.max_new_tokens) as describer:
+        with Describer.from_pretrained(model=args.model, backend=args.backend,
+                                       max_new_tokens=args.max_new_tokens) as describer:
             expected = [describer.describe(pose=r.pose).text for r in generated]
     path = f"/v1/{args.task}"
     name = "text" if args.task == "generate" else "pose"
@@ -268,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     environment.pop("RAY_ADDRESS", None)
     service = subprocess.Popen(
-        [sys.executable, "-m", "unipose_sdk", "serve", "--port", str(port), "--max-batch", str(args.max_batch),
+        [sys.executable, "-m", "unipose_sdk", "serve", "--port", str(port), "--model", args.model,
+         "--backend", args.backend, "--replicas", str(args.replicas), "--max-batch", str(args.max_batch),
          "--max-queued", str(args.max_queued), "--batch-wait-ms", str(args.batch_wait_ms),
          "--threads-per-replica", str(args.threads_per_replica), "--max-new-tokens", str(args.max_new_tokens)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment, start_new_session=True)
@@ -281,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         levels = [run_level(port, path, c, args.requests, args.warmup, bodies, expected) for c in args.clients]
         overload = run_overload(port, path, args.overload_clients, burst) if args.overload_clients else None
     finally:
-        service.send_signal(signal.SIGINT)
-        service.wait(120)
+        # SIGTERM, not SIGINT: a shell starting this in the background hands it (and the service) an ignored
+        # SIGINT; the service shuts Serve and Ray down on either.
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.pid, signal.SIGKILL)
+            service.wait()
 
     handle_levels = None
     if args.handle_levels:
@@ -306,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
                      "fastapi": fastapi.__version__, "unipose_sdk": unipose_sdk.__version__},
-        "service": {"model": "unipose-tiny", "backend": "torch", "device": "cpu", "replicas": 1,
+        "service": {"model": Path(args.model).name, "backend": run_info.backend, "device": run_info.device,
+                    "replicas": args.replicas,
                     "max_batch": args.max_batch, "max_ongoing_requests": args.max_batch + args.max_queued,
                     "max_queued_requests": args.max_queued, "batch_wait_ms": args.batch_wait_ms,
                     "threads_per_replica": args.threads_per_replica, "max_new_tokens": args.max_new_tokens,
