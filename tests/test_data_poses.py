@@ -124,3 +124,62 @@ def test_sitting_kneeling_lying_and_reaching_up_geometry():
     assert np.ptp(lying[:, 1]) < 0.35 and lying[J["head"], 1] > lying[J["pelvis"], 1] - 0.2
     up = _joints("reaching_up")
     assert up[J["left_wrist"], 1] > up[J["head"], 1] + 0.3 and up[J["right_wrist"], 1] > up[J["head"], 1] + 0.3
+
+
+# What each training-only archetype is for, as the data engine's own facts state it (the left-side version; the
+# sampler mirrors half the poses, and the mirrored fact must hold on the mirrored posture).
+TRAINING_ONLY_FACTS = {
+    "hand_on_head": {("hand_touch", "left_hand:head", "touching")},
+    "hands_on_head": {("hand_touch", "left_hand:head", "touching"), ("hand_touch", "right_hand:head", "touching")},
+    "hand_on_shoulder": {("hand_touch", "left_hand:right_shoulder", "touching")},
+    "hand_on_chest": {("hand_height", "left", "chest")},
+    "palms_together": {("hands_distance", "hands", "together")},
+    "hands_behind_back": {("hand_behind_back", "left", "behind"), ("hand_behind_back", "right", "behind")},
+    "hands_on_knees": {("hand_touch", "left_hand:left_knee", "touching"),
+                       ("hand_touch", "right_hand:right_knee", "touching")},
+    "sitting_on_floor": {("knee_bend", "left", "straight"), ("thigh", "left", "right_angle")},
+    "side_bend": {("torso_roll", "torso", "right"), ("hand_height", "left", "above_head")},
+    "leaning_back": {("torso_pitch", "torso", "back")},
+    "handstand": {("posture", "body", "upside_down")},
+    "side_leg_raise": {("leg_raised", "left", "raised"), ("feet_ground", "feet", "right_only")},
+    "knee_up": {("leg_raised", "left", "raised"), ("thigh", "left", "right_angle")},
+}
+
+
+def _mirror_key(key: tuple[str, str, str]) -> tuple[str, str, str]:
+    swap = {"left": "right", "right": "left"}
+
+    def mirrored(text: str) -> str:
+        return ":".join("_".join(swap.get(w, w) for w in part.split("_")) for part in text.split(":"))
+
+    sided_levels = ("left", "right", "left_only", "right_only")  # not "right_angle"
+    return key[0], mirrored(key[1]), mirrored(key[2]) if key[2] in sided_levels else key[2]
+
+
+def test_training_only_archetypes_show_what_they_are_named_for():
+    from unipose_sdk.data.archetypes import TRAINING_ARCHETYPE_NAMES
+    from unipose_sdk.data.facts import facts_for_poses
+
+    extra = TRAINING_ARCHETYPE_NAMES[len(ARCHETYPE_NAMES):]
+    assert TRAINING_ARCHETYPE_NAMES[:len(ARCHETYPE_NAMES)] == ARCHETYPE_NAMES and set(extra) == set(TRAINING_ONLY_FACTS)
+    for name in extra:
+        euler = ARCHETYPES[name]
+        np.testing.assert_allclose(clip_to_limits(euler), euler, err_msg=name)
+        facts, mirrored = facts_for_poses(euler_deg_to_axis_angle(np.stack([euler, mirror_euler_deg(euler)])))
+        keys, mirrored_keys = {f.key for f in facts}, {f.key for f in mirrored}
+        assert TRAINING_ONLY_FACTS[name] <= keys, (name, sorted(keys))
+        assert {_mirror_key(k) for k in TRAINING_ONLY_FACTS[name]} <= mirrored_keys, (name, sorted(mirrored_keys))
+    floor_sit = _joints("sitting_on_floor")
+    assert floor_sit[J["pelvis"], 1] < 0.3  # on the floor, not on a chair
+
+
+def test_the_default_archetypes_draw_the_same_poses_as_before():
+    """Evaluation pools draw from ARCHETYPE_NAMES: adding training-only archetypes must not move them."""
+    from unipose_sdk.data.archetypes import TRAINING_ARCHETYPE_NAMES
+
+    default, labels = sample_poses(200, seed=10007)
+    named, _ = sample_poses(200, seed=10007, archetypes=ARCHETYPE_NAMES)
+    np.testing.assert_array_equal(default, named)
+    assert not set(labels) & set(TRAINING_ARCHETYPE_NAMES[len(ARCHETYPE_NAMES):])
+    _, training_labels = sample_poses(400, seed=1, mix={"archetype": 1.0}, archetypes=TRAINING_ARCHETYPE_NAMES)
+    assert set(training_labels) & {"handstand", "hands_on_knees", "sitting_on_floor"}

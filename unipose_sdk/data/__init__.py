@@ -1,7 +1,8 @@
 """Synthetic data engine for training the embedded unipose-tiny model: poses, captions, pair edits, renders.
 
     poses       sample_poses(n, seed, mix=..., global_orient=...) -> (axis_angle [n, 66], labels)
-    archetypes  ARCHETYPES: 26 named postures as per-joint Euler angles
+    archetypes  ARCHETYPES: named postures as per-joint Euler angles (ARCHETYPE_NAMES: the 26 every pool draws
+                from; TRAINING_ARCHETYPE_NAMES adds 13 that only training pools draw from)
     facts       extract_facts(joints_m, global_rotmat=None) -> [Fact(kind, subject, value, level)]
     captions    caption(facts, rng) / compose_caption(...) -> (text, stated) / parse_facts(text) / fact_scores
     pairs       sample_pairs(n, seed) / describe_pair(joints_a, joints_b, rng) -> (text, pair_facts) /

@@ -137,7 +137,43 @@ ARCHETYPES: dict[str, np.ndarray] = {
     ),
 }
 
+# The postures every pool is drawn from; the evaluation pool is drawn from these alone, so every evaluation since
+# unipose-tiny v1 scores the same poses.
 ARCHETYPE_NAMES: tuple[str, ...] = tuple(ARCHETYPES)
+
+# Postures the free-form prompts ask for that the archetypes above never produce (the v2 training pool held no
+# upside-down pose, and hands on the head, knees or shoulders in 1-2 % of its poses): hands touching the body,
+# sitting on the floor, leaning sideways or back, a handstand, a leg out to the side, a knee raised. Training pools
+# also draw from these (`TRAINING_ARCHETYPE_NAMES`). The arm angles were solved so that the wrists reach their
+# targets on the built-in skeleton; `tests/test_data_poses.py` checks the facts each one shows.
+_TRAINING_ONLY: dict[str, np.ndarray] = {
+    "hand_on_head": _make(left_shoulder=(-56, 19, 81), left_elbow=(-1, -97, 0), right_collar=(0, 0, 5),
+                          right_shoulder=(0, 0, 72), right_elbow=(0, 12, 0)),
+    "hands_on_head": _make(shoulders=(-57, 20, 74), elbows=(-1, -104, 0)),
+    "hand_on_shoulder": _make(left_shoulder=(0, -120, -4), left_elbow=(0, -90, 0), right_collar=(0, 0, 5),
+                              right_shoulder=(0, 0, 72), right_elbow=(0, 12, 0)),
+    "hand_on_chest": _make(left_shoulder=(11, -96, 14), left_elbow=(0, -104, 0), right_collar=(0, 0, 5),
+                           right_shoulder=(0, 0, 72), right_elbow=(0, 12, 0)),
+    "palms_together": _make(shoulders=(14, -78, 6), elbows=(0, -88, 0)),
+    "hands_behind_back": _make(shoulders=(50, 45, -84), elbows=(1, -68, 0)),
+    # The pelvis tips forwards (root) and the hips flex as much, so the legs stay vertical under a bent torso.
+    "hands_on_knees": _make(root=(55, 0, 0), hips=(-90, 0, 4), knees=(65, 0, 0), ankles=(-20, 0, 0),
+                            spine1=(15, 0, 0), neck=(-40, 0, 0), shoulders=(50, -45, -95), elbows=(3, -19, 0)),
+    "sitting_on_floor": _make(hips=(-88, 0, 6), knees=(4, 0, 0), ankles=(10, 0, 0), spine1=(-12, 0, 0),
+                              shoulders=(-2, 24, -87), elbows=(1, 0, 0)),
+    "side_bend": _make(left_collar=(0, 0, 15), left_shoulder=(0, 0, 80), left_elbow=(0, -15, 0),
+                       right_collar=(0, 0, 5), right_shoulder=(0, 0, 60), right_elbow=(0, 20, 0), spine1=(0, 0, 12),
+                       spine2=(0, 0, 12), spine3=(0, 0, 10), neck=(0, 0, 5)),
+    "leaning_back": _make(**_ARMS_DOWN, spine1=(-15, 0, 0), spine2=(-12, 0, 0), spine3=(-8, 0, 0), neck=(-15, 0, 0),
+                          knees=(15, 0, 0), hips=(5, 0, 0)),
+    "handstand": _make(root=(180, 0, 0), collars=(0, 0, 15), shoulders=(0, 0, 78), elbows=(0, -5, 0), hips=(0, 0, 6),
+                       neck=(-30, 0, 0)),
+    "side_leg_raise": _make(collars=(0, 0, 5), shoulders=(0, 0, -10), left_hip=(0, 0, 50), right_hip=(0, 0, -5),
+                            spine1=(0, 0, -8)),
+    "knee_up": _make(**_ARMS_DOWN, left_hip=(-95, 0, 4), left_knee=(95, 0, 0), left_ankle=(20, 0, 0)),
+}
+ARCHETYPES.update(_TRAINING_ONLY)
+TRAINING_ARCHETYPE_NAMES: tuple[str, ...] = ARCHETYPE_NAMES + tuple(_TRAINING_ONLY)
 
 
 def archetype_euler_deg(name: str) -> np.ndarray:

@@ -31,6 +31,7 @@ import torch
 
 from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
 from unipose_sdk.checkpoint.sdk_format import load_model, save_model
+from unipose_sdk.data.archetypes import TRAINING_ARCHETYPE_NAMES
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.unipose import UniPoseModel
@@ -75,6 +76,8 @@ class TrainSettings:
     lr: float = 2e-3
     threads: int | None = None
     pool_sizes: PoolSizes = field(default_factory=PoolSizes)
+    # The named postures the pool's poses are drawn around: the evaluation pool's plus the training-only ones.
+    pool_archetypes: tuple[str, ...] = TRAINING_ARCHETYPE_NAMES
     pose_tokenizer: Path | None = None  # None: the shipped embedded pose tokenizer
     # Pose-code targets (see batches.CodeTargets): kernel width in codebook units (None: one-hot cross-entropy)
     # and the weight of the expected-code-vector term.
@@ -317,7 +320,8 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     tokenizer = load_text_tokenizer()
     pose_tokenizer = load_pose_tokenizer(settings.pose_tokenizer)
     start = time.perf_counter()
-    pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer)
+    pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer,
+                              settings.pool_archetypes)
     data_seconds = time.perf_counter() - start
     log.info("training pool ready in %.1f s", data_seconds)
     results: dict[str, Any] = {}
@@ -366,8 +370,10 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                                               f"stage{stage}", paraphrase=paraphrase, image_features=features,
                                               seed_offset=stage)
         info.update({"stage": stage, "seconds": time.perf_counter() - stage_start, "seed": settings.seed,
-                     "device": settings.device, "batch_size": settings.batch_size, "pose_tokenizer": str(settings.pose_tokenizer or "embedded"),
-                     "pool": asdict(settings.pool_sizes), "data_seconds": data_seconds,
+                     "device": settings.device, "batch_size": settings.batch_size,
+                     "pose_tokenizer": str(settings.pose_tokenizer or "embedded"),
+                     "pool": asdict(settings.pool_sizes), "pool_archetypes": list(settings.pool_archetypes),
+                     "data_seconds": data_seconds,
                      "code_sigma": settings.code_sigma, "code_latent_weight": settings.code_latent_weight})
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
