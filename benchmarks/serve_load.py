@@ -42,6 +42,11 @@ PROMPTS = [
 ]
 
 
+def portable_argv(argv: list[str]) -> list[str]:
+    """The command line as recorded in the results: a --model directory by its name (no machine paths)."""
+    return [Path(a).name if i and argv[i - 1] == "--model" else a for i, a in enumerate(argv)]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -320,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         lat = level["latency_ms"]
         level["p99_over_p50"] = round(lat["p99"] / lat["p50"], 2) if lat else None
     report = {
-        "command": "python benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/serve_load.py " + " ".join(portable_argv(argv if argv is not None
+                                                                           else sys.argv[1:])),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform(),
                     "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,

@@ -345,7 +345,7 @@ class Service:
                 raise InvalidInputError.make("a multipart body for /v1/chat", "a JSON body (a conversation nests "
                                              "its turns)", "Send the conversation as JSON (see /docs).")
             payload = await self._payload(request)
-            model = payload.pop("model", None) or self.settings.models[0]
+            model = payload.pop("model", None) or self.default_model
             if model not in self.admissions:
                 raise InvalidInputError.make(f"model={model!r}", f"one of {list(self.settings.models)}",
                                              "GET /v1/model lists the loaded models.")
@@ -372,6 +372,13 @@ class Service:
         """Run a request on the model's deployment if its estimated wait leaves it time to finish (`WorkAdmission`;
         else 503 now, not a 504 later), charging its work while it runs."""
         admission = self.admissions[model]
+        local = model == self.default_model
+        if local and self.local_in_flight >= self.settings.max_ongoing_requests:
+            raise ServiceOverloadedError.make(
+                f"a request while this replica of {model!r} holds {self.local_in_flight}",
+                f"at most {self.settings.max_ongoing_requests} per replica (a batch of {self.settings.max_batch} "
+                f"and {self.limits.max_queued_requests} waiting)",
+                f"Retry after {self.limits.retry_after_s} s, or add replicas.")
         kind = f"{task}:{work.mode}" if isinstance(work, Work) and work.mode else task
         inputs = len(work.items) if isinstance(work, Work) else 1
         ticket, retry_after_s = admission.admit(kind, inputs)
@@ -383,14 +390,6 @@ class Service:
                 f"Retry after {retry_after_s:.0f} s, send fewer inputs per request, or add replicas.")
             exc.retry_after_s = retry_after_s
             raise exc
-        local = model == self.default_model
-        if local and self.local_in_flight >= self.settings.max_ongoing_requests:
-            admission.release(ticket, kind)
-            raise ServiceOverloadedError.make(
-                f"a request while this replica of {model!r} holds {self.local_in_flight}",
-                f"at most {self.settings.max_ongoing_requests} per replica (a batch of {self.settings.max_batch} "
-                f"and {self.limits.max_queued_requests} waiting)",
-                f"Retry after {self.limits.retry_after_s} s, or add replicas.")
         report = None
         self.local_in_flight += local
         try:

@@ -109,9 +109,8 @@ class ModelServer:
         self.assistant = Assistant.from_session(session, AssistantOptions(**where, max_poses=settings.max_poses))
         self.queues = {"estimate": self._estimate, "generate": self._generate, "edit": self._edit,
                        "describe": self._describe}
-        for queue in self.queues.values():
+        for queue in self.queues.values():  # the wait is set per request (`batch_wait_s`)
             queue.set_max_batch_size(settings.max_batch)
-            queue.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
         self.waiting = dict.fromkeys(TASKS, 0)  # requests of each task inside its batch queue
         self.last_batch_inputs = dict.fromkeys(TASKS, 0)
 
