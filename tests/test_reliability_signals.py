@@ -29,6 +29,27 @@ TEXTS = ["a person squatting with both arms raised", "a person kneeling on the l
 OLD_TEXT = "a person standing still"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
+
+
+@pytest.fixture(autouse=True)
+def default_signal_dispositions():
+    """Each test starts from the default dispositions, as a command typed in a terminal does: a runner started
+    under nohup (SIGHUP ignored, inherited by every child) or a handler an earlier test left behind would
+    otherwise decide the outcome. An ignored signal staying ignored is the product's rule; it is tested below."""
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    saved_int = signal.getsignal(signal.SIGINT)
+    for name in names:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler if handler is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, saved_int if saved_int is not None else signal.default_int_handler)
+
+
 DRIVER = textwrap.dedent('''
     import json, os, random, signal, sys, time
     from pathlib import Path
@@ -238,6 +259,27 @@ def test_signals_during_data_make_leave_no_partial_directory(signum, tmp_path, m
     assert main(["data", "make", "--size", "tiny", "--quiet", "-o", str(out)]) == 128 + signum
     assert len(calls) == 2 and f"terminated by {signal.Signals(signum).name}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path, monkeypatch) -> None:
+    """Under nohup SIGHUP is ignored: the command must not start honouring it, and finishes its output."""
+    from unipose_sdk.cli import main
+    from unipose_sdk.data import dataset
+
+    real_save = dataset.save_npz_deterministic
+    calls = []
+
+    def save_then_hangup(path, arrays):  # type: ignore[no-untyped-def]
+        real_save(path, arrays)
+        calls.append(path)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(dataset, "save_npz_deterministic", save_then_hangup)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    out = tmp_path / "data"
+    assert main(["data", "make", "--size", "tiny", "--quiet", "-o", str(out)]) == 0
+    assert len(calls) > 1 and out.is_dir() and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 @pytest.mark.parametrize("argv, module, function", [
