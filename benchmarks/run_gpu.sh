@@ -5,6 +5,8 @@
 #   bash benchmarks/run_gpu.sh check      # install (no network: --no-deps) + CUDA / Triton tests + fast-path tests
 #   bash benchmarks/run_gpu.sh kernels    # benchmarks/bench_attention.py on CUDA (Triton vs SDPA / Flex)
 #   bash benchmarks/run_gpu.sh tiny       # unipose-tiny latency on CUDA, batches 1 and 8, all backends
+#   bash benchmarks/run_gpu.sh serve      # `unipose serve` with its replica on CUDA: benchmarks/serve_load.py
+#                                         # (needs the serve extra: ray[serve], fastapi)
 #   bash benchmarks/run_gpu.sh 7b         # the unipose-7b configuration, random bf16 weights, batches 1 and 8
 #   bash benchmarks/run_gpu.sh 7b1 / 7b8  # the same, one batch size per call (compiling the 7B graphs takes minutes)
 #   QUICK=1 bash benchmarks/run_gpu.sh 7b # fewer runs / shorter answers (when a call has a time limit)
@@ -25,7 +27,8 @@ log() { echo "[run_gpu $(date +%H:%M:%S)] $*"; }
 copy_out() {
   if [[ -n "${OUT:-}" ]]; then
     mkdir -p "$OUT"
-    for f in "$RESULTS"/attention_cuda.* "$RESULTS"/latency_*_cuda*.* "$RESULTS"/run_gpu_*.log; do
+    for f in "$RESULTS"/attention_cuda.* "$RESULTS"/latency_*_cuda*.* "$RESULTS"/serve_load_*_cuda.json \
+             "$RESULTS"/run_gpu_*.log; do
       [[ -f "$f" ]] && cp "$f" "$OUT/"
     done
   fi
@@ -52,6 +55,12 @@ stage_kernels() {
 stage_tiny() {
   python benchmarks/bench_latency.py --device cuda --model unipose-tiny --batch-size 1 8 --overwrite "${QUICK_ARGS[@]}" \
     --load-note "run_gpu.sh tiny" -o "$RESULTS"
+}
+
+stage_serve() {
+  # The load test of the HTTP service (Ray Serve, one replica holding one GPU) against direct calls on the same GPU.
+  python benchmarks/serve_load.py --task generate --device cuda --clients 1 4 16 64 1 --requests 24 \
+    -o "$RESULTS/serve_load_tiny_v2_cuda.json"
 }
 
 stage_7b() {
@@ -82,6 +91,6 @@ run_stage() {
 
 case "$STAGE" in
   all) rc=0; for s in check kernels tiny 7b; do run_stage "$s" || rc=1; done; exit $rc ;;
-  check|kernels|tiny|7b|7b1|7b8) run_stage "$STAGE" ;;
-  *) echo "usage: $0 [all|check|kernels|tiny|7b]" >&2; exit 2 ;;
+  check|kernels|tiny|serve|7b|7b1|7b8) run_stage "$STAGE" ;;
+  *) echo "usage: $0 [all|check|kernels|tiny|serve|7b|7b1|7b8]" >&2; exit 2 ;;
 esac

@@ -189,7 +189,8 @@ def run_handle_levels(args: argparse.Namespace, works: list, expected: list[obje
     from unipose_sdk.serve.deployment import ModelServer
     from unipose_sdk.serve.limits import APP_NAME, ServeLimits, ServeSettings
 
-    settings = ServeSettings(models=(args.model,), backend=args.backend, replicas=args.replicas,
+    settings = ServeSettings(models=(args.model,), backend=args.backend, device=args.device,
+                             gpus_per_replica=args.gpus_per_replica, replicas=args.replicas,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              threads_per_replica=args.threads_per_replica, max_new_tokens=args.max_new_tokens,
                              limits=ServeLimits(max_queued_requests=args.max_queued))
@@ -198,7 +199,7 @@ def run_handle_levels(args: argparse.Namespace, works: list, expected: list[obje
         model_server = serve.deployment(ModelServer).options(
             name="model", num_replicas=settings.replicas, max_ongoing_requests=settings.max_ongoing_requests,
             max_queued_requests=settings.handle_queue_limit,
-            ray_actor_options={"num_cpus": settings.threads_per_replica})
+            ray_actor_options=settings.replica_resources)
         handle = serve.run(model_server.bind(args.model, settings.to_args()), name=APP_NAME, route_prefix=None)
 
         async def level(clients: int) -> dict:
@@ -244,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="unipose-tiny", help="model name or directory (an export directory "
                         "for --backend onnxruntime)")
     parser.add_argument("--backend", default="auto", help="the service's --backend (the direct calls use the same)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="the service's --device (the direct calls use the same)")
+    parser.add_argument("--gpus-per-replica", type=float, default=None,
+                        help="the service's --gpus-per-replica (default: 1 with --device cuda)")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="text tokens per answer (service and direct)")
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads_per_replica)
     # The direct calls every answer must equal, one input at a time.
-    with Generator.from_pretrained(model=args.model, backend=args.backend,
+    with Generator.from_pretrained(model=args.model, backend=args.backend, device=args.device,
                                    max_new_tokens=args.max_new_tokens) as generator:
         run_info = generator.session.run_info()
         generated = [generator.generate(p) for p in PROMPTS]
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         expected: list[object] = [r.pose_codes for r in generated]
     else:
         bodies = [{"pose": {"array": r.pose.rotmat[0].tolist(), "dtype": "float32"}} for r in generated]
-        with Describer.from_pretrained(model=args.model, backend=args.backend,
+        with Describer.from_pretrained(model=args.model, backend=args.backend, device=args.device,
                                        max_new_tokens=args.max_new_tokens) as describer:
             expected = [describer.describe(pose=r.pose).text for r in generated]
     path = f"/v1/{args.task}"
@@ -288,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "unipose_sdk", "serve", "--port", str(port), "--model", args.model,
          "--backend", args.backend, "--replicas", str(args.replicas), "--max-batch", str(args.max_batch),
          "--max-queued", str(args.max_queued), "--batch-wait-ms", str(args.batch_wait_ms),
-         "--threads-per-replica", str(args.threads_per_replica), "--max-new-tokens", str(args.max_new_tokens)],
+         "--threads-per-replica", str(args.threads_per_replica), "--max-new-tokens", str(args.max_new_tokens),
+         "--device", args.device]
+        + (["--gpus-per-replica", str(args.gpus_per_replica)] if args.gpus_per_replica is not None else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment, start_new_session=True)
     try:
         for line in service.stdout:
@@ -328,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/serve_load.py " + " ".join(portable_argv(argv if argv is not None
                                                                            else sys.argv[1:])),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
                      "fastapi": fastapi.__version__, "unipose_sdk": unipose_sdk.__version__},
@@ -336,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max_batch": args.max_batch, "max_ongoing_requests": args.max_batch + args.max_queued,
                     "max_queued_requests": args.max_queued, "batch_wait_ms": args.batch_wait_ms,
                     "threads_per_replica": args.threads_per_replica, "max_new_tokens": args.max_new_tokens,
+                    "gpus_per_replica": args.gpus_per_replica,
                     "task": args.task, "inputs_per_request": 1},
         "levels": levels, "overload": overload, "handle_levels": handle_levels,
     }

@@ -484,6 +484,41 @@ def test_settings_refuse_what_cannot_run() -> None:
     assert ServeSettings.from_args(settings.to_args()) == settings
 
 
+def test_replicas_reserve_the_gpus_they_run_on() -> None:
+    """Ray hides every GPU from an actor that reserves none, so a replica asked to run on CUDA must reserve a share
+    of one; contradictions and more GPUs than Ray sees are refused before anything is deployed."""
+    from unipose_sdk.cli.serve import _check_gpus
+    from unipose_sdk.errors import InvalidOptionError
+    from unipose_sdk.serve.limits import ServeSettings
+
+    assert ServeSettings().replica_resources == {"num_cpus": 1}  # auto without a GPU share: the replica's CPU
+    assert ServeSettings(device="cpu", threads_per_replica=2).replica_resources == {"num_cpus": 2}
+    assert ServeSettings(device="cuda").replica_resources == {"num_cpus": 1, "num_gpus": 1.0}
+    shared = ServeSettings(device="cuda", replicas=2, gpus_per_replica=0.5)
+    assert shared.replica_resources == {"num_cpus": 1, "num_gpus": 0.5}
+    assert ServeSettings(gpus_per_replica=0.25).replica_gpus == 0.25  # auto with a share: the replica sees a GPU
+    assert ServeSettings.from_args(shared.to_args()) == shared  # the Serve config carries it to `serve deploy`
+    for bad, named in (({"device": "cpu", "gpus_per_replica": 0.5}, "device='cpu'"),
+                       ({"device": "cuda", "gpus_per_replica": 0}, "gpus_per_replica=0"),
+                       ({"gpus_per_replica": 1.5}, "gpus_per_replica=1.5"),
+                       ({"gpus_per_replica": -1}, "gpus_per_replica=-1"),
+                       ({"gpus_per_replica": True}, "gpus_per_replica=True")):
+        with pytest.raises(InvalidOptionError, match=named):
+            ServeSettings(**bad)
+    _check_gpus(shared, 1.0)  # two halves of one GPU fit
+    _check_gpus(ServeSettings(), 0.0)
+    with pytest.raises(InvalidOptionError, match="= 2 GPUs, where Ray sees 1") as refused:
+        _check_gpus(ServeSettings(device="cuda", replicas=2), 1.0)
+    assert "--gpus-per-replica" in str(refused.value)
+    contradiction = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--device", "cpu",
+                                    "--gpus-per-replica", "0.5"], capture_output=True, text=True, timeout=60)
+    assert contradiction.returncode == 2 and "device='cpu'" in contradiction.stderr, contradiction.stderr
+    config = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--device", "cuda",
+                             "--replicas", "4", "--gpus-per-replica", "0.25"], capture_output=True, text=True,
+                            timeout=60)
+    assert config.returncode == 0 and "gpus_per_replica: 0.25" in config.stdout, config.stderr
+
+
 def test_work_admission_refuses_what_the_timeout_leaves_no_time_for() -> None:
     from unipose_sdk.serve.limits import WorkAdmission
 

@@ -12,8 +12,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unipose_sdk.cli.tasks import add_runtime_flags, positive_int
+
+if TYPE_CHECKING:
+    from unipose_sdk.serve.limits import ServeSettings
 
 
 def _positive_float(text: str) -> float:
@@ -23,6 +27,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 
@@ -47,7 +61,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return ServeSettings(models=models, backend=args.backend, device=args.device, dtype=args.dtype,
                          max_new_tokens=args.max_new_tokens, replicas=args.replicas, max_batch=args.max_batch,
                          batch_wait_ms=args.batch_wait_ms, threads_per_replica=args.threads_per_replica,
-                         limits=limits, api_key_sha256=digest, max_poses=args.max_poses)
+                         limits=limits, api_key_sha256=digest, max_poses=args.max_poses,
+                         gpus_per_replica=args.gpus_per_replica)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -77,7 +92,9 @@ def _serve(args: argparse.Namespace) -> int:
     local = args.address is None
     if local:  # a private instance: never attach to a cluster that RAY_ADDRESS or a running instance would name
         needed = settings.replicas * settings.threads_per_replica * len(settings.models)
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
+        # The GPUs are counted the way the replicas will see them (torch), not left to Ray's own detection.
+        gpus = _local_gpu_count() if settings.replica_gpus else 0
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), num_gpus=gpus, include_dashboard=False,
                  log_to_driver=args.verbose, logging_level="WARNING")
     else:
         ray.init(address=args.address, log_to_driver=args.verbose, logging_level="WARNING")
@@ -85,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
         if handler is not None:
             signal.signal(signum, handler)
     try:
+        _check_gpus(settings, ray.cluster_resources().get("GPU", 0.0))
         serve.start(http_options={"host": args.host, "port": args.port,
                                   "request_timeout_s": settings.limits.request_timeout_s + 5},
                     logging_config={"log_level": "INFO" if args.verbose else "WARNING"})
@@ -106,6 +124,27 @@ def _serve(args: argparse.Namespace) -> int:
             print("unipose serve: stopped", file=sys.stderr, flush=True)
 
 
+def _local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _check_gpus(settings: ServeSettings, gpus_in_cluster: float) -> None:
+    """Refuse, before anything is deployed, replicas that reserve more GPUs than Ray sees: Serve would otherwise
+    wait for them forever."""
+    from unipose_sdk.errors import InvalidOptionError
+
+    needed = settings.replica_gpus * settings.replicas * len(settings.models)
+    if needed > gpus_in_cluster + 1e-9:
+        raise InvalidOptionError.make(
+            f"{settings.replicas} replica(s) x {len(settings.models)} model(s) x {settings.replica_gpus:g} GPU "
+            f"(--device {settings.device}) = {needed:g} GPUs, where Ray sees {gpus_in_cluster:g}",
+            "at most as many GPUs as the Ray instance has",
+            "Pass --gpus-per-replica with a fraction (e.g. 0.5 shares one GPU between 2 replicas), fewer "
+            "--replicas, or --device cpu.")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve the tasks over HTTP (Ray Serve) with a web demo")
     p.add_argument("--model", action="append", metavar="NAME|DIR",
@@ -125,6 +164,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the replica idle runs at once)")
     p.add_argument("--threads-per-replica", type=positive_int, default=1, metavar="N",
                    help="CPU threads (and Ray CPUs) per replica")
+    p.add_argument("--gpus-per-replica", type=_non_negative_float, default=None, metavar="G",
+                   help="GPUs Ray reserves for each model replica (default 1 with --device cuda, else 0; a "
+                        "fraction such as 0.5 shares one GPU between replicas). Ray hides the GPUs from a "
+                        "replica that reserves none")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--address", default=None, metavar="RAY_ADDRESS",

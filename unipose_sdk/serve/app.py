@@ -593,7 +593,7 @@ def build_app(args: dict[str, Any]) -> Any:
             name=deployment_name(i), num_replicas=settings.replicas,
             max_ongoing_requests=settings.max_ongoing_requests,
             max_queued_requests=settings.handle_queue_limit,
-            ray_actor_options={"num_cpus": settings.threads_per_replica},
+            ray_actor_options=settings.replica_resources,
         ).bind(model, settings_args)
         for i, model in enumerate(settings.models[1:], start=1)
     ]
@@ -602,5 +602,5 @@ def build_app(args: dict[str, Any]) -> Any:
     # beyond that wait in Ray's proxy.
     ongoing = settings.max_ongoing_requests + len(others) * settings.handle_queue_limit + 64
     return Service.options(num_replicas=settings.replicas, max_ongoing_requests=max(1000, ongoing),
-                           ray_actor_options={"num_cpus": settings.threads_per_replica},
+                           ray_actor_options=settings.replica_resources,  # it runs the default model
                            ).bind(others, settings_args)

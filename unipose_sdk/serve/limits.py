@@ -60,6 +60,9 @@ class ServeSettings:
         kept, so neither the Serve config nor Ray's state holds the key itself.
     max_poses: most pose blocks one /v1/chat reply may hold (`AssistantOptions.max_poses`; each reserves its 82
         tokens of the model's context).
+    gpus_per_replica: the GPUs Ray reserves for each model replica (a fraction shares one GPU between replicas).
+        Ray hides every GPU from an actor that reserves none (an empty CUDA_VISIBLE_DEVICES), so a replica runs
+        on a GPU only with a share of one: None means 1 with device="cuda" and 0 otherwise.
     """
 
     models: tuple[str, ...] = ("unipose-tiny",)
@@ -74,6 +77,7 @@ class ServeSettings:
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key_sha256: str | None = None
     max_poses: int = 2
+    gpus_per_replica: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
@@ -92,8 +96,38 @@ class ServeSettings:
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise InvalidOptionError.make(f"batch_wait_ms={self.batch_wait_ms!r}", "a number in [0, 1000]",
                                           "Pass e.g. batch_wait_ms=20.")
+        gpus = self.gpus_per_replica
+        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0
+                                 or (gpus > 1 and gpus != int(gpus))):
+            raise InvalidOptionError.make(f"gpus_per_replica={gpus!r}",
+                                          "0, a fraction of one GPU in (0, 1], or a whole number of GPUs",
+                                          "Pass e.g. --gpus-per-replica 0.5 to share one GPU between 2 replicas.")
+        if self.device == "cpu" and gpus:
+            raise InvalidOptionError.make(f"device='cpu' with gpus_per_replica={gpus!r}",
+                                          "GPUs reserved only for replicas that run on a GPU",
+                                          "Pass --device cuda (or auto), or leave --gpus-per-replica out.")
+        if self.device == "cuda" and gpus == 0:
+            raise InvalidOptionError.make("device='cuda' with gpus_per_replica=0",
+                                          "a share of a GPU for replicas that run on one (Ray hides the GPUs from "
+                                          "an actor that reserves none)",
+                                          "Leave --gpus-per-replica out (1 GPU each) or pass a fraction like 0.5.")
         if self.limits.max_batch_items > self.max_batch:
             object.__setattr__(self, "limits", dataclasses.replace(self.limits, max_batch_items=self.max_batch))
+
+    @property
+    def replica_gpus(self) -> float:
+        """The GPUs Ray reserves for one model replica (see `gpus_per_replica`)."""
+        if self.gpus_per_replica is not None:
+            return float(self.gpus_per_replica)
+        return 1.0 if self.device == "cuda" else 0.0
+
+    @property
+    def replica_resources(self) -> dict[str, float]:
+        """`ray_actor_options` of a replica that runs a model: its CPU threads and its GPU share."""
+        resources: dict[str, float] = {"num_cpus": self.threads_per_replica}
+        if self.replica_gpus:
+            resources["num_gpus"] = self.replica_gpus
+        return resources
 
     @property
     def max_ongoing_requests(self) -> int:
