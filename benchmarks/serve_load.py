@@ -190,7 +190,7 @@ def run_handle_levels(args: argparse.Namespace, works: list, expected: list[obje
     from unipose_sdk.serve.limits import APP_NAME, ServeLimits, ServeSettings
 
     settings = ServeSettings(models=(args.model,), backend=args.backend, device=args.device,
-                             gpus_per_replica=args.gpus_per_replica, replicas=args.replicas,
+                             gpus_per_replica=args.gpus_per_replica, compile=args.compile, replicas=args.replicas,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              threads_per_replica=args.threads_per_replica, max_new_tokens=args.max_new_tokens,
                              limits=ServeLimits(max_queued_requests=args.max_queued))
@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="the service's --backend (the direct calls use the same)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="the service's --device (the direct calls use the same)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the service's --compile (the direct calls use the same)")
     parser.add_argument("--gpus-per-replica", type=float, default=None,
                         help="the service's --gpus-per-replica (default: 1 with --device cuda)")
     parser.add_argument("--replicas", type=int, default=1)
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads_per_replica)
     # The direct calls every answer must equal, one input at a time.
-    with Generator.from_pretrained(model=args.model, backend=args.backend, device=args.device,
+    with Generator.from_pretrained(model=args.model, backend=args.backend, device=args.device, compile=args.compile,
                                    max_new_tokens=args.max_new_tokens) as generator:
         run_info = generator.session.run_info()
         generated = [generator.generate(p) for p in PROMPTS]
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bodies = [{"pose": {"array": r.pose.rotmat[0].tolist(), "dtype": "float32"}} for r in generated]
         with Describer.from_pretrained(model=args.model, backend=args.backend, device=args.device,
-                                       max_new_tokens=args.max_new_tokens) as describer:
+                                       compile=args.compile, max_new_tokens=args.max_new_tokens) as describer:
             expected = [describer.describe(pose=r.pose).text for r in generated]
     path = f"/v1/{args.task}"
     name = "text" if args.task == "generate" else "pose"
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
          "--max-queued", str(args.max_queued), "--batch-wait-ms", str(args.batch_wait_ms),
          "--threads-per-replica", str(args.threads_per_replica), "--max-new-tokens", str(args.max_new_tokens),
          "--device", args.device]
-        + (["--gpus-per-replica", str(args.gpus_per_replica)] if args.gpus_per_replica is not None else []),
+        + (["--gpus-per-replica", str(args.gpus_per_replica)] if args.gpus_per_replica is not None else [])
+        + (["--compile"] if args.compile else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment, start_new_session=True)
     try:
         for line in service.stdout:
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max_batch": args.max_batch, "max_ongoing_requests": args.max_batch + args.max_queued,
                     "max_queued_requests": args.max_queued, "batch_wait_ms": args.batch_wait_ms,
                     "threads_per_replica": args.threads_per_replica, "max_new_tokens": args.max_new_tokens,
-                    "gpus_per_replica": args.gpus_per_replica,
+                    "gpus_per_replica": args.gpus_per_replica, "compile": args.compile,
                     "task": args.task, "inputs_per_request": 1},
         "levels": levels, "overload": overload, "handle_levels": handle_levels,
     }

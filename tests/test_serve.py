@@ -505,6 +505,11 @@ def test_replicas_reserve_the_gpus_they_run_on() -> None:
                        ({"gpus_per_replica": True}, "gpus_per_replica=True")):
         with pytest.raises(InvalidOptionError, match=named):
             ServeSettings(**bad)
+    # Batches of every size form under load, so a service compiles nothing unless asked (each new shape would
+    # stall its requests while it compiles).
+    assert ServeSettings(device="cuda").compile is False
+    with pytest.raises(InvalidOptionError, match="compile='yes'"):
+        ServeSettings(compile="yes")
     _check_gpus(shared, 1.0)  # two halves of one GPU fit
     _check_gpus(ServeSettings(), 0.0)
     with pytest.raises(InvalidOptionError, match="= 2 GPUs, where Ray sees 1") as refused:

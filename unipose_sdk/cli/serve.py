@@ -62,7 +62,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                          max_new_tokens=args.max_new_tokens, replicas=args.replicas, max_batch=args.max_batch,
                          batch_wait_ms=args.batch_wait_ms, threads_per_replica=args.threads_per_replica,
                          limits=limits, api_key_sha256=digest, max_poses=args.max_poses,
-                         gpus_per_replica=args.gpus_per_replica)
+                         gpus_per_replica=args.gpus_per_replica, compile=args.compile)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -164,6 +164,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the replica idle runs at once)")
     p.add_argument("--threads-per-replica", type=positive_int, default=1, metavar="N",
                    help="CPU threads (and Ray CPUs) per replica")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoder calls (CUDA graphs on CUDA). Off by default: concurrent requests form "
+                        "batches of every size up to --max-batch, and each new shape compiles for seconds to a "
+                        "minute while its requests wait")
     p.add_argument("--gpus-per-replica", type=_non_negative_float, default=None, metavar="G",
                    help="GPUs Ray reserves for each model replica (default 1 with --device cuda, else 0; a "
                         "fraction such as 0.5 shares one GPU between replicas). Ray hides the GPUs from a "

@@ -512,9 +512,12 @@ class MistralLM(nn.Module):
             normed = hidden[:, logits_positions]
             logits = self.lm_head(normed)
         else:
-            kept = len(range(*logits_positions.indices(num_tokens)))
+            # The kept rows' count is read off the sliced view: torch.compile (Dynamo in torch 2.11) cannot trace
+            # slice.indices, and the CUDA path compiles this forward.
+            rows = x.view(batch, num_tokens, hidden_size)[:, logits_positions]
+            kept = rows.shape[1]
             if kept != num_tokens:  # the final norm and the LM head only where logits are asked for
-                x = x.view(batch, num_tokens, hidden_size)[:, logits_positions].reshape(batch * kept, hidden_size)
+                x = rows.reshape(batch * kept, hidden_size)
             x = final_norm.forward(x, plan.fused)
             normed = x.view(batch, kept, hidden_size)
             logits = (torch.mm(x, self.fused_lm_head) if plan.fused else self.lm_head(x)).view(batch, kept, -1)

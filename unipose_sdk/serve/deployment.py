@@ -98,7 +98,7 @@ class ModelServer:
         settings = ServeSettings.from_args(settings_args)
         torch.set_num_threads(settings.threads_per_replica)  # this process is the replica's own
         where = {"model": model, "backend": settings.backend, "device": settings.device, "dtype": settings.dtype,
-                 "max_new_tokens": settings.max_new_tokens}
+                 "max_new_tokens": settings.max_new_tokens, "compile": settings.compile}
         self.model = model
         self.settings = settings
         self.generator = Generator.from_pretrained(**where)

@@ -63,6 +63,9 @@ class ServeSettings:
     gpus_per_replica: the GPUs Ray reserves for each model replica (a fraction shares one GPU between replicas).
         Ray hides every GPU from an actor that reserves none (an empty CUDA_VISIBLE_DEVICES), so a replica runs
         on a GPU only with a share of one: None means 1 with device="cuda" and 0 otherwise.
+    compile: compile the decoder calls (`BaseOptions.compile`). Off by default in a service, on every device:
+        concurrent requests form batches of every size from 1 to max_batch, and each new batch shape would stall
+        the requests in it for seconds to a minute of compiling.
     """
 
     models: tuple[str, ...] = ("unipose-tiny",)
@@ -78,6 +81,7 @@ class ServeSettings:
     api_key_sha256: str | None = None
     max_poses: int = 2
     gpus_per_replica: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
@@ -96,6 +100,8 @@ class ServeSettings:
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise InvalidOptionError.make(f"batch_wait_ms={self.batch_wait_ms!r}", "a number in [0, 1000]",
                                           "Pass e.g. batch_wait_ms=20.")
+        if not isinstance(self.compile, bool):
+            raise InvalidOptionError.make(f"compile={self.compile!r}", "True or False", "Pass compile=False.")
         gpus = self.gpus_per_replica
         if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0
                                  or (gpus > 1 and gpus != int(gpus))):
