@@ -58,9 +58,12 @@ stage_tiny() {
 }
 
 stage_serve() {
-  # The load test of the HTTP service (Ray Serve, one replica holding one GPU) against direct calls on the same GPU.
+  # The load test of the HTTP service against direct calls on the same GPU: one replica holding the GPU, then four
+  # replicas sharing it (each replica's Python work, HTTP handling and result encoding, runs in its own process).
   python benchmarks/serve_load.py --task generate --device cuda --clients 1 4 16 64 1 --requests 24 \
     -o "$RESULTS/serve_load_tiny_v2_cuda.json"
+  python benchmarks/serve_load.py --task generate --device cuda --replicas 4 --gpus-per-replica 0.25 \
+    --clients 1 4 16 64 1 16 --requests 48 --overload-clients 512 -o "$RESULTS/serve_load_tiny_v2_cuda_4replicas.json"
 }
 
 stage_7b() {

@@ -43,8 +43,13 @@ PROMPTS = [
 
 
 def portable_argv(argv: list[str]) -> list[str]:
-    """The command line as recorded in the results: a --model directory by its name (no machine paths)."""
-    return [Path(a).name if i and argv[i - 1] == "--model" else a for i, a in enumerate(argv)]
+    """The command line as recorded in the results: a --model directory and an absolute -o path by their names (no
+    machine paths)."""
+    def portable(i: int, a: str) -> str:
+        named = i and (argv[i - 1] == "--model" or (argv[i - 1] in ("-o", "--output") and Path(a).is_absolute()))
+        return Path(a).name if named else a
+
+    return [portable(i, a) for i, a in enumerate(argv)]
 
 
 def percentile(values: list[float], q: float) -> float:
