@@ -518,6 +518,14 @@ def test_replicas_reserve_the_gpus_they_run_on() -> None:
     contradiction = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--device", "cpu",
                                     "--gpus-per-replica", "0.5"], capture_output=True, text=True, timeout=60)
     assert contradiction.returncode == 2 and "device='cpu'" in contradiction.stderr, contradiction.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # refused before Ray starts, not left waiting for a GPU that never comes
+        started = time.perf_counter()
+        no_gpu = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--device", "cuda", "--port",
+                                 str(free_port())], capture_output=True, text=True, timeout=120)
+        assert no_gpu.returncode == 2 and "= 1 GPUs, where Ray sees 0" in no_gpu.stderr, no_gpu.stderr
+        assert time.perf_counter() - started < 60
     config = subprocess.run([sys.executable, "-m", "unipose_sdk", "serve", "--print-config", "--device", "cuda",
                              "--replicas", "4", "--gpus-per-replica", "0.25"], capture_output=True, text=True,
                             timeout=60)

@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         needed = settings.replicas * settings.threads_per_replica * len(settings.models)
         # The GPUs are counted the way the replicas will see them (torch), not left to Ray's own detection.
         gpus = _local_gpu_count() if settings.replica_gpus else 0
+        _check_gpus(settings, gpus)  # before Ray starts: this machine's GPUs are all the instance will have
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), num_gpus=gpus, include_dashboard=False,
                  log_to_driver=args.verbose, logging_level="WARNING")
     else:
@@ -102,7 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
         if handler is not None:
             signal.signal(signum, handler)
     try:
-        _check_gpus(settings, ray.cluster_resources().get("GPU", 0.0))
+        if not local:
+            _check_gpus(settings, ray.cluster_resources().get("GPU", 0.0))
         serve.start(http_options={"host": args.host, "port": args.port,
                                   "request_timeout_s": settings.limits.request_timeout_s + 5},
                     logging_config={"log_level": "INFO" if args.verbose else "WARNING"})
