@@ -20,24 +20,24 @@ if TYPE_CHECKING:
     from unipose_sdk.serve.limits import ServeSettings
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, zero_allowed: bool) -> float:
+    """An argparse value: a finite number above 0, or at least 0 where zero is allowed."""
+    wanted = "a finite number >= 0" if zero_allowed else "a positive finite number"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not (0 <= value if zero_allowed else 0 < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=False)
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _finite_float(text, zero_allowed=True)
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
