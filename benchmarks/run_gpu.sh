@@ -10,6 +10,9 @@
 #   bash benchmarks/run_gpu.sh 7b         # the unipose-7b configuration, random bf16 weights, batches 1 and 8
 #   bash benchmarks/run_gpu.sh 7b1 / 7b8  # the same, one batch size per call (compiling the 7B graphs takes minutes)
 #   QUICK=1 bash benchmarks/run_gpu.sh 7b # fewer runs / shorter answers (when a call has a time limit)
+#   TRAIN_OUT=DIR bash benchmarks/run_gpu.sh train   # continue the embedded model's training (stage 3) on CUDA;
+#                                         # TRAIN_MINUTES (budget, stage 3 gets 22 %), TRAIN_SEED and TRAIN_ARGS
+#                                         # (more `unipose train` flags); then ship export / evaluate / install
 #
 # Where a single command may run at most ~10 minutes (the project's device machines), run the stages as
 # separate calls: check + kernels, tiny, 7b1, 7b8. Results: benchmarks/results/{attention_cuda,latency_tiny_cuda,
@@ -66,6 +69,14 @@ stage_serve() {
     --clients 1 4 16 64 1 16 --requests 48 --overload-clients 512 -o "$RESULTS/serve_load_tiny_v2_cuda_4replicas.json"
 }
 
+stage_train() {
+  # Stage 3 from the shipped weights with what a 2-core CPU cannot afford: batches of 128 drawn by worker processes
+  # and a 1.5x pool. The step count is left open (--language-steps) so the stage ends by its time share.
+  python -m unipose_sdk train -o "${TRAIN_OUT:-runs/gpu_train}" --stages 3 --init-from unipose_sdk/assets/unipose-tiny \
+    --device cuda --budget-minutes "${TRAIN_MINUTES:-25}" --seed "${TRAIN_SEED:-6}" --batch-size 128 --workers 6 \
+    --threads 2 --language-steps 1000000 --pool-scale 1.5 ${TRAIN_ARGS:-}
+}
+
 stage_7b() {
   # Latency does not depend on weight values: random bf16 weights, the 7B shapes (~14.5 GB of LLM weights).
   python benchmarks/bench_latency.py --device cuda --model unipose-7b --batch-size 1 8 --dtype bfloat16 --overwrite "${QUICK_ARGS[@]}" \
@@ -94,6 +105,6 @@ run_stage() {
 
 case "$STAGE" in
   all) rc=0; for s in check kernels tiny 7b; do run_stage "$s" || rc=1; done; exit $rc ;;
-  check|kernels|tiny|serve|7b|7b1|7b8) run_stage "$STAGE" ;;
-  *) echo "usage: $0 [all|check|kernels|tiny|serve|7b|7b1|7b8]" >&2; exit 2 ;;
+  check|kernels|tiny|serve|train|7b|7b1|7b8) run_stage "$STAGE" ;;
+  *) echo "usage: $0 [all|check|kernels|tiny|serve|train|7b|7b1|7b8]" >&2; exit 2 ;;
 esac

