@@ -42,12 +42,45 @@ def _has(facts: FactSet, kind: str, subject: str, *levels: str) -> bool:
 
 
 def _hand_up(f: FactSet, side: str) -> bool:
-    return _has(f, "hand_height", side, "above_head") or _has(f, "arm_direction", side, "up")
+    """Raised above the head, the way a user means it: never upside down (the arms then point at the floor)."""
+    return (_has(f, "hand_height", side, "above_head") or _has(f, "arm_direction", side, "up")) and not _has(
+        f, "posture", "body", "upside_down")
 
 
 def _upright(f: FactSet) -> bool:
-    """Standing (or jumping): not lying, sitting, squatting or kneeling."""
-    return not any(kind in ("posture", "sit", "squat", "kneel") for kind, _, _ in f)
+    """Standing (or jumping): not lying, upside down, sitting, squatting or kneeling."""
+    return not any(kind in ("posture", "sit", "squat", "kneel", "seat") for kind, _, _ in f)
+
+
+def _striding(f: FactSet) -> bool:
+    return any(kind == "stride" for kind, _, _ in f) and _upright(f) and not any(k == "lunge" for k, _, _ in f)
+
+
+# Pelvis heights (m, above the lowest joint) of a seated pose: below the first it sits on the floor; from the second
+# up, on something chair-high (sitting archetype 0.55-0.68 m; squats and cross-legged sitting 0.38-0.54 m).
+FLOOR_SEAT_MAX_PELVIS_M = 0.3
+CHAIR_SEAT_MIN_PELVIS_M = 0.56
+
+
+def derived_keys(facts: list[Fact]) -> FactSet:
+    """Keys the rules need that are not facts of their own: ("seat", "body", "floor" | "low" | "chair") for a
+    seated pose. A `sit` fact says how high the pelvis is (a `sit` fact in mid-air is a tuck jump, not a seat); a
+    pose with both thighs level or raised, feet down and no posture, squat, kneel or sit fact is sitting on the
+    floor with the legs out (no one stands like that)."""
+    keys = {f.key for f in facts}
+    sits = [f for f in facts if f.kind == "sit"]
+    airborne = _has(keys, "feet_ground", "feet", "neither")
+    if sits and not airborne:
+        height_m = sits[0].value
+        keys.add(("seat", "body", "floor" if height_m < FLOOR_SEAT_MAX_PELVIS_M else
+                  "chair" if height_m >= CHAIR_SEAT_MIN_PELVIS_M else "low"))
+    elif sits:
+        keys.discard(sits[0].key)
+    elif (all(_has(keys, "thigh", s, "raised", "right_angle") for s in SIDES)
+          and not _has(keys, "feet_ground", "feet", "neither")
+          and not any(kind in ("posture", "squat", "kneel") for kind, _, _ in keys)):
+        keys.add(("seat", "body", "floor"))
+    return keys
 
 
 def _side_rules(side: str) -> list[Rule]:
@@ -71,8 +104,7 @@ def _side_rules(side: str) -> list[Rule]:
               f"holding {{P}} {side} arm out in front", f"offering a handshake with {{P}} {side} hand"),
              (f"reach forward with your {side} arm", f"point ahead with your {side} arm")),
         Rule(f"{side}_leg_up", lambda f: _has(f, "leg_raised", side, "raised", "raised_high") and not _has(
-            f, "leg_raised", other, "raised", "raised_high") and not _has(f, "posture", "body", "lying_back",
-                                                                          "lying_front", "lying_side"),
+            f, "leg_raised", other, "raised", "raised_high") and _upright(f),
              (f"standing on {{P}} {other} leg", f"lifting {{P}} {side} leg", f"balancing on {{P}} {other} foot",
               f"with {{P}} {side} foot off the ground", f"raising {{P}} {side} knee"),
              (f"stand on your {other} leg", f"lift your {side} foot off the floor", f"balance on your {other} foot")),
@@ -92,6 +124,12 @@ def _side_rules(side: str) -> list[Rule]:
         Rule(f"{side}_lunge", lambda f: _has(f, "lunge", side, "lunging"),
              (f"lunging forward with {{P}} {side} leg", "doing a lunge", f"stepping far forward on {{P}} {side} foot"),
              (f"lunge forward with your {side} leg", "do a lunge"), body=True),
+        Rule(f"{side}_step", lambda f: _has(f, "stride", side, "forward") and _striding(f),
+             (f"stepping forward with {{P}} {side} foot", f"with {{P}} {side} foot in front",
+              f"taking a step with {{P}} {side} leg", f"with {{P}} {side} leg forward and the other behind",
+              f"mid-step, {side} foot ahead"),
+             (f"step forward with your {side} foot", f"put your {side} foot forward",
+              f"take a step with your {side} leg")),
         Rule(f"{side}_lean", lambda f: _has(f, "torso_roll", "torso", side),
              (f"leaning to {{P}} {side}", f"bending sideways to the {side}", f"tilting {{P}} upper body {side}"),
              (f"lean to your {side}", f"bend sideways to the {side}")),
@@ -114,9 +152,27 @@ RULES: list[Rule] = [
     Rule("squat", lambda f: _has(f, "squat", "body", "squatting"),
          ("doing a squat", "squatting down", "crouching low", "in a deep crouch", "hunkering down"),
          ("squat down", "do a deep squat", "crouch down low"), body=True),
-    Rule("sit", lambda f: _has(f, "sit", "body", "sitting"),
-         ("sitting down", "seated", "sitting on a chair", "taking a seat"),
-         ("sit down", "take a seat"), body=True),
+    Rule("sit", lambda f: _has(f, "seat", "body", "chair", "low"),
+         ("sitting down", "seated", "taking a seat"), ("sit down", "take a seat"), body=True),
+    Rule("sit_chair", lambda f: _has(f, "seat", "body", "chair"),
+         ("sitting on a chair", "sitting on a bench", "seated on a chair"), ("sit on a chair",), body=True),
+    Rule("sit_floor", lambda f: _has(f, "seat", "body", "floor"),
+         ("sitting on the floor", "sitting on the ground", "seated on the floor", "sitting down on the ground"),
+         ("sit down on the floor", "sit on the ground"), body=True),
+    Rule("sit_floor_legs_out", lambda f: _has(f, "seat", "body", "floor")
+         and all(_has(f, "knee_bend", s, "straight", "slightly_bent") for s in SIDES),
+         ("sitting on the floor with {P} legs out straight", "sitting with {P} legs extended on the ground",
+          "seated on the ground, legs straight ahead"), ("sit on the floor and straighten your legs",), body=True),
+    Rule("upside_down", lambda f: _has(f, "posture", "body", "upside_down"),
+         ("doing a handstand", "upside down", "balancing on {P} hands", "standing on {P} hands",
+          "in a handstand"), ("do a handstand", "stand on your hands", "go upside down"), body=True),
+    Rule("walk", lambda f: _striding(f) and _has(f, "feet_ground", "feet", "both"),
+         ("walking", "walking forward", "in mid-stride", "taking a step", "out for a walk"),
+         ("walk forward", "take a step forward"), body=True),
+    Rule("run", lambda f: _striding(f) and any(_has(f, "knee_bend", s, "bent", "deeply_bent") for s in SIDES)
+         and (_has(f, "feet_ground", "feet", "neither") or any(_has(f, "leg_raised", s, "raised", "raised_high")
+                                                                 for s in SIDES)),
+         ("running", "jogging", "sprinting", "out for a run"), ("run", "start running"), body=True),
     Rule("kneel", lambda f: all(_has(f, "kneel", s, "kneeling") for s in SIDES),
          ("kneeling on both knees", "on {P} knees", "kneeling down"), ("kneel down", "get on your knees"), body=True),
     Rule("jump", lambda f: _has(f, "feet_ground", "feet", "neither")
@@ -138,7 +194,7 @@ RULES: list[Rule] = [
           "stretching both arms overhead", "holding {P} hands up"),
          ("put your hands up", "raise both arms", "reach for the sky with both hands", "hands up")),
     Rule("arms_down", lambda f: all(_has(f, "arm_direction", s, "down") for s in SIDES),
-         ("with {P} arms hanging at {P} sides", "keeping {P} arms down", "arms relaxed by {P} sides"),
+         ("with {P} arms hanging at {P} sides", "keeping {P} arms down", "with {P} arms relaxed by {P} sides"),
          ("let your arms hang down", "keep your arms at your sides"), weight=0.5),
     Rule("arms_forward", lambda f: all(_has(f, "arm_direction", s, "forward") for s in SIDES),
          ("with both arms straight out in front", "reaching forward with both arms", "sleepwalking like a zombie"),
@@ -159,18 +215,24 @@ RULES: list[Rule] = [
     Rule("feet_wide", lambda f: _has(f, "feet_distance", "feet", "wide") and _upright(f),
          ("with {P} feet wide apart", "in a wide stance", "standing with legs spread"),
          ("spread your feet wide", "take a wide stance")),
-    Rule("feet_together", lambda f: _has(f, "feet_distance", "feet", "together") and _upright(f),
+    Rule("feet_together", lambda f: _has(f, "feet_distance", "feet", "together") and _upright(f)
+         and not any(k == "stride" for k, _, _ in f),
          ("with {P} feet together", "standing with feet side by side"), ("put your feet together",), weight=0.25),
     Rule("legs_crossed", lambda f: _has(f, "legs_crossed", "legs", "crossed"),
          ("with {P} legs crossed", "crossing {P} legs"), ("cross your legs",)),
+    Rule("cross_legged", lambda f: _has(f, "legs_crossed", "legs", "crossed")
+         and _has(f, "seat", "body", "floor", "low"),
+         ("sitting cross-legged", "sitting cross-legged on the floor", "sitting with crossed legs on the ground"),
+         ("sit cross-legged on the floor",), body=True),
     Rule("look_down", lambda f: _has(f, "head_pitch", "head", "down"),
          ("looking down", "with {P} head bowed", "looking at the floor"), ("look down", "bow your head")),
-    Rule("look_up", lambda f: _has(f, "head_pitch", "head", "up"),
+    Rule("look_up", lambda f: _has(f, "head_pitch", "head", "up") and not _has(f, "posture", "body", "upside_down"),
          ("looking up", "gazing at the sky", "tilting {P} head back"), ("look up", "look up at the ceiling")),
     Rule("knees_bent", lambda f: all(_has(f, "knee_bend", s, "bent", "deeply_bent") for s in SIDES)
-         and not any(k in ("squat", "sit", "kneel", "posture") for k, _, _ in f),
+         and _upright(f),
          ("with both knees bent", "bending {P} knees", "in a half crouch"), ("bend your knees",)),
-    Rule("standing_straight", lambda f: _has(f, "torso_pitch", "torso", "upright")
+    Rule("standing_straight", lambda f: _upright(f) and not any(k == "stride" for k, _, _ in f)
+         and _has(f, "torso_pitch", "torso", "upright")
          and all(_has(f, "knee_bend", s, "straight") for s in SIDES)
          and all(_has(f, "arm_direction", s, "down") for s in SIDES),
          ("standing up straight", "standing at attention", "standing still", "in a neutral standing pose"),
@@ -183,7 +245,7 @@ SUBJECTS = (("a person", "their"), ("someone", "their"), ("a man", "his"), ("a w
 
 
 def matching_rules(facts: list[Fact]) -> list[Rule]:
-    keys = {f.key for f in facts}
+    keys = derived_keys(facts)
     return [rule for rule in RULES if rule.holds(keys)]
 
 
