@@ -183,3 +183,33 @@ def test_the_default_archetypes_draw_the_same_poses_as_before():
     assert not set(labels) & set(TRAINING_ARCHETYPE_NAMES[len(ARCHETYPE_NAMES):])
     _, training_labels = sample_poses(400, seed=1, mix={"archetype": 1.0}, archetypes=TRAINING_ARCHETYPE_NAMES)
     assert set(training_labels) & {"handstand", "hands_on_knees", "sitting_on_floor"}
+
+
+@pytest.mark.parametrize(("body", "arms", "body_fact", "arm_level"), [
+    ("squatting", "reaching_up", ("squat", "body", "squatting"), "up"),
+    ("sitting", "t_pose", ("sit", "body", "sitting"), "out"),
+    ("lunging", "reaching_forward", ("lunge", None, "lunging"), "forward"),
+])
+def test_composed_poses_keep_the_body_of_one_archetype_and_the_arms_of_another(body, arms, body_fact, arm_level):
+    """A blend half-bends both archetypes; composition keeps what each one shows, so training sees the pairs."""
+    from unipose_sdk.data.facts import facts_for_poses
+
+    axis_angle, labels = sample_poses(60, np.random.default_rng(3), mix={"compose": 1.0}, archetypes=(body, arms),
+                                      noise_deg=0.0)
+    composed = [i for i, label in enumerate(labels) if label == f"compose:{body}+{arms}:left+right"]
+    assert len(composed) >= 5
+    for facts in facts_for_poses(axis_angle[composed]):
+        keys = {(f.kind, f.level) for f in facts} | {(f.kind, f.subject, f.level) for f in facts}
+        assert (body_fact if body_fact[1] else (body_fact[0], body_fact[2])) in keys, (body, keys)
+        assert {f.subject for f in facts if f.kind == "arm_direction" and f.level == arm_level} == {"left", "right"}
+
+
+def test_the_training_mix_leaves_the_default_draws_alone():
+    from unipose_sdk.data.poses import TRAINING_MIX
+
+    default, _ = sample_poses(100, seed=10007)
+    again, labels = sample_poses(100, seed=10007, mix=None)
+    np.testing.assert_array_equal(default, again)
+    assert not any(label.startswith("compose:") for label in labels)
+    _, training_labels = sample_poses(100, seed=1, mix=TRAINING_MIX)
+    assert any(label.startswith("compose:") for label in training_labels)

@@ -383,7 +383,7 @@ def test_pool_cache_is_never_unpickled(tmp_path: Path, caplog) -> None:
     assert [[t for t, _ in ts] for ts in again.pair_texts] == [[t for t, _ in ts] for ts in pool.pair_texts]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not-a-zip", "other-sizes", "other-archetypes"])
+@pytest.mark.parametrize("damage", ["truncated", "not-a-zip", "other-sizes", "other-archetypes", "other-mix"])
 def test_damaged_pool_cache_is_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
     sizes = pools.PoolSizes(poses=4, pairs=2, pose_images=1, pair_images=1, texts_per_pair=1)
     pose_tokenizer = random_tiny_tokenizer(seed=0)
@@ -394,11 +394,12 @@ def test_damaged_pool_cache_is_rebuilt(tmp_path: Path, damage: str, caplog) -> N
     elif damage == "not-a-zip":
         cache.write_bytes(b"garbage")
     archetypes = ("standing", "handstand") if damage == "other-archetypes" else pools.ARCHETYPE_NAMES
+    mix = {"archetype": 0.5, "compose": 0.5} if damage == "other-mix" else None
     with caplog.at_level(logging.INFO, logger="unipose_sdk.training"):
         other = sizes if damage != "other-sizes" else dataclasses.replace(sizes, poses=5)
-        pool = pools.load_or_build_pool(tmp_path, 2, other, pose_tokenizer, archetypes)
-    assert pool.archetypes == tuple(archetypes)
+        pool = pools.load_or_build_pool(tmp_path, 2, other, pose_tokenizer, archetypes, mix)
+    assert pool.archetypes == tuple(archetypes) and pool.mix == (mix or first.mix)
     assert "rebuilding" in caplog.text and str(cache) in caplog.text
     assert pool.num_poses == other.poses
-    if other == sizes and damage != "other-archetypes":
+    if other == sizes and damage not in ("other-archetypes", "other-mix"):
         assert np.array_equal(pool.axis_angle, first.axis_angle)

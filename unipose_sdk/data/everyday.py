@@ -192,7 +192,7 @@ RULES: list[Rule] = [
     Rule("hands_up", lambda f: all(_hand_up(f, s) for s in SIDES),
          ("with both hands in the air", "raising both arms", "reaching for the sky", "cheering with both arms up",
           "stretching both arms overhead", "holding {P} hands up"),
-         ("put your hands up", "raise both arms", "reach for the sky with both hands", "hands up")),
+         ("put your hands up", "raise both arms", "reach for the sky with both hands", "put both hands up")),
     Rule("arms_down", lambda f: all(_has(f, "arm_direction", s, "down") for s in SIDES),
          ("with {P} arms hanging at {P} sides", "keeping {P} arms down", "with {P} arms relaxed by {P} sides"),
          ("let your arms hang down", "keep your arms at your sides"), weight=0.5),

@@ -79,6 +79,14 @@ LIMITS_LOW_DEG, LIMITS_HIGH_DEG = _limits_table()  # [22, 3] each
 LIMITS_DEG: np.ndarray = np.stack([LIMITS_LOW_DEG, LIMITS_HIGH_DEG], axis=-1)  # [22, 3, 2]
 
 DEFAULT_MIX: dict[str, float] = {"archetype": 0.55, "blend": 0.25, "free": 0.20}
+# Training pools add "compose": one archetype's legs, torso and root with the arms of another (both arms, or one),
+# so that "squatting with both arms raised" or "lunging with the left hand on the hip" exist as poses; a blend of
+# the two archetypes would half-bend both. Evaluation pools keep DEFAULT_MIX, so they never change.
+TRAINING_MIX: dict[str, float] = {"archetype": 0.40, "blend": 0.15, "free": 0.15, "compose": 0.30}
+MIX_KINDS = ("archetype", "blend", "free", "compose")
+ARM_JOINTS: dict[str, tuple[int, ...]] = {
+    side: tuple(JOINT_INDEX[f"{side}_{part}"] for part in ("collar", "shoulder", "elbow", "wrist"))
+    for side in ("left", "right")}
 _BODY_JOINTS = slice(1, NUM_JOINTS)
 
 
@@ -185,12 +193,13 @@ def sample_euler_deg(
 ) -> tuple[np.ndarray, list[str]]:
     """[n, 22, 3] clipped Euler degrees (root = the archetype's own root) and one label per pose.
 
-    Labels: the archetype name, "blend:a+b", or "free". Mirrored archetypes keep their name.
+    Labels: the archetype name, "blend:a+b", "compose:a+b:SIDES" (a's body with b's arms on SIDES) or "free".
+    Mirrored archetypes keep their name.
     """
     weights = dict(DEFAULT_MIX if mix is None else mix)
-    unknown = set(weights) - set(DEFAULT_MIX)
+    unknown = set(weights) - set(MIX_KINDS)
     if unknown or not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
-        raise ValueError(f"mix must weight {sorted(DEFAULT_MIX)} with non-negative numbers, got {dict(weights)}")
+        raise ValueError(f"mix must weight some of {list(MIX_KINDS)} with non-negative numbers, got {dict(weights)}")
     kinds = list(weights)
     probs = np.array([weights[k] for k in kinds], dtype=np.float64)
     names = tuple(ARCHETYPE_NAMES if archetypes is None else archetypes)
@@ -210,6 +219,16 @@ def sample_euler_deg(
             euler[0] = ARCHETYPES[names[a] if w >= 0.5 else names[b]][0]
             euler = _perturb(euler, rng, noise_deg)
             label = f"blend:{names[a]}+{names[b]}"
+        elif kind == "compose":
+            a, b = rng.choice(len(names), size=2, replace=False)
+            euler = ARCHETYPES[names[a]].copy()
+            sides = ("left", "right") if rng.random() < 0.5 else (("left", "right")[rng.integers(2)],)
+            for side in sides:
+                # The arm of b (possibly mirrored: b's right arm on a's left side keeps one-arm archetypes useful).
+                source = mirror_euler_deg(ARCHETYPES[names[b]]) if rng.random() < 0.5 else ARCHETYPES[names[b]]
+                euler[list(ARM_JOINTS[side])] = source[list(ARM_JOINTS[side])]
+            euler = _perturb(euler, rng, noise_deg)
+            label = f"compose:{names[a]}+{names[b]}:{'+'.join(sides)}"
         else:
             euler, label = _free_pose(rng), "free"
         if rng.random() < 0.5:
@@ -231,7 +250,8 @@ def sample_poses(
     """Sample n plausible poses.
 
     seed: an int or a numpy Generator (deterministic given either).
-    mix: weights for "archetype", "blend", "free" (default `DEFAULT_MIX`).
+    mix: weights for "archetype", "blend", "free", "compose" (default `DEFAULT_MIX`; training pools use
+        `TRAINING_MIX`).
     global_orient: "upright" keeps each archetype's own root (facing +z); "random" adds any yaw and a
         pitch / roll within +-max_tilt_deg on top of it.
     Returns (axis_angle [n, 66] float32, labels: list of n strings).

@@ -31,6 +31,7 @@ import torch
 from unipose_sdk.checkpoint.pose_tokenizer import load_pose_tokenizer
 from unipose_sdk.checkpoint.sdk_format import load_model, save_model
 from unipose_sdk.data.archetypes import TRAINING_ARCHETYPE_NAMES
+from unipose_sdk.data.poses import TRAINING_MIX
 from unipose_sdk.models.attention import use_attention_impl
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.unipose import UniPoseModel
@@ -77,6 +78,7 @@ class TrainSettings:
     pool_sizes: PoolSizes = field(default_factory=PoolSizes)
     # The named postures the pool's poses are drawn around: the evaluation pool's plus the training-only ones.
     pool_archetypes: tuple[str, ...] = TRAINING_ARCHETYPE_NAMES
+    pool_mix: dict[str, float] = field(default_factory=lambda: dict(TRAINING_MIX))  # how poses are drawn
     pose_tokenizer: Path | None = None  # None: the shipped embedded pose tokenizer
     # Pose-code targets (see batches.CodeTargets): kernel width in codebook units (None: one-hot cross-entropy)
     # and the weight of the expected-code-vector term.
@@ -327,7 +329,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     pose_tokenizer = load_pose_tokenizer(settings.pose_tokenizer)
     start = time.perf_counter()
     pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer,
-                              settings.pool_archetypes)
+                              settings.pool_archetypes, settings.pool_mix)
     data_seconds = time.perf_counter() - start
     log.info("training pool ready in %.1f s", data_seconds)
     results: dict[str, Any] = {}
@@ -380,6 +382,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                      "workers": settings.workers,
                      "pose_tokenizer": str(settings.pose_tokenizer or "embedded"),
                      "pool": asdict(settings.pool_sizes), "pool_archetypes": list(settings.pool_archetypes),
+                     "pool_mix": settings.pool_mix,
                      "data_seconds": data_seconds,
                      "code_sigma": settings.code_sigma, "code_latent_weight": settings.code_latent_weight})
         if continuing:

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from unipose_sdk.body.pose import Pose
 from unipose_sdk.data.archetypes import ARCHETYPE_NAMES
 from unipose_sdk.data.facts import Fact, facts_for_poses
 from unipose_sdk.data.pairs import PairFact, describe_pair, sample_pairs
-from unipose_sdk.data.poses import joints_and_rotations, sample_poses
+from unipose_sdk.data.poses import DEFAULT_MIX, joints_and_rotations, sample_poses
 from unipose_sdk.data.render import render_views
 
 log = logging.getLogger("unipose_sdk.training")
@@ -82,6 +83,7 @@ class Pool:
     image_of_pair_a: np.ndarray  # [pair_images]
     image_of_pair_b: np.ndarray
     archetypes: tuple[str, ...] = ARCHETYPE_NAMES  # what the poses were drawn around (`build_pool`)
+    mix: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIX))  # and how
 
     @property
     def num_poses(self) -> int:
@@ -121,12 +123,12 @@ def _render(joints: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def build_pool(seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | None,
-               archetypes: tuple[str, ...] = ARCHETYPE_NAMES) -> Pool:
+               archetypes: tuple[str, ...] = ARCHETYPE_NAMES, mix: Mapping[str, float] | None = None) -> Pool:
     """Draw every part of a pool (see the module docstring); logs the time of each part. `archetypes`: the named
-    postures the poses are drawn around (training pools add `TRAINING_ARCHETYPE_NAMES`; evaluation keeps the
-    default, so its pool never changes)."""
+    postures the poses are drawn around, `mix`: how (`data.poses.sample_poses`; training pools add
+    `TRAINING_ARCHETYPE_NAMES` and `TRAINING_MIX`; evaluation keeps the defaults, so its pool never changes)."""
     start = time.perf_counter()
-    axis_angle, _ = sample_poses(sizes.poses, _rng(seed, "poses"), archetypes=tuple(archetypes))
+    axis_angle, _ = sample_poses(sizes.poses, _rng(seed, "poses"), mix=mix, archetypes=tuple(archetypes))
     joints_m, _ = joints_and_rotations(axis_angle)
     facts = facts_for_poses(axis_angle)
     codes = encode_codes(pose_tokenizer, axis_angle)
@@ -156,7 +158,7 @@ def build_pool(seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | No
     return Pool(seed, sizes, axis_angle, joints_m.astype(np.float32), facts, codes, pair_a, pair_b,
                 joints_a.astype(np.float32), joints_b.astype(np.float32), codes_a, codes_b, pair_texts, pair_facts_b,
                 images, joints_2d, image_joints_m, np.arange(n_pose), n_pose + np.arange(n_pair),
-                n_pose + n_pair + np.arange(n_pair), tuple(archetypes))
+                n_pose + n_pair + np.arange(n_pair), tuple(archetypes), dict(DEFAULT_MIX if mix is None else mix))
 
 
 # The arrays of a Pool stored in the cache (codes are not: they belong to a pose tokenizer and are re-encoded).
@@ -173,7 +175,7 @@ def save_pool(pool: Pool, path: Path) -> None:
     """Write the pool as one npz of plain arrays (no pickled objects; readable with allow_pickle=False), atomically."""
     meta = {
         "version": POOL_VERSION, "seed": pool.seed, "sizes": dataclasses.asdict(pool.sizes),
-        "archetypes": list(pool.archetypes),
+        "archetypes": list(pool.archetypes), "mix": pool.mix,
         "facts": [[dataclasses.astuple(f) for f in facts] for facts in pool.facts],
         "pair_texts": [[[text, [dataclasses.astuple(f) for f in pair_facts]] for text, pair_facts in texts]
                        for texts in pool.pair_texts],
@@ -192,9 +194,10 @@ def save_pool(pool: Pool, path: Path) -> None:
 
 
 def read_pool(path: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module | None,
-              archetypes: tuple[str, ...] = ARCHETYPE_NAMES) -> Pool | None:
+              archetypes: tuple[str, ...] = ARCHETYPE_NAMES, mix: Mapping[str, float] | None = None) -> Pool | None:
     """The cached pool, or None (logged) when the file is absent, damaged or made for other seeds / sizes /
-    archetypes (a cache from before pools recorded them was drawn from `ARCHETYPE_NAMES`)."""
+    archetypes / mix (a cache from before pools recorded them was drawn from `ARCHETYPE_NAMES`, `DEFAULT_MIX`)."""
+    mix = dict(DEFAULT_MIX if mix is None else mix)
     if not path.is_file():
         return None
     try:
@@ -202,7 +205,8 @@ def read_pool(path: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.
             arrays = {name: data[name] for name in _CACHED_ARRAYS}
             meta = json.loads(data[_META_ARRAY].tobytes().decode("utf-8"))
         if (meta["version"] != POOL_VERSION or meta["seed"] != seed or meta["sizes"] != dataclasses.asdict(sizes)
-                or tuple(meta.get("archetypes", ARCHETYPE_NAMES)) != tuple(archetypes)):
+                or tuple(meta.get("archetypes", ARCHETYPE_NAMES)) != tuple(archetypes)
+                or meta.get("mix", DEFAULT_MIX) != mix):
             log.info("pool cache %s was made for other sizes, archetypes or another version: rebuilding it", path)
             return None
         facts = [[Fact(*f) for f in fs] for fs in meta["facts"]]
@@ -221,11 +225,11 @@ def read_pool(path: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.
                 arrays["pair_joints_a"], arrays["pair_joints_b"], encode_codes(pose_tokenizer, arrays["pair_a"]),
                 encode_codes(pose_tokenizer, arrays["pair_b"]), pair_texts, pair_facts_b, arrays["images"],
                 arrays["image_joints_2d"], arrays["image_joints_m"], arrays["image_of_pose"],
-                arrays["image_of_pair_a"], arrays["image_of_pair_b"], tuple(archetypes))
+                arrays["image_of_pair_a"], arrays["image_of_pair_b"], tuple(archetypes), mix)
 
 
 def load_or_build_pool(directory: Path, seed: int, sizes: PoolSizes, pose_tokenizer: torch.nn.Module,
-                       archetypes: tuple[str, ...] = ARCHETYPE_NAMES) -> Pool:
+                       archetypes: tuple[str, ...] = ARCHETYPE_NAMES, mix: Mapping[str, float] | None = None) -> Pool:
     """The pool cached as `directory/pool-seed{seed}.npz` (rebuilt when absent, damaged, or of other sizes).
 
     A cache written by earlier versions (`pool-seed{seed}.pkl`, a pickle) is never opened: unpickling a file
@@ -234,8 +238,8 @@ def load_or_build_pool(directory: Path, seed: int, sizes: PoolSizes, pose_tokeni
     if legacy.is_file():
         log.warning("ignoring the old pickled pool cache %s (pickles are not loaded); you may delete it", legacy)
     path = cache_path(directory, seed)
-    pool = read_pool(path, seed, sizes, pose_tokenizer, archetypes)
+    pool = read_pool(path, seed, sizes, pose_tokenizer, archetypes, mix)
     if pool is None:
-        pool = build_pool(seed, sizes, pose_tokenizer, archetypes)
+        pool = build_pool(seed, sizes, pose_tokenizer, archetypes, mix)
         save_pool(pool, path)
     return pool
