@@ -5,6 +5,7 @@ recomputation from scratch, streamed replies equal to `ask`, seeded sampling, an
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from unipose_sdk.body.pose import Pose
 from unipose_sdk.errors import ConversationTooLongError, InvalidInputError, InvalidOptionError, InvalidTextError
 from unipose_sdk.results import AssistantReply
 from unipose_sdk.tasks.images import images_to_embeds
-from unipose_sdk.text.prompts import PromptRow, encoder_text_of
+from unipose_sdk.text.prompts import PromptRow, Task, encoder_text_of
 
 OPTIONS = {"max_new_tokens": 8, "max_poses": 1}
 IMAGE_TURN = "Generate pose of the image: <image>."
@@ -300,6 +301,30 @@ def test_pose_task_turns_start_with_a_pose_unless_asked_to_decode_freely(assista
                                                   config)[0].token_ids
 
 
+def test_text_task_turns_never_answer_with_a_pose(assistant: Assistant) -> None:
+    """A description turn after pose turns: its reply is text whatever the model's first choice; the ban is the
+    only change (free decoding gives the same ids wherever it does not start a pose), and it holds at every step:
+    a prompt whose greedy answer is a pose gets text under `text_only`."""
+    session, vocab = assistant.session, assistant.session.config.vocab
+    talkers = {name: _other(assistant, max_new_tokens=6, text_tasks_answer_with_text=name) for name in (True, False)}
+    replies = {}
+    for name, talker in talkers.items():
+        made = talker.ask("Generate pose of the description: a person squatting.")
+        edited = talker.ask("Edit pose <pose> by description: raise the left arm.", poses=[made.poses[0]])
+        replies[name] = talker.ask(DESCRIBE_TURN, poses=[edited.poses[0]])
+    assert not replies[True].poses and replies[True].text.strip()
+    assert vocab.pose_begin_id not in replies[True].generated_ids
+    if vocab.pose_begin_id not in replies[False].generated_ids:
+        assert replies[True].generated_ids == replies[False].generated_ids
+    row = session.prompts.build_task(Task.TEXT_TO_POSE, "a person squatting with both arms raised")
+    free = assistant.options.generation_config(vocab)
+    assert session.generate([row], None, free)[0].token_ids[0] == vocab.pose_begin_id
+    banned = session.generate([row], None, dataclasses.replace(free, text_only=True))[0]
+    assert vocab.pose_begin_id not in banned.token_ids and not banned.pose_codes
+    with pytest.raises(InvalidInputError, match="text_only"):
+        dataclasses.replace(free, start_with_pose=True, text_only=True)
+
+
 def test_sample_ids_keeps_to_the_nucleus() -> None:
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]]).log_softmax(-1).repeat(2000, 1)
     draws = generation.sample_ids(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
@@ -323,6 +348,8 @@ def test_options_refuse_bad_values() -> None:
         AssistantOptions(max_poses=-1)
     with pytest.raises(InvalidOptionError, match="pose_tasks_answer_with_pose='yes'"):
         AssistantOptions(pose_tasks_answer_with_pose="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="text_tasks_answer_with_text=1"):
+        AssistantOptions(text_tasks_answer_with_text=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match="'temprature' -> 'temperature'"):
         Assistant.from_pretrained(temprature=0.5)
 

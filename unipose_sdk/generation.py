@@ -86,6 +86,7 @@ class GenerationConfig:
         that emits BEGIN without room left for its whole block ends there ("length") instead of a cut block.
     start_with_pose: force every row's first generated token to be BEGIN (the pose tasks, whose answer template
         starts with a pose); each result says whether greedy decoding would have chosen otherwise.
+    text_only: never generate BEGIN (the text tasks, whose answer template is text): the answer holds no pose.
     stop_after_pose: end a row after its first pose block (finish_reason "pose"): the text after a pose answer
         ("." then eos) carries nothing and costs decode steps.
     one_pass: run the prompt and a pose block as one forward (`prefill_with_pose`). With `start_with_pose` every
@@ -106,6 +107,7 @@ class GenerationConfig:
 
     max_new_tokens: int
     start_with_pose: bool = False
+    text_only: bool = False
     stop_after_pose: bool = False
     one_pass: bool = False
     temperature: float = 0.0
@@ -120,10 +122,14 @@ class GenerationConfig:
                 self.max_new_tokens < 1):
             raise InvalidInputError.make(f"max_new_tokens={self.max_new_tokens!r}", "an integer >= 1",
                                          "Raise max_new_tokens.")
-        for name in ("start_with_pose", "stop_after_pose", "one_pass", "no_repeated_sentences"):
+        for name in ("start_with_pose", "text_only", "stop_after_pose", "one_pass", "no_repeated_sentences"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError.make(f"{name}={getattr(self, name)!r}", "True or False",
                                              f"Pass {name}=True or False.")
+        if self.start_with_pose and self.text_only:
+            raise InvalidInputError.make("start_with_pose=True with text_only=True",
+                                         "at most one of them (a pose answer, or a text answer)",
+                                         "Drop one of the two.")
         check_sampling(self.temperature, self.top_p, self.seed)
         for name in ("max_text_tokens", "max_poses"):
             value = getattr(self, name)
@@ -245,6 +251,9 @@ class TokenPicker:
             self.ledgers += [SentenceLedger() for _ in range(len(histories) - len(self.ledgers))]
             logits = ban_repeated_sentences(logits, histories, self.sentence_end_ids, self.vocab.eos_id,
                                             self.ledgers)
+        if self.config.text_only:
+            logits = logits.clone()
+            logits[:, self.vocab.pose_begin_id] = float("-inf")
         if self.generator is None:
             return logits.argmax(dim=-1).tolist()
         return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()

@@ -230,6 +230,9 @@ class AssistantOptions(BaseOptions):
         with its pose block, as Estimator, Generator and Editor force it; small models trained on one turn at a time
         may otherwise answer a later turn with text. False decodes every turn freely (the official demo). UniPose
         models only: ChatPose turns always decode freely.
+    text_tasks_answer_with_text: the same for the text tasks: a turn worded as a description or difference
+        template ("Generate description of the pose <pose>.", ...) gets a text reply, never a pose block, as
+        Describer's are; after a few pose turns a small model may otherwise answer it with a pose.
     """
 
     max_poses: int = 2
@@ -237,28 +240,31 @@ class AssistantOptions(BaseOptions):
     top_p: float = 1.0
     seed: int | None = None
     pose_tasks_answer_with_pose: bool = True
+    text_tasks_answer_with_text: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (_is_int(self.max_poses) and 0 <= self.max_poses <= 16):
             raise InvalidOptionError.make(f"max_poses={self.max_poses!r} ({type(self.max_poses).__name__})",
                                           "an int in [0, 16]", "Pass e.g. max_poses=2.")
-        if not isinstance(self.pose_tasks_answer_with_pose, bool):
-            raise InvalidOptionError.make(
-                f"pose_tasks_answer_with_pose={self.pose_tasks_answer_with_pose!r} "
-                f"({type(self.pose_tasks_answer_with_pose).__name__})", "True or False",
-                "Pass pose_tasks_answer_with_pose=False to decode pose-task turns freely.")
+        for name, kind in (("pose_tasks_answer_with_pose", "pose"), ("text_tasks_answer_with_text", "text")):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise InvalidOptionError.make(f"{name}={value!r} ({type(value).__name__})", "True or False",
+                                              f"Pass {name}=False to decode {kind}-task turns freely.")
         try:
             check_sampling(self.temperature, self.top_p, self.seed)
         except InvalidInputError as error:
             raise InvalidOptionError(str(error)) from None
 
-    def generation_config(self, vocab: VocabLayout, turn: int = 0, start_with_pose: bool = False) -> GenerationConfig:
+    def generation_config(self, vocab: VocabLayout, turn: int = 0, start_with_pose: bool = False,
+                          text_only: bool = False) -> GenerationConfig:
         """Turn `turn`'s config: max_new_tokens text tokens plus room for max_poses pose blocks, greedy or sampled
-        with seed + turn; start_with_pose forces the reply's first token to be BEGIN (a pose task's turn)."""
+        with seed + turn; start_with_pose forces the reply's first token to be BEGIN (a pose task's turn),
+        text_only bans BEGIN (a text task's turn)."""
         return GenerationConfig(
             max_new_tokens=int(self.max_new_tokens) + int(self.max_poses) * pose_block_length(vocab),
-            start_with_pose=start_with_pose and int(self.max_poses) > 0,
+            start_with_pose=start_with_pose and int(self.max_poses) > 0, text_only=text_only,
             temperature=float(self.temperature), top_p=float(self.top_p),
             seed=None if self.seed is None else int(self.seed) + int(turn),
             max_text_tokens=int(self.max_new_tokens), max_poses=int(self.max_poses))

@@ -24,8 +24,9 @@ silently. `reset()` starts over.
 
 Pose-task turns: a turn worded as a pose task's template (estimate, generate, edit) gets a reply that starts with
 its pose block, as the task classes force it (`AssistantOptions.pose_tasks_answer_with_pose`, on by default): a
-small model trained on single turns may answer such a turn late in a conversation with text instead. Every other
-turn, and every ChatPose turn, decodes freely.
+small model trained on single turns may answer such a turn late in a conversation with text instead. Likewise a
+turn worded as a text task's template (describe, difference) gets a text reply, never a pose block
+(`text_tasks_answer_with_text`). Every other turn, and every ChatPose turn, decodes freely.
 
 `restore(turns)` starts from earlier turns without running the model on them (a conversation kept elsewhere, e.g.
 by a client of `unipose serve`, which keeps no state between requests): each `PastTurn` is what was asked and the
@@ -364,9 +365,11 @@ class Assistant(TaskBase):
             timer = StageTimer(session.runtime.device)
             vocab = session.config.vocab
             turn_index = len(self._history)
-            pose_first = (self.options.pose_tasks_answer_with_pose and session.config.family == "unipose"
-                          and answers_with_pose(task_of_turn(text)))
-            config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first)
+            task = task_of_turn(text) if session.config.family == "unipose" else None
+            pose_first = self.options.pose_tasks_answer_with_pose and answers_with_pose(task)
+            text_only = self.options.text_tasks_answer_with_text and task is not None and not answers_with_pose(task)
+            config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first,
+                                                    text_only=text_only)
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
