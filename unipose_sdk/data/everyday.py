@@ -41,6 +41,11 @@ def _has(facts: FactSet, kind: str, subject: str, *levels: str) -> bool:
     return any((kind, subject, level) in facts for level in levels)
 
 
+def _has_kind(facts: FactSet, *kinds: str) -> bool:
+    """Whether any fact of these kinds holds, whatever its subject and level."""
+    return any(kind in kinds for kind, _, _ in facts)
+
+
 def _hand_up(f: FactSet, side: str) -> bool:
     """Raised above the head, the way a user means it: never upside down (the arms then point at the floor)."""
     return (_has(f, "hand_height", side, "above_head") or _has(f, "arm_direction", side, "up")) and not _has(
@@ -49,11 +54,11 @@ def _hand_up(f: FactSet, side: str) -> bool:
 
 def _upright(f: FactSet) -> bool:
     """Standing (or jumping): not lying, upside down, sitting, squatting or kneeling."""
-    return not any(kind in ("posture", "sit", "squat", "kneel", "seat") for kind, _, _ in f)
+    return not _has_kind(f, "posture", "sit", "squat", "kneel", "seat")
 
 
 def _striding(f: FactSet) -> bool:
-    return any(kind == "stride" for kind, _, _ in f) and _upright(f) and not any(k == "lunge" for k, _, _ in f)
+    return _has_kind(f, "stride") and _upright(f) and not _has_kind(f, "lunge")
 
 
 # Pelvis heights (m, above the lowest joint) of a seated pose: below the first it sits on the floor; from the second
@@ -77,8 +82,7 @@ def derived_keys(facts: list[Fact]) -> FactSet:
     elif sits:
         keys.discard(sits[0].key)
     elif (all(_has(keys, "thigh", s, "raised", "right_angle") for s in SIDES)
-          and not _has(keys, "feet_ground", "feet", "neither")
-          and not any(kind in ("posture", "squat", "kneel") for kind, _, _ in keys)):
+          and not airborne and not _has_kind(keys, "posture", "squat", "kneel")):
         keys.add(("seat", "body", "floor"))
     return keys
 
@@ -176,7 +180,7 @@ RULES: list[Rule] = [
     Rule("kneel", lambda f: all(_has(f, "kneel", s, "kneeling") for s in SIDES),
          ("kneeling on both knees", "on {P} knees", "kneeling down"), ("kneel down", "get on your knees"), body=True),
     Rule("jump", lambda f: _has(f, "feet_ground", "feet", "neither")
-         and not any(k == "posture" for k, _, _ in f),
+         and not _has_kind(f, "posture"),
          ("jumping", "in mid-air", "leaping off the ground", "jumping up"), ("jump", "jump into the air"), body=True),
     Rule("bent_over", lambda f: _has(f, "torso_pitch", "torso", "bent_over"),
          ("bending over", "bowing deeply", "bent forward at the waist", "reaching down toward the floor",
@@ -216,7 +220,7 @@ RULES: list[Rule] = [
          ("with {P} feet wide apart", "in a wide stance", "standing with legs spread"),
          ("spread your feet wide", "take a wide stance")),
     Rule("feet_together", lambda f: _has(f, "feet_distance", "feet", "together") and _upright(f)
-         and not any(k == "stride" for k, _, _ in f),
+         and not _has_kind(f, "stride"),
          ("with {P} feet together", "standing with feet side by side"), ("put your feet together",), weight=0.25),
     Rule("legs_crossed", lambda f: _has(f, "legs_crossed", "legs", "crossed"),
          ("with {P} legs crossed", "crossing {P} legs"), ("cross your legs",)),
@@ -231,7 +235,7 @@ RULES: list[Rule] = [
     Rule("knees_bent", lambda f: all(_has(f, "knee_bend", s, "bent", "deeply_bent") for s in SIDES)
          and _upright(f),
          ("with both knees bent", "bending {P} knees", "in a half crouch"), ("bend your knees",)),
-    Rule("standing_straight", lambda f: _upright(f) and not any(k == "stride" for k, _, _ in f)
+    Rule("standing_straight", lambda f: _upright(f) and not _has_kind(f, "stride")
          and _has(f, "torso_pitch", "torso", "upright")
          and all(_has(f, "knee_bend", s, "straight") for s in SIDES)
          and all(_has(f, "arm_direction", s, "down") for s in SIDES),
