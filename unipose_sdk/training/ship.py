@@ -184,6 +184,9 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
         "" if all("seed" in info for _, info in history) else " (earlier stages: not recorded)")
     data_seconds = history[0][1].get("data_seconds", 0.0)
     total = sum(info["seconds"] for _, info in history) + data_seconds
+    on_gpu = [info["seconds"] for _, info in history if info.get("device", "cpu") != "cpu"]
+    where_trained = "on a 2-core CPU" + (f" (and {len(on_gpu)} continued run{'s' * (len(on_gpu) > 1)}, "
+                                         f"{_minutes(sum(on_gpu))}, on a GPU)" if on_gpu else "")
     encoder = config.get("text_encoder")
     encoder_line = "" if not encoder else f"""
 - Sentence encoder (frozen): all-MiniLM-L6-v2 ({encoder['num_hidden_layers']} layers x {encoder['hidden_size']}, {encoder['vocab_size']} WordPiece ids, mean-pooled unit-length sentence embedding), stored as int8 rows with one float16 scale per row; its projector ({encoder['hidden_size']} -> {encoder['projector_hidden_size']} -> {encoder['num_rows']} x {llm['hidden_size']}) is trained and fills {encoder['num_rows']} LLM rows after BOS with what the user's text means; `sentence_tokenizer.json` is its tokenizer"""
@@ -241,8 +244,9 @@ alike), and the shipped config decodes poses by `pose_decoding="{config.get('pos
 Full report: `evaluation.md` / `evaluation.json`.
 
 ## Limitations
-- Trained for hours on a 2-core CPU (one continued run minutes on a GPU) on synthetic data only: poses are coarse, descriptions state a few common facts,
-  and renders of a capsule mannequin are the only images it has seen; real photos are out of distribution.
+- Trained {where_trained} on synthetic data only ({_minutes(total)} in all): poses are coarse,
+  descriptions state a few common facts, and renders of a capsule mannequin are the only images it has seen; real
+  photos are out of distribution.
 - The LLM's own vocabulary knows only the data engine's phrasing (a 1024-id tokenizer built on it); with the
   sentence encoder it follows everyday wording it was never trained on, as far as the free-form metric shows.
 - Metrics are on synthetic held-out data from the same engine, not on PoseScript / PoseFix / 3DPW.
