@@ -143,6 +143,8 @@ TRAINING_ONLY_FACTS = {
     "handstand": {("posture", "body", "upside_down")},
     "side_leg_raise": {("leg_raised", "left", "raised"), ("feet_ground", "feet", "right_only")},
     "knee_up": {("leg_raised", "left", "raised"), ("thigh", "left", "right_angle")},
+    "reaching_down": {("torso_pitch", "torso", "bent_over"), ("feet_ground", "feet", "both")},
+    "squat_hands_on_floor": {("squat", "body", "squatting"), ("torso_pitch", "torso", "bent_over")},
 }
 
 

@@ -7,9 +7,10 @@ archetypes, drawn with the data engine's own noise."""
 import numpy as np
 import pytest
 
-from unipose_sdk.data.everyday import RULES, derived_keys, everyday_caption, matching_rules
-from unipose_sdk.data.facts import facts_for_poses
-from unipose_sdk.data.poses import sample_poses
+from unipose_sdk.body.skeleton import JOINT_INDEX as J
+from unipose_sdk.data.everyday import RULES, derived_keys, everyday_caption, joint_keys, matching_rules
+from unipose_sdk.data.facts import extract_facts, facts_for_poses
+from unipose_sdk.data.poses import joints_and_rotations, sample_poses
 
 STANDING_RULES = {"standing_straight", "left_leg_up", "right_leg_up", "feet_wide", "feet_together", "knees_bent",
                   "walk", "run", "left_step", "right_step", "jump"}
@@ -21,8 +22,15 @@ def _facts(archetype: str, n: int = 12, seed: int = 0):
     return facts_for_poses(axis_angle)
 
 
-def _names(facts) -> set[str]:
-    return {rule.name for rule in matching_rules(facts)}
+def _names(facts, joints_m=None) -> set[str]:
+    return {rule.name for rule in matching_rules(facts, joints_m)}
+
+
+def _posed(archetype: str, n: int = 24, seed: int = 0):
+    """(facts, joints_m) of n noisy draws of one archetype: what the training batches caption."""
+    axis_angle, _ = sample_poses(n, np.random.default_rng(seed), mix={"archetype": 1}, archetypes=(archetype,))
+    joints, rotations = joints_and_rotations(axis_angle)
+    return [(extract_facts(j, r), j) for j, r in zip(joints, rotations)]
 
 
 def test_sitting_on_the_floor_is_never_called_standing():
@@ -78,3 +86,57 @@ def test_every_rule_has_a_distinct_name_and_phrases():
     names = [rule.name for rule in RULES]
     assert len(names) == len(set(names))
     assert all(rule.doing for rule in RULES)
+
+
+HAND_FLOOR_RULES = {"hands_floor", "left_hand_floor", "right_hand_floor", "pick_up"}
+
+
+def test_hands_on_the_floor_only_when_a_wrist_is_down_there():
+    seen = 0
+    for archetype in ("reaching_down", "squat_hands_on_floor", "standing", "bending_forward", "hands_on_knees",
+                      "lying_on_back", "handstand", "t_pose"):
+        for facts, joints in _posed(archetype, seed=2):
+            names = _names(facts, joints)
+            wrist_m = {s: joints[J[f"{s}_wrist"], 1] - joints[:, 1].min() for s in ("left", "right")}
+            if names & {"hands_floor", "pick_up"}:
+                assert max(wrist_m.values()) <= 0.2, (archetype, wrist_m)
+            for side in ("left", "right"):
+                if f"{side}_hand_floor" in names:
+                    assert wrist_m[side] <= 0.2 < wrist_m["right" if side == "left" else "left"], (archetype, wrist_m)
+            if archetype in ("lying_on_back", "handstand", "standing", "t_pose"):
+                assert not names & HAND_FLOOR_RULES, (archetype, names)  # lying and handstands: hands down anyway
+            seen += bool(names & HAND_FLOOR_RULES)
+    assert seen >= 20
+
+
+def test_touching_toes_needs_a_hand_at_a_foot():
+    for archetype in ("bending_forward", "hands_on_knees", "reaching_down", "airplane_balance"):
+        for facts, joints in _posed(archetype, seed=4):
+            if "touch_toes" in _names(facts, joints):
+                assert any(f.kind == "hand_touch" and f.subject.endswith("foot") for f in facts)
+            text = everyday_caption(facts, np.random.default_rng(0), joints_m=joints) or ""
+            if "bent_over" in _names(facts, joints) and "toes" in text:
+                assert "touch_toes" in _names(facts, joints), text
+
+
+def test_a_leg_out_to_the_side_is_named_by_its_side():
+    for facts, joints in _posed("side_leg_raise", seed=1):
+        out = {s for s in ("left", "right") if ("leg_out", s, "sideways") in joint_keys(joints)}
+        named = {n.removesuffix("_leg_out") for n in _names(facts, joints) if n.endswith("_leg_out")}
+        assert named <= out
+        for side in named:  # the thigh points outwards, and that foot is the raised one
+            other = "right" if side == "left" else "left"
+            assert joints[J[f"{side}_ankle"], 1] > joints[J[f"{other}_ankle"], 1]
+    named_any = sum(bool({"left_leg_out", "right_leg_out"} & _names(f, j)) for f, j in _posed("side_leg_raise"))
+    assert named_any >= 18
+    for archetype in ("standing", "walking", "sitting", "squatting", "kneeling"):
+        for facts, joints in _posed(archetype, n=12, seed=6):
+            assert not {"left_leg_out", "right_leg_out"} & _names(facts, joints), archetype
+
+
+def test_a_standing_bend_at_the_hips_is_not_sitting_on_the_floor():
+    # The legs-out floor seat is derived from raised thighs alone; with the joints, a high pelvis rules it out.
+    bends = _posed("bending_forward", seed=8)
+    assert sum("sit_floor" in _names(f, j) for f, j in bends) <= len(bends) // 10
+    floor = _posed("sitting_on_floor", seed=8)
+    assert sum("sit_floor" in _names(f, j) for f, j in floor) >= len(floor) * 3 // 4

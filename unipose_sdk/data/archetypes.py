@@ -143,7 +143,8 @@ ARCHETYPE_NAMES: tuple[str, ...] = tuple(ARCHETYPES)
 
 # Postures the free-form prompts ask for that the archetypes above never produce (the v2 training pool held no
 # upside-down pose, and hands on the head, knees or shoulders in 1-2 % of its poses): hands touching the body,
-# sitting on the floor, leaning sideways or back, a handstand, a leg out to the side, a knee raised. Training pools
+# sitting on the floor, leaning sideways or back, a handstand, a leg out to the side, a knee raised, hands on the
+# floor. Training pools
 # also draw from these (`TRAINING_ARCHETYPE_NAMES`). The arm angles were solved so that the wrists reach their
 # targets on the built-in skeleton; `tests/test_data_poses.py` checks the facts each one shows.
 _TRAINING_ONLY: dict[str, np.ndarray] = {
@@ -171,6 +172,14 @@ _TRAINING_ONLY: dict[str, np.ndarray] = {
     "side_leg_raise": _make(collars=(0, 0, 5), shoulders=(0, 0, -10), left_hip=(0, 0, 50), right_hip=(0, 0, -5),
                             spine1=(0, 0, -8)),
     "knee_up": _make(**_ARMS_DOWN, left_hip=(-95, 0, 4), left_knee=(95, 0, 0), left_ankle=(20, 0, 0)),
+    # Hands down on the floor: bent over with the knees bent (picking something up), and a squat reaching forward
+    # to the floor. The skeleton's arms cannot reach the floor from a straight-legged fold.
+    "reaching_down": _make(root=(55, 0, 0), hips=(-125, 0, 3), knees=(100, 0, 0), ankles=(-30, 0, 0),
+                           spine1=(30, 0, 0), spine2=(10, 0, 0), neck=(-25, 0, 0), shoulders=(0, -90, -30),
+                           elbows=(0, -5, 0)),
+    "squat_hands_on_floor": _make(root=(25, 0, 0), hips=(-105, 0, 30), knees=(120, 0, 0), ankles=(-30, 0, 0),
+                                  spine1=(40, 0, 0), spine2=(20, 0, 0), neck=(-35, 0, 0), shoulders=(0, -80, -50),
+                                  elbows=(0, -5, 0)),
 }
 ARCHETYPES.update(_TRAINING_ONLY)
 TRAINING_ARCHETYPE_NAMES: tuple[str, ...] = ARCHETYPE_NAMES + tuple(_TRAINING_ONLY)

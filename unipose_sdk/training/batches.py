@@ -329,7 +329,7 @@ def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.rand
             i = int(rng.integers(len(pool.image_of_pose) if images else pool.num_poses))
             text = make_caption(pool.facts[i], rng)
             if task is Task.TEXT_TO_POSE and builder.everyday_share and rng.random() < builder.everyday_share:
-                text = everyday_caption(pool.facts[i], rng) or text
+                text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i]) or text
             if not text:
                 continue
             keys = [int(pool.image_of_pose[i])] if images else []
