@@ -140,3 +140,33 @@ def test_a_standing_bend_at_the_hips_is_not_sitting_on_the_floor():
     assert sum("sit_floor" in _names(f, j) for f, j in bends) <= len(bends) // 10
     floor = _posed("sitting_on_floor", seed=8)
     assert sum("sit_floor" in _names(f, j) for f, j in floor) >= len(floor) * 3 // 4
+
+
+# Activity names and the posture each is drawn around: most draws of that posture are called by the name, and
+# postures that look nothing like it never are.
+ACTIVITIES = {"warrior": "warrior_two", "airplane": "airplane_balance", "jumping_jack": "jumping_star",
+              "wave": "waving", "tree": "tree_pose"}
+UNLIKE = ("standing", "sitting", "squatting", "lying_on_back", "kneeling", "t_pose", "arms_crossed", "hands_on_head",
+          "reaching_up", "handstand")
+
+
+@pytest.mark.parametrize("activity", sorted(ACTIVITIES))
+def test_activity_names_fit_their_posture(activity):
+    def called(names: set[str]) -> bool:
+        return bool(names & {activity, f"left_{activity}", f"right_{activity}"})
+
+    drawn = _posed(ACTIVITIES[activity], seed=9)
+    assert sum(called(_names(f, j)) for f, j in drawn) >= len(drawn) * 3 // 4
+    for archetype in UNLIKE:
+        assert not any(called(_names(f, j)) for f, j in _posed(archetype, n=12, seed=10)), archetype
+
+
+def test_a_wave_or_tree_pose_names_the_side_that_does_it():
+    for facts, joints in _posed("waving", seed=12) + _posed("tree_pose", seed=12):
+        names = _names(facts, joints)
+        for side in ("left", "right"):
+            if f"{side}_wave" in names:
+                assert joints[J[f"{side}_wrist"], 1] > joints[J[f"{side}_shoulder"], 1]
+            if f"{side}_tree" in names:
+                other = "right" if side == "left" else "left"
+                assert joints[J[f"{side}_ankle"], 1] > joints[J[f"{other}_ankle"], 1] + 0.15

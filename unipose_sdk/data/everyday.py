@@ -160,6 +160,19 @@ def _side_rules(side: str) -> list[Rule]:
              (f"touching the floor with {{P}} {side} hand", f"reaching down to the ground with {{P}} {side} hand",
               f"with {{P}} {side} hand on the floor"),
              (f"touch the floor with your {side} hand", f"put your {side} hand on the ground")),
+        Rule(f"{side}_wave", lambda f: _has(f, "hand_height", side, "head", "above_head")
+             and _has(f, "elbow_bend", side, "bent", "deeply_bent") and _upright(f)
+             and not _has(f, "hand_height", other, "head", "above_head") and (("hand_touch", f"{side}_hand:head",
+                                                                                "touching") not in f),
+             (f"waving with {{P}} {side} hand", f"waving hello with {{P}} {side} hand", "waving goodbye",
+              f"waving {{P}} {side} hand in the air"),
+             (f"wave with your {side} hand", f"wave hello with your {side} hand")),
+        Rule(f"{side}_tree", lambda f: _has(f, "leg_raised", side, "raised", "raised_high")
+             and _has(f, "leg_out", side, "sideways") and _has(f, "knee_bend", side, "deeply_bent")
+             and _has(f, "knee_bend", other, "straight", "slightly_bent") and _upright(f)
+             and not _has(f, "feet_distance", "feet", "wide"),
+             ("doing the tree pose", "in a yoga tree pose", f"balancing in tree pose on {{P}} {other} leg"),
+             ("do the tree pose", f"stand in tree pose on your {other} leg"), body=True),
         Rule(f"{side}_hand_head", lambda f: any(k == "hand_touch" and s == f"{side}_hand:head" for k, s, _ in f),
              (f"touching {{P}} head with {{P}} {side} hand", f"scratching {{P}} head with {{P}} {side} hand",
               f"with {{P}} {side} hand on {{P}} head"),
@@ -249,6 +262,30 @@ RULES: list[Rule] = [
          ("leaning forward", "bowing slightly", "tipping {P} upper body forward"), ("lean forward", "bow a little")),
     Rule("lean_back", lambda f: _has(f, "torso_pitch", "torso", "back"),
          ("leaning back", "arching {P} back", "leaning backwards"), ("lean back", "arch your back")),
+    Rule("warrior", lambda f: _has(f, "feet_distance", "feet", "wide") and _upright(f)
+         and all(_has(f, "arm_direction", s, "out") for s in SIDES)
+         and sum(_has(f, "knee_bend", s, "bent", "deeply_bent") for s in SIDES) == 1
+         and sum(_has(f, "knee_bend", s, "straight", "slightly_bent") for s in SIDES) == 1,
+         ("in warrior two", "doing a warrior pose", "in a yoga warrior stance"),
+         ("do warrior two", "get into a warrior pose"), body=True),
+    Rule("airplane", lambda f: _has(f, "torso_pitch", "torso", "bent_over")
+         and _has(f, "feet_ground", "feet", "left_only", "right_only")
+         and all(_has(f, "knee_bend", s, "straight", "slightly_bent") for s in SIDES),
+         ("doing an airplane balance", "balancing on one leg with {P} body tipped forward",
+          "tipping forward on one leg like an airplane"), ("balance on one leg and tip forward like an airplane",),
+         body=True),
+    Rule("jumping_jack", lambda f: _has(f, "feet_distance", "feet", "wide") and _upright(f)
+         and all(_hand_up(f, s) for s in SIDES),
+         ("doing a jumping jack", "doing star jumps", "making a star shape with {P} body"),
+         ("do a jumping jack", "make a star shape with your body"), body=True),
+    Rule("meditate", lambda f: _has(f, "legs_crossed", "legs", "crossed") and _has(f, "seat", "body", "floor", "low")
+         and not any(_has(f, "hand_height", s, "shoulder", "head", "above_head") for s in SIDES),
+         ("meditating", "sitting in a meditation pose", "meditating cross-legged"), ("sit and meditate cross-legged",),
+         body=True),
+    Rule("pray", lambda f: _has(f, "hands_distance", "hands", "together")
+         and any(_has(f, "hand_height", s, "chest", "shoulder") for s in SIDES),
+         ("praying", "with {P} hands pressed together in prayer", "praying with folded hands"),
+         ("put your hands together in prayer",)),
     Rule("t_pose", lambda f: all(_has(f, "arm_direction", s, "out") for s in SIDES),
          ("doing a t-pose", "in a T-pose", "with both arms spread out like wings", "holding {P} arms out to the sides",
           "spreading {P} arms wide like an airplane"),
