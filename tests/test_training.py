@@ -279,7 +279,9 @@ def test_train_cli_refuses_a_bad_code_sigma_before_doing_anything(value: str, tm
 
 @pytest.mark.parametrize(("flag", "value"), [("--lr", "0"), ("--lr", "inf"), ("--language-steps", "0"),
                                              ("--language-steps", "2.5"), ("--pool-scale", "-1"),
-                                             ("--pool-scale", "nan"), ("--workers", "-1")])
+                                             ("--pool-scale", "nan"), ("--workers", "-1"),
+                                             ("--conversation-share", "1.5"), ("--everyday-share", "-0.1"),
+                                             ("--caption-dropout", "nan")])
 def test_train_cli_refuses_bad_run_sizes_before_doing_anything(flag: str, value: str, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from unipose_sdk.cli import main
@@ -320,3 +322,103 @@ def test_worker_processes_draw_reproducible_batches(pool, builder: ExampleBuilde
     assert all(a.equal(b) for a, b in zip(two_workers, first(2)))
     # Worker w draws from [seed, offset, w]: its batches differ from the in-process stream's.
     assert not all(a.shape == b.shape and a.equal(b) for a, b in zip(in_process, two_workers))
+
+
+
+# ---- conversations -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoder_builder() -> ExampleBuilder:
+    """A builder for a model with a sentence encoder (4 rows per turn), conversations in every batch."""
+    prompts = PromptBuilder(load_text_tokenizer(), CONFIG.image_tokens, CONFIG.max_text_tokens, text_rows=4)
+    return ExampleBuilder(prompts, everyday_share=0.5, caption_dropout=0.3, conversation_share=1.0)
+
+
+def test_a_conversation_example_is_the_assistants_prompt_with_the_last_answer_trained(
+        encoder_builder: ExampleBuilder) -> None:
+    from unipose_sdk.text.prompts import ConversationTurn
+    from unipose_sdk.training.batches import Turn
+
+    a, b = _codes(11), _codes(12)
+    generate = Turn(Task.TEXT_TO_POSE, "a person sitting on the floor", answer_codes=a,
+                    encoder_text="a person sitting on the floor")
+    describe = Turn(Task.POSE_DESCRIPTION, "Describe <pose>.", poses=(b,), answer_text="Their knees are bent.")
+    edit = Turn(Task.POSE_EDITING, "Now raise your left hand", answer_codes=b, encoder_text="raise your left hand")
+    example = encoder_builder.build_turns([generate, describe, edit])
+    # The history is what an Assistant writes back after generating: the pose as its codes, then ".".
+    layout = encoder_builder.layout
+    generated = [layout.pose_begin_id, *(layout.pose_id_offset + int(c) for c in a), layout.pose_end_id,
+                 *encoder_builder.dot_ids, layout.eos_id]
+    assert encoder_builder.history_answer(generate) == encoder_builder.prompts.answer_pieces(generated)
+    row = encoder_builder.prompts.build_conversation(
+        [ConversationTurn(generate.user, answer=encoder_builder.prompts.answer_pieces(generated)),
+         ConversationTurn(describe.user, [b], answer=("Their knees are bent.",)),
+         ConversationTurn(edit.user)], encoder_text="raise your left hand")
+    assert example.input_ids[:len(row.input_ids)] == row.input_ids
+    # Only the last answer has labels: BEGIN from the prompt's last position, then the codes, ".", eos.
+    labelled = [t for t, label in enumerate(example.labels) if label != IGNORE]
+    assert labelled[0] == len(row.input_ids) - 1 and example.labels[labelled[0]] == layout.pose_begin_id
+    assert [example.labels[t] - layout.pose_id_offset for t in range(*example.block)] == [int(c) for c in b]
+    # One sentence-encoder row set per turn; the open turn's reads its encoder text, not the prompt.
+    assert [text for _, text in example.text_slots] == ["a person sitting on the floor", "Describe .",
+                                                        "raise your left hand"]
+    assert all(example.input_ids[start] == layout.pad_id for start, _ in example.text_slots)
+
+
+def test_every_task_draws_a_consistent_conversation(pool, encoder_builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.training.batches import draw_conversation
+
+    rng = np.random.default_rng(4)
+    turns_seen = set()
+    for task in Task:
+        for _ in range(6):
+            example = draw_conversation(pool, encoder_builder, task, rng, paraphrase=True)
+            assert example.task is task
+            assert len(example.image_keys) == len(example.image_starts)
+            assert all(0 <= k < len(pool.images) for k in example.image_keys)
+            labelled = [label for label in example.labels if label != IGNORE]
+            assert labelled and labelled[-1] == LAYOUT.eos_id
+            assert labelled.count(LAYOUT.eos_id) == 1  # earlier answers are context, not targets
+            assert (example.block != (0, 0)) == (task in (Task.TEXT_TO_POSE, Task.POSE_EDITING, Task.POSE_ESTIMATION))
+            prompt_length = next(t for t, label in enumerate(example.labels) if label != IGNORE) + 1
+            assert prompt_length <= CONFIG.max_text_tokens
+            assert len(example.input_ids) <= CONFIG.llm.max_position_embeddings
+            turns_seen.add(len(example.text_slots))
+    assert turns_seen >= {2, 3}
+
+
+def test_a_follow_up_edit_answers_the_pair_with_no_pose_in_the_turn(pool, encoder_builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.training.batches import follow_up_edit
+
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        generate, edit = follow_up_edit(pool, encoder_builder, rng, paraphrase=True)
+        assert generate.task is Task.TEXT_TO_POSE and edit.task is Task.POSE_EDITING
+        assert "<pose" not in edit.user and not edit.poses and edit.encoder_text.lower() in edit.user.lower()
+        assert any(np.array_equal(generate.answer_codes, pool.pair_codes_a[j])
+                   and np.array_equal(edit.answer_codes, pool.pair_codes_b[j])
+                   and any(text.strip() == edit.encoder_text for text, _ in pool.pair_texts[j])
+                   for j in range(pool.num_pairs))
+
+
+def test_conversation_batches_splice_every_turns_sentence_rows(pool, encoder_builder: ExampleBuilder,  # type: ignore[no-untyped-def]
+                                                               llm: MistralLM) -> None:
+    batch = draw_batch(pool, encoder_builder, {Task.POSE_EDITING: 1.0}, 3, np.random.default_rng(2), True)
+    assert len(batch.encoder_texts) > 3  # more row sets than rows: earlier turns have theirs
+    rows = torch.randn(len(batch.encoder_texts), 4, CONFIG.llm.hidden_size)
+    bank = torch.randn(len(pool.images), CONFIG.image_tokens, CONFIG.llm.hidden_size)
+    with torch.no_grad():
+        embeds = input_embeddings(llm, batch, bank[batch.image_keys] if batch.image_keys.numel() else None, rows)
+    for n, (row, start) in enumerate(zip(batch.text_rows_of, batch.text_starts)):
+        assert torch.equal(embeds[row, start:start + 4], rows[n])
+
+
+def test_no_conversation_share_draws_the_one_turn_batches_as_before(pool, builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
+    weights = {Task.TEXT_TO_POSE: 1.0, Task.POSE_EDITING: 1.0}
+    batch = draw_batch(pool, builder, weights, 4, np.random.default_rng(9), True)
+    rng = np.random.default_rng(9)
+    rng.choice(2, p=[0.5, 0.5])  # the batch's task
+    task = Task.TEXT_TO_POSE if batch.tasks[0] is Task.TEXT_TO_POSE else Task.POSE_EDITING
+    examples = [draw_example(pool, builder, task, rng, True) for _ in range(4)]
+    assert torch.equal(collate(examples, LAYOUT).input_ids, batch.input_ids)

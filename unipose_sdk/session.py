@@ -177,8 +177,7 @@ class UniPose:
         the image slots (images numbered row by row in prompt order), and for models with a sentence encoder its
         rows for each turn's encoder text in that turn's slots (one turn: right after BOS)."""
         llm = self.runtime.llm
-        slots = [row.text_slots or (((row.text_start, row.encoder_text),) if row.text_start is not None else ())
-                 for row in rows]
+        slots = [row.sentence_slots for row in rows]
         text_rows = self.encode_texts([text for row_slots in slots for _, text in row_slots])
         out, image_index, text_index = [], 0, 0
         for row, row_slots in zip(rows, slots):

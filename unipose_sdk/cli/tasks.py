@@ -79,6 +79,14 @@ def non_negative_float(text: str) -> float:
     return _bounded_float(text, zero_allowed=True)
 
 
+def fraction(text: str) -> float:
+    """argparse type: a share between 0 and 1 (both included)."""
+    value = _bounded_float(text, zero_allowed=True)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
 def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     """--backend, --device and --dtype: where a command runs its model (the same flags in every command)."""
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])

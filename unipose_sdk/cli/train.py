@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from unipose_sdk.cli.tasks import positive_float, positive_int
+from unipose_sdk.cli.tasks import fraction, positive_float, positive_int
 
 
 def _stages(text: str) -> tuple[int, ...]:
@@ -89,6 +89,7 @@ def _train(args: argparse.Namespace) -> int:
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
                              everyday_share=args.everyday_share, caption_dropout=args.caption_dropout,
+                             conversation_share=args.conversation_share,
                              task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
                              pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
     results = train(settings)
@@ -121,10 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task-mix", type=_task_mix, default=None, metavar="TASK=W,...",
                         help="task sampling weights for the image-task stages, e.g. text2pose=0.4,pose_edit=0.3,"
                              "image2pose=0.1,pose2text=0.1,image2text=0.1 (task names as in text.prompts.Task)")
-    parser.add_argument("--everyday-share", type=float, default=0.5,
+    parser.add_argument("--everyday-share", type=fraction, default=0.5,
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
-    parser.add_argument("--caption-dropout", type=float, default=0.25,
+    parser.add_argument("--caption-dropout", type=fraction, default=0.25,
                         help="with a sentence encoder: share of prompts whose caption only the encoder reads")
+    parser.add_argument("--conversation-share", type=fraction, default=0.0,
+                        help="share of batches that are conversations: earlier turns of other tasks before the "
+                             "trained one, and pose edits asked as a follow-up to a generated pose (default 0)")
     parser.add_argument("--lr", type=positive_float, default=2e-3,
                         help="peak learning rate of every stage (warmup, then cosine decay)")
     parser.add_argument("--language-steps", type=positive_int, default=None,

@@ -156,6 +156,13 @@ class PromptRow:
     # turn's rows, in order; text_start / encoder_text are the last turn's.
     text_slots: tuple[tuple[int, str], ...] = ()
 
+    @property
+    def sentence_slots(self) -> tuple[tuple[int, str], ...]:
+        """(first slot, encoder text) of every turn's sentence-encoder rows; empty without a sentence encoder."""
+        if self.text_slots:
+            return self.text_slots
+        return ((self.text_start, self.encoder_text),) if self.text_start is not None else ()
+
 
 @dataclass(frozen=True)
 class ConversationTurn:
@@ -322,8 +329,10 @@ class PromptBuilder:
         ids += [self.layout.pad_id] * self.image_tokens
         ids.append(self.layout.image_end_id)
 
-    def build_conversation(self, turns: Sequence[ConversationTurn]) -> PromptRow:
+    def build_conversation(self, turns: Sequence[ConversationTurn], encoder_text: str | None = None) -> PromptRow:
         """The prompt of a conversation: every turn but the last answered, the last one open (answer None).
+        `encoder_text`: what the sentence encoder reads for the open turn (models with one), as in `build`; None:
+        the turn without its placeholders.
 
         The layout is what the official code builds with LLaVA's `mistral_instruct` conversation (empty system
         prompt, sep "", sep2 "</s>"): the string "[INST] {user1} [/INST] {answer1} </s>[INST] {user2} [/INST]",
@@ -348,7 +357,9 @@ class PromptBuilder:
                 # A model with a sentence encoder reads its rows before the request; one turn puts them right
                 # after BOS (as `build`), each later turn before its own "[INST]" (an SDK extension, no official
                 # layout exists), so a new turn leaves the earlier slots, and the cache over them, as they were.
-                pieces.append(("text_rows", encoder_text_of(turn.user)))
+                is_open = turn.answer is None
+                pieces.append(("text_rows", encoder_text if is_open and encoder_text is not None
+                               else encoder_text_of(turn.user)))
             pieces += self._user_pieces(turn)
             rendered.append(chat_prompt(turn.user))
             if turn.answer is not None:
@@ -599,13 +610,14 @@ class ChatPosePromptBuilder(PromptBuilder):
             pieces[-1] = pieces[-1].rstrip()
         return tuple(p for p in pieces if not (isinstance(p, str) and not p))
 
-    def build_conversation(self, turns: Sequence[ConversationTurn]) -> PromptRow:
+    def build_conversation(self, turns: Sequence[ConversationTurn], encoder_text: str | None = None) -> PromptRow:
         """Several turns in LLaVA's `llava_v1` conversation (sep " ", sep2 "</s>"): "{system} USER: {u1}
         ASSISTANT: {a1}</s>USER: {u2} ASSISTANT:", BOS first; each earlier answer written as its text with the
         pose token where each pose stood. Tokenized as `build` does one turn: the text is cut at every image, pose
         token and `</s>`, each stretch encoded on its own; a single open turn gives exactly `build`'s ids. ChatPose
         reads no poses and was trained on one image per chat: a pose input, or more than one image in the whole
-        conversation, is refused (UnsupportedTaskError naming UniPose)."""
+        conversation, is refused (UnsupportedTaskError naming UniPose). ChatPose has no sentence encoder, so
+        `encoder_text` is not read."""
         if not turns:
             raise InvalidTextError.make("a conversation with no turns", "at least the open turn",
                                         "Pass the new user turn.")

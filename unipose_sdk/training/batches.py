@@ -15,6 +15,10 @@ next and its logits choose "."; then eos. The 80 query positions are one bidirec
 attends to the padding after it, so padding changes nothing for the real tokens.
 
 `labels[t]` is the target of the logits at position t (-100: no loss), so the loss needs no shifting.
+
+A conversation example (`draw_conversation`) is the prompt an Assistant builds for its next turn
+(`PromptBuilder.build_conversation`): earlier turns with their answers written back as inference writes them, then
+the trained turn; only the last answer has labels.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unipose_sdk.errors import InvalidTextError
 from unipose_sdk.generation import expected_code_vectors
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import VocabLayout
 from unipose_sdk.models.unipose import splice_image_embeds
-from unipose_sdk.text.prompts import TASK_TEMPLATES, PromptBuilder, Task
+from unipose_sdk.text.prompts import TASK_TEMPLATES, ConversationTurn, PromptBuilder, Task
 
 if TYPE_CHECKING:
     from unipose_sdk.training.pools import Pool
@@ -91,6 +96,8 @@ class Example:
     labels: target of the logits at each position, IGNORE where there is none.
     block: [start, end) of the generated pose block, (0, 0) for text answers.
     image_starts / image_keys: first slot of each image and which image of the feature bank fills it.
+    text_slots: (first slot, what the encoder reads) of each turn's sentence-encoder rows (models with a text
+        encoder; one per turn of a conversation), else empty.
     """
 
     task: Task
@@ -99,8 +106,22 @@ class Example:
     block: tuple[int, int] = (0, 0)
     image_starts: list[int] = field(default_factory=list)
     image_keys: list[int] = field(default_factory=list)
-    text_start: int | None = None  # first sentence-encoder slot (models with a text encoder), and what it reads
-    encoder_text: str = ""
+    text_slots: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user turn and its answer before tokenization: what `draw_turn` draws, and what `ExampleBuilder.build`
+    lays out (a list of them is a conversation whose last answer is trained)."""
+
+    task: Task
+    user: str
+    poses: tuple[Sequence[int], ...] = ()
+    num_images: int = 0
+    image_keys: tuple[int, ...] = ()
+    answer_codes: Sequence[int] | None = None
+    answer_text: str | None = None
+    encoder_text: str | None = None  # None: the user turn without its placeholders (`encoder_text_of`)
 
 
 def user_turn(task: Task, caption: str | None, rng: np.random.Generator | None, paraphrase: bool = False) -> str:
@@ -124,14 +145,18 @@ def user_turn(task: Task, caption: str | None, rng: np.random.Generator | None, 
 class ExampleBuilder:
     """Builds `Example`s with the SDK's prompt builder, so prompts are tokenized exactly as at inference."""
 
-    def __init__(self, prompts: PromptBuilder, everyday_share: float = 0.0, caption_dropout: float = 0.0) -> None:
+    def __init__(self, prompts: PromptBuilder, everyday_share: float = 0.0, caption_dropout: float = 0.0,
+                 conversation_share: float = 0.0) -> None:
         """everyday_share: chance a text-to-pose caption is an everyday phrasing (`data.everyday`) when one fits.
         caption_dropout: with a sentence encoder, chance the LLM's prompt leaves the caption / instruction out so
         the answer must come from the encoder's rows alone (the LLM's own vocabulary knows only the engine's
-        words; the rows carry what any English text means)."""
+        words; the rows carry what any English text means).
+        conversation_share: chance a batch is of conversations (`draw_conversation`): earlier turns of other
+        tasks before the trained one, and pose edits asked as a follow-up to a generated pose."""
         self.prompts = prompts
         self.everyday_share = everyday_share
         self.caption_dropout = caption_dropout if prompts.text_rows else 0.0
+        self.conversation_share = conversation_share
         self.layout: VocabLayout = prompts.layout
         self.tokenizer = prompts.tokenizer
         self.dot_ids = self.tokenizer.encode(".")  # what follows END in "<pose>."
@@ -155,28 +180,54 @@ class ExampleBuilder:
         ids = self.tokenizer.encode(text.strip()) + [self.layout.eos_id]
         return ids, ids[1:] + [IGNORE]
 
+    def history_answer(self, turn: Turn) -> tuple[str | list[int], ...]:
+        """An earlier turn's answer as an Assistant's history keeps it: `PromptBuilder.answer_pieces` of the ids
+        generation returns (a pose as BEGIN, its code ids, END, "."), so training sees what inference writes back."""
+        layout = self.layout
+        if turn.answer_codes is not None:
+            ids = [layout.pose_begin_id, *(layout.pose_id_offset + int(c) for c in turn.answer_codes),
+                   layout.pose_end_id, *self.dot_ids, layout.eos_id]
+        else:
+            ids = self.text_answer(turn.answer_text or "")[0]
+        return self.prompts.answer_pieces(ids)
+
     # ---- examples ---------------------------------------------------------------------------------------
     def build(self, task: Task, user: str, poses: Sequence[Sequence[int]] = (), num_images: int = 0,
               answer_codes: Sequence[int] | None = None, answer_text: str | None = None,
               image_keys: Sequence[int] = (), encoder_text: str | None = None) -> Example:
-        row = self.prompts.build(user, list(poses), num_images, encoder_text=encoder_text)
+        """A one-turn example."""
+        return self.build_turns([Turn(task, user, tuple(poses), num_images, tuple(image_keys), answer_codes,
+                                      answer_text, encoder_text)])
+
+    def build_turns(self, turns: Sequence[Turn]) -> Example:
+        """An example of a conversation (`PromptBuilder.build_conversation`): every turn but the last answered as
+        the history, the last one's answer the only one with labels; a single turn is `PromptBuilder.build`'s
+        prompt."""
+        *history, last = turns
+        if history:
+            row = self.prompts.build_conversation(
+                [ConversationTurn(t.user, list(t.poses), t.num_images, self.history_answer(t)) for t in history]
+                + [ConversationTurn(last.user, list(last.poses), last.num_images)], encoder_text=last.encoder_text)
+        else:
+            row = self.prompts.build(last.user, list(last.poses), last.num_images, encoder_text=last.encoder_text)
         prompt = list(row.input_ids)
         labels = [IGNORE] * len(prompt)
-        if answer_codes is not None:
-            ids, answer_labels, first_query = self.pose_answer(answer_codes)
+        if last.answer_codes is not None:
+            ids, answer_labels, first_query = self.pose_answer(last.answer_codes)
             labels[-1] = self.layout.pose_begin_id
             start = len(prompt) + first_query
             block = (start, start + self.layout.num_pose_tokens)
         else:
-            if answer_text is None:
+            if last.answer_text is None:
                 raise ValueError("an example needs answer_codes or answer_text")
-            ids, answer_labels = self.text_answer(answer_text)
+            ids, answer_labels = self.text_answer(last.answer_text)
             labels[-1] = ids[0]
             block = (0, 0)
+        image_keys = [k for t in turns for k in t.image_keys]
         if len(image_keys) != len(row.image_starts):
             raise ValueError(f"{len(image_keys)} image keys for {len(row.image_starts)} image slots")
-        return Example(task, prompt + ids, labels + answer_labels, block, list(row.image_starts), list(image_keys),
-                       row.text_start, row.encoder_text)
+        return Example(last.task, prompt + ids, labels + answer_labels, block, list(row.image_starts), image_keys,
+                       list(row.sentence_slots))
 
 
 @dataclass
@@ -190,7 +241,10 @@ class Batch:
     image_starts: Tensor  # [N] int64: first position of each image
     image_keys: Tensor  # [N] int64: index into the image feature bank
     tasks: list[Task]
-    text_starts: list[int | None] = field(default_factory=list)  # per row: first sentence-encoder slot
+    # Sentence-encoder row sets of the whole batch (models with one): the row each fills, its first slot, and
+    # what the encoder reads; one per turn.
+    text_rows_of: list[int] = field(default_factory=list)
+    text_starts: list[int] = field(default_factory=list)
     encoder_texts: list[str] = field(default_factory=list)
 
     @property
@@ -204,28 +258,32 @@ def collate(examples: Sequence[Example], layout: VocabLayout) -> Batch:
     input_ids = torch.full((batch, width), layout.pad_id, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE, dtype=torch.long)
     rows, starts, keys = [], [], []
+    text_rows_of, text_starts, encoder_texts = [], [], []
     for b, e in enumerate(examples):
         input_ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[b, : len(e.labels)] = torch.tensor(e.labels)
         rows += [b] * len(e.image_starts)
         starts += e.image_starts
         keys += e.image_keys
+        for start, text in e.text_slots:
+            text_rows_of.append(b)
+            text_starts.append(start)
+            encoder_texts.append(text)
     mask = MixedMask.from_lists([e.block[0] for e in examples], [e.block[1] for e in examples])
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
     return Batch(input_ids, labels, mask, as_long(rows), as_long(starts), as_long(keys), [e.task for e in examples],
-                 [e.text_start for e in examples], [e.encoder_text for e in examples])
+                 text_rows_of, text_starts, encoder_texts)
 
 
 def input_embeddings(llm: torch.nn.Module, batch: Batch, image_embeds: Tensor | None,
                      text_rows: Tensor | None = None) -> Tensor:
     """Token embeddings [B, T, C] with each image's projected embeddings [N_bank, image_tokens, C] spliced in, and
-    (models with a sentence encoder) each row's sentence rows `text_rows` [B, num_rows, C] at its text slots."""
+    (models with a sentence encoder) the sentence rows `text_rows` [len(batch.encoder_texts), num_rows, C] of each
+    of the batch's text slots."""
     embeds = splice_image_embeds(llm.embed(batch.input_ids), image_embeds, batch.image_rows, batch.image_starts)
-    if text_rows is None:
+    if text_rows is None or not batch.text_starts:
         return embeds
-    rows = [b for b, start in enumerate(batch.text_starts) if start is not None]
-    starts = [batch.text_starts[b] for b in rows]
-    return splice_image_embeds(embeds, text_rows[rows], rows, starts)
+    return splice_image_embeds(embeds, text_rows, batch.text_rows_of, batch.text_starts)
 
 
 class SentenceEmbeddingCache:
@@ -313,15 +371,18 @@ def sequence_loss(llm: torch.nn.Module, batch: Batch, embeds: Tensor, layout: Vo
 # Drawing examples from a pool
 
 
-def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.random.Generator,
-                 paraphrase: bool) -> Example:
-    """One random example of `task` from the pool; captions and instruction phrasings are drawn per call."""
+def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Generator,
+              paraphrase: bool) -> Turn:
+    """One random turn of `task` from the pool; captions and instruction phrasings are drawn per call."""
     from unipose_sdk.data.captions import caption as make_caption
     from unipose_sdk.data.everyday import everyday_caption
 
     def shown(text: str) -> str:
         """The caption as the LLM's prompt shows it: left out with probability `caption_dropout`."""
         return "" if builder.caption_dropout and rng.random() < builder.caption_dropout else text
+
+    def asked(caption: str | None = None) -> str:
+        return user_turn(task, caption, rng, paraphrase)
 
     for _attempt in range(32):
         if task in (Task.TEXT_TO_POSE, Task.POSE_DESCRIPTION, Task.POSE_ESTIMATION, Task.IMAGE_DESCRIPTION):
@@ -332,43 +393,100 @@ def draw_example(pool: "Pool", builder: ExampleBuilder, task: Task, rng: np.rand
                 text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i]) or text
             if not text:
                 continue
-            keys = [int(pool.image_of_pose[i])] if images else []
+            keys = (int(pool.image_of_pose[i]),) if images else ()
             if task is Task.TEXT_TO_POSE:
-                return builder.build(task, user_turn(task, shown(text), rng, paraphrase), answer_codes=pool.codes[i],
-                                     encoder_text=text)
+                return Turn(task, asked(shown(text)), answer_codes=pool.codes[i], encoder_text=text)
             if task is Task.POSE_DESCRIPTION:
-                return builder.build(task, user_turn(task, None, rng, paraphrase), poses=[pool.codes[i]],
-                                     answer_text=text)
+                return Turn(task, asked(), poses=(pool.codes[i],), answer_text=text)
             if task is Task.POSE_ESTIMATION:
-                return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=1,
-                                     answer_codes=pool.codes[i], image_keys=keys)
-            return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=1, answer_text=text,
-                                 image_keys=keys)
+                return Turn(task, asked(), num_images=1, image_keys=keys, answer_codes=pool.codes[i])
+            return Turn(task, asked(), num_images=1, image_keys=keys, answer_text=text)
         images = task is Task.IMAGE_DIFFERENCE
         j = int(rng.integers(len(pool.image_of_pair_a) if images else pool.num_pairs))
         if not pool.pair_texts[j]:
             continue
         text = pool.pair_texts[j][int(rng.integers(len(pool.pair_texts[j])))][0]
         if task is Task.POSE_DIFFERENCE:
-            return builder.build(task, user_turn(task, None, rng, paraphrase),
-                                 poses=[pool.pair_codes_a[j], pool.pair_codes_b[j]], answer_text=text)
+            return Turn(task, asked(), poses=(pool.pair_codes_a[j], pool.pair_codes_b[j]), answer_text=text)
         if task is Task.POSE_EDITING:
-            return builder.build(task, user_turn(task, shown(text), rng, paraphrase), poses=[pool.pair_codes_a[j]],
-                                 answer_codes=pool.pair_codes_b[j], encoder_text=text)
-        keys = [int(pool.image_of_pair_a[j]), int(pool.image_of_pair_b[j])]
-        return builder.build(task, user_turn(task, None, rng, paraphrase), num_images=2, answer_text=text,
-                             image_keys=keys)
+            return Turn(task, asked(shown(text)), poses=(pool.pair_codes_a[j],), answer_codes=pool.pair_codes_b[j],
+                        encoder_text=text)
+        keys = (int(pool.image_of_pair_a[j]), int(pool.image_of_pair_b[j]))
+        return Turn(task, asked(), num_images=2, image_keys=keys, answer_text=text)
     raise RuntimeError(f"no usable {task.value} example in 32 draws: the pool is degenerate")
 
 
-def draw_batch(pool: "Pool", builder: ExampleBuilder, weights: dict[Task, float], batch_size: int,
+def draw_example(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Generator,
+                 paraphrase: bool) -> Example:
+    """One random one-turn example of `task` from the pool."""
+    return builder.build_turns([draw_turn(pool, builder, task, rng, paraphrase)])
+
+
+# How a follow-up edit asks for a change to the pose the model has just given (the instruction follows).
+FOLLOW_UPS = ("{}", "Now {}", "Then {}", "Next, {}", "Change it: {}", "Keep that pose, but {}", "Okay, now {}",
+              "From there, {}")
+
+
+def follow_up_edit(pool: Pool, builder: ExampleBuilder, rng: np.random.Generator, paraphrase: bool) -> list[Turn]:
+    """A pose asked for in words and given (pose A of a pair), then the pair's instruction as a follow-up turn
+    with no pose in it, answered with pose B: "a person sitting" -> A, "Now raise your left hand" -> B."""
+    from unipose_sdk.data.captions import caption as make_caption
+    from unipose_sdk.data.everyday import everyday_caption
+    from unipose_sdk.data.facts import facts_for_poses
+
+    for _attempt in range(32):
+        j = int(rng.integers(pool.num_pairs))
+        if not pool.pair_texts[j]:
+            continue
+        facts_a = facts_for_poses(pool.pair_a[j:j + 1])[0]
+        asked_for = (everyday_caption(facts_a, rng, joints_m=pool.pair_joints_a[j]) if rng.random() < 0.5
+                     else None) or make_caption(facts_a, rng)
+        instruction = pool.pair_texts[j][int(rng.integers(len(pool.pair_texts[j])))][0].strip()
+        if not asked_for or not instruction:
+            continue
+        phrasing = FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))]
+        follow_up = phrasing.format(instruction if phrasing.startswith("{") else instruction[0].lower()
+                                    + instruction[1:])
+        generate = Turn(Task.TEXT_TO_POSE, user_turn(Task.TEXT_TO_POSE, asked_for, rng, paraphrase),
+                        answer_codes=pool.pair_codes_a[j], encoder_text=asked_for)
+        return [generate, Turn(Task.POSE_EDITING, follow_up, answer_codes=pool.pair_codes_b[j],
+                               encoder_text=instruction)]
+    raise RuntimeError("no usable pair for a follow-up edit in 32 draws: the pool is degenerate")
+
+
+def draw_conversation(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Generator,
+                      paraphrase: bool) -> Example:
+    """A conversation ending in a turn of `task`: a pose edit is half the time a follow-up to a generated pose
+    (`follow_up_edit`); otherwise one or two earlier turns of random tasks, answered, come before the trained
+    turn, which must be answered on its own terms whatever came before. Earlier turns that would not fit the
+    model's context are left out."""
+    if task is Task.POSE_EDITING and rng.random() < 0.5:
+        return builder.build_turns(follow_up_edit(pool, builder, rng, paraphrase))
+    last = draw_turn(pool, builder, task, rng, paraphrase)
+    tasks = list(Task)
+    history = [draw_turn(pool, builder, tasks[int(rng.integers(len(tasks)))], rng, paraphrase)
+               for _ in range(int(rng.integers(1, 3)))]
+    while history:
+        try:
+            return builder.build_turns([*history, last])
+        except InvalidTextError:  # longer than the context: fewer earlier turns
+            history = history[1:]
+    return builder.build_turns([last])
+
+
+def draw_batch(pool: Pool, builder: ExampleBuilder, weights: dict[Task, float], batch_size: int,
                rng: np.random.Generator, paraphrase: bool) -> Batch:
     """A batch of ONE task drawn by `weights`: rows of one task have similar lengths, so right-padding wastes
-    little (a mixed batch pads every row to the two-pose prompts of the difference task)."""
+    little (a mixed batch pads every row to the two-pose prompts of the difference task). With the builder's
+    `conversation_share`, a batch of conversations ending in that task (`draw_conversation`)."""
     tasks = list(weights)
     p = np.array([weights[t] for t in tasks], dtype=np.float64)
     task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))]
-    examples = [draw_example(pool, builder, task, rng, paraphrase) for _ in range(batch_size)]
+    # A whole batch is conversations or none is: their prompts are several times longer, and padding one-turn rows
+    # to them would waste most of the step.
+    draw = draw_conversation if builder.conversation_share and rng.random() < builder.conversation_share \
+        else draw_example
+    examples = [draw(pool, builder, task, rng, paraphrase) for _ in range(batch_size)]
     return collate(examples, builder.layout)
 
 

@@ -96,6 +96,9 @@ class TrainSettings:
     # can lean on what it is meant to improve.
     task_mix: dict[Task, float] | None = None
     caption_dropout: float = 0.25  # with a sentence encoder: prompts that leave the caption to the encoder alone
+    # Batches of conversations (`batches.draw_conversation`): earlier turns before the trained one, and pose edits
+    # asked as a follow-up to a generated pose.
+    conversation_share: float = 0.0
     # Steps of each language stage instead of the budget's plan (the budget still bounds its time): a GPU's step
     # time depends on the batch size far less than a CPU's, so the per-device estimate only fits batch 16.
     language_steps: int | None = None
@@ -240,7 +243,7 @@ def train_language(model: UniPoseModel, pool: Any, builder: ExampleBuilder, weig
             image_embeds = model.vision.projector(fused)
             batch.image_rows, batch.image_starts = batch.image_rows.to(device), batch.image_starts.to(device)
         text_rows = None
-        if sentences is not None:
+        if sentences is not None and batch.encoder_texts:
             text_rows = model.text_encoder.project(sentences(batch.encoder_texts).to(device))
         embeds = input_embeddings(model.llm, batch, image_embeds, text_rows)
         return sequence_loss(model.llm, batch, embeds, layout, code_targets)
@@ -296,7 +299,8 @@ def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainS
     config = model.config
     rows = config.text_encoder.num_rows if config.text_encoder is not None else 0
     builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens, text_rows=rows),
-                             everyday_share=settings.everyday_share, caption_dropout=settings.caption_dropout)
+                             everyday_share=settings.everyday_share, caption_dropout=settings.caption_dropout,
+                             conversation_share=settings.conversation_share)
     builder.sentence_tokenizer = sentence_tokenizer_for(model, settings, model_dir) if rows else None
     return builder
 
@@ -388,7 +392,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
         info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
-                     "caption_dropout": builder.caption_dropout,
+                     "caption_dropout": builder.caption_dropout, "conversation_share": settings.conversation_share,
                      "task_mix": {t.value: w for t, w in settings.task_mix.items()} if settings.task_mix else None})
         _save_stage(model, settings, stage, info, tokenizer, builder.sentence_tokenizer)
         log.info("stage %d done in %.1f s -> %s", stage, info["seconds"], _stage_dir(settings, stage))

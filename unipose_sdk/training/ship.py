@@ -174,6 +174,8 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
         if info.get("text_encoder"):
             parts.append(f"sentence encoder, everyday captions {info.get('everyday_share', 0):.2f}, caption left to "
                          f"the encoder {info.get('caption_dropout', 0):.2f}")
+        if info.get("conversation_share"):
+            parts.append(f"conversation batches {info['conversation_share']:.2f}")
         if info.get("task_mix"):
             parts.append("task mix " + ", ".join(f"{k} {v:g}" for k, v in info["task_mix"].items()))
         where = "2-core CPU" if info.get("device", "cpu") == "cpu" else info["device"].upper()
