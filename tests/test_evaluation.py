@@ -127,3 +127,40 @@ def test_report_writers(tmp_path: Path) -> None:
     assert json.loads(json_path.read_text())["metrics"]["text_to_pose"]["facts_hold"]["model"] == 0.9
     assert "| text_to_pose | facts_hold (higher is better) | 0.900 | 0.400 | mean pose | yes |" in md_path.read_text()
     assert to_markdown(report) == md_path.read_text()
+
+
+def test_rotation_change_counts_only_the_given_joints() -> None:
+    import torch
+
+    from unipose_sdk.body.pose import Pose
+    from unipose_sdk.body.skeleton import JOINT_INDEX
+    from unipose_sdk.evaluation.runner import _rotation_change_deg
+
+    axis_angle, _ = sample_poses(1, 3)
+    a = Pose.from_axis_angle(torch.from_numpy(axis_angle))
+    rotmat = a.rotmat.clone()
+    knee = JOINT_INDEX["left_knee"]
+    rotmat[0, knee] = rotmat[0, knee] @ torch.tensor(_rotation_z(math.radians(30.0)), dtype=rotmat.dtype)
+    b = Pose(rotmat)
+    assert _rotation_change_deg(a, b, [knee]) == pytest.approx(30.0, abs=1e-3)
+    assert _rotation_change_deg(a, b, [knee, JOINT_INDEX["right_knee"]]) == pytest.approx(15.0, abs=1e-3)
+    assert _rotation_change_deg(a, b, [JOINT_INDEX["head"]]) == pytest.approx(0.0, abs=1e-3)
+    assert math.isnan(_rotation_change_deg(a, b, []))
+
+
+def test_the_quick_evaluation_of_the_embedded_model_reports_every_task(tmp_path: Path) -> None:
+    """`unipose evaluate --quick` end to end: every task's metrics, the conversation ones reported, not gated."""
+    from unipose_sdk.evaluation.runner import evaluate
+
+    report = evaluate(None, quick=True)
+    assert set(report["metrics"]) == {"tokenizer", "text_to_pose", "pose_description", "pose_difference",
+                                      "pose_editing", "image_description", "image_difference", "estimation",
+                                      "free_form", "conversation"}
+    conversation = report["metrics"]["conversation"]
+    assert not any(m["gate"] for m in conversation.values())
+    assert 0.0 <= conversation["follow_up_edits_hold"]["model"] <= 1.0
+    assert 0.0 <= conversation["follow_ups_answered_with_pose"]["model"] <= 1.0
+    assert conversation["follow_up_unnamed_joints_moved_deg"]["model"] >= 0.0
+    assert not report["model_is_random"] and report["model"] == "unipose-tiny"
+    _, md_path = write_report(report, tmp_path / "ev")
+    assert "| conversation | follow_up_edits_hold (higher is better) |" in md_path.read_text()

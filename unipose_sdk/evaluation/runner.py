@@ -17,6 +17,13 @@ engine as training. Each metric is reported next to a trivial baseline, so the n
     estimation      MPJPE and PA-MPJPE from renders                           | mean pose
     free_form       share of hand-written everyday prompts whose geometric
                     checks all hold on the generated pose (and of all checks)  | best constant pose
+    conversation    a pose asked for in words, then a pair's instruction as a
+                    follow-up turn with no pose in it (the Assistant): share of
+                    the instructed changes holding on the conversation's pose
+                    after it, of follow-ups answered with a pose, and how far
+                    the joints the instruction does not name moved (deg; not
+                    gated)                                                     | first answer unchanged; none;
+                                                                                 the instruction alone
 
 The trivial baselines come from training-distribution data (the training seed), never from the held-out pool;
 the free-form prompts' "best constant pose" is the exception: the one pose among the SDK's examples, the mean pose
@@ -38,11 +45,17 @@ import torch
 import unipose_sdk.evaluation.freeform as F
 import unipose_sdk.evaluation.metrics as M
 from unipose_sdk.body.pose import Pose
+from unipose_sdk.body.regions import REGION_JOINTS, regions_named
+from unipose_sdk.body.skeleton import JOINT_INDEX
 from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
 from unipose_sdk.data.poses import joints_and_rotations, sample_poses
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
 
 log = logging.getLogger("unipose_sdk.evaluation")
+
+# How the evaluation words a follow-up turn around an instruction: none of these is a training phrasing
+# (`training.batches.FOLLOW_UPS`), so the metric measures follow-ups, not one memorised frame.
+FOLLOW_UP_FRAMES = ("Okay. {}", "Good, and {}", "After that, {}", "{} too.")
 
 FULL_SIZES = PoolSizes(poses=160, pairs=80, pose_images=80, pair_images=32, texts_per_pair=1)
 QUICK_SIZES = PoolSizes(poses=24, pairs=12, pose_images=12, pair_images=6, texts_per_pair=1)
@@ -52,6 +65,16 @@ BASELINE_PAIRS = 150
 
 def _pose(axis_angle: np.ndarray) -> Pose:
     return Pose.from_axis_angle(torch.from_numpy(np.asarray(axis_angle, dtype=np.float32).reshape(1, 66)))
+
+
+def _rotation_change_deg(a: Pose, b: Pose, rows: Sequence[int]) -> float:
+    """Mean angle (degrees) between two poses' local rotations at the joint indices `rows` (NaN for none)."""
+    if not rows:
+        return float("nan")
+    index = torch.tensor(list(rows), dtype=torch.long)
+    relative = a.rotmat[0, index].transpose(-1, -2) @ b.rotmat[0, index].to(a.rotmat.device)
+    cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    return float(torch.rad2deg(torch.arccos(cosine)).mean())
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -242,10 +265,54 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
                 "checks_hold": _metric(scores["checks_hold"], constant["checks_hold"], "best constant pose", True,
                                        gate=False)}
 
+    def conversation() -> dict[str, Any]:
+        from unipose_sdk.options import AssistantOptions
+        from unipose_sdk.tasks.assistant import Assistant
+
+        assistant = Assistant.from_session(session, AssistantOptions(max_new_tokens=24, max_poses=1))
+        holds, unchanged_holds, with_pose = [], [], []
+        firsts, follow_ups, instructions, unnamed = [], [], [], []  # for the joints the instruction leaves alone
+        for n, (j, facts_a) in enumerate(zip(with_text, M.facts_of(pool.pair_a[with_text]))):
+            caption, _ = M.compose_caption(facts_a, rng)
+            instruction, instructed = pool.pair_texts[j][0]
+            if not caption or np.isnan(M.edit_holds_fraction(instructed, [])):
+                continue  # nothing asked for A, or nothing checkable in the instruction
+            assistant.reset()
+            first = assistant.ask(f"Generate pose of the description: {caption}")
+            frame = FOLLOW_UP_FRAMES[n % len(FOLLOW_UP_FRAMES)]
+            instruction = instruction.strip().rstrip(".")
+            mid_sentence = frame.split("{}")[0].rstrip() not in ("", "Okay.")
+            follow_up = assistant.ask(frame.format(instruction[0].lower() + instruction[1:] if mid_sentence
+                                                   else instruction))
+            first_facts = M.facts_of(first.poses[0].pose.axis_angle().numpy())[0]
+            # A reply without a pose leaves the conversation's pose where the first answer put it.
+            now = M.facts_of(follow_up.poses[0].pose.axis_angle().numpy())[0] if follow_up.poses else first_facts
+            holds.append(M.edit_holds_fraction(instructed, now))
+            unchanged_holds.append(M.edit_holds_fraction(instructed, first_facts))
+            with_pose.append(float(bool(follow_up.poses)))
+            regions = regions_named(instruction)
+            if follow_up.poses and regions is not None:
+                firsts.append(first.poses[0].pose)
+                follow_ups.append(follow_up.poses[0].pose)
+                instructions.append(instruction)
+                unnamed.append([JOINT_INDEX[name] for region, names in REGION_JOINTS.items() if region not in regions
+                                for name in names])
+        assistant.close()
+        # How far the joints the instruction does not name moved from the first answer, against a pose made for
+        # the instruction alone (what a model that ignores the history gives).
+        fresh = [r.pose for r in _batched(generator.generate, instructions, batch_size)]
+        moved = [_rotation_change_deg(a, b, rows) for a, b, rows in zip(firsts, follow_ups, unnamed)]
+        fresh_moved = [_rotation_change_deg(a, b, rows) for a, b, rows in zip(firsts, fresh, unnamed)]
+        return {"follow_up_edits_hold": _metric(M.nan_mean(holds), M.nan_mean(unchanged_holds),
+                                                "first answer unchanged", True, gate=False),
+                "follow_ups_answered_with_pose": _metric(float(np.mean(with_pose)), 0.0, "none", True, gate=False),
+                "follow_up_unnamed_joints_moved_deg": _metric(M.nan_mean(moved), M.nan_mean(fresh_moved),
+                                                              "the instruction alone, no history", False, gate=False)}
+
     for name, fn in (("tokenizer", tokenizer), ("text_to_pose", text_to_pose), ("pose_description", pose_description),
                      ("pose_difference", pose_difference), ("pose_editing", pose_editing),
                      ("image_description", image_description), ("image_difference", image_difference),
-                     ("estimation", estimation), ("free_form", free_form)):
+                     ("estimation", estimation), ("free_form", free_form), ("conversation", conversation)):
         timed(name, fn)
     run = session.run_info()
     report = {
