@@ -96,6 +96,29 @@ def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_pa
         install(candidate, assets)
 
 
+def test_install_compares_only_reports_of_one_evaluator_and_pool(run_dir: Path, tmp_path: Path) -> None:
+    from unipose_sdk.evaluation.runner import EVALUATOR_VERSION
+
+    candidate = export(run_dir, tmp_path / "candidate")
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (candidate / "evaluation.md").write_text("# report\n")
+    (candidate / "evaluation.json").write_text(json.dumps(_report(0.6, 200.0, 0.55)))
+    install(candidate, assets)
+    weights = (assets / WEIGHTS_FILE).read_bytes()
+    newer = {**_report(0.9, 100.0, 0.9), "evaluator_version": EVALUATOR_VERSION + 1}
+    for better, names in ((newer, f"--model {assets}"),  # the shipped report is the older: measure it again
+                          ({**_report(0.9, 100.0, 0.9), "eval_seed": 1}, f"--model {candidate}"),
+                          ({**_report(0.9, 100.0, 0.9), "quick": True}, f"--model {candidate}")):
+        (candidate / "evaluation.json").write_text(json.dumps(better))
+        with pytest.raises(SystemExit, match="measured different things") as stopped:
+            install(candidate, assets)
+        assert names in str(stopped.value)
+        assert (assets / WEIGHTS_FILE).read_bytes() == weights  # nothing installed
+    (candidate / "evaluation.json").write_text(json.dumps(_report(0.9, 100.0, 0.9)))
+    assert "worse on 0" in install(candidate, assets)
+
+
 def test_the_history_of_continued_weights_lists_every_earlier_stage_first() -> None:
     from unipose_sdk.training.ship import training_history
 

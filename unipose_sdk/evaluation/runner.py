@@ -57,6 +57,11 @@ log = logging.getLogger("unipose_sdk.evaluation")
 # (`training.batches.FOLLOW_UPS`), so the metric measures follow-ups, not one memorised frame.
 FOLLOW_UP_FRAMES = ("Okay. {}", "Good, and {}", "After that, {}", "{} too.")
 
+# What the gated metrics mean: bump it when a change makes earlier reports incomparable (the facts, the free-form
+# checks, the pools, the baselines); `training.ship install` compares a candidate with the shipped weights only
+# when both reports have one version. Reports written before the field are version 1.
+EVALUATOR_VERSION = 1
+
 FULL_SIZES = PoolSizes(poses=160, pairs=80, pose_images=80, pair_images=32, texts_per_pair=1)
 QUICK_SIZES = PoolSizes(poses=24, pairs=12, pose_images=12, pair_images=6, texts_per_pair=1)
 BASELINE_POSES = 600
@@ -318,7 +323,7 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
     report = {
         # The directory's name, not its path: reports are shipped and committed, and must not carry machine paths.
         "model": Path(run.model).name or run.model, "model_is_random": run.model_is_random,
-        "quick": quick, "seed": seed,
+        "evaluator_version": EVALUATOR_VERSION, "quick": quick, "seed": seed,
         "eval_seed": seed + EVAL_SEED_OFFSET,
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},
@@ -376,4 +381,4 @@ def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-__all__ = ["evaluate", "to_markdown", "write_report", "FULL_SIZES", "QUICK_SIZES"]
+__all__ = ["evaluate", "to_markdown", "write_report", "EVALUATOR_VERSION", "FULL_SIZES", "QUICK_SIZES"]

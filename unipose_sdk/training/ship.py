@@ -10,7 +10,8 @@ text tokenizer and the pose decoding it ships with, so it can be evaluated exact
 `install` ships a candidate only when its evaluation improves on what is shipped (`improves_on`): against
 trained shipped weights, it must win on more gated metrics than it loses and beat at least as many trivial
 baselines; against the random placeholder, it must beat the trivial baseline on a majority of the gated
-metrics (so a broken run never ships). It then copies `config.json` and `model.safetensors` into the assets
+metrics (so a broken run never ships). Both reports must have measured the same things (one evaluator version,
+one held-out pool), or the install stops and names the evaluation to run again. It then copies `config.json` and `model.safetensors` into the assets
 (each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/` stay), with the evaluation report and
 a model card built from the training and evaluation records.
 """
@@ -95,6 +96,13 @@ def improves_on(candidate: dict[str, Any], shipped: dict[str, Any] | None) -> tu
                 f"beats {len(beaten)} trivial baselines (shipped: {shipped_beaten})")
 
 
+def _evaluation_identity(report: dict[str, Any]) -> dict[str, Any]:
+    """What a report measured: the evaluator version (`evaluation.runner.EVALUATOR_VERSION`; 1 before reports
+    recorded it) and the held-out pool (eval seed, quick subset or not)."""
+    return {"evaluator_version": report.get("evaluator_version", 1), "eval_seed": report.get("eval_seed"),
+            "quick": report.get("quick")}
+
+
 def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> str:
     report = json.loads((Path(candidate) / f"{EVALUATION_NAME}.json").read_text(encoding="utf-8"))
     if report.get("model_is_random", False):
@@ -102,6 +110,15 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     shipped_path = assets / f"{EVALUATION_NAME}.json"
     shipped = json.loads(shipped_path.read_text(encoding="utf-8")) if (assets / WEIGHTS_FILE).is_file() and \
         shipped_path.is_file() else None
+    if shipped is not None and not shipped.get("model_is_random", False):
+        ours, theirs = _evaluation_identity(report), _evaluation_identity(shipped)
+        if ours != theirs:  # different measurements: comparing them would say nothing
+            stale_shipped = theirs["evaluator_version"] < ours["evaluator_version"]
+            fix = (f"unipose evaluate --model {assets} -o {assets / EVALUATION_NAME}" if stale_shipped else
+                   f"unipose evaluate --model {candidate} -o {Path(candidate) / EVALUATION_NAME}"
+                   + (" --quick" if theirs["quick"] else ""))
+            raise SystemExit(f"not shipping {candidate}: its evaluation ({ours}) and the shipped one ({theirs}) "
+                             f"measured different things; run `{fix}` and install again")
     ok, why = improves_on(report, shipped)
     if not ok and not force:
         raise SystemExit(f"not shipping {candidate}: {why}")
