@@ -11,9 +11,9 @@ text tokenizer and the pose decoding it ships with, so it can be evaluated exact
 trained shipped weights, it must win on more gated metrics than it loses and beat at least as many trivial
 baselines; against the random placeholder, it must beat the trivial baseline on a majority of the gated
 metrics (so a broken run never ships). Both reports must have measured the same things (one evaluator version,
-one held-out pool), or the install stops and names the evaluation to run again. It then copies `config.json` and `model.safetensors` into the assets
-(each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/` stay), with the evaluation report and
-a model card built from the training and evaluation records.
+one held-out pool), or the install stops and names the evaluation to run again. It then copies `config.json` and
+`model.safetensors` into the assets (each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/`
+stay), with the evaluation report and a model card built from the training and evaluation records.
 """
 
 from __future__ import annotations
