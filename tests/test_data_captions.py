@@ -104,3 +104,21 @@ def test_fact_scores_and_unknown_text():
     assert scores["precision"] == 0.5 and scores["recall"] == 0.5
     assert parse_facts("nothing to see here") == []
     assert len(PATTERNS) == len(SPECS)
+
+
+def test_a_deep_forward_fold_is_bent_over_and_not_rolled():
+    """The pelvis tipped 70-85 degrees forwards (its own forward axis then points at the floor): the torso is
+    bent over, never "back", and not rolled to a side it does not lean to."""
+    from unipose_sdk.data.archetypes import _make, mirror_euler_deg
+
+    for tip_deg in (70.0, 80.0, 85.0):
+        fold = _make(root=(tip_deg, 0, 0), hips=(-tip_deg - 45, 0, 3), knees=(90, 0, 0), ankles=(-30, 0, 0),
+                     spine1=(30, 0, 0), spine2=(15, 0, 0), neck=(-25, 0, 0), shoulders=(0, -100, -30))
+        for euler in (fold, mirror_euler_deg(fold)):
+            keys = {f.key for f in facts_for_poses(euler_deg_to_axis_angle(euler[None]))[0]}
+            assert ("torso_pitch", "torso", "bent_over") in keys, (tip_deg, sorted(keys))
+            assert not any(k[0] == "torso_roll" for k in keys), (tip_deg, sorted(keys))
+    # A sideways bend still reads as one, to the side it bends to (spine +z leans to the body's right).
+    assert ("torso_roll", "torso", "right") in _keys("side_bend")
+    assert ("torso_roll", "torso", "left") in {
+        f.key for f in facts_for_poses(euler_deg_to_axis_angle(mirror_euler_deg(ARCHETYPES["side_bend"])[None]))[0]}

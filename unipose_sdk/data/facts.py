@@ -179,12 +179,18 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
 
     # --- torso ---------------------------------------------------------------------------------------
     if not lying and tilt_deg <= 130.0:
-        heading = (unit_vector(root[2] * [1.0, 0.0, 1.0]) if abs(root[2, 1]) < 0.95
+        # The heading is square to the hip line, which stays level however far the pelvis tips forwards (the
+        # pelvis' own forward axis points at the floor in a deep fold, and the chest's backwards past it).
+        hip_level = root[0] * [1.0, 0.0, 1.0]
+        heading = (unit_vector(np.cross(hip_level, [0.0, 1.0, 0.0])) if np.linalg.norm(hip_level) > 0.3
+                   else unit_vector(root[2] * [1.0, 0.0, 1.0]) if abs(root[2, 1]) < 0.95
                    else unit_vector(torso[2] * [1, 0, 1]))
         side_axis = np.cross([0.0, 1.0, 0.0], heading)  # body's left, horizontal
         spine = p[J["neck"]] - p[J["pelvis"]]
         pitch_deg = float(np.degrees(np.arctan2(np.dot(spine, heading), spine[1])))
-        roll_deg = float(np.degrees(np.arctan2(np.dot(spine, side_axis), spine[1])))
+        # Roll: the spine's angle out of the sagittal plane, whatever its pitch (measured against the vertical
+        # alone, a spine bent past horizontal read as rolled 90+ degrees).
+        roll_deg = float(np.degrees(np.arcsin(np.clip(np.dot(unit_vector(spine), side_axis), -1.0, 1.0))))
         add("torso_pitch", "torso", pitch_deg, _level(
             pitch_deg, ((-12.0, "back"), (12.0, "upright"), (30.0, "slightly_forward"), (60.0, "forward"),
                         (999.0, "bent_over"))))

@@ -59,8 +59,9 @@ FOLLOW_UP_FRAMES = ("Okay. {}", "Good, and {}", "After that, {}", "{} too.")
 
 # What the gated metrics mean: bump it when a change makes earlier reports incomparable (the facts, the free-form
 # checks, the pools, the baselines); `training.ship install` compares a candidate with the shipped weights only
-# when both reports have one version. Reports written before the field are version 1.
-EVALUATOR_VERSION = 1
+# when both reports have one version. Reports written before the field are version 1. Version 2: torso pitch and
+# roll measured against the hip line (a deep forward fold read as leaning back and rolled sideways).
+EVALUATOR_VERSION = 2
 
 FULL_SIZES = PoolSizes(poses=160, pairs=80, pose_images=80, pair_images=32, texts_per_pair=1)
 QUICK_SIZES = PoolSizes(poses=24, pairs=12, pose_images=12, pair_images=6, texts_per_pair=1)
