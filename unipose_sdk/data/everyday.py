@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unipose_sdk.body.skeleton import JOINT_INDEX as J
-from unipose_sdk.data.facts import Fact, orthonormal_frame, unit_vector
+from unipose_sdk.data.facts import Fact, pelvis_frame, unit_vector
 
 SIDES = ("left", "right")
 OTHER = {"left": "right", "right": "left"}
@@ -81,7 +81,7 @@ HAND_ON_FLOOR_MAX_M = 0.2
 def joint_keys(joints_m: np.ndarray) -> FactSet:
     """("leg_out", side, "sideways") and ("hand_floor", side, "touching") measured on grounded [22, 3] joints."""
     p = np.asarray(joints_m, dtype=np.float64)
-    root = orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
+    root = pelvis_frame(p)
     floor_m = p[:, 1].min()
     keys: FactSet = set()
     for s in SIDES:

@@ -68,6 +68,18 @@ def orthonormal_frame(left: np.ndarray, up: np.ndarray) -> np.ndarray:
     return np.stack([left, up, np.cross(left, up)])
 
 
+def pelvis_frame(joints_m: np.ndarray) -> np.ndarray:
+    """The pelvis' frame (rows left, up, forward) of [22, 3] joints: the hip line, and the pelvis-to-spine1 axis."""
+    p = joints_m
+    return orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
+
+
+def torso_frame(joints_m: np.ndarray) -> np.ndarray:
+    """The torso's frame (rows left, up, forward): the shoulder line, and the pelvis-to-neck axis."""
+    p = joints_m
+    return orthonormal_frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
+
+
 def bend_deg(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
     """Flexion at b of the chain a-b-c: 0 when straight, 180 when folded flat."""
     cos = np.dot(unit_vector(a - b), unit_vector(c - b))
@@ -91,8 +103,8 @@ def extract_facts(joints_m: np.ndarray, global_rotmat: np.ndarray | None = None)
     def add(kind: str, subject: str, value: float, level: str) -> None:
         facts.append(Fact(kind, subject, round(float(value), 4), level))
 
-    root = orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
-    torso = orthonormal_frame(p[J["left_shoulder"]] - p[J["right_shoulder"]], p[J["neck"]] - p[J["pelvis"]])
+    root = pelvis_frame(p)
+    torso = torso_frame(p)
     torso_up_world = torso[1]
 
     # --- whole body: lying, upside down ----------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from unipose_sdk.body.skeleton import JOINT_INDEX, NUM_JOINTS, rest_joints_m
-from unipose_sdk.data.facts import bend_deg, orthonormal_frame, unit_vector
+from unipose_sdk.data.facts import bend_deg, pelvis_frame, torso_frame, unit_vector
 from unipose_sdk.errors import InvalidInputError
 
 J = JOINT_INDEX
@@ -111,9 +111,8 @@ class Body:
                                          "in metres", "Pass `pose.joints()[i]` of a Pose.")
         self.p = p
         self.height = p[:, 1] - p[:, 1].min()  # above the floor (the lowest joint)
-        self.pelvis_frame = orthonormal_frame(p[J["left_hip"]] - p[J["right_hip"]], p[J["spine1"]] - p[J["pelvis"]])
-        self.torso_frame = orthonormal_frame(p[J["left_shoulder"]] - p[J["right_shoulder"]],
-                                             p[J["neck"]] - p[J["pelvis"]])
+        self.pelvis_frame = pelvis_frame(p)
+        self.torso_frame = torso_frame(p)
         spine = p[J["neck"]] - p[J["pelvis"]]
         self.tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, unit_vector(spine)[1]))))  # 0 upright, 180 inverted
         up = np.array([0.0, 1.0, 0.0])
