@@ -122,3 +122,12 @@ def test_a_deep_forward_fold_is_bent_over_and_not_rolled():
     assert ("torso_roll", "torso", "right") in _keys("side_bend")
     assert ("torso_roll", "torso", "left") in {
         f.key for f in facts_for_poses(euler_deg_to_axis_angle(mirror_euler_deg(ARCHETYPES["side_bend"])[None]))[0]}
+
+
+def test_a_sentence_in_a_frame_is_lower_cased_only_mid_sentence():
+    from unipose_sdk.data.phrasing import in_frame
+
+    assert in_frame("Now {}", "Raise your left arm.") == "Now raise your left arm."
+    assert in_frame("Change it: {}", "Bend your knees.") == "Change it: bend your knees."
+    assert in_frame("Okay. {}", "Raise your left arm") == "Okay. Raise your left arm"
+    assert in_frame("{} too.", "Raise your left arm") == "Raise your left arm too."

@@ -168,3 +168,13 @@ def join_clauses(clauses: list[str], rng: np.random.Generator, voice: dict[str, 
     if voice["SB"] == "i am":
         text = re.sub(r"\bi\b", "I", text)
     return text
+
+
+def in_frame(frame: str, sentence: str) -> str:
+    """`sentence` in the "{}" slot of `frame`, lower-cased at its start where the frame's words before the slot do
+    not end a sentence: "Now {}" -> "Now raise your left arm.", "Okay. {}" and "{}" keep "Raise"."""
+    before = frame.split("{}", 1)[0].rstrip()
+    if before and not before.endswith((".", "!", "?")):
+        sentence = sentence[:1].lower() + sentence[1:]
+    return frame.format(sentence)
+

@@ -48,6 +48,7 @@ from unipose_sdk.body.pose import Pose
 from unipose_sdk.body.regions import REGION_JOINTS, regions_named
 from unipose_sdk.body.skeleton import JOINT_INDEX
 from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
+from unipose_sdk.data.phrasing import in_frame
 from unipose_sdk.data.poses import joints_and_rotations, sample_poses
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
 
@@ -285,11 +286,8 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
                 continue  # nothing asked for A, or nothing checkable in the instruction
             assistant.reset()
             first = assistant.ask(f"Generate pose of the description: {caption}")
-            frame = FOLLOW_UP_FRAMES[n % len(FOLLOW_UP_FRAMES)]
             instruction = instruction.strip().rstrip(".")
-            mid_sentence = frame.split("{}")[0].rstrip() not in ("", "Okay.")
-            follow_up = assistant.ask(frame.format(instruction[0].lower() + instruction[1:] if mid_sentence
-                                                   else instruction))
+            follow_up = assistant.ask(in_frame(FOLLOW_UP_FRAMES[n % len(FOLLOW_UP_FRAMES)], instruction))
             first_facts = M.facts_of(first.poses[0].pose.axis_angle().numpy())[0]
             # A reply without a pose leaves the conversation's pose where the first answer put it.
             now = M.facts_of(follow_up.poses[0].pose.axis_angle().numpy())[0] if follow_up.poses else first_facts

@@ -433,6 +433,7 @@ def follow_up_edit(pool: Pool, builder: ExampleBuilder, rng: np.random.Generator
     from unipose_sdk.data.captions import caption as make_caption
     from unipose_sdk.data.everyday import everyday_caption
     from unipose_sdk.data.facts import facts_for_poses
+    from unipose_sdk.data.phrasing import in_frame
 
     for _attempt in range(32):
         j = int(rng.integers(pool.num_pairs))
@@ -444,9 +445,7 @@ def follow_up_edit(pool: Pool, builder: ExampleBuilder, rng: np.random.Generator
         instruction = pool.pair_texts[j][int(rng.integers(len(pool.pair_texts[j])))][0].strip()
         if not asked_for or not instruction:
             continue
-        phrasing = FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))]
-        follow_up = phrasing.format(instruction if phrasing.startswith("{") else instruction[0].lower()
-                                    + instruction[1:])
+        follow_up = in_frame(FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))], instruction)
         generate = Turn(Task.TEXT_TO_POSE, user_turn(Task.TEXT_TO_POSE, asked_for, rng, paraphrase),
                         answer_codes=pool.pair_codes_a[j], encoder_text=asked_for)
         return [generate, Turn(Task.POSE_EDITING, follow_up, answer_codes=pool.pair_codes_b[j],
