@@ -366,6 +366,15 @@ def test_a_conversation_example_is_the_assistants_prompt_with_the_last_answer_tr
     assert all(example.input_ids[start] == layout.pad_id for start, _ in example.text_slots)
 
 
+def test_a_history_turn_without_an_answer_is_refused(encoder_builder: ExampleBuilder) -> None:
+    from unipose_sdk.training.batches import Turn
+
+    unanswered = Turn(Task.POSE_DESCRIPTION, "Describe <pose>.", poses=(_codes(3),))
+    last = Turn(Task.TEXT_TO_POSE, "a person waving", answer_codes=_codes(4), encoder_text="a person waving")
+    with pytest.raises(ValueError, match="neither answer codes nor an answer text"):
+        encoder_builder.build_turns([unanswered, last])
+
+
 def test_every_task_draws_a_consistent_conversation(pool, encoder_builder: ExampleBuilder) -> None:  # type: ignore[no-untyped-def]
     from unipose_sdk.training.batches import draw_conversation
 

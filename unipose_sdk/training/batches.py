@@ -187,8 +187,11 @@ class ExampleBuilder:
         if turn.answer_codes is not None:
             ids = [layout.pose_begin_id, *(layout.pose_id_offset + int(c) for c in turn.answer_codes),
                    layout.pose_end_id, *self.dot_ids, layout.eos_id]
+        elif turn.answer_text is not None:
+            ids = self.text_answer(turn.answer_text)[0]
         else:
-            ids = self.text_answer(turn.answer_text or "")[0]
+            raise ValueError(f"history turn of task {turn.task!r} has neither answer codes nor an answer text: "
+                             "every turn before the trained one needs its answer")
         return self.prompts.answer_pieces(ids)
 
     # ---- examples ---------------------------------------------------------------------------------------
