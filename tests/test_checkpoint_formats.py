@@ -315,3 +315,10 @@ def test_pose_decoding_is_part_of_the_config() -> None:
     assert UniPoseConfig.from_dict(written_before).pose_decoding == "argmax"
     with pytest.raises(ValueError, match="pose_decoding='soft'.*expected one of"):
         dataclasses.replace(tiny, pose_decoding="soft")
+    # The Generator's code temperature travels with the config; configs written before it decode at 1.
+    warm = dataclasses.replace(tiny, text_to_pose_code_temperature=0.7)
+    assert UniPoseConfig.from_dict(warm.to_dict()).text_to_pose_code_temperature == 0.7
+    del written_before["text_to_pose_code_temperature"]
+    assert UniPoseConfig.from_dict(written_before).text_to_pose_code_temperature == 1.0
+    with pytest.raises(ValueError, match="text_to_pose_code_temperature=0.0: expected a number in"):
+        dataclasses.replace(tiny, text_to_pose_code_temperature=0.0)

@@ -35,6 +35,19 @@ def test_generate_writes_pose_files_png_and_json(tmp_path: Path, capsys: pytest.
     assert saved["pose_codes"] == first["pose_codes"] and "total" in saved["timing_ms"]
 
 
+def test_generate_decodes_at_the_asked_pose_code_temperature(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.tasks import Generator
+
+    prompt = "someone doing a handstand"
+    assert main(["generate", prompt, "--pose-code-temperature", "0.3", "-o", str(tmp_path), "--json", *FAST]) == 0
+    codes = _json_out(capsys)["results"][0]["pose_codes"]
+    with Generator.from_pretrained(pose_code_temperature=0.3, max_new_tokens=6) as generator:
+        assert list(generator.generate(prompt).pose_codes) == codes
+    with Generator.from_pretrained(pose_code_temperature=1.0, max_new_tokens=6) as generator:
+        assert list(generator.generate(prompt).pose_codes) != codes  # the flag is what changed them
+
+
 def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pose = str(example_pose_path("squatting"))
     image = tmp_path / "person.png"
@@ -61,6 +74,7 @@ def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixtur
     ["edit", "/not/a/pose.npz", "raise your arm"],
     ["describe", "--pose", "/not/a/pose.npz"],
     ["generate", "a person", "--model", "/no/such/model/dir"],
+    ["generate", "a person", "--pose-code-temperature", "0.01"],
 ])
 def test_bad_input_exits_2_and_writes_nothing(argv: list[str], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,6 +205,49 @@ def test_expected_code_decoding_lands_between_the_codes_the_model_hesitates_over
                        pose_codes_from_logits(confident, VOCAB))
 
 
+def test_pose_code_temperature_moves_expected_code_decoding_towards_the_argmax() -> None:
+    # Codes on a line (code k at x = k); a query weighing codes 2 and 6 as 1:3 lands at x = 5 at temperature 1,
+    # nearer 6 as the temperature falls (weights 1:9 at 0.5 -> x = 5.6), and on the argmax as it nears 0.
+    book = torch.zeros(VOCAB.codebook_size, 2)
+    book[:, 0] = torch.arange(VOCAB.codebook_size, dtype=torch.float32)
+    logits = torch.full((1, 1, VOCAB.vocab_size), -30.0)
+    first = VOCAB.pose_id_offset
+    logits[0, 0, first + 2] = 10.0
+    logits[0, 0, first + 6] = 10.0 + torch.log(torch.tensor(3.0))
+    assert pose_codes_from_logits(logits, VOCAB, book).item() == 5
+    assert pose_codes_from_logits(logits, VOCAB, book, 1.0).item() == 5
+    assert pose_codes_from_logits(logits, VOCAB, book, 0.5).item() == 6  # 5.6 rounds to the nearer code
+    assert pose_codes_from_logits(logits, VOCAB, book, 0.05).item() == pose_codes_from_logits(logits, VOCAB).item()
+    # Above 1 the spread widens: weights 1:sqrt(3) at 2 -> x = 4.5 -> code 4 or 5.
+    assert pose_codes_from_logits(logits, VOCAB, book, 2.0).item() in (4, 5)
+
+
+@pytest.mark.parametrize("value", [0, 0.01, -1, 11, float("nan"), float("inf"), True, "0.7", None])
+def test_generation_config_refuses_a_pose_code_temperature_out_of_range(value: object) -> None:
+    with pytest.raises(InvalidInputError, match=f"pose_code_temperature={value!r}"):
+        GenerationConfig(8, pose_code_temperature=value)  # type: ignore[arg-type]
+
+
+def test_generate_decodes_pose_codes_at_the_configs_temperature(model: MistralLM,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import unipose_sdk.generation as generation
+
+    book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def recording(query_logits: torch.Tensor, vocab: VocabLayout, code_vectors: torch.Tensor | None = None,
+                  temperature: float = 1.0) -> torch.Tensor:
+        seen.append(temperature)
+        return pose_codes_from_logits(query_logits, vocab, code_vectors, temperature)
+
+    monkeypatch.setattr(generation, "pose_codes_from_logits", recording)
+    cold = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90, pose_code_temperature=0.3),
+                    pose_code_vectors=book)[0]
+    plain = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90), pose_code_vectors=book)[0]
+    assert seen == [0.3, 1.0]
+    assert len(cold.pose_codes) == len(plain.pose_codes) == 1
+
+
 def test_generate_uses_the_codebook_when_given(model: MistralLM) -> None:
     book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
     plain = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90))[0]

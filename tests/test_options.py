@@ -75,6 +75,21 @@ def test_each_task_builds_one_generation_config_from_its_options() -> None:
         DescriberOptions(pose_only=False)  # type: ignore[call-arg]
 
 
+def test_generator_decodes_at_its_own_pose_code_temperature_or_else_the_models() -> None:
+    assert GeneratorOptions().generation_config(VOCAB).pose_code_temperature == 1.0
+    assert GeneratorOptions().generation_config(VOCAB, 0.7).pose_code_temperature == 0.7
+    assert GeneratorOptions(pose_code_temperature=1.0).generation_config(VOCAB, 0.7).pose_code_temperature == 1.0
+    assert GeneratorOptions(pose_code_temperature=0.5).generation_config(VOCAB).pose_code_temperature == 0.5
+    # Only the Generator reads it: estimation and editing keep the plain expectation.
+    assert EditorOptions().generation_config(VOCAB).pose_code_temperature == 1.0
+    assert EstimatorOptions().generation_config(VOCAB).pose_code_temperature == 1.0
+
+
+@pytest.mark.parametrize("value", [0, 0.04, 10.5, float("nan"), True, "0.7"])
+def test_generator_refuses_a_pose_code_temperature_out_of_range(value: object) -> None:
+    with pytest.raises(InvalidInputError, match=f"pose_code_temperature={value!r}.*expected a number in"):
+        GeneratorOptions(pose_code_temperature=value)  # type: ignore[arg-type]
+
 @pytest.mark.parametrize("kwargs, needle", [({"max_new_tokens": 0}, "max_new_tokens=0"),
                                             ({"max_new_tokens": True}, "max_new_tokens=True"),
                                             ({"max_new_tokens": 8, "one_pass": None}, "one_pass=None")])

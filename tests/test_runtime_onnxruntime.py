@@ -188,6 +188,7 @@ def test_the_export_carries_the_pose_codebook_for_expected_code_decoding(exporte
     onnx = Generator.from_pretrained(exported, backend="onnxruntime", device="cpu", **SHORT)
     ref = Generator.from_pretrained(None, backend="torch", device="cpu", **SHORT)
     assert onnx.session.config.pose_decoding == "expected_code"
+    assert onnx.session.config.text_to_pose_code_temperature == ref.session.config.text_to_pose_code_temperature
     assert torch.equal(onnx.session.pose_code_vectors, ref.session.pose_code_vectors)
     assert onnx.generate("arms crossed").run.fallback is None
     # An export from before the codebook file: argmax decoding, and every result says so.

@@ -92,6 +92,8 @@ BAD_FIELDS = [
     ("pose_tokenizer.encoder_lengths", "40,80,160", "a list of one or more values"),
     ("max_text_tokens", "512", "(str); expected int"),
     ("pose_decoding", "beam", "one of ('argmax', 'expected_code')"),
+    ("text_to_pose_code_temperature", 0.0, "a number in [0.05, 10]"),
+    ("text_to_pose_code_temperature", "0.7", "(str); expected float"),
     ("name", 7, "(int); expected str"),
     ("extra", [], "a JSON object"),
     ("llm", "oops", "a JSON object of LLMConfig fields"),

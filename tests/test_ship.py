@@ -68,6 +68,9 @@ def test_export_writes_float16_weights_and_the_pose_decoding(run_dir: Path, tmp_
     assert json.loads((candidate / CONFIG_FILE).read_text())["dtype"] == "float16"
     assert json.loads((candidate / "training.json").read_text())["stage1"]["language"]["steps"] == 3
     assert load_model(export(run_dir, tmp_path / "argmax", "argmax")).model.config.pose_decoding == "argmax"
+    assert loaded.model.config.text_to_pose_code_temperature == 1.0
+    cold = load_model(export(run_dir, tmp_path / "cold", text_to_pose_code_temperature=0.7)).model.config
+    assert cold.text_to_pose_code_temperature == 0.7
 
 
 def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_path: Path) -> None:

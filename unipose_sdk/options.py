@@ -9,6 +9,7 @@ InvalidOptionError that lists the valid names. Each task turns its options into 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
-from unipose_sdk.generation import GenerationConfig, check_sampling, pose_block_length
+from unipose_sdk.generation import GenerationConfig, check_pose_code_temperature, check_sampling, pose_block_length
 from unipose_sdk.models.config import VocabLayout
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
@@ -183,7 +184,28 @@ class EstimatorOptions(PoseTaskOptions):
 
 @dataclass
 class GeneratorOptions(PoseTaskOptions):
-    """Generator: the pose-task options, nothing more."""
+    """Generator: the pose-task options and one more.
+
+    pose_code_temperature: None: the model's `text_to_pose_code_temperature` (1 unless its card says otherwise);
+        a number in [0.05, 10] overrides it (`GenerationConfig.pose_code_temperature`: lower commits to the
+        likeliest pose codes, 1 is the plain expected code). Models decoded by argmax ignore it.
+    """
+
+    pose_code_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pose_code_temperature is not None:
+            try:
+                check_pose_code_temperature(self.pose_code_temperature)
+            except InvalidInputError as error:
+                raise InvalidOptionError(str(error)) from None
+
+    def generation_config(self, vocab: VocabLayout, model_pose_code_temperature: float = 1.0) -> GenerationConfig:
+        """The pose-task config, decoding pose codes at this option's temperature or else the model's."""
+        config = super().generation_config(vocab)
+        chosen = model_pose_code_temperature if self.pose_code_temperature is None else self.pose_code_temperature
+        return dataclasses.replace(config, pose_code_temperature=float(chosen))
 
 
 @dataclass

@@ -225,7 +225,7 @@ def _generate(args: argparse.Namespace) -> int:
     for text in args.texts:
         check_text(text, "text")
     _check_output(args)
-    with _build(Generator, args) as generator:
+    with _build(Generator, args, pose_code_temperature=args.pose_code_temperature) as generator:
         results = []
         for chunk in _chunks(args.texts, args.batch_size, args.json or args.quiet):
             results += generator.generate(chunk)
@@ -275,6 +275,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("generate", help="generate a pose from each text")
     p.add_argument("texts", nargs="+", help='descriptions, e.g. "a person squatting with both arms raised"')
+    p.add_argument("--pose-code-temperature", type=positive_float, default=None, metavar="T",
+                   help="expected-code decoding: softmax of code logits / T, in [0.05, 10]; lower commits to the "
+                        "likeliest codes, 1 is the plain expectation (default: the model's, see its card)")
     _add_common(p)
     p.set_defaults(handler=_generate)
 

@@ -235,6 +235,10 @@ class UniPoseConfig:
     # official decoding does; or "expected_code": the codebook vector expected under each query's softmax over
     # the codes, snapped to the nearest code. unipose-tiny is trained for the second (training.batches.CodeTargets).
     pose_decoding: str = "argmax"
+    # The `GenerationConfig.pose_code_temperature` a Generator decodes with unless its options say otherwise: a
+    # model whose code beliefs spread widely on prompts unlike its training captions does better committing to
+    # its likeliest codes there, while estimation and editing keep the plain expectation (1).
+    text_to_pose_code_temperature: float = 1.0
     # A frozen sentence encoder whose output rows follow BOS (see TextEncoderConfig); None: the LLM reads text alone.
     text_encoder: TextEncoderConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -262,6 +266,9 @@ class UniPoseConfig:
             raise ValueError("projector output_size must equal the LLM hidden size")
         if self.pose_decoding not in POSE_DECODINGS:
             raise ValueError(f"pose_decoding={self.pose_decoding!r}: expected one of {POSE_DECODINGS}")
+        if not 0.05 <= self.text_to_pose_code_temperature <= 10:
+            raise ValueError(f"text_to_pose_code_temperature={self.text_to_pose_code_temperature!r}: expected a "
+                             "number in [0.05, 10]")
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -304,7 +311,8 @@ class UniPoseConfig:
         built = {name: build_config(cls, data[name], source, prefix=f"{name}.") for name, cls in parts.items()}
         if data.get("text_encoder") is not None:
             built["text_encoder"] = build_config(TextEncoderConfig, data["text_encoder"], source, "text_encoder.")
-        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "extra", "family") if k in data}
+        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding",
+                                          "text_to_pose_code_temperature", "extra", "family") if k in data}
         top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding
         top.setdefault("family", "unipose")  # configs written before the ChatPose family
         _check_fields(UniPoseConfig, top, source, prefix="")
@@ -329,6 +337,8 @@ _RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "PoseViTConfig.patch_padding": ("pixels >= 0", lambda v: v >= 0),
     "PoseTokenizerConfig.ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "UniPoseConfig.pose_decoding": (f"one of {POSE_DECODINGS}", lambda v: v in POSE_DECODINGS),
+    "UniPoseConfig.text_to_pose_code_temperature": ("a number in [0.05, 10] (1: the plain expected code)",
+                                                    lambda v: math.isfinite(v) and 0.05 <= v <= 10),
     "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
     "UniPoseConfig.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
     "VocabLayout.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),

@@ -32,7 +32,8 @@ class Generator(TaskBase):
         texts, single = as_batch(text, (str,))
         texts = [self._check_text(t, "text") for t in texts]
         with self._call() as session:
-            config = self.options.generation_config(session.config.vocab)
+            config = self.options.generation_config(session.config.vocab,
+                                                    session.config.text_to_pose_code_temperature)
             answers = answer(
                 session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config)
         results = [GenerateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,

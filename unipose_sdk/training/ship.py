@@ -38,14 +38,18 @@ EVALUATION_NAME = "evaluation"
 TRAINING_NAME = "training.json"
 
 
-def export(run: Path, out: Path, pose_decoding: str = "expected_code") -> Path:
+def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_pose_code_temperature: float = 1.0,
+           ) -> Path:
     """The run's last stage -> a float16 SDK directory at `out` (with tokenizer and the run's training records).
 
     pose_decoding: written into the shipped config (see `UniPoseConfig.pose_decoding`); the tiny model is
-    trained with codebook-kernel targets, for which "expected_code" decoding is the match."""
+    trained with codebook-kernel targets, for which "expected_code" decoding is the match.
+    text_to_pose_code_temperature: the Generator's default `pose_code_temperature`, written into the config;
+    choose it on data other than the held-out evaluation (the model card says how)."""
     stage_dir = final_model_dir(run)
     loaded = load_model(stage_dir)
-    loaded.model.config = dataclasses.replace(loaded.model.config, pose_decoding=pose_decoding)
+    loaded.model.config = dataclasses.replace(loaded.model.config, pose_decoding=pose_decoding,
+                                              text_to_pose_code_temperature=text_to_pose_code_temperature)
     stages = {}
     for stage in (1, 2, 3):
         info = Path(run) / f"stage{stage}" / STAGE_INFO
@@ -253,7 +257,9 @@ the 80 query positions, one bidirectional block, query k predicting code k). Sta
 image tasks with frozen towers. Stage 3: all seven tasks with the templates plus three or four paraphrases each.
 A "(continued)" row trained the previous row's weights further (`unipose train --init-from`). With codebook-kernel
 targets a code position's target is spread over the codes near the true one in the codebook (they decode
-alike), and the shipped config decodes poses by `pose_decoding="{config.get('pose_decoding', 'argmax')}"`.
+alike), and the shipped config decodes poses by `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a
+Generator takes each query's code softmax at `text_to_pose_code_temperature={config.get(
+'text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
 
 ## Evaluation (`unipose evaluate`, held-out synthetic data)
 | task | metric | model | trivial baseline |
@@ -278,13 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--text-to-pose-code-temperature", type=float, default=1.0, metavar="T",
+                   help="the Generator's default pose_code_temperature in the shipped config (default 1)")
     i = sub.add_parser("install")
     i.add_argument("--candidate", type=Path, required=True)
     i.add_argument("--assets", type=Path, default=ASSETS_DIR)
     i.add_argument("--force", action="store_true", help="ship even if the evaluation does not improve")
     args = parser.parse_args(argv)
     if args.command == "export":
-        print(f"wrote {export(args.run, args.out)}")
+        print(f"wrote {export(args.run, args.out, text_to_pose_code_temperature=args.text_to_pose_code_temperature)}")
     else:
         why = install(args.candidate, args.assets, args.force)
         print(f"installed {args.candidate} into {args.assets}: {why}")
