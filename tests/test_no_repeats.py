@@ -60,6 +60,22 @@ def test_text_policy_drops_restated_clauses_and_keeps_the_rest() -> None:
     assert drop_repeated_sentences("") == ""
 
 
+def test_a_clause_contradicting_an_earlier_one_about_the_same_body_part_is_dropped() -> None:
+    from unipose_sdk.tasks.describer import stated_topics
+
+    text = ("Their left arm is pointing forward. Their right knee is deeply bent. Their left arm is pointing down. "
+            "Their right hand is above their head, and their right knee is fully extended. Their left arm is "
+            "stretched upwards while their left knee is slightly bent.")
+    assert drop_repeated_sentences(text, stated_topics) == (
+        "Their left arm is pointing forward. Their right knee is deeply bent. Their right hand is above their "
+        "head. Their left knee is slightly bent.")
+    # The left and right of a part are different topics; so are an arm's direction and its hand's height.
+    kept = "Their left arm is pointing down. Their right arm is pointing up. Their left hand is at waist level."
+    assert drop_repeated_sentences(kept, stated_topics) == kept
+    assert stated_topics("Their left arm is pointing down.") == {("arm_direction", "left")}
+    assert stated_topics("Move 3.5 cm to the left.") == set()
+
+
 def _statements(text: str) -> list[str]:
     pieces = re.split(r"[.;!?]\s*|,\s*and\s+|\s+and\s+|,\s*while\s+|\s+while\s+|,\s*", text.lower())
     return [" ".join(p.split()) for p in pieces if p.strip()]

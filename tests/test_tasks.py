@@ -26,7 +26,7 @@ from unipose_sdk.errors import (
     UniPoseFileNotFoundError,
 )
 from unipose_sdk.generation import GenerationConfig, pose_block_length
-from unipose_sdk.options import DescriberOptions, GeneratorOptions, PoseTaskOptions
+from unipose_sdk.options import DescriberOptions, GeneratorOptions
 from unipose_sdk.results import DescribeResult, EditResult, EstimateResult, GenerateResult, PoseResult
 from unipose_sdk.tasks import Describer, Editor, Estimator, Generator
 
@@ -220,15 +220,17 @@ def test_the_options_reach_the_loop_as_one_config(monkeypatch: pytest.MonkeyPatc
                                                   one_pass: bool) -> None:
     seen = _recording(monkeypatch)
     built: list[GenerationConfig] = []
-    real_build = PoseTaskOptions.generation_config
-    monkeypatch.setattr(PoseTaskOptions, "generation_config",
-                        lambda self, vocab: built.append(real_build(self, vocab)) or built[-1])
+    real_build = GeneratorOptions.generation_config
+    monkeypatch.setattr(GeneratorOptions, "generation_config",
+                        lambda self, *args: built.append(real_build(self, *args)) or built[-1])
     generator = Generator.from_pretrained(max_new_tokens=6, pose_only=pose_only, one_pass=one_pass)
     result = generator.generate("a person squatting with both arms raised")
-    vocab = generator.session.config.vocab
+    config = generator.session.config
     assert len(seen) == len(built) == 1 and seen[0] is built[0]  # the task's config object, unchanged
-    assert seen[0] == GenerationConfig(max_new_tokens=6 + pose_block_length(vocab), start_with_pose=True,
-                                       stop_after_pose=pose_only, one_pass=one_pass)
+    # The Generator decodes pose codes at the model's temperature (its options give none).
+    assert seen[0] == GenerationConfig(max_new_tokens=6 + pose_block_length(config.vocab), start_with_pose=True,
+                                       stop_after_pose=pose_only, one_pass=one_pass,
+                                       pose_code_temperature=config.text_to_pose_code_temperature)
     # The stages say which path ran: one forward for prompt + pose block, or prefill then a pose step.
     assert ("prefill_pose" in result.timing_ms) == one_pass and ("pose_step" in result.timing_ms) != one_pass
     assert result.pose_steps == (0 if one_pass else 1)

@@ -18,11 +18,14 @@ from unipose_sdk.text.prompts import Task
 from unipose_sdk.text.sentences import drop_repeated_sentences
 
 
-def stated_facts(clause: str) -> set:
-    """The (kind, subject, level) facts a clause states in the data engine's phrasing (empty for other wording)."""
+def stated_topics(clause: str) -> set[tuple[str, str]]:
+    """What a clause states something about, in the data engine's phrasing: its facts' (kind, subject) pairs
+    (empty for other wording). A pose has one level per pair ("arm_direction", "left"), so a later clause about
+    pairs already stated either restates the earlier one or contradicts it ("Their left arm is pointing forward.
+    ... Their left arm is pointing down."): the description keeps the first."""
     from unipose_sdk.data.captions import parse_facts
 
-    return {fact.key for fact in parse_facts(clause)}
+    return {(fact.kind, fact.subject) for fact in parse_facts(clause)}
 
 
 _SINGLE = (str, Pose, np.ndarray, torch.Tensor)
@@ -98,8 +101,9 @@ class Describer(TaskBase):
         with self._call():
             answers = answer(session, prompts, self.options.generation_config(session.config.vocab),
                                        encode_images)
-        # A description states each sentence once (text/sentences.py says why the loop's ban is not enough).
+        # A description states each sentence once and never contradicts itself (text/sentences.py says why the
+        # loop's ban is not enough).
         results = [DescribeResult(**a.measurements(), run=session.run_info(),
-                                  text=drop_repeated_sentences(a.text, stated_facts), input=inputs[i])
+                                  text=drop_repeated_sentences(a.text, stated_topics), input=inputs[i])
                    for i, a in enumerate(answers)]
         return split_batch(results, single)

@@ -1,11 +1,13 @@
-"""Answer text policy for descriptions: no statement is made twice.
+"""Answer text policy for descriptions: no statement is made twice, and none is contradicted.
 
 The generation loop already bans the ids that would end an exact token-for-token copy of an earlier sentence
 (`generation.ban_repeated_sentences`). A small model still restates itself in other spellings: a clause after ";"
 and then the same clause as a sentence with a capital letter, the same clause inside "..., and ...", or the same
-fact in a synonym ("hanging down" / "pointing down"). So a description keeps only the first clause of each kind:
-a clause is dropped when it reads like an earlier one (case, spacing and the closing mark ignored) or, given
-`facts_of`, when every fact it states was stated before.
+fact in a synonym ("hanging down" / "pointing down"), or says the opposite of an earlier clause about the same
+body part. So a description keeps only the first clause of each kind: a clause is dropped when it reads like an
+earlier one (case, spacing and the closing mark ignored) or, given `facts_of`, when everything it finds in the
+clause was found before (the Describer passes what each clause is about, `describer.stated_topics`, so a clause
+about an arm already described goes whether it agrees or not).
 """
 
 from __future__ import annotations

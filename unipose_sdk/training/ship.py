@@ -45,7 +45,7 @@ def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_p
     pose_decoding: written into the shipped config (see `UniPoseConfig.pose_decoding`); the tiny model is
     trained with codebook-kernel targets, for which "expected_code" decoding is the match.
     text_to_pose_code_temperature: the Generator's default `pose_code_temperature`, written into the config;
-    choose it on data other than the held-out evaluation (the model card says how)."""
+    choose it on data other than the held-out evaluation (the README says how the shipped value was chosen)."""
     stage_dir = final_model_dir(run)
     loaded = load_model(stage_dir)
     loaded.model.config = dataclasses.replace(loaded.model.config, pose_decoding=pose_decoding,
