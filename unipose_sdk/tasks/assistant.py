@@ -26,7 +26,9 @@ Pose-task turns: a turn worded as a pose task's template (estimate, generate, ed
 its pose block, as the task classes force it (`AssistantOptions.pose_tasks_answer_with_pose`, on by default): a
 small model trained on single turns may answer such a turn late in a conversation with text instead. Likewise a
 turn worded as a text task's template (describe, difference) gets a text reply, never a pose block
-(`text_tasks_answer_with_text`). Every other turn, and every ChatPose turn, decodes freely.
+(`text_tasks_answer_with_text`). Every other turn, and every ChatPose turn, decodes freely. A greedy turn
+worded as the generate template decodes its pose codes at the model's `text_to_pose_code_temperature`, as a
+Generator does, so both give the same pose for the same text.
 
 `restore(turns)` starts from earlier turns without running the model on them (a conversation kept elsewhere, e.g.
 by a client of `unipose serve`, which keeps no state between requests): each `PastTurn` is what was asked and the
@@ -70,6 +72,7 @@ from unipose_sdk.text.prompts import (
     POSE_B_PLACEHOLDER,
     POSE_PLACEHOLDER,
     ConversationTurn,
+    Task,
     answers_with_pose,
     task_of_turn,
 )
@@ -370,6 +373,9 @@ class Assistant(TaskBase):
             text_only = self.options.text_tasks_answer_with_text and task is not None and not answers_with_pose(task)
             config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first,
                                                     text_only=text_only)
+            if task is Task.TEXT_TO_POSE:
+                config = dataclasses.replace(config,
+                                             pose_code_temperature=session.config.text_to_pose_code_temperature)
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
