@@ -90,6 +90,7 @@ def test_generator_refuses_a_pose_code_temperature_out_of_range(value: object) -
     with pytest.raises(InvalidInputError, match=f"pose_code_temperature={value!r}.*expected a number in"):
         GeneratorOptions(pose_code_temperature=value)  # type: ignore[arg-type]
 
+
 @pytest.mark.parametrize("kwargs, needle", [({"max_new_tokens": 0}, "max_new_tokens=0"),
                                             ({"max_new_tokens": True}, "max_new_tokens=True"),
                                             ({"max_new_tokens": 8, "one_pass": None}, "one_pass=None")])

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
 from unipose_sdk.models.attention_mask import MixedMask
-from unipose_sdk.models.config import LLMConfig, VocabLayout
+from unipose_sdk.models.config import POSE_CODE_TEMPERATURE_RANGE, LLMConfig, VocabLayout
 from unipose_sdk.models.llm import KVCache, LMOutput
 from unipose_sdk.timing import OnStage, untimed
 
@@ -164,10 +164,11 @@ def check_sampling(temperature: object, top_p: object, seed: object) -> None:
 
 def check_pose_code_temperature(value: object) -> None:
     """`GenerationConfig.pose_code_temperature`'s type and range (shared with the options that fill it)."""
+    low, high = POSE_CODE_TEMPERATURE_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and 0.05 <= float(value) <= 10.0):
-        raise InvalidInputError.make(f"pose_code_temperature={value!r}", "a number in [0.05, 10] (1: the plain "
-                                     "expected code)", "Pass e.g. pose_code_temperature=0.7, or 1 for the "
+            math.isfinite(value) and low <= float(value) <= high):
+        raise InvalidInputError.make(f"pose_code_temperature={value!r}", f"a number in [{low:g}, {high:g}] (1: the "
+                                     "plain expected code)", "Pass e.g. pose_code_temperature=0.7, or 1 for the "
                                      "expectation the model was trained for.")
 
 

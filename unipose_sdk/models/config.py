@@ -219,6 +219,9 @@ class TextEncoderConfig:
 
 
 POSE_DECODINGS = ("argmax", "expected_code")
+# The pose-code temperatures expected-code decoding accepts (`GenerationConfig.pose_code_temperature`, the config's
+# `text_to_pose_code_temperature`): below 0.05 it is the argmax in all but name, above 10 a flat average.
+POSE_CODE_TEMPERATURE_RANGE = (0.05, 10.0)
 
 
 @dataclass(frozen=True)
@@ -266,9 +269,10 @@ class UniPoseConfig:
             raise ValueError("projector output_size must equal the LLM hidden size")
         if self.pose_decoding not in POSE_DECODINGS:
             raise ValueError(f"pose_decoding={self.pose_decoding!r}: expected one of {POSE_DECODINGS}")
-        if not 0.05 <= self.text_to_pose_code_temperature <= 10:
+        low, high = POSE_CODE_TEMPERATURE_RANGE
+        if not low <= self.text_to_pose_code_temperature <= high:
             raise ValueError(f"text_to_pose_code_temperature={self.text_to_pose_code_temperature!r}: expected a "
-                             "number in [0.05, 10]")
+                             f"number in [{low:g}, {high:g}]")
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -337,8 +341,10 @@ _RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "PoseViTConfig.patch_padding": ("pixels >= 0", lambda v: v >= 0),
     "PoseTokenizerConfig.ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "UniPoseConfig.pose_decoding": (f"one of {POSE_DECODINGS}", lambda v: v in POSE_DECODINGS),
-    "UniPoseConfig.text_to_pose_code_temperature": ("a number in [0.05, 10] (1: the plain expected code)",
-                                                    lambda v: math.isfinite(v) and 0.05 <= v <= 10),
+    "UniPoseConfig.text_to_pose_code_temperature": (
+        f"a number in [{POSE_CODE_TEMPERATURE_RANGE[0]:g}, {POSE_CODE_TEMPERATURE_RANGE[1]:g}] (1: the plain "
+        "expected code)", lambda v: math.isfinite(v) and POSE_CODE_TEMPERATURE_RANGE[0] <= v
+        <= POSE_CODE_TEMPERATURE_RANGE[1]),
     "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
     "UniPoseConfig.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
     "VocabLayout.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
