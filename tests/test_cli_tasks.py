@@ -74,7 +74,6 @@ def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixtur
     ["edit", "/not/a/pose.npz", "raise your arm"],
     ["describe", "--pose", "/not/a/pose.npz"],
     ["generate", "a person", "--model", "/no/such/model/dir"],
-    ["generate", "a person", "--pose-code-temperature", "0.01"],
 ])
 def test_bad_input_exits_2_and_writes_nothing(argv: list[str], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,6 +87,18 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["describe"])  # one of --pose/--image/--poses/--images is required
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("value", ["0.01", "11", "nan", "-1", "warm"])
+def test_a_code_temperature_out_of_range_is_a_usage_error_naming_the_range(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "a person", "--pose-code-temperature", value, "-o", str(out), *FAST])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert repr(value) in err and ("[0.05, 10]" in err or "positive" in err)
+    assert not out.exists()
 
 
 def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:

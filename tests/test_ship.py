@@ -12,7 +12,7 @@ from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_mo
 from unipose_sdk.models.config import get_preset
 from unipose_sdk.models.unipose import UniPoseModel
 from unipose_sdk.training.pipeline import STAGE_INFO, load_text_tokenizer
-from unipose_sdk.training.ship import export, improves_on, install
+from unipose_sdk.training.ship import export, improves_on, install, main
 
 
 def _metric(model: float, baseline: float, higher: bool = True, gate: bool = True) -> dict:
@@ -71,6 +71,16 @@ def test_export_writes_float16_weights_and_the_pose_decoding(run_dir: Path, tmp_
     assert loaded.model.config.text_to_pose_code_temperature == 1.0
     cold = load_model(export(run_dir, tmp_path / "cold", text_to_pose_code_temperature=0.7)).model.config
     assert cold.text_to_pose_code_temperature == 0.7
+
+
+@pytest.mark.parametrize("value", ["0", "0.01", "12", "inf", "cold"])
+def test_export_refuses_a_code_temperature_out_of_range_before_writing(
+        value: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "candidate"
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--run", str(run_dir), "--out", str(out), "--text-to-pose-code-temperature", value])
+    assert info.value.code == 2 and repr(value) in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from unipose_sdk.cli.tasks import pose_code_temperature
 from unipose_sdk.fileio import atomic_write_text
 from unipose_sdk.options import EMBEDDED_MODEL as EMBEDDED_NAME
 from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--text-to-pose-code-temperature", type=float, default=1.0, metavar="T",
+    e.add_argument("--text-to-pose-code-temperature", type=pose_code_temperature, default=1.0, metavar="T",
                    help="the Generator's default pose_code_temperature in the shipped config (default 1)")
     i = sub.add_parser("install")
     i.add_argument("--candidate", type=Path, required=True)
