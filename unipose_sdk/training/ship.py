@@ -14,6 +14,11 @@ metrics (so a broken run never ships). Both reports must have measured the same 
 one held-out pool), or the install stops and names the evaluation to run again. It then copies `config.json` and
 `model.safetensors` into the assets (each file atomically; the shipped `tokenizer.json` and `pose_tokenizer/`
 stay), with the evaluation report and a model card built from the training and evaluation records.
+
+`average` writes the weighted mean of runs continued from the same weights as a run of its own
+(`training.average`), to export, evaluate and install like any other:
+
+    python -m unipose_sdk.training.ship average --from RUN_A/stage3 RUN_B/stage3:2 --out SOUP_RUN
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_p
         info = Path(run) / f"stage{stage}" / STAGE_INFO
         if info.is_file():
             stages[f"stage{stage}"] = json.loads(info.read_text(encoding="utf-8"))
-    source = (f"unipose train (stages {', '.join(k[-1] for k in stages)}, seed {stages[next(iter(stages))]['seed']}) "
-              "on the synthetic data engine; see MODEL_CARD.md")
+    first = stages[next(iter(stages))]
+    how = f"a weight average of {len(first['average_of'])} runs" if "average_of" in first else f"seed {first['seed']}"
+    source = (f"unipose train (stages {', '.join(k[-1] for k in stages)}, {how}) on the synthetic data engine; "
+              "see MODEL_CARD.md")
     # The frozen sentence encoder's matrices go as int8 rows (23 MB instead of 45 MB in float16; its sentence
     # embeddings stay within cosine 0.999 of float32 - tests/test_text_encoder.py).
     save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=False, source=source,
@@ -146,32 +153,55 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
 
 
 def portable_records(training: dict[str, Any]) -> dict[str, Any]:
-    """Training records with every `init_from` path cut to its last two names, at every depth."""
+    """Training records with every `init_from` and `average_of` path cut to its last two names, at every depth."""
+    def portable(source: dict[str, Any]) -> dict[str, Any]:
+        path = "/".join(Path(str(source.get("path", ""))).parts[-2:])
+        return {**source, "path": path, "records": portable_records(source["records"])}
+
     out = {}
     for name, info in training.items():
-        earlier = info.get("init_from")
-        if earlier:
-            path = "/".join(Path(str(earlier.get("path", ""))).parts[-2:])
-            info = {**info, "init_from": {**earlier, "path": path, "records": portable_records(earlier["records"])}}
+        if info.get("init_from"):
+            info = {**info, "init_from": portable(info["init_from"])}
+        if info.get("average_of"):
+            info = {**info, "average_of": [portable(source) for source in info["average_of"]]}
         out[name] = info
     return out
 
 
+def _own_record(info: dict[str, Any]) -> str:
+    """A stage's record without its sources: the same stage reached through two averaged runs is listed once."""
+    return json.dumps({k: v for k, v in info.items() if k not in ("init_from", "average_of")}, sort_keys=True)
+
+
 def training_history(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Every stage the shipped weights went through, oldest first: a stage continued from an earlier run
-    (`init_from`, see `unipose train --init-from`) brings that run's stages before it."""
+    (`init_from`, see `unipose train --init-from`) brings that run's stages before it; a weight average
+    (`training.average`) brings each averaged run's history, the stages they share listed once, and each run's
+    last stage marked with its weight."""
     history: list[tuple[str, dict[str, Any]]] = []
     for name, info in training.items():
         earlier = info.get("init_from")
         if earlier:
             history += training_history(earlier["records"])
             name = f"{name} (continued)"
+        for source in info.get("average_of", ()):
+            seen = {_own_record(i) for _, i in history}
+            source_history = training_history(source["records"])
+            *before, (last_name, last) = source_history
+            history += [(n, i) for n, i in before if _own_record(i) not in seen]
+            history.append((f"{last_name} (averaged, weight {source['weight']:.2f})", last))
+        if info.get("average_of"):
+            name = f"{name} (weight average)"
         history.append((name, info))
     return history
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
+
+
+def where_of(info: dict[str, Any]) -> str:
+    return "2-core CPU" if info.get("device", "cpu") == "cpu" else info["device"].upper()
 
 
 def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -> str:
@@ -186,6 +216,10 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
     history = training_history(training)
     stage_rows = []
     for name, info in history:
+        if info.get("average_of"):
+            stage_rows.append(f"| {name} | {_minutes(info['seconds'])} | the weighted mean of the "
+                              f"{len(info['average_of'])} runs marked \"averaged\" above | {where_of(info)} |")
+            continue
         language = info.get("language", {})
         vision = info.get("vision")
         parts = [f"LLM {language.get('steps', 0)} steps ({language.get('ended_by', '?')})"]
@@ -200,12 +234,12 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
             parts.append(f"conversation batches {info['conversation_share']:.2f}")
         if info.get("task_mix"):
             parts.append("task mix " + ", ".join(f"{k} {v:g}" for k, v in info["task_mix"].items()))
-        where = "2-core CPU" if info.get("device", "cpu") == "cpu" else info["device"].upper()
         stage_rows.append(f"| {name} | {_minutes(info['seconds'])} | {', '.join(parts)} | batch {info['batch_size']}, "
-                          f"{where} |")
-    seeds = sorted({info["seed"] for _, info in history if "seed" in info})
+                          f"{where_of(info)} |")
+    trained = [info for _, info in history if not info.get("average_of")]
+    seeds = sorted({info["seed"] for info in trained if "seed" in info})
     pool_seeds = (f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}" if seeds else "seeds not recorded") + (
-        "" if all("seed" in info for _, info in history) else " (earlier stages: not recorded)")
+        "" if all("seed" in info for info in trained) else " (earlier stages: not recorded)")
     data_seconds = history[0][1].get("data_seconds", 0.0)
     total = sum(info["seconds"] for _, info in history) + data_seconds
     on_gpu = [info["seconds"] for _, info in history if info.get("device", "cpu") != "cpu"]
@@ -256,9 +290,10 @@ Stage 1: text-to-pose, pose description, pose difference, pose editing (teacher 
 the 80 query positions, one bidirectional block, query k predicting code k). Stage 2: Pose-ViT joint regression
 (2D + 3D) and CLIP-like contrastive training against a tiny caption encoder, then the projector and LLM on the
 image tasks with frozen towers. Stage 3: all seven tasks with the templates plus three or four paraphrases each.
-A "(continued)" row trained the previous row's weights further (`unipose train --init-from`). With codebook-kernel
-targets a code position's target is spread over the codes near the true one in the codebook (they decode
-alike), and the shipped config decodes poses by `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a
+A "(continued)" row trained the previous row's weights further (`unipose train --init-from`); a "(weight
+average)" row is the weighted mean of the runs marked "averaged" (`python -m unipose_sdk.training.ship
+average`). With codebook-kernel targets a code position's target is spread over the codes near the true one in
+the codebook (they decode alike), and the shipped config decodes poses by `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a
 Generator takes each query's code softmax at `text_to_pose_code_temperature={config.get(
 'text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
 
@@ -287,12 +322,24 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--text-to-pose-code-temperature", type=pose_code_temperature, default=1.0, metavar="T",
                    help="the Generator's default pose_code_temperature in the shipped config (default 1)")
+    a = sub.add_parser("average", help="write the weighted mean of runs continued from the same weights as a run")
+    a.add_argument("--from", dest="sources", nargs="+", required=True, metavar="DIR[:WEIGHT]",
+                   help="stage directories of the runs (e.g. RUN/stage3), each with an optional weight (default 1)")
+    a.add_argument("--out", type=Path, required=True, help="new run directory (the mean is written as OUT/stage3)")
     i = sub.add_parser("install")
     i.add_argument("--candidate", type=Path, required=True)
     i.add_argument("--assets", type=Path, default=ASSETS_DIR)
     i.add_argument("--force", action="store_true", help="ship even if the evaluation does not improve")
     args = parser.parse_args(argv)
-    if args.command == "export":
+    if args.command == "average":
+        from unipose_sdk.errors import UniPoseError
+        from unipose_sdk.training.average import average_checkpoints, parse_source
+
+        try:
+            print(f"wrote {average_checkpoints([parse_source(text) for text in args.sources], args.out)}")
+        except UniPoseError as exc:
+            parser.exit(2, f"{parser.prog} average: error: {exc}\n")
+    elif args.command == "export":
         print(f"wrote {export(args.run, args.out, text_to_pose_code_temperature=args.text_to_pose_code_temperature)}")
     else:
         why = install(args.candidate, args.assets, args.force)
