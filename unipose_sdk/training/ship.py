@@ -293,9 +293,9 @@ image tasks with frozen towers. Stage 3: all seven tasks with the templates plus
 A "(continued)" row trained the previous row's weights further (`unipose train --init-from`); a "(weight
 average)" row is the weighted mean of the runs marked "averaged" (`python -m unipose_sdk.training.ship
 average`). With codebook-kernel targets a code position's target is spread over the codes near the true one in
-the codebook (they decode alike), and the shipped config decodes poses by `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a
-Generator takes each query's code softmax at `text_to_pose_code_temperature={config.get(
-'text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
+the codebook (they decode alike), and the shipped config decodes poses by
+`pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a Generator takes each query's code softmax at
+`text_to_pose_code_temperature={config.get('text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
 
 ## Evaluation (`unipose evaluate`, held-out synthetic data)
 | task | metric | model | trivial baseline |
