@@ -38,7 +38,7 @@ def _continued(base: UniPoseModel, base_dir: Path, out: Path, seed: int, seconds
             if tensor.is_floating_point() and not name.startswith(FROZEN_PREFIXES):
                 tensor.add_(0.01 * torch.randn(tensor.shape, generator=generator))
     info = {"stage": 3, "seconds": seconds, "seed": seed, "batch_size": 2, "device": "cpu",
-            "language": {"steps": 5, "ended_by": "steps"},
+            "language": {"steps": 5, "ended_by": "steps", "history": [{"step": 5, "loss": 3.0}]},
             "init_from": {"path": str(base_dir),
                           "records": {"stage1": json.loads((base_dir / STAGE_INFO).read_text())}}}
     return _save(model, out / "stage3", info)
@@ -69,6 +69,8 @@ def test_the_mean_is_weighted_and_keeps_the_frozen_parts(runs: tuple[Path, Path,
     record = json.loads((stage / STAGE_INFO).read_text())
     assert [s["weight"] for s in record["average_of"]] == [0.25, 0.75]
     assert record["average_of"][1]["records"]["stage3"]["seed"] == 2
+    assert record["average_of"][1]["records"]["stage3"]["language"]["steps"] == 5
+    assert '"history"' not in json.dumps(record)  # the loss curves stay in the runs' directories
     assert not list(tmp_path.glob(".*partial"))
 
 

@@ -17,7 +17,8 @@ directory, or a candidate / shipped model (frozen parts are compared by value, s
 float32 run it was exported from; its float16 weights enter the mean as they are).
 
 The result is written as `OUT/stage3` (float32, like a training stage) with a `training.json` that records each
-source's weight and its whole training history, so `ship export` and the model card say what went in.
+source's weight and its whole training history (without the per-step loss curves), so `ship export` and the model
+card say what went in.
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ def check_belong_together(directories: Sequence[Path], loaded: Sequence[LoadedMo
                 refuse(f"a different frozen {key}", "Average runs continued from the same weights only.")
 
 
+def without_step_histories(records: Any) -> Any:
+    """Training records without their per-step loss curves (`language` / `vision` "history"), at every depth.
+
+    Averaged runs share their ancestors, so each source's full records would repeat them: three sources of one
+    lineage came to 5 MB, too much to ship in the package. The curves stay in each run's own directory."""
+    if isinstance(records, dict):
+        return {k: without_step_histories(v) for k, v in records.items() if k != "history"}
+    if isinstance(records, list):
+        return [without_step_histories(v) for v in records]
+    return records
+
+
 def average_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """The weighted mean (weights normalised to sum 1) of every floating tensor, in float32 and cast back to the
     first state's dtype; integer tensors (buffers) are taken from the first state, where they must all agree."""
@@ -132,8 +145,8 @@ def average_checkpoints(sources: Sequence[tuple[Path, float]], out: Path) -> Pat
     model.config = _decoding_free(model.config)
     record = {
         "stage": int(AVERAGED_STAGE[-1]),
-        "average_of": [{"path": str(d), "weight": w / sum(weights), "records": earlier_records(d)}
-                       for d, w in zip(directories, weights)],
+        "average_of": [{"path": str(d), "weight": w / sum(weights),
+                        "records": without_step_histories(earlier_records(d))} for d, w in zip(directories, weights)],
         "seconds": 0.0,  # filled below: the averaging itself
         "device": "cpu",
     }
