@@ -290,10 +290,10 @@ Stage 1: text-to-pose, pose description, pose difference, pose editing (teacher 
 the 80 query positions, one bidirectional block, query k predicting code k). Stage 2: Pose-ViT joint regression
 (2D + 3D) and CLIP-like contrastive training against a tiny caption encoder, then the projector and LLM on the
 image tasks with frozen towers. Stage 3: all seven tasks with the templates plus three or four paraphrases each.
-A "(continued)" row trained the previous row's weights further (`unipose train --init-from`); a "(weight
-average)" row is the weighted mean of the runs marked "averaged" (`python -m unipose_sdk.training.ship
-average`). With codebook-kernel targets a code position's target is spread over the codes near the true one in
-the codebook (they decode alike), and the shipped config decodes poses by
+A "(continued)" row trained the weights of a row above it further (`unipose train --init-from`; `training.json`
+records which); a "(weight average)" row is the weighted mean of the runs marked "averaged" (`python -m
+unipose_sdk.training.ship average`). With codebook-kernel targets a code position's target is spread over the
+codes near the true one in the codebook (they decode alike), and the shipped config decodes poses by
 `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a Generator takes each query's code softmax at
 `text_to_pose_code_temperature={config.get('text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
 
