@@ -83,6 +83,27 @@ def test_bad_input_exits_2_and_writes_nothing(argv: list[str], tmp_path: Path,
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_threads_apply_to_the_model_calls_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    original = torch.get_num_threads()
+    set_threads = torch.set_num_threads
+    asked: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (asked.append(n), set_threads(n))[1])
+    set_threads(2)  # a count the call must change, and restore afterwards
+    try:
+        assert main(["generate", "a person squatting", "--threads", "1", "-o", str(tmp_path), "--json", *FAST]) == 0
+        assert _json_out(capsys)["results"][0]["pose_codes"]
+        assert asked[:1] == [1] and torch.get_num_threads() == 2
+    finally:
+        set_threads(original)
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "a person", "--threads", "0", "-o", str(tmp_path / "none"), *FAST])
+    assert info.value.code == 2 and "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["describe"])  # one of --pose/--image/--poses/--images is required

@@ -122,6 +122,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="NAME|DIR",
                         help="'unipose-tiny' (the embedded default) or a model / export directory")
     add_runtime_flags(parser)
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for the model's calls (default: torch's, one per core); on a machine whose "
+                             "cores are busy with other work, 1 avoids threads waiting on each other")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N",
                         help="most text tokens per answer (a pose answer's 82-token pose block is not counted)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="inputs per model batch")
@@ -160,7 +163,7 @@ def _check_pose_files(paths: Sequence[str]) -> None:
 
 def _build(task_class: type, args: argparse.Namespace, **extra: Any) -> Any:
     return task_class.from_pretrained(model=args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                                      max_new_tokens=args.max_new_tokens, **extra)
+                                      max_new_tokens=args.max_new_tokens, num_threads=args.threads, **extra)
 
 
 def _chunks(items: Sequence[Any], batch_size: int, quiet: bool) -> Iterator[list[Any]]:
