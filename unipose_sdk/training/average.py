@@ -10,7 +10,7 @@ soups", ICML 2022); whether it does is for `unipose evaluate` to say, like any o
 decides as for a trained run.
 
 Only checkpoints that belong together are averaged: one config (the shipped decoding settings aside), one text
-tokenizer, one sentence tokenizer, the same tensors by name and shape, and bit-identical frozen parts (the pose
+tokenizer, one sentence tokenizer, the same tensors by name and shape, and frozen parts equal in value (the pose
 tokenizer, whose codes every pose answer is written in, and the sentence encoder). Anything else is refused
 before a file is written. Sources are SDK directories (safetensors; nothing is unpickled): a run's stage
 directory, or a candidate / shipped model (frozen parts are compared by value, so a float16 candidate matches the
@@ -60,9 +60,14 @@ def parse_source(text: str) -> tuple[Path, float]:
     return Path(directory), weight
 
 
+# What `ship export` writes into a config without touching the weights.
+DECODING_FIELDS = ("pose_decoding", "text_to_pose_code_temperature")
+
+
 def _decoding_free(config: Any) -> Any:
-    """The config without the decoding settings `ship export` writes (they do not touch the weights)."""
-    return dataclasses.replace(config, pose_decoding="argmax", text_to_pose_code_temperature=1.0)
+    """The config with its decoding settings back at their defaults."""
+    return dataclasses.replace(config, **{f.name: f.default for f in dataclasses.fields(config)
+                                          if f.name in DECODING_FIELDS})
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -108,12 +113,14 @@ def without_step_histories(records: Any) -> Any:
 
 
 def average_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean (weights normalised to sum 1) of every floating tensor, in float32 and cast back to the
-    first state's dtype; integer tensors (buffers) are taken from the first state, where they must all agree."""
+    """The weighted mean (weights normalised to sum 1) of every trained floating tensor, in float32 and cast back to
+    the first state's dtype. Integer tensors (buffers) and the frozen parts (`FROZEN_PREFIXES`, equal in every
+    source) are copied from the first state: a mean of equal tensors is not always equal to them in floating point
+    (x / 3 + x / 3 + x / 3 can differ from x in the last bit)."""
     total = float(sum(weights))
     out = {}
     for key, first in states[0].items():
-        if not first.is_floating_point():
+        if not first.is_floating_point() or key.startswith(FROZEN_PREFIXES):
             out[key] = first.clone()
             continue
         mean = sum(state[key].float() * (w / total) for state, w in zip(states, weights))
