@@ -200,7 +200,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def where_of(info: dict[str, Any]) -> str:
+def _where(info: dict[str, Any]) -> str:
     return "2-core CPU" if info.get("device", "cpu") == "cpu" else info["device"].upper()
 
 
@@ -218,7 +218,7 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
     for name, info in history:
         if info.get("average_of"):
             stage_rows.append(f"| {name} | {_minutes(info['seconds'])} | the weighted mean of the "
-                              f"{len(info['average_of'])} runs marked \"averaged\" above | {where_of(info)} |")
+                              f"{len(info['average_of'])} runs marked \"averaged\" above | {_where(info)} |")
             continue
         language = info.get("language", {})
         vision = info.get("vision")
@@ -235,7 +235,7 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
         if info.get("task_mix"):
             parts.append("task mix " + ", ".join(f"{k} {v:g}" for k, v in info["task_mix"].items()))
         stage_rows.append(f"| {name} | {_minutes(info['seconds'])} | {', '.join(parts)} | batch {info['batch_size']}, "
-                          f"{where_of(info)} |")
+                          f"{_where(info)} |")
     trained = [info for _, info in history if not info.get("average_of")]
     seeds = sorted({info["seed"] for info in trained if "seed" in info})
     pool_seeds = (f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}" if seeds else "seeds not recorded") + (
