@@ -170,3 +170,32 @@ def test_a_wave_or_tree_pose_names_the_side_that_does_it():
             if f"{side}_tree" in names:
                 other = "right" if side == "left" else "left"
                 assert joints[J[f"{side}_ankle"], 1] > joints[J[f"{other}_ankle"], 1] + 0.15
+
+
+def _states(text: str, rule) -> bool:
+    """Whether `text` contains one of the rule's phrasings, with any possessive."""
+    import re
+
+    for phrase in (*rule.doing, *rule.commands):
+        pattern = re.escape(phrase.lower()).replace(re.escape("{P}".lower()), "(?:their|his|her|your)")
+        if re.search(pattern, text.lower()):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("archetype", ["kneeling", "handstand", "hands_on_hips", "waving", "lying_on_side"])
+def test_an_included_rule_is_always_stated(archetype):
+    by_name = {rule.name: rule for rule in RULES}
+    rng = np.random.default_rng(5)
+    for facts, joints in _posed(archetype, n=8, seed=13):
+        for rule in matching_rules(facts, joints):
+            for _ in range(3):
+                text = everyday_caption(facts, rng, joints_m=joints, include=rule.name)
+                assert _states(text, by_name[rule.name]), (rule.name, text)
+
+
+def test_an_included_rule_the_pose_does_not_show_is_refused():
+    facts, joints = _posed("standing", n=1, seed=14)[0]
+    with pytest.raises(ValueError, match="'upside_down' does not hold"):
+        everyday_caption(facts, np.random.default_rng(0), joints_m=joints, include="upside_down")
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -281,7 +282,7 @@ def test_train_cli_refuses_a_bad_code_sigma_before_doing_anything(value: str, tm
                                              ("--language-steps", "2.5"), ("--pool-scale", "-1"),
                                              ("--pool-scale", "nan"), ("--workers", "-1"),
                                              ("--conversation-share", "1.5"), ("--everyday-share", "-0.1"),
-                                             ("--caption-dropout", "nan")])
+                                             ("--caption-dropout", "nan"), ("--concept-share", "2")])
 def test_train_cli_refuses_bad_run_sizes_before_doing_anything(flag: str, value: str, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from unipose_sdk.cli import main
@@ -431,3 +432,74 @@ def test_no_conversation_share_draws_the_one_turn_batches_as_before(pool, builde
     task = Task.TEXT_TO_POSE if batch.tasks[0] is Task.TEXT_TO_POSE else Task.POSE_EDITING
     examples = [draw_example(pool, builder, task, rng, True) for _ in range(4)]
     assert torch.equal(collate(examples, LAYOUT).input_ids, batch.input_ids)
+
+
+# ---- drawing poses by concept --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def concept_pool():  # type: ignore[no-untyped-def]
+    from unipose_sdk.data.archetypes import TRAINING_ARCHETYPE_NAMES
+    from unipose_sdk.data.poses import TRAINING_MIX
+
+    return build_pool(4, PoolSizes(poses=400, pairs=4, pose_images=2, pair_images=2, texts_per_pair=1),
+                      random_tiny_tokenizer(0), TRAINING_ARCHETYPE_NAMES, TRAINING_MIX)
+
+
+def test_the_concept_index_lists_exactly_the_poses_that_show_each_concept(concept_pool) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.data.everyday import matching_rules
+    from unipose_sdk.training.batches import ConceptIndex
+
+    index = ConceptIndex.of(concept_pool, min_poses=5)
+    shown: dict[str, set[int]] = {}
+    for i in range(concept_pool.num_poses):
+        for rule in matching_rules(concept_pool.facts[i], concept_pool.joints_m[i]):
+            shown.setdefault(rule.name, set()).add(i)
+    assert set(index.names) == {name for name, poses in shown.items() if len(poses) >= 5}
+    for name in index.names:
+        assert set(index.poses_by_rule[name].tolist()) == shown[name]
+    with pytest.raises(ValueError, match="no everyday concept"):
+        ConceptIndex.of(concept_pool, min_poses=concept_pool.num_poses + 1)
+
+
+def test_concept_draws_even_out_common_and_rare_concepts(concept_pool) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.training.batches import ConceptIndex
+
+    index = ConceptIndex.of(concept_pool, min_poses=5)
+    sizes = {name: len(poses) for name, poses in index.poses_by_rule.items()}
+    assert max(sizes.values()) >= 5 * min(sizes.values())  # the pool itself is uneven
+    rng = np.random.default_rng(0)
+    draws = 200 * len(index.names)
+    counts: dict[str, int] = {}
+    for _ in range(draws):
+        name, i = index.draw(rng)
+        assert i in index.poses_by_rule[name]
+        counts[name] = counts.get(name, 0) + 1
+    assert set(counts) == set(index.names)
+    assert all(120 <= n <= 280 for n in counts.values()), counts
+
+
+def test_a_concept_drawn_example_answers_a_pose_that_shows_what_its_text_says(concept_pool) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.data.everyday import RULES, matching_rules
+    from unipose_sdk.training.batches import ConceptIndex, draw_turn
+
+    prompts = PromptBuilder(load_text_tokenizer(), CONFIG.image_tokens, CONFIG.max_text_tokens, text_rows=4)
+    class Recorded(ConceptIndex):
+        def draw(self, rng):  # type: ignore[no-untyped-def]
+            self.last = super().draw(rng)
+            return self.last
+
+    index = Recorded(ConceptIndex.of(concept_pool, min_poses=5).poses_by_rule, min_poses=5)
+    builder = ExampleBuilder(prompts, everyday_share=1.0, concepts=index, concept_share=1.0)
+    by_name = {rule.name: rule for rule in RULES}
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        turn = draw_turn(concept_pool, builder, Task.TEXT_TO_POSE, rng, paraphrase=False)
+        name, i = index.last
+        assert np.array_equal(turn.answer_codes, concept_pool.codes[i])
+        assert name in {r.name for r in matching_rules(concept_pool.facts[i], concept_pool.joints_m[i])}
+        phrasings = [re.escape(p.lower()).replace(re.escape("{p}"), "(their|his|her|your)")
+                     for p in (*by_name[name].doing, *by_name[name].commands)]
+        assert any(re.search(p, turn.encoder_text.lower()) for p in phrasings), (name, turn.encoder_text)
+    with pytest.raises(ValueError, match="needs a ConceptIndex"):
+        ExampleBuilder(prompts, everyday_share=1.0, concept_share=0.5)

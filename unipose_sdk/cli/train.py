@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace) -> int:
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
-                             everyday_share=args.everyday_share, caption_dropout=args.caption_dropout,
+                             everyday_share=args.everyday_share, concept_share=args.concept_share,
+                             caption_dropout=args.caption_dropout,
                              conversation_share=args.conversation_share,
                              task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
                              pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
@@ -124,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "image2pose=0.1,pose2text=0.1,image2text=0.1 (task names as in text.prompts.Task)")
     parser.add_argument("--everyday-share", type=fraction, default=0.5,
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
+    parser.add_argument("--concept-share", type=fraction, default=0.0,
+                        help="of the everyday captions, the share whose pose is drawn by the concept it shows "
+                             "(kneeling, a hand on a foot ...: each concept alike) instead of uniformly (default 0)")
     parser.add_argument("--caption-dropout", type=fraction, default=0.25,
                         help="with a sentence encoder: share of prompts whose caption only the encoder reads")
     parser.add_argument("--conversation-share", type=fraction, default=0.0,

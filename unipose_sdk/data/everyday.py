@@ -355,14 +355,24 @@ def matching_rules(facts: list[Fact], joints_m: np.ndarray | None = None) -> lis
 
 
 def everyday_caption(facts: list[Fact], rng: np.random.Generator, max_rules: int = 3,
-                     joints_m: np.ndarray | None = None) -> str | None:
-    """One everyday phrasing of one to `max_rules` things the pose shows; None when no rule fits."""
+                     joints_m: np.ndarray | None = None, include: str | None = None) -> str | None:
+    """One everyday phrasing of one to `max_rules` things the pose shows; None when no rule fits.
+
+    include: the name of a rule the text must state (it must hold for the pose, else ValueError): training draws
+    poses by what they show (`training.batches.ConceptIndex`), so the text has to say it."""
     rules = matching_rules(facts, joints_m)
     if not rules:
         return None
+    forced = [r for r in rules if r.name == include]
+    if include is not None and not forced:
+        raise ValueError(f"rule {include!r} does not hold for this pose; it shows {[r.name for r in rules]}")
     body = [r for r in rules if r.body]
-    rest = [r for r in rules if not r.body]
-    chosen = [body[int(rng.integers(len(body)))]] if body and rng.random() < 0.9 else []
+    rest = [r for r in rules if not r.body and r not in forced]
+    if forced and forced[0].body:
+        chosen = forced
+    else:
+        chosen = [body[int(rng.integers(len(body)))]] if body and rng.random() < 0.9 else []
+        chosen += forced
     count = int(rng.integers(1, max_rules + 1)) - len(chosen)
     if rest and count > 0:
         weights = np.array([r.weight for r in rest])

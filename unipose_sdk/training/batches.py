@@ -146,15 +146,22 @@ class ExampleBuilder:
     """Builds `Example`s with the SDK's prompt builder, so prompts are tokenized exactly as at inference."""
 
     def __init__(self, prompts: PromptBuilder, everyday_share: float = 0.0, caption_dropout: float = 0.0,
-                 conversation_share: float = 0.0) -> None:
+                 conversation_share: float = 0.0, concepts: ConceptIndex | None = None,
+                 concept_share: float = 0.0) -> None:
         """everyday_share: chance a text-to-pose caption is an everyday phrasing (`data.everyday`) when one fits.
         caption_dropout: with a sentence encoder, chance the LLM's prompt leaves the caption / instruction out so
         the answer must come from the encoder's rows alone (the LLM's own vocabulary knows only the engine's
         words; the rows carry what any English text means).
         conversation_share: chance a batch is of conversations (`draw_conversation`): earlier turns of other
-        tasks before the trained one, and pose edits asked as a follow-up to a generated pose."""
+        tasks before the trained one, and pose edits asked as a follow-up to a generated pose.
+        concepts, concept_share: chance an everyday text-to-pose example draws its pose by what it shows
+        (`ConceptIndex.draw`) instead of uniformly from the pool."""
+        if concept_share and concepts is None:
+            raise ValueError("concept_share needs a ConceptIndex of the pool (concepts=ConceptIndex.of(pool))")
         self.prompts = prompts
         self.everyday_share = everyday_share
+        self.concepts = concepts
+        self.concept_share = concept_share
         self.caption_dropout = caption_dropout if prompts.text_rows else 0.0
         self.conversation_share = conversation_share
         self.layout: VocabLayout = prompts.layout
@@ -374,6 +381,40 @@ def sequence_loss(llm: torch.nn.Module, batch: Batch, embeds: Tensor, layout: Vo
 # Drawing examples from a pool
 
 
+class ConceptIndex:
+    """Which poses of a pool show each everyday concept (`data.everyday` rule: "kneel", "upside_down",
+    "left_hand_foot" ...), to draw text-to-pose examples by concept.
+
+    A pool drawn around archetypes shows its concepts very unevenly: in a training pool of 18,000 poses "feet
+    together" holds for 4,465, kneeling on both knees for 199, a hand on a foot for 39. Drawing poses uniformly, the
+    rare requests a user makes are rare in training too. `draw` picks a concept uniformly among those shown by at
+    least `min_poses` poses (fewer would be memorised), then one of its poses, and the caption must state it."""
+
+    def __init__(self, poses_by_rule: dict[str, np.ndarray], min_poses: int = 20) -> None:
+        self.poses_by_rule = {name: idx for name, idx in sorted(poses_by_rule.items()) if len(idx) >= min_poses}
+        if not self.poses_by_rule:
+            raise ValueError(f"no everyday concept is shown by {min_poses} or more poses of the pool")
+        self.names = tuple(self.poses_by_rule)
+
+    @classmethod
+    def of(cls, pool: Pool, min_poses: int = 20) -> ConceptIndex:
+        """Match every rule against every pose of `pool` (~0.1 ms a pose)."""
+        from unipose_sdk.data.everyday import matching_rules
+
+        found: dict[str, list[int]] = {}
+        for i in range(pool.num_poses):
+            for rule in matching_rules(pool.facts[i], pool.joints_m[i]):
+                found.setdefault(rule.name, []).append(i)
+        return cls({name: np.asarray(idx, dtype=np.int64) for name, idx in found.items()}, min_poses)
+
+    def draw(self, rng: np.random.Generator) -> tuple[str, int]:
+        """(concept name, pose index): a concept uniformly, then one of its poses uniformly."""
+        name = self.names[int(rng.integers(len(self.names)))]
+        poses = self.poses_by_rule[name]
+        return name, int(poses[int(rng.integers(len(poses)))])
+
+
+
 def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Generator,
               paraphrase: bool) -> Turn:
     """One random turn of `task` from the pool; captions and instruction phrasings are drawn per call."""
@@ -393,7 +434,11 @@ def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Ge
             i = int(rng.integers(len(pool.image_of_pose) if images else pool.num_poses))
             text = make_caption(pool.facts[i], rng)
             if task is Task.TEXT_TO_POSE and builder.everyday_share and rng.random() < builder.everyday_share:
-                text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i]) or text
+                concept = None
+                if builder.concept_share and rng.random() < builder.concept_share:
+                    concept, i = builder.concepts.draw(rng)
+                    text = make_caption(pool.facts[i], rng)
+                text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i], include=concept) or text
             if not text:
                 continue
             keys = (int(pool.image_of_pose[i]),) if images else ()

@@ -40,6 +40,7 @@ from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.training.batches import (
     BatchStream,
     CodeTargets,
+    ConceptIndex,
     ExampleBuilder,
     SentenceEmbeddingCache,
     input_embeddings,
@@ -92,6 +93,8 @@ class TrainSettings:
     # (unipose-tiny v2: see models/text_encoder.py). Models that have one keep theirs.
     text_encoder_from: Path | None = None
     everyday_share: float = 0.5  # text-to-pose captions in everyday phrasing (data.everyday), when one fits
+    # Of those, the share whose pose is drawn by the concept it shows (batches.ConceptIndex), not uniformly.
+    concept_share: float = 0.0
     # Sampling weights of the tasks in the stages' language training (None: each stage's own mix); a continued run
     # can lean on what it is meant to improve.
     task_mix: dict[Task, float] | None = None
@@ -294,13 +297,14 @@ def _load_model_dir(directory: Path, device: str) -> UniPoseModel:
 
 
 def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainSettings,
-                 model_dir: Path | None) -> ExampleBuilder:
+                 model_dir: Path | None, concepts: ConceptIndex | None = None) -> ExampleBuilder:
     """Examples laid out for this model (sentence-encoder slots when it has an encoder)."""
     config = model.config
     rows = config.text_encoder.num_rows if config.text_encoder is not None else 0
     builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens, text_rows=rows),
                              everyday_share=settings.everyday_share, caption_dropout=settings.caption_dropout,
-                             conversation_share=settings.conversation_share)
+                             conversation_share=settings.conversation_share, concepts=concepts,
+                             concept_share=settings.concept_share)
     builder.sentence_tokenizer = sentence_tokenizer_for(model, settings, model_dir) if rows else None
     return builder
 
@@ -334,6 +338,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     start = time.perf_counter()
     pool = load_or_build_pool(settings.out / "data", settings.seed, settings.pool_sizes, pose_tokenizer,
                               settings.pool_archetypes, settings.pool_mix)
+    concepts = ConceptIndex.of(pool) if settings.concept_share else None
     data_seconds = time.perf_counter() - start
     log.info("training pool ready in %.1f s", data_seconds)
     results: dict[str, Any] = {}
@@ -362,7 +367,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             model = _load_stage(settings, stage - 1)
         if settings.text_encoder_from is not None and model.text_encoder is None:
             model = attach_text_encoder(model.cpu(), settings.text_encoder_from, settings.seed).to(settings.device)
-        builder = make_builder(model, tokenizer, settings, model_dir)
+        builder = make_builder(model, tokenizer, settings, model_dir, concepts)
         stage_start = time.perf_counter()
         if stage == 1:
             plan = settings.plan("stage1", STAGE_SHARE[1], SECONDS_PER_LLM_STEP)
@@ -392,6 +397,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
         info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
+                     "concept_share": settings.concept_share,
                      "caption_dropout": builder.caption_dropout, "conversation_share": settings.conversation_share,
                      "task_mix": {t.value: w for t, w in settings.task_mix.items()} if settings.task_mix else None})
         _save_stage(model, settings, stage, info, tokenizer, builder.sentence_tokenizer)

@@ -230,6 +230,8 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
         if info.get("text_encoder"):
             parts.append(f"sentence encoder, everyday captions {info.get('everyday_share', 0):.2f}, caption left to "
                          f"the encoder {info.get('caption_dropout', 0):.2f}")
+        if info.get("concept_share"):
+            parts.append(f"everyday captions drawn by concept {info['concept_share']:.2f}")
         if info.get("conversation_share"):
             parts.append(f"conversation batches {info['conversation_share']:.2f}")
         if info.get("task_mix"):
