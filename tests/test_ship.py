@@ -79,7 +79,8 @@ def test_export_refuses_a_code_temperature_out_of_range_before_writing(
     out = tmp_path / "candidate"
     with pytest.raises(SystemExit) as info:
         main(["export", "--run", str(run_dir), "--out", str(out), "--text-to-pose-code-temperature", value])
-    assert info.value.code == 2 and repr(value) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and repr(value) in err and "[0.05, 10]" in err
     assert not out.exists()
 
 

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
 from unipose_sdk.models.attention_mask import MixedMask
-from unipose_sdk.models.config import POSE_CODE_TEMPERATURE_RANGE, LLMConfig, VocabLayout
+from unipose_sdk.models.config import LLMConfig, VocabLayout, check_pose_code_temperature
 from unipose_sdk.models.llm import KVCache, LMOutput
 from unipose_sdk.timing import OnStage, untimed
 
@@ -160,16 +160,6 @@ def check_sampling(temperature: object, top_p: object, seed: object) -> None:
         raise InvalidInputError.make(f"top_p={top_p!r}", "a number in (0, 1]", "Pass e.g. top_p=0.9 (1.0: no cut).")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InvalidInputError.make(f"seed={seed!r}", "None or an integer in [0, 2**63)", "Pass e.g. seed=0.")
-
-
-def check_pose_code_temperature(value: object) -> None:
-    """`GenerationConfig.pose_code_temperature`'s type and range (shared with the options that fill it)."""
-    low, high = POSE_CODE_TEMPERATURE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and low <= float(value) <= high):
-        raise InvalidInputError.make(f"pose_code_temperature={value!r}", f"a number in [{low:g}, {high:g}] (1: the "
-                                     "plain expected code)", "Pass e.g. pose_code_temperature=0.7, or 1 for the "
-                                     "expectation the model was trained for.")
 
 
 def sample_ids(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:

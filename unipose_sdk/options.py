@@ -19,8 +19,8 @@ import torch
 import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
-from unipose_sdk.generation import GenerationConfig, check_pose_code_temperature, check_sampling, pose_block_length
-from unipose_sdk.models.config import VocabLayout
+from unipose_sdk.generation import GenerationConfig, check_sampling, pose_block_length
+from unipose_sdk.models.config import VocabLayout, check_pose_code_temperature
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
 Backend = enum.Enum("Backend", {"AUTO": "auto", **{b.upper(): b for b in formats.BACKENDS}},  # type: ignore[misc]

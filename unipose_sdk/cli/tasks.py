@@ -27,7 +27,7 @@ from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.formats import DTYPE_NAMES
-from unipose_sdk.models.config import POSE_CODE_TEMPERATURE_RANGE
+from unipose_sdk.models.config import pose_code_temperature_flag
 from unipose_sdk.results import DEFAULT_POSE_FORMATS, POSE_RESULT_FORMATS
 
 OVERWRITE_HINT = "Pass --overwrite to replace them, or choose another -o directory."
@@ -85,16 +85,6 @@ def fraction(text: str) -> float:
     value = _bounded_float(text, zero_allowed=True)
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
-    return value
-
-
-def pose_code_temperature(text: str) -> float:
-    """argparse type: an expected-code decoding temperature in `POSE_CODE_TEMPERATURE_RANGE`."""
-    low, high = POSE_CODE_TEMPERATURE_RANGE
-    value = _bounded_float(text, zero_allowed=False)
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected a code temperature in [{low:g}, {high:g}] (1: the plain "
-                                         f"expected code), got {text!r}")
     return value
 
 
@@ -289,7 +279,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("generate", help="generate a pose from each text")
     p.add_argument("texts", nargs="+", help='descriptions, e.g. "a person squatting with both arms raised"')
-    p.add_argument("--pose-code-temperature", type=pose_code_temperature, default=None, metavar="T",
+    p.add_argument("--pose-code-temperature", type=pose_code_temperature_flag, default=None, metavar="T",
                    help="expected-code decoding: softmax of code logits / T, in [0.05, 10]; lower commits to the "
                         "likeliest codes, 1 is the plain expectation (default: the model's, see its card)")
     _add_common(p)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from unipose_sdk.errors import ConfigError
+from unipose_sdk.errors import ConfigError, InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,31 @@ POSE_DECODINGS = ("argmax", "expected_code")
 # The pose-code temperatures expected-code decoding accepts (`GenerationConfig.pose_code_temperature`, the config's
 # `text_to_pose_code_temperature`): below 0.05 it is the argmax in all but name, above 10 a flat average.
 POSE_CODE_TEMPERATURE_RANGE = (0.05, 10.0)
+
+
+def check_pose_code_temperature(value: object) -> None:
+    """A pose-code temperature's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
+    low, high = POSE_CODE_TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and low <= float(value) <= high):
+        raise InvalidInputError.make(f"pose_code_temperature={value!r}", f"a number in [{low:g}, {high:g}] (1: the "
+                                     "plain expected code)", "Pass e.g. pose_code_temperature=0.7, or 1 for the "
+                                     "expectation the model was trained for.")
+
+
+def pose_code_temperature_flag(text: str) -> float:
+    """argparse type of the command-line flags that set a pose-code temperature: out of range is a usage error."""
+    import argparse
+
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text  # refused below, with the range it should have been in
+    try:
+        check_pose_code_temperature(value)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(f"got {text!r}: {exc}") from None
+    return float(text)
 
 
 @dataclass(frozen=True)

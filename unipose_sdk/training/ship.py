@@ -35,7 +35,7 @@ import torch
 
 from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from unipose_sdk.fileio import atomic_write_text
-from unipose_sdk.generation import check_pose_code_temperature
+from unipose_sdk.models.config import pose_code_temperature_flag
 from unipose_sdk.options import EMBEDDED_MODEL as EMBEDDED_NAME
 from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
 
@@ -316,23 +316,13 @@ Full report: `evaluation.md` / `evaluation.json`.
 """
 
 
-def _code_temperature(text: str) -> float:
-    """argparse type: a number in the range `generation.check_pose_code_temperature` allows (a usage error else)."""
-    try:
-        value = float(text)
-        check_pose_code_temperature(value)
-    except ValueError as exc:  # InvalidInputError is a ValueError too
-        raise argparse.ArgumentTypeError(f"got {text!r}: {exc}") from None
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--text-to-pose-code-temperature", type=_code_temperature, default=1.0, metavar="T",
+    e.add_argument("--text-to-pose-code-temperature", type=pose_code_temperature_flag, default=1.0, metavar="T",
                    help="the Generator's default pose_code_temperature in the shipped config (default 1)")
     a = sub.add_parser("average", help="write the weighted mean of runs continued from the same weights as a run")
     a.add_argument("--from", dest="sources", nargs="+", required=True, metavar="DIR[:WEIGHT]",
