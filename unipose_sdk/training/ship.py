@@ -312,6 +312,9 @@ Full report: `evaluation.md` / `evaluation.json`.
   photos are out of distribution.
 - The LLM's own vocabulary knows only the data engine's phrasing (a 1024-id tokenizer built on it); with the
   sentence encoder it follows everyday wording it was never trained on, as far as the free-form metric shows.
+- The pose tokenizer was trained on upright bodies (and lying ones, tilted up to ~20 degrees more): its joint error
+  grows with the body's tilt (about 30 mm upright, 70 mm lying, 500-600 mm upside down), so a handstand cannot be
+  generated, described or edited faithfully.
 - Metrics are on synthetic held-out data from the same engine, not on PoseScript / PoseFix / 3DPW.
 """
 
