@@ -503,3 +503,70 @@ def test_a_concept_drawn_example_answers_a_pose_that_shows_what_its_text_says(co
         assert any(re.search(p, turn.encoder_text.lower()) for p in phrasings), (name, turn.encoder_text)
     with pytest.raises(ValueError, match="needs a ConceptIndex"):
         ExampleBuilder(prompts, everyday_share=1.0, concept_share=0.5)
+
+
+# ---- deepening the LLM of a continued run --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [4, 5, 6, 8])
+def test_a_deepened_llm_computes_what_it_computed_before(layers: int) -> None:
+    from unipose_sdk.models.unipose import UniPoseModel
+    from unipose_sdk.training.pipeline import deepen_llm
+
+    torch.manual_seed(0)
+    model = UniPoseModel.from_config(CONFIG).eval()
+    deeper = deepen_llm(model, layers).eval()
+    assert deeper.config.llm.num_hidden_layers == layers == len(deeper.llm.model.layers)
+    ids = torch.randint(3, LAYOUT.text_vocab_size, (2, 17))
+    with torch.no_grad():
+        assert torch.equal(model.llm(ids).logits, deeper.llm(ids).logits)
+    # Everything outside the LLM's layers is the model's own.
+    theirs = model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in deeper.state_dict().items() if ".layers." not in k
+               or not k.startswith("llm."))
+    new = [j for j in range(layers) if j not in {i * layers // 4 for i in range(4)}]
+    for j in new:
+        layer = deeper.llm.model.layers[j]
+        assert not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+        assert layer.self_attn.q_proj.weight.any()  # a copy of the layer before, not an empty layer
+
+
+def test_a_deepened_llms_new_layers_learn() -> None:
+    from unipose_sdk.models.unipose import UniPoseModel
+    from unipose_sdk.training.pipeline import deepen_llm
+
+    torch.manual_seed(1)
+    deeper = deepen_llm(UniPoseModel.from_config(CONFIG), 6)
+    ids = torch.randint(3, LAYOUT.text_vocab_size, (2, 9))
+    deeper.llm(ids).logits.square().mean().backward()
+    assert deeper.llm.model.layers[1].self_attn.o_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="added, not removed"):
+        deepen_llm(UniPoseModel.from_config(CONFIG), 3)
+
+
+def test_a_run_deepens_the_model_it_continues_and_records_it(tmp_path: Path) -> None:
+    train(TrainSettings(out=tmp_path / "earlier", stages=(1,), batch_size=2, pool_sizes=TINY_POOL,
+                        steps_override={"stage1": 1}))
+    info = train(TrainSettings(out=tmp_path / "deeper", stages=(3,), batch_size=2, pool_sizes=TINY_POOL,
+                               steps_override={"stage3": 1}, init_from=tmp_path / "earlier" / "stage1",
+                               llm_layers=6))["stage3"]
+    assert info["llm_layers_deepened"] == [4, 6]
+    assert load_model(tmp_path / "deeper" / "stage3").config.llm.num_hidden_layers == 6
+    from unipose_sdk.training.ship import training_history
+
+    rows = dict(training_history({"stage3": info}))
+    assert rows["stage3 (continued)"]["llm_layers_deepened"] == [4, 6]
+
+
+@pytest.mark.parametrize(("layers", "init", "message"), [("6", False, "needs a model to continue from"),
+                                                          ("2", True, "added, not removed")])
+def test_train_cli_refuses_llm_layers_it_cannot_reach_before_doing_anything(
+        layers: str, init: bool, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR
+    from unipose_sdk.cli import main
+
+    extra = ["--init-from", str(EMBEDDED_DIR)] if init else []
+    assert main(["train", "-o", str(tmp_path / "run"), "--stages", "3", "--llm-layers", layers, *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"--llm-layers {layers}" in err and message in err
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from unipose_sdk.cli.tasks import fraction, positive_float, positive_int
+from unipose_sdk.errors import InvalidInputError
 
 
 def _stages(text: str) -> tuple[int, ...]:
@@ -76,23 +77,28 @@ def _encoder_source(text: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from unipose_sdk.training.pipeline import TrainSettings, train
+    from unipose_sdk.training.pipeline import TrainSettings, check_llm_layers, train
     from unipose_sdk.training.pools import PoolSizes
 
+    settings = TrainSettings(out=args.output, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
+                             device=args.device, batch_size=args.batch_size, threads=args.threads,
+                             pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
+                             code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
+                             everyday_share=args.everyday_share, concept_share=args.concept_share, llm_layers=args.llm_layers,
+                             caption_dropout=args.caption_dropout,
+                             conversation_share=args.conversation_share,
+                             task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
+                             pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
+    try:
+        check_llm_layers(settings)
+    except ValueError as exc:
+        raise InvalidInputError.make(f"--llm-layers {args.llm_layers}", "more layers than the --init-from model has",
+                                     f"{exc}.") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args.output.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(args.output / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("unipose_sdk").addHandler(handler)
-    settings = TrainSettings(out=args.output, stages=args.stages, budget_minutes=args.budget_minutes, seed=args.seed,
-                             device=args.device, batch_size=args.batch_size, threads=args.threads,
-                             pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
-                             code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
-                             everyday_share=args.everyday_share, concept_share=args.concept_share,
-                             caption_dropout=args.caption_dropout,
-                             conversation_share=args.conversation_share,
-                             task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
-                             pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
     results = train(settings)
     summary = {name: {"seconds": round(info["seconds"], 1)} for name, info in results.items()}
     print(json.dumps(summary, indent=2))
@@ -125,6 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "image2pose=0.1,pose2text=0.1,image2text=0.1 (task names as in text.prompts.Task)")
     parser.add_argument("--everyday-share", type=fraction, default=0.5,
                         help="share of text-to-pose captions written in everyday phrasing when one fits")
+    parser.add_argument("--llm-layers", type=positive_int, default=None, metavar="N",
+                        help="with --init-from: deepen the LLM to N layers first (new layers start as identity: "
+                             "copies of the layer before with zeroed residual outputs)")
     parser.add_argument("--concept-share", type=fraction, default=0.0,
                         help="of the everyday captions, the share whose pose is drawn by the concept it shows "
                              "(kneeling, a hand on a foot ...: each concept alike) instead of uniformly (default 0)")

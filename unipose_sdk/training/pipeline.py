@@ -85,6 +85,8 @@ class TrainSettings:
     # and the weight of the expected-code-vector term.
     code_sigma: float | None = 0.5
     code_latent_weight: float = 1.0
+    # LLM layers: a continued run (init_from) of a shallower model deepens it first (`deepen_llm`); None keeps it.
+    llm_layers: int | None = None
     # Start the first requested stage from this SDK directory (a stage of an earlier run) instead of this run's
     # previous stage: continues training; the earlier run's records are kept in training.json ("init_from").
     init_from: Path | None = None
@@ -168,6 +170,46 @@ def attach_text_encoder(model: UniPoseModel, source: Path, seed: int) -> UniPose
     state.update({f"text_encoder.bert.{k}": v for k, v in load_file(str(source / "model.safetensors")).items()
                   if not k.startswith("pooler.") and k != "embeddings.position_ids"})
     state.update({k: v for k, v in grown.state_dict().items() if k.startswith("text_encoder.projector.")})
+    grown.load_state_dict(state, strict=True)
+    freeze_frozen_parts(grown)
+    return grown
+
+
+# A new layer's outputs into the residual stream: zeroed, so a deepened model starts as the function it was.
+_RESIDUAL_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def deepen_llm(model: UniPoseModel, num_layers: int) -> UniPoseModel:
+    """`model` with `num_layers` LLM layers instead of its own, computing exactly what it computed.
+
+    The old layers keep their order, spread over the new stack; each new layer is a copy of the old layer before
+    it whose two residual outputs (attention and MLP projections back into the stream) are zero, so it adds
+    nothing until training moves them (copies rather than fresh weights: their inputs already read this model's
+    stream). Growing depth lets a continued run add capacity without starting over."""
+    old = model.config.llm.num_hidden_layers
+    if num_layers < old:
+        raise ValueError(f"llm layers {num_layers}: the model already has {old}; layers can be added, not removed")
+    if num_layers == old:
+        return model
+    config = dataclasses.replace(model.config, llm=dataclasses.replace(model.config.llm, num_hidden_layers=num_layers))
+    grown = UniPoseModel.from_config(config)
+    # Old layer i lands at position floor(i * num_layers / old); the positions between repeat the layer before.
+    kept = {i * num_layers // old: i for i in range(old)}
+    source = [kept.get(j) for j in range(num_layers)]
+    for j in range(num_layers):
+        if source[j] is None:
+            source[j] = source[j - 1]
+    prefix = "llm.model.layers."
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    old_state = model.state_dict()
+    for j, i in enumerate(source):
+        for key, tensor in old_state.items():
+            if key.startswith(f"{prefix}{i}."):
+                name = key[len(f"{prefix}{i}."):]
+                new = tensor.clone()
+                if kept.get(j) != i and name in _RESIDUAL_OUTPUTS:
+                    new.zero_()
+                state[f"{prefix}{j}.{name}"] = new
     grown.load_state_dict(state, strict=True)
     freeze_frozen_parts(grown)
     return grown
@@ -328,8 +370,26 @@ def earlier_records(stage_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k.startswith("stage")}
 
 
+def check_llm_layers(settings: TrainSettings) -> None:
+    """`llm_layers` deepens the model a run continues from: refused (ValueError) before any work otherwise."""
+    if settings.llm_layers is None:
+        return
+    if settings.init_from is None:
+        raise ValueError(f"llm layers {settings.llm_layers}: deepening needs a model to continue from (init_from); "
+                         "a run from scratch takes its sizes from the unipose-tiny preset")
+    try:
+        config = json.loads((Path(settings.init_from) / "config.json").read_text(encoding="utf-8"))
+        layers = int(config["config"]["llm"]["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the missing or unreadable directory is reported where the model is loaded
+    if settings.llm_layers < layers:
+        raise ValueError(f"llm layers {settings.llm_layers}: {settings.init_from} already has {layers}; layers can "
+                         "be added, not removed")
+
+
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Run the requested stages; returns {stage: info} of every stage run or found complete."""
+    check_llm_layers(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -354,12 +414,16 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             raise RuntimeError(f"stage {stage} needs stage {stage - 1} first (no {_stage_dir(settings, stage - 1)})")
         torch.manual_seed(settings.seed + stage)
         model_dir: Path | None = None
+        deepened_from: int | None = None
         if continuing:
             if not (Path(settings.init_from) / "config.json").is_file():
                 raise FileNotFoundError(f"init_from={str(settings.init_from)!r} is not an SDK model directory (no "
                                         "config.json); pass a stage directory of an earlier run, e.g. RUN/stage3")
             model_dir = Path(settings.init_from)
             model = _load_model_dir(model_dir, settings.device)
+            if settings.llm_layers is not None and settings.llm_layers != model.config.llm.num_hidden_layers:
+                deepened_from = model.config.llm.num_hidden_layers
+                model = deepen_llm(model.cpu(), settings.llm_layers).to(settings.device)
         elif stage == 1:
             model = initial_model(settings.seed, settings.pose_tokenizer).to(settings.device)
         else:
@@ -396,6 +460,8 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                      "code_sigma": settings.code_sigma, "code_latent_weight": settings.code_latent_weight})
         if continuing:
             info["init_from"] = {"path": str(settings.init_from), "records": earlier_records(Path(settings.init_from))}
+        if deepened_from is not None:
+            info["llm_layers_deepened"] = [deepened_from, model.config.llm.num_hidden_layers]
         info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
                      "concept_share": settings.concept_share,
                      "caption_dropout": builder.caption_dropout, "conversation_share": settings.conversation_share,

@@ -225,6 +225,8 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
         parts = [f"LLM {language.get('steps', 0)} steps ({language.get('ended_by', '?')})"]
         if vision:
             parts.insert(0, f"vision {vision['steps']} steps")
+        if info.get("llm_layers_deepened"):
+            parts.insert(0, "LLM deepened {} -> {} layers".format(*info["llm_layers_deepened"]))
         if info.get("code_sigma"):
             parts.append(f"codebook-kernel code targets (sigma {info['code_sigma']})")
         if info.get("text_encoder"):
