@@ -84,8 +84,8 @@ def _train(args: argparse.Namespace) -> int:
                              device=args.device, batch_size=args.batch_size, threads=args.threads,
                              pose_tokenizer=args.pose_tokenizer, init_from=args.init_from,
                              code_sigma=args.code_sigma or None, text_encoder_from=args.text_encoder_from,
-                             everyday_share=args.everyday_share, concept_share=args.concept_share, llm_layers=args.llm_layers,
-                             caption_dropout=args.caption_dropout,
+                             everyday_share=args.everyday_share, concept_share=args.concept_share,
+                             llm_layers=args.llm_layers, caption_dropout=args.caption_dropout,
                              conversation_share=args.conversation_share,
                              task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
                              pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
