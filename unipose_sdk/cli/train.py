@@ -92,8 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         check_llm_layers(settings)
     except ValueError as exc:
-        raise InvalidInputError.make(f"--llm-layers {args.llm_layers}", "more layers than the --init-from model has",
-                                     f"{exc}.") from None
+        raise InvalidInputError.make(f"--llm-layers {args.llm_layers}", "with --init-from, at least as many layers "
+                                     "as that model has", f"{exc}.") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     args.output.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(args.output / "train.log")

@@ -414,7 +414,6 @@ class ConceptIndex:
         return name, int(poses[int(rng.integers(len(poses)))])
 
 
-
 def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Generator,
               paraphrase: bool) -> Turn:
     """One random turn of `task` from the pool; captions and instruction phrasings are drawn per call."""
@@ -434,11 +433,11 @@ def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Ge
             i = int(rng.integers(len(pool.image_of_pose) if images else pool.num_poses))
             text = make_caption(pool.facts[i], rng)
             if task is Task.TEXT_TO_POSE and builder.everyday_share and rng.random() < builder.everyday_share:
-                concept = None
                 if builder.concept_share and rng.random() < builder.concept_share:
-                    concept, i = builder.concepts.draw(rng)
-                    text = make_caption(pool.facts[i], rng)
-                text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i], include=concept) or text
+                    concept, i = builder.concepts.draw(rng)  # the concept holds for pose i: never None
+                    text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i], include=concept)
+                else:
+                    text = everyday_caption(pool.facts[i], rng, joints_m=pool.joints_m[i]) or text
             if not text:
                 continue
             keys = (int(pool.image_of_pose[i]),) if images else ()

@@ -195,21 +195,15 @@ def deepen_llm(model: UniPoseModel, num_layers: int) -> UniPoseModel:
     grown = UniPoseModel.from_config(config)
     # Old layer i lands at position floor(i * num_layers / old); the positions between repeat the layer before.
     kept = {i * num_layers // old: i for i in range(old)}
-    source = [kept.get(j) for j in range(num_layers)]
-    for j in range(num_layers):
-        if source[j] is None:
-            source[j] = source[j - 1]
     prefix = "llm.model.layers."
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
-    old_state = model.state_dict()
-    for j, i in enumerate(source):
-        for key, tensor in old_state.items():
-            if key.startswith(f"{prefix}{i}."):
-                name = key[len(f"{prefix}{i}."):]
-                new = tensor.clone()
-                if kept.get(j) != i and name in _RESIDUAL_OUTPUTS:
-                    new.zero_()
-                state[f"{prefix}{j}.{name}"] = new
+    for j in range(num_layers):
+        i = max(layer for position, layer in kept.items() if position <= j)
+        for name, tensor in model.llm.model.layers[i].state_dict().items():
+            new = tensor.clone()
+            if j not in kept and name in _RESIDUAL_OUTPUTS:
+                new.zero_()
+            state[f"{prefix}{j}.{name}"] = new
     grown.load_state_dict(state, strict=True)
     freeze_frozen_parts(grown)
     return grown
