@@ -153,3 +153,4 @@ def test_shipped_records_hold_no_machine_paths() -> None:
     assert portable["stage3"]["init_from"]["records"]["stage3"]["init_from"]["path"] == "v1/stage3"
     assert "/home" not in json.dumps(portable) and outer["stage3"]["init_from"]["path"].startswith("/srv")
     assert len(training_history(portable)) == len(training_history(outer)) == 3
+

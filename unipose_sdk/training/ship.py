@@ -19,6 +19,11 @@ stay), with the evaluation report and a model card built from the training and e
 (`training.average`), to export, evaluate and install like any other:
 
     python -m unipose_sdk.training.ship average --from RUN_A/stage3 RUN_B/stage3:2 --out SOUP_RUN
+
+To choose between candidates without the held-out pool, compare each with the shipped model on validation pools
+(`unipose_sdk.evaluation.validation`, the install rule applied to the means over the seeds):
+
+    python -m unipose_sdk.evaluation.validation --candidate CANDIDATE_DIR --seeds 5,6,7 --out compare.json
 """
 
 from __future__ import annotations
@@ -81,20 +86,20 @@ def _copy_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _gated(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def gated_metrics(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{task}.{name}": m for task, metrics in report["metrics"].items() for name, m in metrics.items()
             if m.get("gate", True)}
 
 
 def improves_on(candidate: dict[str, Any], shipped: dict[str, Any] | None) -> tuple[bool, str]:
     """Whether the candidate's evaluation improves on the shipped one (None: the random placeholder), and why."""
-    ours = _gated(candidate)
+    ours = gated_metrics(candidate)
     beaten = [k for k, m in ours.items() if m["beats_baseline"]]
     if shipped is None or shipped.get("model_is_random", False):
         ok = 2 * len(beaten) > len(ours)
         return ok, (f"beats the trivial baseline on {len(beaten)} of {len(ours)} gated metrics "
                     f"({'a majority' if ok else 'not a majority'}); nothing trained is shipped yet")
-    theirs = _gated(shipped)
+    theirs = gated_metrics(shipped)
     common = sorted(set(ours) & set(theirs))
 
     def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -108,7 +113,7 @@ def improves_on(candidate: dict[str, Any], shipped: dict[str, Any] | None) -> tu
                 f"beats {len(beaten)} trivial baselines (shipped: {shipped_beaten})")
 
 
-def _evaluation_identity(report: dict[str, Any]) -> dict[str, Any]:
+def evaluation_identity(report: dict[str, Any]) -> dict[str, Any]:
     """What a report measured: the evaluator version (`evaluation.runner.EVALUATOR_VERSION`; 1 before reports
     recorded it) and the held-out pool (eval seed, quick subset or not)."""
     return {"evaluator_version": report.get("evaluator_version", 1), "eval_seed": report.get("eval_seed"),
@@ -123,7 +128,7 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     shipped = json.loads(shipped_path.read_text(encoding="utf-8")) if (assets / WEIGHTS_FILE).is_file() and \
         shipped_path.is_file() else None
     if shipped is not None and not shipped.get("model_is_random", False):
-        ours, theirs = _evaluation_identity(report), _evaluation_identity(shipped)
+        ours, theirs = evaluation_identity(report), evaluation_identity(shipped)
         if ours != theirs:  # different measurements: comparing them would say nothing
             stale_shipped = theirs["evaluator_version"] < ours["evaluator_version"]
             fix = (f"unipose evaluate --model {assets} -o {assets / EVALUATION_NAME}" if stale_shipped else
