@@ -238,3 +238,15 @@ def test_cli_compare_refuses_a_missing_model_directory_before_evaluating(
         validation.main(["--candidate", str(ASSETS_DIR), "--against", str(tmp_path / "missing"), "--seeds", "5"])
     assert exit_info.value.code == 2
     assert f"against='{tmp_path / 'missing'}', which is not an existing directory" in capsys.readouterr().err
+
+
+def test_cli_compare_refuses_an_unwritable_out_path_before_evaluating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import unipose_sdk.evaluation.runner as runner
+
+    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    out = tmp_path / "no-such-dir" / "compare.json"
+    with pytest.raises(SystemExit) as exit_info:
+        validation.main(["--candidate", str(ASSETS_DIR), "--seeds", "5", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "whose directory does not exist" in capsys.readouterr().err and not out.parent.exists()

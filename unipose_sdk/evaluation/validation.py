@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unipose_sdk.errors import InvalidInputError, ModelNotFoundError, UniPoseError
-from unipose_sdk.fileio import atomic_write_text
+from unipose_sdk.fileio import atomic_write_text, check_output_file
 from unipose_sdk.options import EMBEDDED_MODEL
 from unipose_sdk.training.ship import evaluation_identity, gated_metrics, improves_on
 
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
+        if args.out is not None:  # a path that cannot be written is refused now, not after minutes of evaluating
+            check_output_file(args.out, overwrite=True)
         result = compare(args.candidate, args.against, args.seeds, args.quick,
                          progress=lambda message: print(message, flush=True))
     except UniPoseError as exc:
