@@ -59,7 +59,8 @@ def compare(candidate: Path, against: Path | None = None, seeds: Sequence[int] =
     the install rule (`improves_on`) to the per-seed means. Returns "improves", "why", "seeds", "candidate" and
     "against" (the two mean reports) and "reports" (each model's per-seed reports)."""
     check_validation_seeds(seeds)
-    for flag, model in (("candidate", candidate), ("against", against)):
+    models = {"candidate": candidate, "against": against}
+    for flag, model in models.items():
         if model is not None and not Path(model).is_dir():  # both, before minutes of evaluating the first
             raise ModelNotFoundError.make(f"{flag}={str(model)!r}, which is not an existing directory",
                                           "a model directory (config.json, model.safetensors, tokenizer.json)",
@@ -68,7 +69,7 @@ def compare(candidate: Path, against: Path | None = None, seeds: Sequence[int] =
 
     say = progress or (lambda message: None)
     reports: dict[str, list[dict[str, Any]]] = {}
-    for label, model in (("candidate", candidate), ("against", against)):
+    for label, model in models.items():
         reports[label] = []
         for seed in seeds:
             say(f"evaluating the {label} ({model or EMBEDDED_MODEL}) on the validation pool of seed {seed}")
