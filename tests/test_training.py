@@ -570,3 +570,33 @@ def test_train_cli_refuses_llm_layers_it_cannot_reach_before_doing_anything(
     err = capsys.readouterr().err
     assert f"--llm-layers {layers}" in err and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_vision_pretraining_holds_renders_out_and_measures_the_joint_heads_on_them(tmp_path: Path) -> None:
+    from unipose_sdk.training.pipeline import initial_model
+    from unipose_sdk.training.vision import HELD_OUT_SHARE, pretrain_vision, split_held_out
+
+    usable = np.arange(0, 200, 2)
+    trained, held = split_held_out(usable, seed=5)
+    assert len(held) == int(len(usable) * HELD_OUT_SHARE) and not set(trained) & set(held)
+    assert sorted([*trained, *held]) == list(usable)
+    assert len(split_held_out(np.arange(10), seed=5)[1]) == 0  # too few to spare one
+
+    sizes = PoolSizes(poses=40, pairs=2, pose_images=40, pair_images=1, texts_per_pair=1)
+    pool = build_pool(8, sizes, random_tiny_tokenizer(0))
+    settings = TrainSettings(out=tmp_path, stages=(2,), batch_size=4, pool_sizes=sizes, seed=5,
+                             steps_override={"vision": 2})
+    drawn: list[set[float]] = []  # per Pose-ViT call, a fingerprint of each render it saw
+    model = initial_model(5)
+    original = model.vision.pose_vit.forward
+
+    def recording(pixels: torch.Tensor) -> torch.Tensor:
+        drawn.append({round(float(v), 3) for v in pixels.double().sum(dim=(1, 2, 3))})
+        return original(pixels)
+
+    model.vision.pose_vit.forward = recording  # type: ignore[method-assign]
+    summary = pretrain_vision(model, pool, load_text_tokenizer(), settings)
+    assert summary["steps"] == 2 and summary["held_out_images"] == 2
+    # two steps of 2 x batch_size renders, then the two held-out ones, which no step saw
+    assert [len(d) for d in drawn] == [8, 8, 2] and not drawn[2] & (drawn[0] | drawn[1])
+    assert 0 < summary["held_out_joint_error_mm"] < 5000 and 0 < summary["held_out_clip_joint_error_mm"] < 5000
