@@ -6,7 +6,9 @@ recomputation from scratch, streamed replies equal to `ask`, seeded sampling, an
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +260,26 @@ def test_greedy_first_turn_gives_the_generator_s_pose(assistant: Assistant) -> N
     with Generator.from_pretrained(max_new_tokens=8) as generator:
         expected = generator.generate("a person squatting with both arms raised")
     assert reply.poses[0].codes == expected.pose_codes
+
+
+def test_a_guided_model_s_first_turn_gives_the_guided_generator_s_pose(tmp_path: Path) -> None:
+    from unipose_sdk.checkpoint.embedded import EMBEDDED_DIR
+
+    guided_dir = tmp_path / "guided"
+    shutil.copytree(EMBEDDED_DIR, guided_dir)
+    meta = json.loads((guided_dir / "config.json").read_text())
+    meta["config"]["text_to_pose_guidance"] = 3.0
+    (guided_dir / "config.json").write_text(json.dumps(meta))
+    caption = "a person squatting with both arms raised"
+    with Assistant.from_pretrained(guided_dir, **OPTIONS) as talker:
+        first = talker.ask(TEXT_TURN)
+        later = talker.ask(TEXT_TURN)  # guided by the single-turn logits, with the history read as usual
+    with Generator.from_pretrained(guided_dir, max_new_tokens=8) as generator:
+        expected = generator.generate(caption)
+    with Generator.from_pretrained(guided_dir, max_new_tokens=8, pose_guidance=0.0) as generator:
+        unguided = generator.generate(caption)
+    assert first.poses[0].codes == expected.pose_codes != unguided.pose_codes
+    assert len(later.poses) == 1
 
 
 def test_sampling_repeats_under_a_seed_and_differs_across_seeds(assistant: Assistant) -> None:

@@ -291,6 +291,10 @@ def test_tasks_on_a_chatpose_model(converted: Path) -> None:
         single = generator.generate("a person squatting with both arms raised")
         batch = generator.generate(["a person squatting with both arms raised", "a person standing"])
     assert single.run.family == "chatpose" and single.to_dict()["run"]["family"] == "chatpose"
+    # ChatPose regresses its pose: guidance of pose codes has nothing to act on and changes nothing.
+    with Generator.from_pretrained(converted, max_new_tokens=6, pose_guidance=3.0) as guided:
+        torch.testing.assert_close(guided.generate("a person squatting with both arms raised").pose.rotmat,
+                                   single.pose.rotmat, atol=1e-6, rtol=0)
     assert single.text == "[POSE]" and single.pose.rotmat.shape == (1, 22, 3, 3) and single.pose_codes == []
     torch.testing.assert_close(batch[0].pose.rotmat, single.pose.rotmat, atol=1e-5, rtol=0)
     assert not torch.allclose(batch[0].pose.rotmat, batch[1].pose.rotmat)

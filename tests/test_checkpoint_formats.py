@@ -322,3 +322,10 @@ def test_pose_decoding_is_part_of_the_config() -> None:
     assert UniPoseConfig.from_dict(written_before).text_to_pose_code_temperature == 1.0
     with pytest.raises(ValueError, match="text_to_pose_code_temperature=0.0: expected a number in"):
         dataclasses.replace(tiny, text_to_pose_code_temperature=0.0)
+    # So does its guidance; configs written before it decode unguided.
+    guided = dataclasses.replace(tiny, text_to_pose_guidance=2.0)
+    assert UniPoseConfig.from_dict(guided.to_dict()).text_to_pose_guidance == 2.0
+    del written_before["text_to_pose_guidance"]
+    assert UniPoseConfig.from_dict(written_before).text_to_pose_guidance == 0.0
+    with pytest.raises(ValueError, match="text_to_pose_guidance=-1.0: expected a number in"):
+        dataclasses.replace(tiny, text_to_pose_guidance=-1.0)

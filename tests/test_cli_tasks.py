@@ -48,6 +48,18 @@ def test_generate_decodes_at_the_asked_pose_code_temperature(tmp_path: Path,
         assert list(generator.generate(prompt).pose_codes) != codes  # the flag is what changed them
 
 
+def test_generate_guides_the_pose_codes_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.tasks import Generator
+
+    prompt = "kneel on both knees"
+    assert main(["generate", prompt, "--pose-guidance", "3", "-o", str(tmp_path), "--json", *FAST]) == 0
+    codes = _json_out(capsys)["results"][0]["pose_codes"]
+    with Generator.from_pretrained(pose_guidance=3.0, max_new_tokens=6) as generator:
+        assert list(generator.generate(prompt).pose_codes) == codes
+    with Generator.from_pretrained(pose_guidance=0.0, max_new_tokens=6) as generator:
+        assert list(generator.generate(prompt).pose_codes) != codes  # the flag is what changed them
+
+
 def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pose = str(example_pose_path("squatting"))
     image = tmp_path / "person.png"
@@ -119,6 +131,18 @@ def test_a_code_temperature_out_of_range_is_a_usage_error_naming_the_range(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert repr(value) in err and ("[0.05, 10]" in err or "positive" in err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["-0.5", "10.5", "nan", "strong"])
+def test_a_pose_guidance_out_of_range_is_a_usage_error_naming_the_range(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "a person", "--pose-guidance", value, "-o", str(out), *FAST])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert repr(value) in err and "[0, 10]" in err
     assert not out.exists()
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
-from unipose_sdk.generation import GenerationConfig, generate, pose_codes_from_logits
+from unipose_sdk.generation import (
+    GenerationConfig,
+    generate,
+    guided_query_logits,
+    pose_codes_from_logits,
+    prefill_with_pose,
+    unconditional_query_logits,
+)
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
 from unipose_sdk.models.llm import MistralLM
@@ -246,6 +254,51 @@ def test_generate_decodes_pose_codes_at_the_configs_temperature(model: MistralLM
     plain = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90), pose_code_vectors=book)[0]
     assert seen == [0.3, 1.0]
     assert len(cold.pose_codes) == len(plain.pose_codes) == 1
+
+
+@pytest.mark.parametrize("value", [-0.5, 10.5, float("nan"), float("inf"), True, "2", None])
+def test_generation_config_refuses_a_pose_guidance_out_of_range(value: object) -> None:
+    with pytest.raises(InvalidInputError, match=f"pose_guidance={value!r}.*expected a number in"):
+        GenerationConfig(8, pose_guidance=value)  # type: ignore[arg-type]
+
+
+def test_guided_logits_amplify_what_the_condition_changes() -> None:
+    cond = torch.tensor([[[1.0, 3.0, 0.0]]])
+    uncond = torch.tensor([[2.0, 1.0, 0.0]])
+    assert torch.equal(guided_query_logits(cond, uncond, 0.0), cond)
+    # Code 0, which the prompt without a condition favours, falls behind: code 1's lead over it grows from 2 to 8.
+    assert torch.equal(guided_query_logits(cond, uncond, 2.0), torch.tensor([[[-1.0, 7.0, 0.0]]]))
+    assert guided_query_logits(cond.half(), uncond, 1.0).dtype == torch.float32  # half-precision logits too
+
+
+def test_guided_generation_decodes_cond_plus_weight_times_the_difference(model: MistralLM) -> None:
+    book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
+    unconditional = [1, 5, 6]  # the text-to-pose prompt without its last ids
+    uncond = unconditional_query_logits(model, unconditional, VOCAB)
+    assert uncond.shape == (80, VOCAB.vocab_size) and uncond.dtype == torch.float32
+    # The unconditional logits are those a one-pass pose block gives that prompt inside `generate`.
+    embeds = model.embed(torch.tensor([unconditional]))
+    _, inside, _ = prefill_with_pose(model, model.new_cache(1, 3 + 81), embeds, [3], VOCAB)
+    torch.testing.assert_close(uncond, inside[0].float())
+    config = GenerationConfig(90, start_with_pose=True, stop_after_pose=True, one_pass=True)
+    cond = prefill_with_pose(model, model.new_cache(1, 4 + 81), model.embed(torch.tensor([TEXT_TO_POSE])), [4],
+                             VOCAB)[1]
+    for weight in (0.5, 2.0):
+        guided = generate(model, [TEXT_TO_POSE], VOCAB, dataclasses.replace(config, pose_guidance=weight),
+                          pose_code_vectors=book, unconditional_query_logits=uncond)[0]
+        want = pose_codes_from_logits(cond + weight * (cond - uncond), VOCAB, book)[0]
+        assert torch.equal(guided.pose_codes[0], want)
+    plain = generate(model, [TEXT_TO_POSE], VOCAB, config, pose_code_vectors=book)[0]
+    assert torch.equal(plain.pose_codes[0], pose_codes_from_logits(cond, VOCAB, book)[0])
+    # The step-by-step path (no one-pass block) guides its pose step the same way.
+    stepwise = generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90, pose_guidance=2.0),
+                        pose_code_vectors=book, unconditional_query_logits=uncond)[0]
+    assert torch.equal(stepwise.pose_codes[0], pose_codes_from_logits(cond + 2.0 * (cond - uncond), VOCAB, book)[0])
+
+
+def test_guidance_without_the_unconditional_logits_is_refused(model: MistralLM) -> None:
+    with pytest.raises(InvalidInputError, match="pose_guidance=1.5 without unconditional_query_logits"):
+        generate(model, [TEXT_TO_POSE], VOCAB, GenerationConfig(90, pose_guidance=1.5))
 
 
 def test_generate_uses_the_codebook_when_given(model: MistralLM) -> None:

@@ -85,6 +85,20 @@ def test_generator_decodes_at_its_own_pose_code_temperature_or_else_the_models()
     assert EstimatorOptions().generation_config(VOCAB).pose_code_temperature == 1.0
 
 
+def test_generator_guides_by_its_own_pose_guidance_or_else_the_models() -> None:
+    assert GeneratorOptions().generation_config(VOCAB).pose_guidance == 0.0
+    assert GeneratorOptions().generation_config(VOCAB, 0.7, 2.0).pose_guidance == 2.0
+    assert GeneratorOptions(pose_guidance=0).generation_config(VOCAB, 0.7, 2.0).pose_guidance == 0.0
+    assert GeneratorOptions(pose_guidance=1.5).generation_config(VOCAB).pose_guidance == 1.5
+    assert EditorOptions().generation_config(VOCAB).pose_guidance == 0.0
+
+
+@pytest.mark.parametrize("value", [-1, 10.5, float("nan"), True, "2"])
+def test_generator_refuses_a_pose_guidance_out_of_range(value: object) -> None:
+    with pytest.raises(InvalidInputError, match=f"pose_guidance={value!r}.*expected a number in \\[0, 10\\]"):
+        GeneratorOptions(pose_guidance=value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("value", [0, 0.04, 10.5, float("nan"), True, "0.7"])
 def test_generator_refuses_a_pose_code_temperature_out_of_range(value: object) -> None:
     with pytest.raises(InvalidInputError, match=f"pose_code_temperature={value!r}.*expected a number in"):

@@ -69,6 +69,14 @@ def test_text_to_pose_identical_on_both_backends(exported: Path) -> None:
         assert g.pose.allclose(w.pose, atol=1e-4)
 
 
+def test_guided_text_to_pose_identical_on_both_backends(exported: Path) -> None:
+    onnx = Generator.from_pretrained(exported, backend="onnxruntime", device="cpu", pose_guidance=2.5, **SHORT)
+    ref = Generator.from_pretrained(None, backend="torch", device="cpu", pose_guidance=2.5, **SHORT)
+    texts = ["kneel on both knees", "lean to your left", "arms crossed"]
+    got, want = onnx.generate(texts), ref.generate(texts)
+    assert [g.pose_codes for g in got] == [w.pose_codes for w in want]
+
+
 def test_pose_editing_identical(exported: Path) -> None:
     onnx, ref = _pair(Editor, exported)
     pose = load_example_pose("squatting")

@@ -94,6 +94,8 @@ BAD_FIELDS = [
     ("pose_decoding", "beam", "one of ('argmax', 'expected_code')"),
     ("text_to_pose_code_temperature", 0.0, "a number in [0.05, 10]"),
     ("text_to_pose_code_temperature", "0.7", "(str); expected float"),
+    ("text_to_pose_guidance", -1.0, "a number in [0, 10]"),
+    ("text_to_pose_guidance", float("nan"), "a number in [0, 10]"),
     ("name", 7, "(int); expected str"),
     ("extra", [], "a JSON object"),
     ("llm", "oops", "a JSON object of LLMConfig fields"),

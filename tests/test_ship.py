@@ -74,7 +74,21 @@ def test_export_writes_float16_weights_and_the_pose_decoding(run_dir: Path, tmp_
     assert load_model(export(run_dir, tmp_path / "argmax", "argmax")).model.config.pose_decoding == "argmax"
     assert loaded.model.config.text_to_pose_code_temperature == 1.0
     cold = load_model(export(run_dir, tmp_path / "cold", text_to_pose_code_temperature=0.7)).model.config
-    assert cold.text_to_pose_code_temperature == 0.7
+    assert cold.text_to_pose_code_temperature == 0.7 and cold.text_to_pose_guidance == 0.0
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "guided"), "--text-to-pose-guidance",
+                 "2"]) is None
+    assert load_model(tmp_path / "guided").model.config.text_to_pose_guidance == 2.0
+
+
+@pytest.mark.parametrize("value", ["-1", "12", "nan", "strong"])
+def test_export_refuses_a_guidance_out_of_range_before_writing(
+        value: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "candidate"
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--run", str(run_dir), "--out", str(out), "--text-to-pose-guidance", value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and repr(value) in err and "[0, 10]" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("value", ["0", "0.01", "12", "inf", "cold"])

@@ -62,6 +62,31 @@ def test_batch_is_one_batch_with_the_same_results_as_single_calls(generator: Gen
         assert result.pose_codes == generator.generate(text).pose_codes
 
 
+def test_guided_generation_computes_the_unconditional_logits_once_per_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import unipose_sdk.generation as generation
+
+    calls = []
+    real = generation.unconditional_query_logits
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "unconditional_query_logits", counting)
+    texts = ["kneel on both knees", "arms crossed"]
+    with Generator.from_pretrained(max_new_tokens=6, pose_guidance=3.0) as guided:
+        guided.session._unconditional_logits.clear()  # the session may be shared with earlier tests
+        first = guided.generate(texts)
+        assert [r.pose_codes for r in guided.generate(texts)] == [r.pose_codes for r in first]
+        # Batched or alone, a prompt is guided by the same logits: guidance keeps batching exact.
+        assert guided.generate(texts[1]).pose_codes == first[1].pose_codes
+    assert len(calls) == 1
+    with Generator.from_pretrained(max_new_tokens=6, pose_guidance=0.0) as plain:
+        assert [r.pose_codes for r in plain.generate(texts)] != [r.pose_codes for r in first]
+    assert len(calls) == 1  # unguided calls never compute them
+
+
 def test_the_four_classes_share_one_loaded_model(generator: Generator, describer: Describer, editor: Editor,
                                                  estimator: Estimator) -> None:
     assert generator.session is describer.session is editor.session is estimator.session

@@ -17,7 +17,7 @@ from unipose_sdk.checkpoint.sdk_format import (
     quantize_int8_rows,
     save_model,
 )
-from unipose_sdk.errors import CheckpointError, ConfigError, VocabularyError
+from unipose_sdk.errors import CheckpointError, ConfigError, InvalidInputError, VocabularyError
 from unipose_sdk.models.config import TextEncoderConfig, UniPoseConfig, get_preset
 from unipose_sdk.models.text_encoder import SentenceEncoder
 from unipose_sdk.models.unipose import UniPoseModel
@@ -119,6 +119,19 @@ def test_prompt_slots_follow_bos_and_hold_the_caption(embedded_tokenizer) -> Non
     assert free.encoder_text == "Describe in words."
     described = builder.build_task(Task.POSE_DESCRIPTION, poses=[[0] * 80])
     assert described.encoder_text == "Generate description of the pose ."
+
+
+def test_the_unconditional_prompt_drops_the_caption_for_both_readers(embedded_tokenizer) -> None:  # noqa: ANN001
+    builder = PromptBuilder(embedded_tokenizer, 64, 512, text_rows=3)
+    row = builder.build_unconditional(Task.TEXT_TO_POSE)
+    # The LLM sees the template with nothing where the caption goes (as caption dropout trains it), the encoder
+    # reads no text.
+    assert row.encoder_text == "" and row.text_start == 1
+    assert row.text == "[INST] Generate pose of the description: . [/INST]"
+    assert len(row.input_ids) < len(builder.build_task(Task.TEXT_TO_POSE, "someone pointing up").input_ids)
+    for task in (Task.POSE_EDITING, Task.POSE_ESTIMATION, Task.POSE_DESCRIPTION):
+        with pytest.raises(InvalidInputError, match=f"task {task.value}.*text2pose"):
+            builder.build_unconditional(task)
 
 
 def test_sentence_tokenizer_checks_its_vocabulary() -> None:

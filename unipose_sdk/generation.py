@@ -32,6 +32,12 @@ Conversations (`continue_generation`): one row whose KV cache (`PrefixCache`) is
 computes only the slots after the longest prefix the cache already holds, then decodes as above, yielding each
 token and pose block as it is accepted (streaming).
 
+Guidance (`GenerationConfig.pose_guidance` w > 0): each pose block's query logits become cond + w (cond - uncond),
+where uncond are the query logits of the task's prompt with its condition left out (`unconditional_query_logits`,
+one forward the caller computes once and keeps: the prompt without a condition is the same for every call). This
+is classifier-free guidance: what the description changes in the model's belief is amplified, and the pull
+towards the poses the model gives any description (a small model's blur towards the average pose) is cancelled.
+
 Only `prefill`, `prefill_with_pose`, `extend`, `decode_step` and `pose_step` touch the model. A model may define
 `prompt_length_bucket(P) -> P'` (P' >= P): prompts are then left-padded to P' so that a compiled prefill sees
 only a few shapes (`unipose_sdk.runtime.torch_lm`).
@@ -49,7 +55,7 @@ from torch import Tensor
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
 from unipose_sdk.models.attention_mask import MixedMask
-from unipose_sdk.models.config import LLMConfig, VocabLayout, check_pose_code_temperature
+from unipose_sdk.models.config import LLMConfig, VocabLayout, check_pose_code_temperature, check_pose_guidance
 from unipose_sdk.models.llm import KVCache, LMOutput
 from unipose_sdk.timing import OnStage, untimed
 
@@ -104,6 +110,9 @@ class GenerationConfig:
         argmax as it nears 0), so an uncertain query commits instead of landing between the poses it weighs.
     seed: the sampling stream's seed: the same seed, prompt and config give the same tokens on the same backend
         and device. None: a fresh stream from torch's global generator (torch.manual_seed makes it repeatable).
+    pose_guidance: classifier-free guidance weight w for pose blocks (module docstring): every block's query
+        logits become cond + w (cond - uncond) before codes are chosen (greedy or sampled); `generate` then needs
+        the task's `unconditional_query_logits`. 0 (the default): the logits as they are.
     max_text_tokens / max_poses: None, or the most text ids (pose blocks not counted) / pose blocks a row may
         hold; reaching either ends the row ("length"), within max_new_tokens, which still bounds all ids.
     """
@@ -116,6 +125,7 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     pose_code_temperature: float = 1.0
+    pose_guidance: float = 0.0
     seed: int | None = None
     max_text_tokens: int | None = None
     max_poses: int | None = None
@@ -136,6 +146,7 @@ class GenerationConfig:
                                          "Drop one of the two.")
         check_sampling(self.temperature, self.top_p, self.seed)
         check_pose_code_temperature(self.pose_code_temperature)
+        check_pose_guidance(self.pose_guidance)
         for name in ("max_text_tokens", "max_poses"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -238,10 +249,17 @@ class TokenPicker:
     from one seeded stream per call."""
 
     def __init__(self, config: GenerationConfig, vocab: VocabLayout, code_vectors: Tensor | None = None,
-                 sentence_end_ids: frozenset[int] = frozenset()) -> None:
+                 sentence_end_ids: frozenset[int] = frozenset(), unconditional_query_logits: Tensor | None = None,
+                 ) -> None:
         self.config = config
         self.vocab = vocab
         self.code_vectors = code_vectors
+        if config.pose_guidance > 0 and unconditional_query_logits is None:
+            raise InvalidInputError.make(
+                f"pose_guidance={config.pose_guidance} without unconditional_query_logits",
+                "the query logits of the task's prompt without its condition",
+                "Pass unconditional_query_logits=unconditional_query_logits(model, prompt, vocab), or pose_guidance=0.")
+        self.unconditional_query_logits = unconditional_query_logits
         self.sentence_end_ids = sentence_end_ids if config.no_repeated_sentences else frozenset()
         self.generator: torch.Generator | None = None
         self.ledgers: list[SentenceLedger] = []  # per row of this call, for the ban on repeated sentences
@@ -265,6 +283,9 @@ class TokenPicker:
 
     def codes(self, query_logits: Tensor) -> Tensor:
         """Logits at the pose queries [B, Q, V] -> codebook indices [B, Q] (int64, CPU)."""
+        if self.config.pose_guidance > 0:
+            query_logits = guided_query_logits(query_logits, self.unconditional_query_logits,
+                                               self.config.pose_guidance)
         if self.generator is None:
             return pose_codes_from_logits(query_logits, self.vocab, self.code_vectors,
                                           self.config.pose_code_temperature).cpu()
@@ -431,6 +452,13 @@ def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: V
     return out.logits
 
 
+def guided_query_logits(query_logits: Tensor, unconditional_query_logits: Tensor, weight: float) -> Tensor:
+    """Classifier-free guidance of pose-query logits [B, Q, V] by the unconditional prompt's [Q, V]: cond +
+    weight * (cond - uncond), computed in float32."""
+    cond = query_logits.float()
+    return cond + weight * (cond - unconditional_query_logits.to(device=cond.device, dtype=torch.float32))
+
+
 def expected_code_vectors(code_logits: Tensor, codebook: Tensor, temperature: float = 1.0) -> Tensor:
     """The codebook vector [..., D] expected under the softmax of the code logits [..., K] / temperature: what
     expected-code pose decoding snaps to the codebook, and (at temperature 1) what training pulls onto the
@@ -587,6 +615,20 @@ class AnswerStreams:
 
 
 @torch.no_grad()
+def unconditional_query_logits(model: LanguageModel, prompt: PromptRow, vocab: VocabLayout) -> Tensor:
+    """The pose-query logits [Q, V] (float32) of one prompt: the prompt, BEGIN and the queries as one forward,
+    exactly as `generate` computes a one-pass pose block. Called with a task's prompt without its condition, it
+    gives what `pose_guidance` guides away from."""
+    rows = _prompt_embeddings(model, [prompt], model.device)
+    bucket = getattr(model, "prompt_length_bucket", None)
+    length = int(rows[0].shape[0])
+    prompt_embeds, lengths = left_pad(rows, bucket(length) if bucket is not None else None)
+    cache = model.new_cache(1, prompt_embeds.shape[1] + 1 + vocab.num_pose_tokens)
+    _, query_logits, _ = prefill_with_pose(model, cache, prompt_embeds, lengths, vocab)
+    return query_logits[0].float()
+
+
+@torch.no_grad()
 def generate(
     model: LanguageModel,
     prompts: Sequence[PromptRow],
@@ -597,6 +639,7 @@ def generate(
     pose_code_vectors: Tensor | None = None,
     on_stage: OnStage | None = None,
     sentence_end_ids: frozenset[int] = frozenset(),
+    unconditional_query_logits: Tensor | None = None,
 ) -> list[GenerationResult]:
     """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row), as `config` says.
 
@@ -608,6 +651,8 @@ def generate(
     on_stage: called as `with on_stage(name):` around each stage: "prefill", or "prefill_pose" for the one-pass
         forward, then one "pose_step" per separate pose step and one "decode" per decode step
         (`unipose_sdk.timing.StageTimer.stage` times and counts them); None: untimed.
+    unconditional_query_logits: [Q, V], what `config.pose_guidance` guides away from (the function of that name,
+        on the task's prompt without its condition); required when the guidance is above 0, unused otherwise.
     """
     stage = on_stage if on_stage is not None else untimed
     device = model.device
@@ -627,7 +672,7 @@ def generate(
     slots = [padded] * batch
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
     one_pass = config.one_pass and max_new_tokens >= streams.pose_block_ids
-    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits)
 
     with stage("prefill_pose" if one_pass else "prefill"):
         if one_pass:
@@ -774,6 +819,7 @@ def continue_generation(
     pose_code_vectors: Tensor | None = None,
     on_stage: OnStage | None = None,
     sentence_end_ids: frozenset[int] = frozenset(),
+    unconditional_query_logits: Tensor | None = None,
 ) -> Iterator[StreamEvent]:
     """Generate one answer for one row whose prompt's slots are `keys`, reusing the slots `prefix` holds.
 
@@ -782,6 +828,7 @@ def continue_generation(
     then "end" with the GenerationResult (its `reused_tokens` says how many prompt slots came from the cache).
     The answer's tokens are those `generate` gives for the same prompt and config (greedy or under a seed); the
     cache's contents follow each step, so a caller that stops early leaves it consistent for the next call.
+    unconditional_query_logits: as in `generate`, for `config.pose_guidance`.
     """
     if len(keys) == 0:
         raise InvalidTextError.make("an empty prompt", "at least one token", "Start prompts with bos.")
@@ -794,7 +841,7 @@ def continue_generation(
     prefix.reserve(len(keys) + config.max_new_tokens + 1)
     cache = prefix.cache
     streams = AnswerStreams(1, vocab, config)
-    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits)
     one = torch.zeros(1, dtype=torch.int32, device=device)
     state = DecodeState(key_start=one, next_slot=one + start, next_position=(one + start).to(torch.long))
     active = torch.ones(1, dtype=torch.bool, device=device)

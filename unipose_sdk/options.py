@@ -20,7 +20,7 @@ import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
 from unipose_sdk.generation import GenerationConfig, check_sampling, pose_block_length
-from unipose_sdk.models.config import VocabLayout, check_pose_code_temperature
+from unipose_sdk.models.config import VocabLayout, check_pose_code_temperature, check_pose_guidance
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
 Backend = enum.Enum("Backend", {"AUTO": "auto", **{b.upper(): b for b in formats.BACKENDS}},  # type: ignore[misc]
@@ -184,28 +184,37 @@ class EstimatorOptions(PoseTaskOptions):
 
 @dataclass
 class GeneratorOptions(PoseTaskOptions):
-    """Generator: the pose-task options and one more.
+    """Generator: the pose-task options and two more.
 
     pose_code_temperature: None: the model's `text_to_pose_code_temperature` (1 unless its card says otherwise);
         a number in [0.05, 10] overrides it (`GenerationConfig.pose_code_temperature`: lower commits to the
         likeliest pose codes, 1 is the plain expected code). Models decoded by argmax ignore it.
+    pose_guidance: None: the model's `text_to_pose_guidance` (0, none, unless its card says otherwise); a number
+        in [0, 10] overrides it (`GenerationConfig.pose_guidance`: classifier-free guidance away from the pose the
+        model gives the prompt without a description). ChatPose models, which regress poses, ignore it.
     """
 
     pose_code_temperature: float | None = None
+    pose_guidance: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pose_code_temperature is not None:
-            try:
-                check_pose_code_temperature(self.pose_code_temperature)
-            except InvalidInputError as error:
-                raise InvalidOptionError(str(error)) from None
+        for value, check in ((self.pose_code_temperature, check_pose_code_temperature),
+                             (self.pose_guidance, check_pose_guidance)):
+            if value is not None:
+                try:
+                    check(value)
+                except InvalidInputError as error:
+                    raise InvalidOptionError(str(error)) from None
 
-    def generation_config(self, vocab: VocabLayout, model_pose_code_temperature: float = 1.0) -> GenerationConfig:
-        """The pose-task config, decoding pose codes at this option's temperature or else the model's."""
+    def generation_config(self, vocab: VocabLayout, model_pose_code_temperature: float = 1.0,
+                          model_pose_guidance: float = 0.0) -> GenerationConfig:
+        """The pose-task config, decoding pose codes at this option's temperature and guidance or else the
+        model's."""
         config = super().generation_config(vocab)
-        chosen = model_pose_code_temperature if self.pose_code_temperature is None else self.pose_code_temperature
-        return dataclasses.replace(config, pose_code_temperature=float(chosen))
+        temperature = model_pose_code_temperature if self.pose_code_temperature is None else self.pose_code_temperature
+        guidance = model_pose_guidance if self.pose_guidance is None else self.pose_guidance
+        return dataclasses.replace(config, pose_code_temperature=float(temperature), pose_guidance=float(guidance))
 
 
 @dataclass

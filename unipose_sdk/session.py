@@ -64,6 +64,8 @@ class UniPose:
         self.model_is_random = model_is_random
         self.fallback = fallback
         self.pose_code_vectors = self._pose_code_vectors()
+        # Query logits of the prompts without a condition that guided calls contrast with, by prompt.
+        self._unconditional_logits: dict[tuple[tuple[int, ...], str], Tensor] = {}
         self.lock = threading.RLock()
         self.closed = False
 
@@ -202,18 +204,35 @@ class UniPose:
         return self.runtime.encode_texts(ids, mask)
 
     def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, config: generation.GenerationConfig,
-                 on_stage: OnStage | None = None) -> list[generation.GenerationResult]:
+                 on_stage: OnStage | None = None, unconditional: PromptRow | None = None,
+                 ) -> list[generation.GenerationResult]:
         """Greedy generation for a batch of prompts with the images spliced in, as `config` says (passed to
         `generation.generate` as given). on_stage: the caller's stage timer (`timing.StageTimer.stage`): this
-        call is stage "llm", the loop's stages run inside it."""
+        call is stage "llm", the loop's stages run inside it. unconditional: the task's prompt without its
+        condition (`PromptBuilder.build_unconditional`), read when `config.pose_guidance` is above 0."""
         stage = on_stage if on_stage is not None else untimed
         with stage("llm"), torch.inference_mode():
+            guide = None
+            if config.pose_guidance > 0 and unconditional is not None:
+                guide = self.unconditional_query_logits(unconditional)
             embeds = self.embed_rows(rows, image_embeds)
             return generation.generate(
                 self.runtime.llm, embeds, self.config.vocab, config,
                 max_context=self.config.llm.max_position_embeddings, pose_code_vectors=self.pose_code_vectors,
-                on_stage=on_stage, sentence_end_ids=self.sentence_end_ids,
+                on_stage=on_stage, sentence_end_ids=self.sentence_end_ids, unconditional_query_logits=guide,
             )
+
+    def unconditional_query_logits(self, row: PromptRow) -> Tensor:
+        """The pose-query logits [Q, V] of a prompt without a condition: computed on its first use and kept, since
+        every guided call of its task contrasts with the same ones."""
+        key = (tuple(row.input_ids), row.encoder_text)
+        with self.lock:
+            if key not in self._unconditional_logits:
+                with torch.inference_mode():
+                    embeds = self.embed_rows([row], None)
+                    self._unconditional_logits[key] = generation.unconditional_query_logits(
+                        self.runtime.llm, embeds[0], self.config.vocab)
+            return self._unconditional_logits[key]
 
     @functools.cached_property
     def sentence_end_ids(self) -> frozenset[int]:

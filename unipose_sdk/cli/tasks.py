@@ -27,7 +27,7 @@ from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.formats import DTYPE_NAMES
-from unipose_sdk.models.config import pose_code_temperature_flag
+from unipose_sdk.models.config import pose_code_temperature_flag, pose_guidance_flag
 from unipose_sdk.results import DEFAULT_POSE_FORMATS, POSE_RESULT_FORMATS
 
 OVERWRITE_HINT = "Pass --overwrite to replace them, or choose another -o directory."
@@ -229,7 +229,8 @@ def _generate(args: argparse.Namespace) -> int:
     for text in args.texts:
         check_text(text, "text")
     _check_output(args)
-    with _build(Generator, args, pose_code_temperature=args.pose_code_temperature) as generator:
+    with _build(Generator, args, pose_code_temperature=args.pose_code_temperature,
+                pose_guidance=args.pose_guidance) as generator:
         results = []
         for chunk in _chunks(args.texts, args.batch_size, args.json or args.quiet):
             results += generator.generate(chunk)
@@ -282,6 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pose-code-temperature", type=pose_code_temperature_flag, default=None, metavar="T",
                    help="expected-code decoding: softmax of code logits / T, in [0.05, 10]; lower commits to the "
                         "likeliest codes, 1 is the plain expectation (default: the model's, see its card)")
+    p.add_argument("--pose-guidance", type=pose_guidance_flag, default=None, metavar="W",
+                   help="classifier-free guidance of the pose codes, in [0, 10]: logits + W x (logits - those of the "
+                        "prompt without a description); 0 is none (default: the model's, see its card)")
     _add_common(p)
     p.set_defaults(handler=_generate)
 

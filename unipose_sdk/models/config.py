@@ -222,6 +222,9 @@ POSE_DECODINGS = ("argmax", "expected_code")
 # The pose-code temperatures expected-code decoding accepts (`GenerationConfig.pose_code_temperature`, the config's
 # `text_to_pose_code_temperature`): below 0.05 it is the argmax in all but name, above 10 a flat average.
 POSE_CODE_TEMPERATURE_RANGE = (0.05, 10.0)
+# The classifier-free guidance weights pose decoding accepts (`GenerationConfig.pose_guidance`, the config's
+# `text_to_pose_guidance`): 0 is off; past 10 the guided logits are the difference alone, amplified.
+POSE_GUIDANCE_RANGE = (0.0, 10.0)
 
 
 def check_pose_code_temperature(value: object) -> None:
@@ -234,8 +237,16 @@ def check_pose_code_temperature(value: object) -> None:
                                      "expectation the model was trained for.")
 
 
-def pose_code_temperature_flag(text: str) -> float:
-    """argparse type of the command-line flags that set a pose-code temperature: out of range is a usage error."""
+def check_pose_guidance(value: object) -> None:
+    """A pose guidance weight's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
+    low, high = POSE_GUIDANCE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and low <= float(value) <= high):
+        raise InvalidInputError.make(f"pose_guidance={value!r}", f"a number in [{low:g}, {high:g}] (0: no guidance)",
+                                     "Pass e.g. pose_guidance=2, or 0 to decode the prompt's logits as they are.")
+
+
+def _number_flag(text: str, check: Callable[[object], None]) -> float:
     import argparse
 
     try:
@@ -243,10 +254,20 @@ def pose_code_temperature_flag(text: str) -> float:
     except ValueError:
         value = text  # refused below, with the range it should have been in
     try:
-        check_pose_code_temperature(value)
+        check(value)
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(f"got {text!r}: {exc}") from None
     return float(text)
+
+
+def pose_code_temperature_flag(text: str) -> float:
+    """argparse type of the command-line flags that set a pose-code temperature: out of range is a usage error."""
+    return _number_flag(text, check_pose_code_temperature)
+
+
+def pose_guidance_flag(text: str) -> float:
+    """argparse type of the command-line flags that set a pose guidance weight: out of range is a usage error."""
+    return _number_flag(text, check_pose_guidance)
 
 
 @dataclass(frozen=True)
@@ -267,6 +288,9 @@ class UniPoseConfig:
     # model whose code beliefs spread widely on prompts unlike its training captions does better committing to
     # its likeliest codes there, while estimation and editing keep the plain expectation (1).
     text_to_pose_code_temperature: float = 1.0
+    # The `GenerationConfig.pose_guidance` a Generator decodes with unless its options say otherwise (0: none):
+    # classifier-free guidance away from the logits the model gives the text-to-pose prompt with no description.
+    text_to_pose_guidance: float = 0.0
     # A frozen sentence encoder whose output rows follow BOS (see TextEncoderConfig); None: the LLM reads text alone.
     text_encoder: TextEncoderConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -298,6 +322,10 @@ class UniPoseConfig:
         if not low <= self.text_to_pose_code_temperature <= high:
             raise ValueError(f"text_to_pose_code_temperature={self.text_to_pose_code_temperature!r}: expected a "
                              f"number in [{low:g}, {high:g}]")
+        low, high = POSE_GUIDANCE_RANGE
+        if not low <= self.text_to_pose_guidance <= high:
+            raise ValueError(f"text_to_pose_guidance={self.text_to_pose_guidance!r}: expected a number in "
+                             f"[{low:g}, {high:g}]")
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -340,8 +368,8 @@ class UniPoseConfig:
         built = {name: build_config(cls, data[name], source, prefix=f"{name}.") for name, cls in parts.items()}
         if data.get("text_encoder") is not None:
             built["text_encoder"] = build_config(TextEncoderConfig, data["text_encoder"], source, "text_encoder.")
-        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding",
-                                          "text_to_pose_code_temperature", "extra", "family") if k in data}
+        top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "text_to_pose_code_temperature",
+                                    "text_to_pose_guidance", "extra", "family") if k in data}
         top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding
         top.setdefault("family", "unipose")  # configs written before the ChatPose family
         _check_fields(UniPoseConfig, top, source, prefix="")
@@ -370,6 +398,9 @@ _RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         f"a number in [{POSE_CODE_TEMPERATURE_RANGE[0]:g}, {POSE_CODE_TEMPERATURE_RANGE[1]:g}] (1: the plain "
         "expected code)", lambda v: math.isfinite(v) and POSE_CODE_TEMPERATURE_RANGE[0] <= v
         <= POSE_CODE_TEMPERATURE_RANGE[1]),
+    "UniPoseConfig.text_to_pose_guidance": (
+        f"a number in [{POSE_GUIDANCE_RANGE[0]:g}, {POSE_GUIDANCE_RANGE[1]:g}] (0: no guidance)",
+        lambda v: math.isfinite(v) and POSE_GUIDANCE_RANGE[0] <= v <= POSE_GUIDANCE_RANGE[1]),
     "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
     "UniPoseConfig.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
     "VocabLayout.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),

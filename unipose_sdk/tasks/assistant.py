@@ -27,8 +27,10 @@ its pose block, as the task classes force it (`AssistantOptions.pose_tasks_answe
 small model trained on single turns may answer such a turn late in a conversation with text instead. Likewise a
 turn worded as a text task's template (describe, difference) gets a text reply, never a pose block
 (`text_tasks_answer_with_text`). Every other turn, and every ChatPose turn, decodes freely. A greedy turn
-worded as the generate template decodes its pose codes at the model's `text_to_pose_code_temperature`, as a
-Generator does, so both give the same pose for the same text.
+worded as the generate template decodes its pose codes at the model's `text_to_pose_code_temperature` and
+guides them by its `text_to_pose_guidance` away from the single-turn prompt without a description, as a Generator
+does, so both give the same pose for the same text in a first turn (later turns are guided by the same
+single-turn logits: guiding by the conversation without the description would cost a second prefill per turn).
 
 `restore(turns)` starts from earlier turns without running the model on them (a conversation kept elsewhere, e.g.
 by a client of `unipose serve`, which keeps no state between requests): each `PastTurn` is what was asked and the
@@ -373,9 +375,13 @@ class Assistant(TaskBase):
             text_only = self.options.text_tasks_answer_with_text and task is not None and not answers_with_pose(task)
             config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first,
                                                     text_only=text_only)
+            guide = None
             if task is Task.TEXT_TO_POSE:
                 config = dataclasses.replace(config,
-                                             pose_code_temperature=session.config.text_to_pose_code_temperature)
+                                             pose_code_temperature=session.config.text_to_pose_code_temperature,
+                                             pose_guidance=session.config.text_to_pose_guidance)
+                if config.pose_guidance > 0:
+                    guide = session.unconditional_query_logits(session.prompts.build_unconditional(task))
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
@@ -422,7 +428,7 @@ class Assistant(TaskBase):
             events = generation.continue_generation(
                 session.runtime.llm, prefix, keys, embed_from, vocab, config,
                 max_context=int(session.config.max_text_tokens), pose_code_vectors=session.pose_code_vectors,
-                on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids)
+                on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids, unconditional_query_logits=guide)
             emitted, ids = "", []
             reply_poses: list[ReplyPose] = []
             result: generation.GenerationResult | None = None

@@ -33,9 +33,14 @@ class Generator(TaskBase):
         texts = [self._check_text(t, "text") for t in texts]
         with self._call() as session:
             config = self.options.generation_config(session.config.vocab,
-                                                    session.config.text_to_pose_code_temperature)
+                                                    session.config.text_to_pose_code_temperature,
+                                                    session.config.text_to_pose_guidance)
+            unconditional = None
+            if config.pose_guidance > 0 and session.config.family == "unipose":
+                unconditional = session.prompts.build_unconditional(Task.TEXT_TO_POSE)
             answers = answer(
-                session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config)
+                session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config,
+                unconditional=unconditional)
         results = [GenerateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes, prompt=t, input={"task": "generate", "prompt": t})
                    for a, t in zip(answers, texts)]

@@ -48,9 +48,11 @@ class Answer:
 
 
 def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
-           encode_images: Callable[[], Tensor | None] | None = None) -> list[Answer]:
+           encode_images: Callable[[], Tensor | None] | None = None, unconditional: PromptRow | None = None,
+           ) -> list[Answer]:
     """Build the prompts (and encode the images), generate, and for the pose tasks (`config.start_with_pose`:
-    estimate, generate, edit) decode every answer's first pose block. One call holds the session lock."""
+    estimate, generate, edit) decode every answer's first pose block. One call holds the session lock.
+    unconditional: the task's prompt without its condition, for `config.pose_guidance` (`UniPose.generate`)."""
     if session.config.family == "chatpose":
         return _chatpose_answer(session, build_prompts, config, encode_images)
     with session.lock:
@@ -61,7 +63,7 @@ def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], confi
         if encode_images is not None:
             with timer.stage("vision"):
                 image_embeds = encode_images()
-        outputs = session.generate(rows, image_embeds, config, on_stage=timer.stage)
+        outputs = session.generate(rows, image_embeds, config, on_stage=timer.stage, unconditional=unconditional)
         poses, codes = None, None
         if config.start_with_pose:
             missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
@@ -102,7 +104,9 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
             with timer.stage("vision"):
                 image_embeds = encode_images()
         # The ChatPose vocabulary has no UniPose pose block: the loop runs plain text decoding.
-        text_config = dataclasses.replace(config, start_with_pose=False, stop_after_pose=False, one_pass=False)
+        # Nor pose codes: pose guidance has nothing to guide.
+        text_config = dataclasses.replace(config, start_with_pose=False, stop_after_pose=False, one_pass=False,
+                                          pose_guidance=0.0)
         # A pose task's budget holds the text plus a pose block (PoseTaskOptions); ChatPose's block is [SEG] alone,
         # so the text after it gets the text budget the options were given.
         text_budget = config.max_new_tokens - generation.pose_block_length(vocab)

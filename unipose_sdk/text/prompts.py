@@ -467,6 +467,17 @@ class PromptBuilder:
         return self.build(task_user_turn(task, caption), poses, want_images if num_images is None else num_images,
                           encoder_text=encoder_text)
 
+    def build_unconditional(self, task: Task | str) -> PromptRow:
+        """The task's prompt with its caption left out and, for a model with a sentence encoder, no text for the
+        encoder: the prompt without a condition that classifier-free guidance contrasts with
+        (`GenerationConfig.pose_guidance`). The LLM part is the prompt training shows when it drops a caption
+        (`unipose train --caption-dropout`); the encoder reading no text is never trained on."""
+        task = Task(task)
+        if TASK_INPUTS[task] != (0, 0, True):
+            raise InvalidInputError.make(f"task {task.value}", "a task whose only input is its caption (text2pose)",
+                                         "Guide only the text-to-pose task.")
+        return self.build(TASK_TEMPLATES[task][0].replace(CAPTION_PLACEHOLDER, ""), encoder_text="")
+
     def batch(self, rows: Sequence[PromptRow]) -> PromptInputs:
         """Left-pad rows to one length (the official batched inference pads on the left)."""
         if not rows:

@@ -40,7 +40,7 @@ import torch
 
 from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from unipose_sdk.fileio import atomic_write_text
-from unipose_sdk.models.config import pose_code_temperature_flag
+from unipose_sdk.models.config import pose_code_temperature_flag, pose_guidance_flag
 from unipose_sdk.options import EMBEDDED_MODEL as EMBEDDED_NAME
 from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
 
@@ -50,17 +50,19 @@ TRAINING_NAME = "training.json"
 
 
 def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_pose_code_temperature: float = 1.0,
-           ) -> Path:
+           text_to_pose_guidance: float = 0.0) -> Path:
     """The run's last stage -> a float16 SDK directory at `out` (with tokenizer and the run's training records).
 
     pose_decoding: written into the shipped config (see `UniPoseConfig.pose_decoding`); the tiny model is
     trained with codebook-kernel targets, for which "expected_code" decoding is the match.
     text_to_pose_code_temperature: the Generator's default `pose_code_temperature`, written into the config;
-    choose it on data other than the held-out evaluation (the README says how the shipped value was chosen)."""
+    choose it on data other than the held-out evaluation (the README says how the shipped value was chosen).
+    text_to_pose_guidance: the Generator's default `pose_guidance`, written into the config; chosen the same way."""
     stage_dir = final_model_dir(run)
     loaded = load_model(stage_dir)
     loaded.model.config = dataclasses.replace(loaded.model.config, pose_decoding=pose_decoding,
-                                              text_to_pose_code_temperature=text_to_pose_code_temperature)
+                                              text_to_pose_code_temperature=text_to_pose_code_temperature,
+                                              text_to_pose_guidance=text_to_pose_guidance)
     stages = {}
     for stage in (1, 2, 3):
         info = Path(run) / f"stage{stage}" / STAGE_INFO
@@ -304,7 +306,9 @@ records which); a "(weight average)" row is the weighted mean of the runs marked
 unipose_sdk.training.ship average`). With codebook-kernel targets a code position's target is spread over the
 codes near the true one in the codebook (they decode alike), and the shipped config decodes poses by
 `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a Generator takes each query's code softmax at
-`text_to_pose_code_temperature={config.get('text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1).
+`text_to_pose_code_temperature={config.get('text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1),
+guided by `text_to_pose_guidance={config.get('text_to_pose_guidance', 0.0)}` (classifier-free guidance away from the
+codes the model gives the prompt without a description; 0 is none).
 
 ## Evaluation (`unipose evaluate`, held-out synthetic data)
 | task | metric | model | trivial baseline |
@@ -334,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--text-to-pose-code-temperature", type=pose_code_temperature_flag, default=1.0, metavar="T",
                    help="the Generator's default pose_code_temperature in the shipped config (default 1)")
+    e.add_argument("--text-to-pose-guidance", type=pose_guidance_flag, default=0.0, metavar="W",
+                   help="the Generator's default pose_guidance in the shipped config (default 0: none)")
     a = sub.add_parser("average", help="write the weighted mean of runs continued from the same weights as a run")
     a.add_argument("--from", dest="sources", nargs="+", required=True, metavar="DIR[:WEIGHT]",
                    help="stage directories of the runs (e.g. RUN/stage3), each with an optional weight (default 1)")
@@ -352,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
         except UniPoseError as exc:
             parser.exit(2, f"{parser.prog} average: error: {exc}\n")
     elif args.command == "export":
-        print(f"wrote {export(args.run, args.out, text_to_pose_code_temperature=args.text_to_pose_code_temperature)}")
+        written = export(args.run, args.out, text_to_pose_code_temperature=args.text_to_pose_code_temperature,
+                         text_to_pose_guidance=args.text_to_pose_guidance)
+        print(f"wrote {written}")
     else:
         why = install(args.candidate, args.assets, args.force)
         print(f"installed {args.candidate} into {args.assets}: {why}")
