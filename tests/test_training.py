@@ -600,3 +600,26 @@ def test_vision_pretraining_holds_renders_out_and_measures_the_joint_heads_on_th
     # two steps of 2 x batch_size renders, then the two held-out ones, which no step saw
     assert [len(d) for d in drawn] == [8, 8, 2] and not drawn[2] & (drawn[0] | drawn[1])
     assert 0 < summary["held_out_joint_error_mm"] < 5000 and 0 < summary["held_out_clip_joint_error_mm"] < 5000
+
+
+def test_unconditional_examples_are_the_guidance_prompt_answered_with_a_pool_pose(pool) -> None:  # type: ignore[no-untyped-def]
+    from unipose_sdk.training.batches import draw_example
+
+    prompts = PromptBuilder(load_text_tokenizer(), CONFIG.image_tokens, CONFIG.max_text_tokens, text_rows=4)
+    builder = ExampleBuilder(prompts, everyday_share=0.5, caption_dropout=0.3, unconditional_share=0.5)
+    unconditional = prompts.build_unconditional(Task.TEXT_TO_POSE)
+    rng = np.random.default_rng(9)
+    examples = [draw_example(pool, builder, Task.TEXT_TO_POSE, rng, paraphrase=False) for _ in range(60)]
+    bare = [e for e in examples if e.text_slots[0][1] == ""]
+    assert 15 <= len(bare) <= 45  # about half
+    pool_codes = {tuple(int(c) for c in codes) for codes in pool.codes}
+    for example in bare:
+        # Exactly the prompt the Generator guides away from, then a pose of the pool as the answer.
+        assert example.input_ids[:len(unconditional.input_ids)] == unconditional.input_ids
+        answer = tuple(example.labels[t] - LAYOUT.pose_id_offset for t in range(*example.block))
+        assert answer in pool_codes
+    # Everything else reads a caption, and without a sentence encoder there is nothing to leave out.
+    assert all(e.text_slots[0][1] for e in examples if e not in bare)
+    plain = ExampleBuilder(PromptBuilder(load_text_tokenizer(), CONFIG.image_tokens, CONFIG.max_text_tokens),
+                           unconditional_share=0.5)
+    assert plain.unconditional_share == 0.0

@@ -87,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
                              everyday_share=args.everyday_share, concept_share=args.concept_share,
                              llm_layers=args.llm_layers, caption_dropout=args.caption_dropout,
                              conversation_share=args.conversation_share,
+                             unconditional_share=args.unconditional_share,
                              task_mix=args.task_mix, lr=args.lr, language_steps=args.language_steps,
                              pool_sizes=PoolSizes().scaled(args.pool_scale), workers=args.workers)
     try:
@@ -139,6 +140,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(kneeling, a hand on a foot ...: each concept alike) instead of uniformly (default 0)")
     parser.add_argument("--caption-dropout", type=fraction, default=0.25,
                         help="with a sentence encoder: share of prompts whose caption only the encoder reads")
+    parser.add_argument("--unconditional-share", type=fraction, default=0.0,
+                        help="with a sentence encoder: share of text-to-pose examples with no caption for the LLM or "
+                             "the encoder, answered with a pool pose: what pose guidance (--pose-guidance) subtracts "
+                             "(default 0)")
     parser.add_argument("--conversation-share", type=fraction, default=0.0,
                         help="share of batches that are conversations: earlier turns of other tasks before the "
                              "trained one, and pose edits asked as a follow-up to a generated pose (default 0)")

@@ -147,7 +147,7 @@ class ExampleBuilder:
 
     def __init__(self, prompts: PromptBuilder, everyday_share: float = 0.0, caption_dropout: float = 0.0,
                  conversation_share: float = 0.0, concepts: ConceptIndex | None = None,
-                 concept_share: float = 0.0) -> None:
+                 concept_share: float = 0.0, unconditional_share: float = 0.0) -> None:
         """everyday_share: chance a text-to-pose caption is an everyday phrasing (`data.everyday`) when one fits.
         caption_dropout: with a sentence encoder, chance the LLM's prompt leaves the caption / instruction out so
         the answer must come from the encoder's rows alone (the LLM's own vocabulary knows only the engine's
@@ -155,7 +155,11 @@ class ExampleBuilder:
         conversation_share: chance a batch is of conversations (`draw_conversation`): earlier turns of other
         tasks before the trained one, and pose edits asked as a follow-up to a generated pose.
         concepts, concept_share: chance an everyday text-to-pose example draws its pose by what it shows
-        (`ConceptIndex.draw`) instead of uniformly from the pool."""
+        (`ConceptIndex.draw`) instead of uniformly from the pool.
+        unconditional_share: with a sentence encoder, chance a text-to-pose example shows neither the LLM nor the
+        encoder any caption (`PromptBuilder.build_unconditional`'s prompt), answered with a pose of the pool: the
+        model learns what it would give with no description, which classifier-free guidance subtracts
+        (`GenerationConfig.pose_guidance`)."""
         if concept_share and concepts is None:
             raise ValueError("concept_share needs a ConceptIndex of the pool (concepts=ConceptIndex.of(pool))")
         self.prompts = prompts
@@ -163,6 +167,7 @@ class ExampleBuilder:
         self.concepts = concepts
         self.concept_share = concept_share
         self.caption_dropout = caption_dropout if prompts.text_rows else 0.0
+        self.unconditional_share = unconditional_share if prompts.text_rows else 0.0
         self.conversation_share = conversation_share
         self.layout: VocabLayout = prompts.layout
         self.tokenizer = prompts.tokenizer
@@ -442,6 +447,8 @@ def draw_turn(pool: Pool, builder: ExampleBuilder, task: Task, rng: np.random.Ge
                 continue
             keys = (int(pool.image_of_pose[i]),) if images else ()
             if task is Task.TEXT_TO_POSE:
+                if builder.unconditional_share and rng.random() < builder.unconditional_share:
+                    return Turn(task, asked(""), answer_codes=pool.codes[i], encoder_text="")
                 return Turn(task, asked(shown(text)), answer_codes=pool.codes[i], encoder_text=text)
             if task is Task.POSE_DESCRIPTION:
                 return Turn(task, asked(), poses=(pool.codes[i],), answer_text=text)

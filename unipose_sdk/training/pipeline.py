@@ -101,6 +101,8 @@ class TrainSettings:
     # can lean on what it is meant to improve.
     task_mix: dict[Task, float] | None = None
     caption_dropout: float = 0.25  # with a sentence encoder: prompts that leave the caption to the encoder alone
+    # With a sentence encoder: text-to-pose examples with no caption for either reader (for pose guidance).
+    unconditional_share: float = 0.0
     # Batches of conversations (`batches.draw_conversation`): earlier turns before the trained one, and pose edits
     # asked as a follow-up to a generated pose.
     conversation_share: float = 0.0
@@ -340,7 +342,7 @@ def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainS
     builder = ExampleBuilder(PromptBuilder(tokenizer, config.image_tokens, config.max_text_tokens, text_rows=rows),
                              everyday_share=settings.everyday_share, caption_dropout=settings.caption_dropout,
                              conversation_share=settings.conversation_share, concepts=concepts,
-                             concept_share=settings.concept_share)
+                             concept_share=settings.concept_share, unconditional_share=settings.unconditional_share)
     builder.sentence_tokenizer = sentence_tokenizer_for(model, settings, model_dir) if rows else None
     return builder
 
@@ -459,6 +461,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         info.update({"text_encoder": model.config.text_encoder is not None, "everyday_share": settings.everyday_share,
                      "concept_share": settings.concept_share,
                      "caption_dropout": builder.caption_dropout, "conversation_share": settings.conversation_share,
+                     "unconditional_share": builder.unconditional_share,
                      "task_mix": {t.value: w for t, w in settings.task_mix.items()} if settings.task_mix else None})
         _save_stage(model, settings, stage, info, tokenizer, builder.sentence_tokenizer)
         log.info("stage %d done in %.1f s -> %s", stage, info["seconds"], _stage_dir(settings, stage))

@@ -241,6 +241,8 @@ def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -
                          f"the encoder {info.get('caption_dropout', 0):.2f}")
         if info.get("concept_share"):
             parts.append(f"everyday captions drawn by concept {info['concept_share']:.2f}")
+        if info.get("unconditional_share"):
+            parts.append(f"text-to-pose with no caption {info['unconditional_share']:.2f}")
         if info.get("conversation_share"):
             parts.append(f"conversation batches {info['conversation_share']:.2f}")
         if info.get("task_mix"):
