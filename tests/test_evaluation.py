@@ -15,6 +15,7 @@ from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
 from unipose_sdk.data.poses import joints_and_rotations, sample_poses
 from unipose_sdk.evaluation import metrics as M
 from unipose_sdk.evaluation.runner import to_markdown, write_report
+from unipose_sdk.tasks.generator import Generator
 
 
 def _rotation_z(angle: float) -> np.ndarray:
@@ -162,5 +163,11 @@ def test_the_quick_evaluation_of_the_embedded_model_reports_every_task(tmp_path:
     assert 0.0 <= conversation["follow_ups_answered_with_pose"]["model"] <= 1.0
     assert conversation["follow_up_unnamed_joints_moved_deg"]["model"] >= 0.0
     assert not report["model_is_random"] and report["model"] == "unipose-tiny"
+    # The report says how the Generator decoded: the shipped config's defaults.
+    config = Generator.from_pretrained().session.config
+    assert report["decoding"] == {"pose_decoding": config.pose_decoding,
+                                  "text_to_pose_code_temperature": config.text_to_pose_code_temperature,
+                                  "text_to_pose_guidance": config.text_to_pose_guidance}
     _, md_path = write_report(report, tmp_path / "ev")
     assert "| conversation | follow_up_edits_hold (higher is better) |" in md_path.read_text()
+    assert f"pose guidance {config.text_to_pose_guidance:g} (the model's defaults)" in md_path.read_text()

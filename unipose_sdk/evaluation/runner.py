@@ -330,6 +330,10 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         "model": Path(run.model).name or run.model, "model_is_random": run.model_is_random,
         "evaluator_version": EVALUATOR_VERSION, "quick": quick, "seed": seed,
         "eval_seed": seed + EVAL_SEED_OFFSET,
+        # How the Generator decoded (the model's defaults, which every number above used).
+        "decoding": {"pose_decoding": session.config.pose_decoding,
+                     "text_to_pose_code_temperature": session.config.text_to_pose_code_temperature,
+                     "text_to_pose_guidance": session.config.text_to_pose_guidance},
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},
         "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction,
@@ -366,6 +370,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     if constant:  # reports written before the free-form prompts existed have none
         lines.append(f"Best constant pose baseline (free-form prompts): {constant['name']}, {constant['satisfied']} of "
                      f"{constant['prompts']} prompts (best of {constant['candidates']} candidate poses).")
+    decoding = report.get("decoding")
+    if decoding:  # reports written before it was recorded have none
+        lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at code temperature "
+                     f"{decoding['text_to_pose_code_temperature']:g}, pose guidance "
+                     f"{decoding['text_to_pose_guidance']:g} (the model's defaults).")
     lines += ["",
               f"Total time {report['seconds']['total']} s on CPU.", ""]
     return "\n".join(lines)
