@@ -35,28 +35,18 @@ def test_generate_writes_pose_files_png_and_json(tmp_path: Path, capsys: pytest.
     assert saved["pose_codes"] == first["pose_codes"] and "total" in saved["timing_ms"]
 
 
-def test_generate_decodes_at_the_asked_pose_code_temperature(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from unipose_sdk.tasks import Generator
-
-    prompt = "someone doing a handstand"
-    assert main(["generate", prompt, "--pose-code-temperature", "0.3", "-o", str(tmp_path), "--json", *FAST]) == 0
-    codes = _json_out(capsys)["results"][0]["pose_codes"]
-    with Generator.from_pretrained(pose_code_temperature=0.3, max_new_tokens=6) as generator:
-        assert list(generator.generate(prompt).pose_codes) == codes
-    with Generator.from_pretrained(pose_code_temperature=1.0, max_new_tokens=6) as generator:
-        assert list(generator.generate(prompt).pose_codes) != codes  # the flag is what changed them
-
-
-def test_generate_guides_the_pose_codes_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "option", "value", "other"), [
+    ("--pose-code-temperature", "pose_code_temperature", 0.3, 1.0), ("--pose-guidance", "pose_guidance", 3.0, 0.0)])
+def test_generate_decodes_as_the_pose_flags_ask(flag: str, option: str, value: float, other: float, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     from unipose_sdk.tasks import Generator
 
     prompt = "kneel on both knees"
-    assert main(["generate", prompt, "--pose-guidance", "3", "-o", str(tmp_path), "--json", *FAST]) == 0
+    assert main(["generate", prompt, flag, str(value), "-o", str(tmp_path), "--json", *FAST]) == 0
     codes = _json_out(capsys)["results"][0]["pose_codes"]
-    with Generator.from_pretrained(pose_guidance=3.0, max_new_tokens=6) as generator:
+    with Generator.from_pretrained(max_new_tokens=6, **{option: value}) as generator:
         assert list(generator.generate(prompt).pose_codes) == codes
-    with Generator.from_pretrained(pose_guidance=0.0, max_new_tokens=6) as generator:
+    with Generator.from_pretrained(max_new_tokens=6, **{option: other}) as generator:
         assert list(generator.generate(prompt).pose_codes) != codes  # the flag is what changed them
 
 
@@ -122,27 +112,17 @@ def test_usage_errors_exit_2() -> None:
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("value", ["0.01", "11", "nan", "-1", "warm"])
-def test_a_code_temperature_out_of_range_is_a_usage_error_naming_the_range(
-        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "value", "allowed"), [
+    *(("--pose-code-temperature", v, "[0.05, 10]") for v in ("0.01", "11", "nan", "-1", "warm")),
+    *(("--pose-guidance", v, "[0, 10]") for v in ("-0.5", "10.5", "nan", "strong"))])
+def test_a_pose_flag_out_of_range_is_a_usage_error_naming_the_range(
+        flag: str, value: str, allowed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
-        main(["generate", "a person", "--pose-code-temperature", value, "-o", str(out), *FAST])
+        main(["generate", "a person", flag, value, "-o", str(out), *FAST])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert repr(value) in err and ("[0.05, 10]" in err or "positive" in err)
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("value", ["-0.5", "10.5", "nan", "strong"])
-def test_a_pose_guidance_out_of_range_is_a_usage_error_naming_the_range(
-        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as info:
-        main(["generate", "a person", "--pose-guidance", value, "-o", str(out), *FAST])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert repr(value) in err and "[0, 10]" in err
+    assert repr(value) in err and allowed in err
     assert not out.exists()
 
 

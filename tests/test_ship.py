@@ -80,25 +80,17 @@ def test_export_writes_float16_weights_and_the_pose_decoding(run_dir: Path, tmp_
     assert load_model(tmp_path / "guided").model.config.text_to_pose_guidance == 2.0
 
 
-@pytest.mark.parametrize("value", ["-1", "12", "nan", "strong"])
-def test_export_refuses_a_guidance_out_of_range_before_writing(
-        value: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "value", "allowed"), [
+    *(("--text-to-pose-code-temperature", v, "[0.05, 10]") for v in ("0", "0.01", "12", "inf", "cold")),
+    *(("--text-to-pose-guidance", v, "[0, 10]") for v in ("-1", "12", "nan", "strong"))])
+def test_export_refuses_a_decoding_setting_out_of_range_before_writing(
+        flag: str, value: str, allowed: str, run_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "candidate"
     with pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run_dir), "--out", str(out), "--text-to-pose-guidance", value])
+        main(["export", "--run", str(run_dir), "--out", str(out), flag, value])
     err = capsys.readouterr().err
-    assert info.value.code == 2 and repr(value) in err and "[0, 10]" in err
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("value", ["0", "0.01", "12", "inf", "cold"])
-def test_export_refuses_a_code_temperature_out_of_range_before_writing(
-        value: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "candidate"
-    with pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run_dir), "--out", str(out), "--text-to-pose-code-temperature", value])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and repr(value) in err and "[0.05, 10]" in err
+    assert info.value.code == 2 and repr(value) in err and allowed in err
     assert not out.exists()
 
 
