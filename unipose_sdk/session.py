@@ -29,7 +29,7 @@ from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
-from unipose_sdk.text.prompts import ChatPosePromptBuilder, PromptBuilder, PromptRow
+from unipose_sdk.text.prompts import ChatPosePromptBuilder, PromptBuilder, PromptRow, Task
 from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.timing import OnStage, untimed
 
@@ -64,8 +64,8 @@ class UniPose:
         self.model_is_random = model_is_random
         self.fallback = fallback
         self.pose_code_vectors = self._pose_code_vectors()
-        # Query logits of the prompts without a condition that guided calls contrast with, by prompt.
-        self._unconditional_logits: dict[tuple[tuple[int, ...], str], Tensor] = {}
+        # Query logits of each task's prompt without a condition, that its guided calls contrast with.
+        self._unconditional_logits: dict[Task, Tensor] = {}
         self.lock = threading.RLock()
         self.closed = False
 
@@ -204,17 +204,17 @@ class UniPose:
         return self.runtime.encode_texts(ids, mask)
 
     def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, config: generation.GenerationConfig,
-                 on_stage: OnStage | None = None, unconditional: PromptRow | None = None,
+                 on_stage: OnStage | None = None, guided_task: Task | None = None,
                  ) -> list[generation.GenerationResult]:
         """Greedy generation for a batch of prompts with the images spliced in, as `config` says (passed to
         `generation.generate` as given). on_stage: the caller's stage timer (`timing.StageTimer.stage`): this
-        call is stage "llm", the loop's stages run inside it. unconditional: the task's prompt without its
-        condition (`PromptBuilder.build_unconditional`), read when `config.pose_guidance` is above 0."""
+        call is stage "llm", the loop's stages run inside it. guided_task: the task whose prompt without a
+        condition `config.pose_guidance` guides away from (`unconditional_query_logits`), read when it is above 0."""
         stage = on_stage if on_stage is not None else untimed
         with stage("llm"), torch.inference_mode():
             guide = None
-            if config.pose_guidance > 0 and unconditional is not None:
-                guide = self.unconditional_query_logits(unconditional)
+            if config.pose_guidance > 0 and guided_task is not None:
+                guide = self.unconditional_query_logits(guided_task)
             embeds = self.embed_rows(rows, image_embeds)
             return generation.generate(
                 self.runtime.llm, embeds, self.config.vocab, config,
@@ -222,17 +222,17 @@ class UniPose:
                 on_stage=on_stage, sentence_end_ids=self.sentence_end_ids, unconditional_query_logits=guide,
             )
 
-    def unconditional_query_logits(self, row: PromptRow) -> Tensor:
-        """The pose-query logits [Q, V] of a prompt without a condition: computed on its first use and kept, since
-        every guided call of its task contrasts with the same ones."""
-        key = (tuple(row.input_ids), row.encoder_text)
+    def unconditional_query_logits(self, task: Task) -> Tensor:
+        """The pose-query logits [Q, V] of the task's prompt without a condition
+        (`PromptBuilder.build_unconditional`): computed on its first use and kept, since every guided call of the
+        task contrasts with the same ones."""
         with self.lock:
-            if key not in self._unconditional_logits:
+            if task not in self._unconditional_logits:
                 with torch.inference_mode():
-                    embeds = self.embed_rows([row], None)
-                    self._unconditional_logits[key] = generation.unconditional_query_logits(
+                    embeds = self.embed_rows([self.prompts.build_unconditional(task)], None)
+                    self._unconditional_logits[task] = generation.unconditional_query_logits(
                         self.runtime.llm, embeds[0], self.config.vocab)
-            return self._unconditional_logits[key]
+            return self._unconditional_logits[task]
 
     @functools.cached_property
     def sentence_end_ids(self) -> frozenset[int]:

@@ -225,25 +225,34 @@ POSE_CODE_TEMPERATURE_RANGE = (0.05, 10.0)
 # The classifier-free guidance weights pose decoding accepts (`GenerationConfig.pose_guidance`, the config's
 # `text_to_pose_guidance`): 0 is off; past 10 the guided logits are the difference alone, amplified.
 POSE_GUIDANCE_RANGE = (0.0, 10.0)
+# What each decoding setting's range says about its neutral value, in every message that states the range.
+_TEMPERATURE_MEANING = "1: the plain expected code"
+_GUIDANCE_MEANING = "0: no guidance"
+
+
+def _range_text(value_range: tuple[float, float], meaning: str) -> str:
+    return f"a number in [{value_range[0]:g}, {value_range[1]:g}] ({meaning})"
+
+
+def _in_range(value: float, value_range: tuple[float, float]) -> bool:
+    return math.isfinite(value) and value_range[0] <= value <= value_range[1]
+
+
+def _check_number(name: str, value: object, value_range: tuple[float, float], meaning: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _in_range(float(value), value_range):
+        raise InvalidInputError.make(f"{name}={value!r}", _range_text(value_range, meaning), fix)
 
 
 def check_pose_code_temperature(value: object) -> None:
     """A pose-code temperature's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
-    low, high = POSE_CODE_TEMPERATURE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and low <= float(value) <= high):
-        raise InvalidInputError.make(f"pose_code_temperature={value!r}", f"a number in [{low:g}, {high:g}] (1: the "
-                                     "plain expected code)", "Pass e.g. pose_code_temperature=0.7, or 1 for the "
-                                     "expectation the model was trained for.")
+    _check_number("pose_code_temperature", value, POSE_CODE_TEMPERATURE_RANGE, _TEMPERATURE_MEANING,
+                  "Pass e.g. pose_code_temperature=0.7, or 1 for the expectation the model was trained for.")
 
 
 def check_pose_guidance(value: object) -> None:
     """A pose guidance weight's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
-    low, high = POSE_GUIDANCE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and low <= float(value) <= high):
-        raise InvalidInputError.make(f"pose_guidance={value!r}", f"a number in [{low:g}, {high:g}] (0: no guidance)",
-                                     "Pass e.g. pose_guidance=2, or 0 to decode the prompt's logits as they are.")
+    _check_number("pose_guidance", value, POSE_GUIDANCE_RANGE, _GUIDANCE_MEANING,
+                  "Pass e.g. pose_guidance=2, or 0 to decode the prompt's logits as they are.")
 
 
 def _number_flag(text: str, check: Callable[[object], None]) -> float:
@@ -318,14 +327,11 @@ class UniPoseConfig:
             raise ValueError("projector output_size must equal the LLM hidden size")
         if self.pose_decoding not in POSE_DECODINGS:
             raise ValueError(f"pose_decoding={self.pose_decoding!r}: expected one of {POSE_DECODINGS}")
-        low, high = POSE_CODE_TEMPERATURE_RANGE
-        if not low <= self.text_to_pose_code_temperature <= high:
-            raise ValueError(f"text_to_pose_code_temperature={self.text_to_pose_code_temperature!r}: expected a "
-                             f"number in [{low:g}, {high:g}]")
-        low, high = POSE_GUIDANCE_RANGE
-        if not low <= self.text_to_pose_guidance <= high:
-            raise ValueError(f"text_to_pose_guidance={self.text_to_pose_guidance!r}: expected a number in "
-                             f"[{low:g}, {high:g}]")
+        for name, value_range in (("text_to_pose_code_temperature", POSE_CODE_TEMPERATURE_RANGE),
+                                  ("text_to_pose_guidance", POSE_GUIDANCE_RANGE)):
+            low, high = value_range
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a number in [{low:g}, {high:g}]")
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -395,12 +401,10 @@ _RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "PoseTokenizerConfig.ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "UniPoseConfig.pose_decoding": (f"one of {POSE_DECODINGS}", lambda v: v in POSE_DECODINGS),
     "UniPoseConfig.text_to_pose_code_temperature": (
-        f"a number in [{POSE_CODE_TEMPERATURE_RANGE[0]:g}, {POSE_CODE_TEMPERATURE_RANGE[1]:g}] (1: the plain "
-        "expected code)", lambda v: math.isfinite(v) and POSE_CODE_TEMPERATURE_RANGE[0] <= v
-        <= POSE_CODE_TEMPERATURE_RANGE[1]),
+        _range_text(POSE_CODE_TEMPERATURE_RANGE, _TEMPERATURE_MEANING),
+        lambda v: _in_range(v, POSE_CODE_TEMPERATURE_RANGE)),
     "UniPoseConfig.text_to_pose_guidance": (
-        f"a number in [{POSE_GUIDANCE_RANGE[0]:g}, {POSE_GUIDANCE_RANGE[1]:g}] (0: no guidance)",
-        lambda v: math.isfinite(v) and POSE_GUIDANCE_RANGE[0] <= v <= POSE_GUIDANCE_RANGE[1]),
+        _range_text(POSE_GUIDANCE_RANGE, _GUIDANCE_MEANING), lambda v: _in_range(v, POSE_GUIDANCE_RANGE)),
     "UniPoseConfig.name": ("a non-empty name", lambda v: bool(v)),
     "UniPoseConfig.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),
     "VocabLayout.family": (f"one of {FAMILIES}", lambda v: v in FAMILIES),

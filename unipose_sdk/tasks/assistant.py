@@ -381,7 +381,7 @@ class Assistant(TaskBase):
                                              pose_code_temperature=session.config.text_to_pose_code_temperature,
                                              pose_guidance=session.config.text_to_pose_guidance)
                 if config.pose_guidance > 0:
-                    guide = session.unconditional_query_logits(session.prompts.build_unconditional(task))
+                    guide = session.unconditional_query_logits(task)
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))

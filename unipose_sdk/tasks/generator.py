@@ -35,12 +35,9 @@ class Generator(TaskBase):
             config = self.options.generation_config(session.config.vocab,
                                                     session.config.text_to_pose_code_temperature,
                                                     session.config.text_to_pose_guidance)
-            unconditional = None
-            if config.pose_guidance > 0 and session.config.family == "unipose":
-                unconditional = session.prompts.build_unconditional(Task.TEXT_TO_POSE)
             answers = answer(
                 session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config,
-                unconditional=unconditional)
+                guided_task=Task.TEXT_TO_POSE)
         results = [GenerateResult(**a.measurements(), run=session.run_info(), text=a.text, pose=a.pose,
                                   pose_codes=a.codes, prompt=t, input={"task": "generate", "prompt": t})
                    for a, t in zip(answers, texts)]

@@ -25,7 +25,7 @@ from unipose_sdk.errors import UniPoseError
 from unipose_sdk.generation import GenerationConfig
 from unipose_sdk.models.unipose import chatpose_rotmat
 from unipose_sdk.session import UniPose
-from unipose_sdk.text.prompts import PromptRow
+from unipose_sdk.text.prompts import PromptRow, Task
 from unipose_sdk.timing import StageTimer
 
 
@@ -48,11 +48,12 @@ class Answer:
 
 
 def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
-           encode_images: Callable[[], Tensor | None] | None = None, unconditional: PromptRow | None = None,
+           encode_images: Callable[[], Tensor | None] | None = None, guided_task: Task | None = None,
            ) -> list[Answer]:
     """Build the prompts (and encode the images), generate, and for the pose tasks (`config.start_with_pose`:
     estimate, generate, edit) decode every answer's first pose block. One call holds the session lock.
-    unconditional: the task's prompt without its condition, for `config.pose_guidance` (`UniPose.generate`)."""
+    guided_task: the task whose prompt without a condition `config.pose_guidance` guides away from
+    (`UniPose.generate`; ChatPose models have no pose codes to guide)."""
     if session.config.family == "chatpose":
         return _chatpose_answer(session, build_prompts, config, encode_images)
     with session.lock:
@@ -63,7 +64,7 @@ def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], confi
         if encode_images is not None:
             with timer.stage("vision"):
                 image_embeds = encode_images()
-        outputs = session.generate(rows, image_embeds, config, on_stage=timer.stage, unconditional=unconditional)
+        outputs = session.generate(rows, image_embeds, config, on_stage=timer.stage, guided_task=guided_task)
         poses, codes = None, None
         if config.start_with_pose:
             missing = [i for i, out in enumerate(outputs) if not out.pose_codes]
