@@ -15,8 +15,8 @@ from unipose_sdk.generation import (
     generate,
     guided_query_logits,
     pose_codes_from_logits,
+    pose_query_logits,
     prefill_with_pose,
-    unconditional_query_logits,
 )
 from unipose_sdk.models.attention_mask import MixedMask
 from unipose_sdk.models.config import LLMConfig, VocabLayout
@@ -274,7 +274,7 @@ def test_guided_logits_amplify_what_the_condition_changes() -> None:
 def test_guided_generation_decodes_cond_plus_weight_times_the_difference(model: MistralLM) -> None:
     book = torch.randn(VOCAB.codebook_size, 4, generator=torch.Generator().manual_seed(0))
     unconditional = [1, 5, 6]  # the text-to-pose prompt without its last ids
-    uncond = unconditional_query_logits(model, unconditional, VOCAB)
+    uncond = pose_query_logits(model, unconditional, VOCAB)
     assert uncond.shape == (80, VOCAB.vocab_size) and uncond.dtype == torch.float32
     # The unconditional logits are those a one-pass pose block gives that prompt inside `generate`.
     embeds = model.embed(torch.tensor([unconditional]))

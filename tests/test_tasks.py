@@ -67,13 +67,13 @@ def test_guided_generation_computes_the_unconditional_logits_once_per_model(
     import unipose_sdk.generation as generation
 
     calls = []
-    real = generation.unconditional_query_logits
+    real = generation.pose_query_logits
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "unconditional_query_logits", counting)
+    monkeypatch.setattr(generation, "pose_query_logits", counting)
     texts = ["kneel on both knees", "arms crossed"]
     with Generator.from_pretrained(max_new_tokens=6, pose_guidance=3.0) as guided:
         guided.session._unconditional_logits.clear()  # the session may be shared with earlier tests

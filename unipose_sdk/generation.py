@@ -258,7 +258,7 @@ class TokenPicker:
             raise InvalidInputError.make(
                 f"pose_guidance={config.pose_guidance} without unconditional_query_logits",
                 "the query logits of the task's prompt without its condition",
-                "Pass unconditional_query_logits=unconditional_query_logits(model, prompt, vocab), or pose_guidance=0.")
+                "Pass unconditional_query_logits=pose_query_logits(model, prompt, vocab), or pose_guidance=0.")
         self.unconditional_query_logits = unconditional_query_logits
         self.sentence_end_ids = sentence_end_ids if config.no_repeated_sentences else frozenset()
         self.generator: torch.Generator | None = None
@@ -615,7 +615,7 @@ class AnswerStreams:
 
 
 @torch.no_grad()
-def unconditional_query_logits(model: LanguageModel, prompt: PromptRow, vocab: VocabLayout) -> Tensor:
+def pose_query_logits(model: LanguageModel, prompt: PromptRow, vocab: VocabLayout) -> Tensor:
     """The pose-query logits [Q, V] (float32) of one prompt: the prompt, BEGIN and the queries as one forward,
     exactly as `generate` computes a one-pass pose block. Called with a task's prompt without its condition, it
     gives what `pose_guidance` guides away from."""
@@ -651,8 +651,8 @@ def generate(
     on_stage: called as `with on_stage(name):` around each stage: "prefill", or "prefill_pose" for the one-pass
         forward, then one "pose_step" per separate pose step and one "decode" per decode step
         (`unipose_sdk.timing.StageTimer.stage` times and counts them); None: untimed.
-    unconditional_query_logits: [Q, V], what `config.pose_guidance` guides away from (the function of that name,
-        on the task's prompt without its condition); required when the guidance is above 0, unused otherwise.
+    unconditional_query_logits: [Q, V], what `config.pose_guidance` guides away from (`pose_query_logits`
+        of the task's prompt without its condition); required when the guidance is above 0, unused otherwise.
     """
     stage = on_stage if on_stage is not None else untimed
     device = model.device

@@ -230,7 +230,7 @@ class UniPose:
             if task not in self._unconditional_logits:
                 with torch.inference_mode():
                     embeds = self.embed_rows([self.prompts.build_unconditional(task)], None)
-                    self._unconditional_logits[task] = generation.unconditional_query_logits(
+                    self._unconditional_logits[task] = generation.pose_query_logits(
                         self.runtime.llm, embeds[0], self.config.vocab)
             return self._unconditional_logits[task]
 
