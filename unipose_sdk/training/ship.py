@@ -24,6 +24,11 @@ To choose between candidates without the held-out pool, compare each with the sh
 (`unipose_sdk.evaluation.validation`, the install rule applied to the means over the seeds):
 
     python -m unipose_sdk.evaluation.validation --candidate CANDIDATE_DIR --seeds 5,6,7 --out compare.json
+
+A candidate's text-to-pose decoding (the guidance and code temperature `export` writes) is chosen on the same
+validation pools and the free-form development set (`unipose_sdk.evaluation.decoding`):
+
+    python -m unipose_sdk.evaluation.decoding --model CANDIDATE_DIR --out decoding.json
 """
 
 from __future__ import annotations

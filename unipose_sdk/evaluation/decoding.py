@@ -1,0 +1,162 @@
+"""Choose a model's text-to-pose decoding (pose guidance w, code temperature T) on validation data.
+
+    python -m unipose_sdk.evaluation.decoding --model CANDIDATE_DIR [--guidance 0,1.5,2,2.5,3]
+        [--temperature 0.7,1,1.3] [--seeds 5,6,7] [--out F.json]
+
+Every setting of the grid is scored on two things, both away from the held-out pool the install gate uses: the
+share of caption facts that hold on the generated pose over the validation pools of `--seeds` (the measurement
+`unipose evaluate --seed S` reports as text_to_pose.facts_hold), and the share of the free-form development set
+satisfied. The rule: the setting with the highest free-form + mean facts (ties: the first in grid order). Write
+the chosen pair with `ship export --text-to-pose-guidance W --text-to-pose-code-temperature T`.
+
+The query logits of every prompt are computed once (one forward per prompt, as the Generator's one-pass pose
+block computes them) and each setting only re-decodes them, so a grid of 15 settings costs little more than one.
+The decode is the Generator's own (`generation.guided_query_logits`, `generation.pose_codes_from_logits`): a row
+of the grid gives exactly the poses `Generator` gives with that pose_guidance and pose_code_temperature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import unipose_sdk.evaluation.freeform as F
+import unipose_sdk.evaluation.metrics as M
+from unipose_sdk import generation
+from unipose_sdk.errors import InvalidInputError, UniPoseError
+from unipose_sdk.evaluation.validation import VALIDATION_SEEDS, _seeds_flag, check_validation_seeds
+from unipose_sdk.fileio import atomic_write_text, check_output_file
+from unipose_sdk.models.config import check_pose_code_temperature, check_pose_guidance
+from unipose_sdk.text.prompts import Task
+from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
+
+GUIDANCES = (0.0, 1.5, 2.0, 2.5, 3.0)
+TEMPERATURES = (0.7, 1.0, 1.3)
+VALIDATION_POSES = 480  # as many as `unipose evaluate` draws per pool
+
+
+def validation_captions(seed: int, poses: int = VALIDATION_POSES) -> list[tuple[str, list[Any]]]:
+    """(caption, facts it states) of every pose of the validation pool of `seed` that gets a caption, composed
+    exactly as `unipose evaluate --seed SEED` composes its text-to-pose prompts (same pool, same random stream)."""
+    check_validation_seeds([seed])
+    pool = build_pool(seed + EVAL_SEED_OFFSET, PoolSizes(poses=poses, pairs=1, pose_images=0, pair_images=0,
+                                                         texts_per_pair=1), None)
+    rng = np.random.default_rng([seed, EVAL_SEED_OFFSET, 1])
+    composed = [M.compose_caption(facts, rng) for facts in pool.facts]
+    return [(text, stated) for text, stated in composed if text]
+
+
+def prompt_query_logits(session: Any, texts: Sequence[str]) -> torch.Tensor:
+    """The text-to-pose prompts' pose-query logits [N, Q, V] (float32), one forward per prompt."""
+    with session.lock, torch.inference_mode():
+        rows = [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts]
+        return torch.stack([generation.pose_query_logits(session.runtime.llm, embeds, session.config.vocab)
+                            for embeds in session.embed_rows(rows, None)])
+
+
+def decoded_axis_angle(session: Any, query_logits: torch.Tensor, guidance: float, temperature: float) -> np.ndarray:
+    """[N, 66] axis-angle poses of query logits [N, Q, V] decoded as the Generator decodes them at this guidance
+    and code temperature."""
+    if guidance > 0:
+        query_logits = generation.guided_query_logits(
+            query_logits, session.unconditional_query_logits(Task.TEXT_TO_POSE), guidance)
+    codes = generation.pose_codes_from_logits(query_logits, session.config.vocab, session.pose_code_vectors,
+                                              temperature)
+    return session.decode_poses(codes.to(query_logits.device)).axis_angle().numpy().reshape(len(codes), -1)
+
+
+def decoding_grid(model: str | Path | None, guidances: Sequence[float] = GUIDANCES,
+                  temperatures: Sequence[float] = TEMPERATURES, seeds: Sequence[int] = VALIDATION_SEEDS,
+                  poses: int = VALIDATION_POSES) -> dict[str, Any]:
+    """Score every (guidance, temperature) on the validation facts of `seeds` and the free-form development set.
+    Returns {"rows": [{"pose_guidance", "pose_code_temperature", "facts_hold" (mean), "facts_hold_by_seed",
+    "free_form_prompts_satisfied", "score"}...], "chosen": the row the rule picks, "seeds", "model"}."""
+    check_validation_seeds(seeds)
+    for w in guidances:
+        check_pose_guidance(w)
+    for t in temperatures:
+        check_pose_code_temperature(t)
+    if not guidances or not temperatures:
+        raise InvalidInputError.make(f"guidances={list(guidances)}, temperatures={list(temperatures)}",
+                                     "at least one of each", "Pass e.g. --guidance 0,2 --temperature 1.")
+    from unipose_sdk.tasks.generator import Generator
+
+    with Generator.from_pretrained(model, device="cpu") as generator:
+        session = generator.session
+        if session.config.family != "unipose":
+            raise InvalidInputError.make(f"a {session.config.family} model", "a UniPose model (pose codes to decode)",
+                                         "ChatPose regresses its poses: it has no decoding to choose.")
+        pools = [validation_captions(seed, poses) for seed in seeds]
+        pool_logits = [prompt_query_logits(session, [text for text, _ in captions]) for captions in pools]
+        prompts = F.load_prompts()
+        free_form_logits = prompt_query_logits(session, [p.text for p in prompts])
+        rows = []
+        for w in guidances:
+            for t in temperatures:
+                facts = []
+                for captions, logits in zip(pools, pool_logits):
+                    generated = M.facts_of(decoded_axis_angle(session, logits, w, t))
+                    facts.append(M.nan_mean([M.fact_holds_fraction(stated, got)
+                                             for (_, stated), got in zip(captions, generated)]))
+                joints = M.joints_of(decoded_axis_angle(session, free_form_logits, w, t))
+                satisfied = float(np.mean([all(r) for r in F.check_results(joints, prompts)]))
+                mean_facts = float(np.mean(facts))
+                rows.append({"pose_guidance": w, "pose_code_temperature": t, "facts_hold": round(mean_facts, 4),
+                             "facts_hold_by_seed": [round(float(f), 4) for f in facts],
+                             "free_form_prompts_satisfied": round(satisfied, 4),
+                             "score": round(mean_facts + satisfied, 4)})
+        run = session.run_info()
+    chosen = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores
+    return {"model": Path(run.model).name or run.model, "seeds": list(seeds), "rows": rows, "chosen": chosen}
+
+
+def grid_table(result: dict[str, Any]) -> str:
+    """Markdown: one line per setting, the chosen one marked."""
+    lines = [f"Decoding grid of {result['model']} (validation seeds {', '.join(map(str, result['seeds']))}; rule: "
+             "the highest free-form + facts)", "",
+             "| guidance | code temperature | facts hold | free-form satisfied | sum |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        mark = " (chosen)" if r is result["chosen"] else ""
+        lines.append(f"| {r['pose_guidance']:g} | {r['pose_code_temperature']:g} | {r['facts_hold']:.4f} | "
+                     f"{r['free_form_prompts_satisfied']:.4f} | {r['score']:.4f}{mark} |")
+    return "\n".join(lines)
+
+
+def _numbers_flag(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers separated by commas, e.g. 0,2,3") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the embedded one)")
+    parser.add_argument("--guidance", type=_numbers_flag, default=GUIDANCES, metavar="W,W,...")
+    parser.add_argument("--temperature", type=_numbers_flag, default=TEMPERATURES, metavar="T,T,...")
+    parser.add_argument("--seeds", type=_seeds_flag, default=VALIDATION_SEEDS, metavar="S,S,...",
+                        help="validation seeds, never 0 (default 5,6,7)")
+    parser.add_argument("--out", type=Path, default=None, help="write the grid as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        if args.out is not None:  # refused now, not after the grid
+            check_output_file(args.out, overwrite=True)
+        result = decoding_grid(args.model, args.guidance, args.temperature, args.seeds)
+    except UniPoseError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(grid_table(result))
+    chosen = result["chosen"]
+    print(f"\nchosen: ship export --text-to-pose-guidance {chosen['pose_guidance']:g} "
+          f"--text-to-pose-code-temperature {chosen['pose_code_temperature']:g}")
+
+
+if __name__ == "__main__":
+    main()
