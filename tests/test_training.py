@@ -260,6 +260,16 @@ def test_a_run_continues_from_a_stage_of_an_earlier_run(tmp_path: Path) -> None:
     shipped.mkdir()
     (shipped / "training.json").write_text(json.dumps(records))
     assert earlier_records(shipped) == records
+    # A shipped model copied into a directory named like a run's stage is still a model's records by stage (it
+    # was read as one stage's record, nesting the history one level too deep), and an average's stage record
+    # copied out of its run (it has no "language") is one stage's record.
+    named_like_a_stage = tmp_path / "copy" / "stage3"
+    shutil.copytree(shipped, named_like_a_stage)
+    assert earlier_records(named_like_a_stage) == records
+    averaged = tmp_path / "soup-copy"
+    averaged.mkdir()
+    (averaged / "training.json").write_text(json.dumps({"stage": 3, "average_of": [], "seconds": 1.0}))
+    assert list(earlier_records(averaged)) == ["stage3"]
     assert earlier_records(tmp_path / "nothing-recorded") == {}
     with pytest.raises(FileNotFoundError, match="not an SDK model directory"):
         train(TrainSettings(out=tmp_path / "bad", stages=(3,), pool_sizes=TINY_POOL, steps_override={"stage3": 1},

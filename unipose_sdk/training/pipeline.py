@@ -347,23 +347,30 @@ def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainS
     return builder
 
 
+def _is_stage_record(data: dict[str, Any]) -> bool:
+    """One stage's record (a run's stageK/training.json, or an average's), not a model's records by stage."""
+    return isinstance(data.get("stage"), int)
+
+
 def earlier_records(stage_dir: Path) -> dict[str, Any]:
     """The training records of the weights in `stage_dir`, so a continued run still says everything its weights
-    went through: a stage of a run brings the run's stage{k}/training.json files; a directory holding its own
-    training.json brings that (a stage directory copied out of its run: one stage's record; a shipped model or a
-    candidate: the records by stage, each with what it continued from)."""
+    went through: a shipped model or a candidate brings its records by stage, each with what it continued from
+    (whatever its directory is called); a stage of a run brings the run's stage{k}/training.json files; a stage
+    directory copied out of its run brings its one stage's record."""
     own = stage_dir / STAGE_INFO
+    data = json.loads(own.read_text(encoding="utf-8")) if own.is_file() else None
+    if data is not None and not _is_stage_record(data):
+        return {k: v for k, v in data.items() if k.startswith("stage")}
     records: dict[str, Any] = {}
     for stage in (1, 2, 3):
         info = stage_dir.parent / f"stage{stage}" / STAGE_INFO
         if info.is_file():
-            records[f"stage{stage}"] = json.loads(info.read_text(encoding="utf-8"))
-    if records or not own.is_file():
+            record = json.loads(info.read_text(encoding="utf-8"))
+            if _is_stage_record(record):
+                records[f"stage{stage}"] = record
+    if records or data is None:
         return records
-    data = json.loads(own.read_text(encoding="utf-8"))
-    if "stage" in data and "language" in data:  # one stage's own record
-        return {f"stage{data['stage']}": data}
-    return {k: v for k, v in data.items() if k.startswith("stage")}
+    return {f"stage{data['stage']}": data}
 
 
 def check_llm_layers(settings: TrainSettings) -> None:
