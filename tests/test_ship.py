@@ -120,6 +120,20 @@ def test_install_ships_an_improvement_and_refuses_the_rest(run_dir: Path, tmp_pa
         install(candidate, assets)
 
 
+def test_install_writes_nothing_when_the_model_card_cannot_be_made(run_dir: Path, tmp_path: Path) -> None:
+    candidate = export(run_dir, tmp_path / "candidate")
+    (candidate / "evaluation.json").write_text(json.dumps(_report(0.6, 200.0, 0.55)))
+    (candidate / "evaluation.md").write_text("# report\n")
+    records = json.loads((candidate / "training.json").read_text())
+    del records["stage1"]["seconds"]  # a record the card cannot read
+    (candidate / "training.json").write_text(json.dumps(records))
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    with pytest.raises(KeyError, match="seconds"):
+        install(candidate, assets)
+    assert list(assets.iterdir()) == []  # no weights beside a missing card
+
+
 def test_install_compares_only_reports_of_one_evaluator_and_pool(run_dir: Path, tmp_path: Path) -> None:
     from unipose_sdk.evaluation.runner import EVALUATOR_VERSION
 

@@ -52,6 +52,7 @@ from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
 EVALUATION_NAME = "evaluation"
 TRAINING_NAME = "training.json"
+CARD_NAME = "MODEL_CARD.md"
 
 
 def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_pose_code_temperature: float = 1.0,
@@ -149,18 +150,27 @@ def install(candidate: Path, assets: Path = ASSETS_DIR, force: bool = False) -> 
     training = json.loads((Path(candidate) / TRAINING_NAME).read_text(encoding="utf-8"))
     from unipose_sdk.text.encoder_tokenizer import SENTENCE_TOKENIZER_FILE
 
-    for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE):
-        if (Path(candidate) / name).is_file():
-            _copy_atomic(Path(candidate) / name, assets / name)
-    # The records too, so a later `unipose train --init-from` the assets reads the whole history from them; the
-    # directories the runs continued from are kept by their last two names (no machine paths in the package).
-    atomic_write_text(assets / TRAINING_NAME, json.dumps(portable_records(training), indent=1) + "\n")
-    # The shipped report names the shipped model, not the candidate directory it was measured in.
+    copied = [name for name in (CONFIG_FILE, WEIGHTS_FILE, SENTENCE_TOKENIZER_FILE)
+              if (Path(candidate) / name).is_file()]
+    # Every file written is built first, the model card included, so a card that cannot be made leaves the shipped
+    # files as they were instead of new weights beside the old card. The records go too, so a later `unipose train
+    # --init-from` the assets reads the whole history from them; the directories the runs continued from are kept
+    # by their last two names (no machine paths in the package). The shipped report names the shipped model, not
+    # the candidate directory it was measured in.
     report = {**report, "model": EMBEDDED_NAME}
-    atomic_write_text(assets / f"{EVALUATION_NAME}.json", json.dumps(report, indent=2) + "\n")
     markdown = (Path(candidate) / f"{EVALUATION_NAME}.md").read_text(encoding="utf-8").split("\n", 1)
-    atomic_write_text(assets / f"{EVALUATION_NAME}.md", "\n".join([f"# Evaluation of {EMBEDDED_NAME}", *markdown[1:]]))
-    (assets / "MODEL_CARD.md").write_text(model_card(report, training, assets), encoding="utf-8")
+    texts = {TRAINING_NAME: json.dumps(portable_records(training), indent=1) + "\n",
+             f"{EVALUATION_NAME}.json": json.dumps(report, indent=2) + "\n",
+             f"{EVALUATION_NAME}.md": "\n".join([f"# Evaluation of {EMBEDDED_NAME}", *markdown[1:]])}
+    kept_bytes = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file() and not (
+        f.parent == assets and (f.name in copied or f.name in texts or f.name == CARD_NAME)))
+    size_mb = (kept_bytes + sum((Path(candidate) / name).stat().st_size for name in copied)
+               + sum(len(text.encode("utf-8")) for text in texts.values())) / 1e6
+    card = model_card(report, training, Path(candidate), size_mb)
+    for name in copied:
+        _copy_atomic(Path(candidate) / name, assets / name)
+    for name, text in {**texts, CARD_NAME: card}.items():
+        atomic_write_text(assets / name, text)
     return why
 
 
@@ -216,10 +226,12 @@ def _where(info: dict[str, Any]) -> str:
     return "2-core CPU" if info.get("device", "cpu") == "cpu" else info["device"].upper()
 
 
-def model_card(report: dict[str, Any], training: dict[str, Any], assets: Path) -> str:
-    config = json.loads((assets / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+def model_card(report: dict[str, Any], training: dict[str, Any], model_dir: Path, size_mb: float | None = None) -> str:
+    """The card of the model in `model_dir` (its config); size_mb: the shipped directory's size (None: model_dir's)."""
+    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
     llm, clip, pose_vit = config["llm"], config["clip"], config["pose_vit"]
-    size_mb = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file()) / 1e6
+    if size_mb is None:
+        size_mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 1e6
     rows = []
     for task, metrics in report["metrics"].items():
         for name, m in metrics.items():
