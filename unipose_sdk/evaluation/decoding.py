@@ -30,6 +30,7 @@ import unipose_sdk.evaluation.freeform as F
 import unipose_sdk.evaluation.metrics as M
 from unipose_sdk import generation
 from unipose_sdk.errors import InvalidInputError, UniPoseError
+from unipose_sdk.evaluation.runner import caption_rng, text_to_pose_captions
 from unipose_sdk.evaluation.validation import VALIDATION_SEEDS, _seeds_flag, check_validation_seeds
 from unipose_sdk.fileio import atomic_write_text, check_output_file
 from unipose_sdk.models.config import check_pose_code_temperature, check_pose_guidance
@@ -47,9 +48,7 @@ def validation_captions(seed: int, poses: int = VALIDATION_POSES) -> list[tuple[
     check_validation_seeds([seed])
     pool = build_pool(seed + EVAL_SEED_OFFSET, PoolSizes(poses=poses, pairs=1, pose_images=0, pair_images=0,
                                                          texts_per_pair=1), None)
-    rng = np.random.default_rng([seed, EVAL_SEED_OFFSET, 1])
-    composed = [M.compose_caption(facts, rng) for facts in pool.facts]
-    return [(text, stated) for text, stated in composed if text]
+    return [(text, stated) for _, text, stated in text_to_pose_captions(pool.facts, caption_rng(seed))]
 
 
 def prompt_query_logits(session: Any, texts: Sequence[str]) -> torch.Tensor:
@@ -68,7 +67,7 @@ def decoded_axis_angle(session: Any, query_logits: torch.Tensor, guidance: float
             query_logits, session.unconditional_query_logits(Task.TEXT_TO_POSE), guidance)
     codes = generation.pose_codes_from_logits(query_logits, session.config.vocab, session.pose_code_vectors,
                                               temperature)
-    return session.decode_poses(codes.to(query_logits.device)).axis_angle().numpy().reshape(len(codes), -1)
+    return session.decode_poses(codes).axis_angle().numpy().reshape(len(codes), -1)
 
 
 def decoding_grid(model: str | Path | None, guidances: Sequence[float] = GUIDANCES,

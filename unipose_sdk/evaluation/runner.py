@@ -102,6 +102,18 @@ def _batched(call: Callable[[list[Any]], list[Any]], items: list[Any], size: int
     return out
 
 
+def caption_rng(seed: int) -> np.random.Generator:
+    """The stream the evaluation of `seed` composes its captions from. The text-to-pose prompts are drawn from it
+    first (`text_to_pose_captions`), so `evaluation.decoding` draws the same prompts from a fresh one."""
+    return np.random.default_rng([seed, EVAL_SEED_OFFSET, 1])
+
+
+def text_to_pose_captions(pool_facts: Sequence[Any], rng: np.random.Generator) -> list[tuple[int, str, list[Any]]]:
+    """(pose index, caption, facts it states) of every pool pose whose composed caption is not empty."""
+    composed = [M.compose_caption(facts, rng) for facts in pool_facts]
+    return [(i, text, stated) for i, (text, stated) in enumerate(composed) if text]
+
+
 def _metric(model_value: float, baseline_value: float, baseline: str, higher_is_better: bool,
             gate: bool = True) -> dict[str, Any]:
     """One metric next to its baseline. `gate`: whether shipping requires beating it (the trivial baselines do;
@@ -149,7 +161,7 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
     session = generator.session
     pool = build_pool(seed + EVAL_SEED_OFFSET, sizes, None)  # codes come from the task classes
     base = Baselines(seed)
-    rng = np.random.default_rng([seed, EVAL_SEED_OFFSET, 1])
+    rng = caption_rng(seed)
     poses = [_pose(a) for a in pool.axis_angle]
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
@@ -170,13 +182,13 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         return {"mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints, true_joints).mean(), "mean pose", False)}
 
     def text_to_pose() -> dict[str, Any]:
-        composed = [M.compose_caption(f, rng) for f in pool.facts]
-        keep = [i for i, (text, _) in enumerate(composed) if text]
-        out = _batched(generator.generate, [composed[i][0] for i in keep], batch_size)
+        captions = text_to_pose_captions(pool.facts, rng)
+        keep = [i for i, _, _ in captions]
+        out = _batched(generator.generate, [text for _, text, _ in captions], batch_size)
         generated = np.stack([r.pose.axis_angle().numpy()[0] for r in out])
         gen_facts = M.facts_of(generated)
-        holds = [M.fact_holds_fraction(composed[i][1], f) for i, f in zip(keep, gen_facts)]
-        base_holds = [M.fact_holds_fraction(composed[i][1], base.mean_pose_facts) for i in keep]
+        holds = [M.fact_holds_fraction(stated, f) for (_, _, stated), f in zip(captions, gen_facts)]
+        base_holds = [M.fact_holds_fraction(stated, base.mean_pose_facts) for _, _, stated in captions]
         error = M.mpjpe_mm(M.joints_of(generated), true_joints[keep])
         return {"facts_hold": _metric(M.nan_mean(holds), M.nan_mean(base_holds), "mean pose", True),
                 # A caption fits many poses, and the mean pose minimises the expected error over all of them: a
