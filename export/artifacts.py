@@ -254,8 +254,10 @@ def read_directory(path: str | os.PathLike) -> ExportedModel:
     # A ChatPose export has no pose tokenizer graphs; with either of them present both are required, and a
     # UniPose config without them is refused below.
     has_pose_graphs = any((root / f"{n}.onnx").is_file() for n in S.POSE_GRAPH_NAMES)
+    # The sentence encoder's and the matcher's graphs belong to models that have them: the config decides below.
+    optional = (S.TEXT_ENCODER_GRAPH, S.POSE_MATCHER_GRAPH)
     names = [n for n in S.ALL_GRAPH_NAMES if (has_pose_graphs or n not in S.POSE_GRAPH_NAMES)
-             and (n != S.TEXT_ENCODER_GRAPH or (root / f"{n}.onnx").is_file())]
+             and (n not in optional or (root / f"{n}.onnx").is_file())]
     missing = [n for n in names if not (root / f"{n}.onnx").is_file()]
     if missing:
         raise CheckpointError.make(

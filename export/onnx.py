@@ -97,14 +97,27 @@ class VisionGraph(nn.Module):
 
 
 class TextEncoderGraph(nn.Module):
-    """The sentence encoder: WordPiece ids and mask -> the LLM input rows of the sentence embedding."""
+    """The sentence encoder: WordPiece ids and mask -> the LLM input rows of the sentence embedding, and the
+    embedding itself (float32; the text-pose matcher reads it)."""
 
     def __init__(self, text_encoder: nn.Module) -> None:
         super().__init__()
         self.text_encoder = text_encoder
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.text_encoder(input_ids, attention_mask)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        sentence = self.text_encoder.sentence_embedding(input_ids, attention_mask)
+        return self.text_encoder.project(sentence), sentence
+
+
+class PoseMatcherGraph(nn.Module):
+    """The text-pose matcher: joints [N, 22, 3] and sentence embeddings [N, H] -> scores [N]."""
+
+    def __init__(self, pose_matcher: nn.Module) -> None:
+        super().__init__()
+        self.pose_matcher = pose_matcher
+
+    def forward(self, joints_m: Tensor, sentence_embedding: Tensor) -> Tensor:
+        return self.pose_matcher(joints_m, sentence_embedding)
 
 
 class EmbedGraph(nn.Module):
@@ -147,7 +160,7 @@ def example_inputs(spec: S.GraphSpec, config: UniPoseConfig, dtype: torch.dtype,
     """Inputs that follow `spec`: random floats, valid ids / codes, and mask bounds that exercise a pose block,
     left padding and a cache offset. Dynamic sizes are >= 2 so torch.export keeps them symbolic."""
     gen = torch.Generator().manual_seed(seed)
-    sizes = {"batch": batch, "tokens": tokens, "keys": keys, "logits": logits}
+    sizes = {"batch": batch, "tokens": tokens, "keys": keys, "logits": logits, "poses": 3}
     offset = keys - tokens  # every row writes its tokens at the end of the cache
     values: dict[str, Tensor] = {
         "block_start": torch.full((batch,), offset + 1, dtype=torch.int32),
@@ -167,6 +180,14 @@ def example_inputs(spec: S.GraphSpec, config: UniPoseConfig, dtype: torch.dtype,
         mask = torch.ones((batch, words), dtype=torch.long)
         mask[1:, words // 2:] = 0  # right padding in every row but the first
         values["attention_mask"] = mask
+    if spec.name == S.POSE_MATCHER_GRAPH:
+        from unipose_sdk.body.pose import Pose
+
+        rotmat = torch.linalg.qr(torch.randn(sizes["poses"], 22, 3, 3, generator=gen, dtype=torch.float64))[0]
+        rotmat = rotmat * torch.linalg.det(rotmat).sign()[..., None, None]  # proper rotations
+        values["joints_m"] = Pose.from_rotmat(rotmat.float()).joints()
+        values["sentence_embedding"] = torch.nn.functional.normalize(
+            torch.randn(sizes["poses"], spec.inputs[1].shape[1], generator=gen), dim=-1)
     out = []
     for tensor in spec.inputs:
         shape = tuple(sizes[s] if isinstance(s, str) else s for s in tensor.shape)
@@ -310,6 +331,8 @@ def graph_modules(source_model: Any, name: str, dtype: torch.dtype) -> nn.Module
         return EmbedGraph(_part_at(source_model.llm, dtype)).eval()
     if name == S.TEXT_ENCODER_GRAPH:
         return TextEncoderGraph(_part_at(source_model.text_encoder, dtype)).eval()
+    if name == S.POSE_MATCHER_GRAPH:
+        return PoseMatcherGraph(_part_at(source_model.pose_matcher, torch.float32)).eval()
     if name == "decoder":
         return DecoderGraph(_part_at(source_model.llm, dtype)).eval()
     raise InvalidInputError.make(f"graph {name!r}", f"one of {S.ALL_GRAPH_NAMES}", "Pick a graph from the specs.")

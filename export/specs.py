@@ -38,15 +38,21 @@ OPSET_RANGE = (18, 23)
 GRAPH_NAMES = ("pose_encoder", "pose_decoder", "vision", "embed", "decoder")
 # The sentence encoder's graph: only models with one (`config.text_encoder`, unipose-tiny v2) export it.
 TEXT_ENCODER_GRAPH = "text_encoder"
-ALL_GRAPH_NAMES = (*GRAPH_NAMES, TEXT_ENCODER_GRAPH)
+# The text-pose matcher's graph: only models with one (`config.pose_matcher`) export it.
+POSE_MATCHER_GRAPH = "pose_matcher"
+ALL_GRAPH_NAMES = (*GRAPH_NAMES, TEXT_ENCODER_GRAPH, POSE_MATCHER_GRAPH)
 # The pose tokenizer's graphs: a ChatPose model has no pose tokenizer, so its exports hold the other three only.
 POSE_GRAPH_NAMES = ("pose_encoder", "pose_decoder")
 
 
 def family_graph_names(config: UniPoseConfig) -> tuple[str, ...]:
-    """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs; the sentence encoder's only
-    for a model with one)."""
-    names = ALL_GRAPH_NAMES if config.text_encoder is not None else GRAPH_NAMES
+    """The graphs an export of this model holds (ChatPose: no pose tokenizer graphs; the sentence encoder's and
+    the text-pose matcher's only for a model with one)."""
+    names = GRAPH_NAMES
+    if config.text_encoder is not None:
+        names = (*names, TEXT_ENCODER_GRAPH)
+    if config.pose_matcher is not None:
+        names = (*names, POSE_MATCHER_GRAPH)
     if config.family == "chatpose":
         return tuple(n for n in names if n not in POSE_GRAPH_NAMES)
     return names
@@ -226,9 +232,20 @@ def graph_specs(config: UniPoseConfig, precision: str = "fp32", opset: int = 18,
             TEXT_ENCODER_GRAPH,
             inputs=(TensorSpec("input_ids", "int64", ("batch", "words")),
                     TensorSpec("attention_mask", "int64", ("batch", "words"))),
-            outputs=(TensorSpec("text_rows", "compute", ("batch", config.text_encoder.num_rows, llm.hidden_size)),),
+            outputs=(TensorSpec("text_rows", "compute", ("batch", config.text_encoder.num_rows, llm.hidden_size)),
+                     TensorSpec("sentence_embedding", "float32", ("batch", config.text_encoder.hidden_size))),
             opset=opset, tolerance=tol, precision=precision,
             axis_ranges={"batch": batch, "words": (2, 16, words)},
+        ))
+    if config.pose_matcher is not None:
+        # Always float32, like the pose graphs: its scores pick one candidate, and a close second must stay second.
+        candidates = (1, 9, 16 * max_batch)
+        specs.append(GraphSpec(
+            POSE_MATCHER_GRAPH,
+            inputs=(TensorSpec("joints_m", "float32", ("poses", joints, 3)),
+                    TensorSpec("sentence_embedding", "float32", ("poses", config.pose_matcher.text_size))),
+            outputs=(TensorSpec("scores", "float32", ("poses",)),),
+            opset=opset, tolerance=_POSE_TOLERANCE, precision="fp32", axis_ranges={"poses": candidates},
         ))
     names = family_graph_names(config)
     return {spec.name: spec for spec in specs if spec.name in names}

@@ -167,7 +167,11 @@ def test_the_quick_evaluation_of_the_embedded_model_reports_every_task(tmp_path:
     config = Generator.from_pretrained().session.config
     assert report["decoding"] == {"pose_decoding": config.pose_decoding,
                                   "text_to_pose_code_temperature": config.text_to_pose_code_temperature,
-                                  "text_to_pose_guidance": config.text_to_pose_guidance}
+                                  "text_to_pose_guidance": config.text_to_pose_guidance,
+                                  "text_to_pose_candidates": [list(p) for p in config.text_to_pose_candidates]}
     _, md_path = write_report(report, tmp_path / "ev")
     assert "| conversation | follow_up_edits_hold (higher is better) |" in md_path.read_text()
-    assert f"pose guidance {config.text_to_pose_guidance:g} (the model's defaults)" in md_path.read_text()
+    if config.text_to_pose_candidates:
+        assert "the text-pose matcher keeping one (the model's defaults)" in md_path.read_text()
+    else:
+        assert f"pose guidance {config.text_to_pose_guidance:g} (the model's defaults)" in md_path.read_text()

@@ -252,11 +252,13 @@ def test_the_options_reach_the_loop_as_one_config(monkeypatch: pytest.MonkeyPatc
     result = generator.generate("a person squatting with both arms raised")
     config = generator.session.config
     assert len(seen) == len(built) == 1 and seen[0] is built[0]  # the task's config object, unchanged
-    # The Generator decodes pose codes at the model's temperature and guidance (its options give neither).
+    # The Generator decodes pose codes at the model's temperature and guidance and chooses among the model's
+    # candidate decodings (its options give none of them).
     assert seen[0] == GenerationConfig(max_new_tokens=6 + pose_block_length(config.vocab), start_with_pose=True,
                                        stop_after_pose=pose_only, one_pass=one_pass,
                                        pose_code_temperature=config.text_to_pose_code_temperature,
-                                       pose_guidance=config.text_to_pose_guidance)
+                                       pose_guidance=config.text_to_pose_guidance,
+                                       pose_candidates=config.text_to_pose_candidates)
     # The stages say which path ran: one forward for prompt + pose block, or prefill then a pose step.
     assert ("prefill_pose" in result.timing_ms) == one_pass and ("pose_step" in result.timing_ms) != one_pass
     assert result.pose_steps == (0 if one_pass else 1)

@@ -55,7 +55,13 @@ from torch import Tensor
 
 from unipose_sdk.errors import InvalidInputError, InvalidTextError
 from unipose_sdk.models.attention_mask import MixedMask
-from unipose_sdk.models.config import LLMConfig, VocabLayout, check_pose_code_temperature, check_pose_guidance
+from unipose_sdk.models.config import (
+    LLMConfig,
+    VocabLayout,
+    check_pose_candidates,
+    check_pose_code_temperature,
+    check_pose_guidance,
+)
 from unipose_sdk.models.llm import KVCache, LMOutput
 from unipose_sdk.timing import OnStage, untimed
 
@@ -77,6 +83,11 @@ class LanguageModel(Protocol):
     def embed_pose_queries(self, num_queries: int = ...) -> Tensor: ...
 
     def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache: ...
+
+
+# Candidate pose codes of a call's pose-block rows [B, C, Q] and which rows of the call they are -> the kept codes
+# [B, Q] (`GenerationConfig.pose_candidates`).
+ChoosePose = Callable[[Tensor, Sequence[int]], Tensor]
 
 
 def pose_block_length(vocab: VocabLayout) -> int:
@@ -115,6 +126,10 @@ class GenerationConfig:
         the task's `unconditional_query_logits`. 0 (the default): the logits as they are.
     max_text_tokens / max_poses: None, or the most text ids (pose blocks not counted) / pose blocks a row may
         hold; reaching either ends the row ("length"), within max_new_tokens, which still bounds all ids.
+    pose_candidates: greedy decoding only: (pose guidance, code temperature) pairs; each pose block is decoded at
+        every pair and `generate`'s `choose_pose` keeps one candidate per row (the session's text-pose matcher
+        does, `UniPose.pose_chooser`). Empty (the default): the one decoding above. The pair settings replace
+        pose_guidance and pose_code_temperature; guidance above 0 in any pair needs the unconditional logits.
     """
 
     max_new_tokens: int
@@ -130,6 +145,7 @@ class GenerationConfig:
     max_text_tokens: int | None = None
     max_poses: int | None = None
     no_repeated_sentences: bool = True
+    pose_candidates: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
@@ -147,6 +163,8 @@ class GenerationConfig:
         check_sampling(self.temperature, self.top_p, self.seed)
         check_pose_code_temperature(self.pose_code_temperature)
         check_pose_guidance(self.pose_guidance)
+        if self.pose_candidates != ():
+            object.__setattr__(self, "pose_candidates", check_pose_candidates(self.pose_candidates))
         for name in ("max_text_tokens", "max_poses"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -157,6 +175,11 @@ class GenerationConfig:
     def sampling(self) -> bool:
         """True when tokens are drawn at random (temperature > 0); False: greedy."""
         return self.temperature > 0
+
+    @property
+    def guided(self) -> bool:
+        """Whether any pose decoding of this config guides (and so needs the unconditional query logits)."""
+        return self.pose_guidance > 0 or any(w > 0 for w, _ in self.pose_candidates)
 
 
 def check_sampling(temperature: object, top_p: object, seed: object) -> None:
@@ -250,11 +273,17 @@ class TokenPicker:
 
     def __init__(self, config: GenerationConfig, vocab: VocabLayout, code_vectors: Tensor | None = None,
                  sentence_end_ids: frozenset[int] = frozenset(), unconditional_query_logits: Tensor | None = None,
-                 ) -> None:
+                 choose_pose: ChoosePose | None = None) -> None:
         self.config = config
         self.vocab = vocab
         self.code_vectors = code_vectors
-        if config.pose_guidance > 0 and unconditional_query_logits is None:
+        self.choose_pose = choose_pose if config.pose_candidates and not config.sampling else None
+        if config.pose_candidates and not config.sampling and choose_pose is None:
+            raise InvalidInputError.make(
+                f"pose_candidates={config.pose_candidates} without choose_pose",
+                "a function that keeps one candidate per row (the session's text-pose matcher)",
+                "Pass choose_pose, or pose_candidates=() for the one decoding.")
+        if config.guided and unconditional_query_logits is None:
             raise InvalidInputError.make(
                 f"pose_guidance={config.pose_guidance} without unconditional_query_logits",
                 "the query logits of the task's prompt without its condition",
@@ -281,17 +310,45 @@ class TokenPicker:
             return logits.argmax(dim=-1).tolist()
         return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()
 
-    def codes(self, query_logits: Tensor) -> Tensor:
-        """Logits at the pose queries [B, Q, V] -> codebook indices [B, Q] (int64, CPU)."""
+    def codes(self, query_logits: Tensor, rows: Sequence[int] | None = None) -> Tensor:
+        """Logits at the pose queries [B, Q, V] -> codebook indices [B, Q] (int64, CPU). rows: which rows of the
+        call these are (for `choose_pose`; default all, in order)."""
+        if self.choose_pose is not None:
+            rows = list(range(query_logits.shape[0])) if rows is None else list(rows)
+            return self.choose_pose(self._candidate_codes(query_logits), rows)
+        if self.generator is None:
+            return self._greedy_codes(query_logits, self.config.pose_guidance, self.config.pose_code_temperature)
         if self.config.pose_guidance > 0:
             query_logits = guided_query_logits(query_logits, self.unconditional_query_logits,
                                                self.config.pose_guidance)
-        if self.generator is None:
-            return pose_codes_from_logits(query_logits, self.vocab, self.code_vectors,
-                                          self.config.pose_code_temperature).cpu()
         first = self.vocab.pose_id_offset
         code_logits = query_logits[..., first:first + self.vocab.codebook_size]
         return sample_ids(code_logits, self.config.temperature, self.config.top_p, self.generator)
+
+    def _candidate_codes(self, query_logits: Tensor) -> Tensor:
+        """[B, Q, V] -> the codes of every `config.pose_candidates` decoding [B, C, Q] (int64, CPU), all in one
+        batch of tensor operations: the guided logits of each (w, T) divided by T, then the expected code at 1 (the
+        same numbers `_greedy_codes` computes one setting at a time)."""
+        codes = slice(self.vocab.pose_id_offset, self.vocab.pose_id_offset + self.vocab.codebook_size)
+        cond = query_logits[..., codes].float()[:, None]  # [B, 1, Q, K]: only the code ids are ever read
+        weights = torch.tensor([w for w, _ in self.config.pose_candidates], device=cond.device)[:, None, None]
+        temperatures = torch.tensor([t for _, t in self.config.pose_candidates], device=cond.device)[:, None, None]
+        if self.config.guided:
+            uncond = self.unconditional_query_logits[..., codes].to(device=cond.device, dtype=torch.float32)
+            cond = cond + weights * (cond - uncond)  # guided_query_logits, each weight at once: [B, C, Q, K]
+        code_logits = cond / temperatures
+        batch, count = query_logits.shape[0], len(self.config.pose_candidates)
+        code_logits = code_logits.expand(batch, count, *code_logits.shape[2:])
+        if self.code_vectors is None:  # argmax decoding: the temperature and guidance change nothing but the order
+            return code_logits.argmax(dim=-1).cpu()
+        book = self.code_vectors.to(device=code_logits.device, dtype=torch.float32)
+        expected = torch.softmax(code_logits, dim=-1) @ book  # [B, C, Q, D]
+        return (book.pow(2).sum(-1) - 2 * expected @ book.T).argmin(dim=-1).cpu()
+
+    def _greedy_codes(self, query_logits: Tensor, guidance: float, temperature: float) -> Tensor:
+        if guidance > 0:
+            query_logits = guided_query_logits(query_logits, self.unconditional_query_logits, guidance)
+        return pose_codes_from_logits(query_logits, self.vocab, self.code_vectors, temperature).cpu()
 
 
 @dataclass
@@ -640,6 +697,7 @@ def generate(
     on_stage: OnStage | None = None,
     sentence_end_ids: frozenset[int] = frozenset(),
     unconditional_query_logits: Tensor | None = None,
+    choose_pose: ChoosePose | None = None,
 ) -> list[GenerationResult]:
     """Greedy generation for a batch of prompts (ids [L_b] or embeddings [L_b, C] per row), as `config` says.
 
@@ -653,6 +711,7 @@ def generate(
         (`unipose_sdk.timing.StageTimer.stage` times and counts them); None: untimed.
     unconditional_query_logits: [Q, V], what `config.pose_guidance` guides away from (`pose_query_logits`
         of the task's prompt without its condition); required when the guidance is above 0, unused otherwise.
+    choose_pose: keeps one of the candidate decodings of `config.pose_candidates` per row; required with them.
     """
     stage = on_stage if on_stage is not None else untimed
     device = model.device
@@ -672,7 +731,8 @@ def generate(
     slots = [padded] * batch
     # Without room for a whole block, a BEGIN ends the row: the appended rows would be computed for nothing.
     one_pass = config.one_pass and max_new_tokens >= streams.pose_block_ids
-    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits,
+                         choose_pose)
 
     with stage("prefill_pose" if one_pass else "prefill"):
         if one_pass:
@@ -820,6 +880,7 @@ def continue_generation(
     on_stage: OnStage | None = None,
     sentence_end_ids: frozenset[int] = frozenset(),
     unconditional_query_logits: Tensor | None = None,
+    choose_pose: ChoosePose | None = None,
 ) -> Iterator[StreamEvent]:
     """Generate one answer for one row whose prompt's slots are `keys`, reusing the slots `prefix` holds.
 
@@ -829,6 +890,7 @@ def continue_generation(
     The answer's tokens are those `generate` gives for the same prompt and config (greedy or under a seed); the
     cache's contents follow each step, so a caller that stops early leaves it consistent for the next call.
     unconditional_query_logits: as in `generate`, for `config.pose_guidance`.
+    choose_pose: as in `generate`, for `config.pose_candidates`.
     """
     if len(keys) == 0:
         raise InvalidTextError.make("an empty prompt", "at least one token", "Start prompts with bos.")
@@ -841,7 +903,8 @@ def continue_generation(
     prefix.reserve(len(keys) + config.max_new_tokens + 1)
     cache = prefix.cache
     streams = AnswerStreams(1, vocab, config)
-    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits)
+    picker = TokenPicker(config, vocab, pose_code_vectors, sentence_end_ids, unconditional_query_logits,
+                         choose_pose)
     one = torch.zeros(1, dtype=torch.int32, device=device)
     state = DecodeState(key_start=one, next_slot=one + start, next_position=(one + start).to(torch.long))
     active = torch.ones(1, dtype=torch.bool, device=device)

@@ -184,7 +184,7 @@ class EstimatorOptions(PoseTaskOptions):
 
 @dataclass
 class GeneratorOptions(PoseTaskOptions):
-    """Generator: the pose-task options and two more.
+    """Generator: the pose-task options and three more.
 
     pose_code_temperature: None: the model's `text_to_pose_code_temperature` (1 unless its card says otherwise);
         a number in [0.05, 10] overrides it (`GenerationConfig.pose_code_temperature`: lower commits to the
@@ -192,10 +192,14 @@ class GeneratorOptions(PoseTaskOptions):
     pose_guidance: None: the model's `text_to_pose_guidance` (0, none, unless its card says otherwise); a number
         in [0, 10] overrides it (`GenerationConfig.pose_guidance`: classifier-free guidance away from the pose the
         model gives the prompt without a description). ChatPose models, which regress poses, ignore it.
+    choose_candidates: for a model with a text-pose matcher (unipose-tiny), decode each prompt at every one of
+        the model's candidate settings (`text_to_pose_candidates`) and keep the pose the matcher scores as showing
+        the prompt best. False, or a pose_code_temperature / pose_guidance given here: the one decoding.
     """
 
     pose_code_temperature: float | None = None
     pose_guidance: float | None = None
+    choose_candidates: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -206,15 +210,21 @@ class GeneratorOptions(PoseTaskOptions):
                     check(value)
                 except InvalidInputError as error:
                     raise InvalidOptionError(str(error)) from None
+        if not isinstance(self.choose_candidates, bool):
+            raise InvalidOptionError.make(f"choose_candidates={self.choose_candidates!r}", "True or False",
+                                          "Pass choose_candidates=False to decode once.")
 
     def generation_config(self, vocab: VocabLayout, model_pose_code_temperature: float = 1.0,
-                          model_pose_guidance: float = 0.0) -> GenerationConfig:
+                          model_pose_guidance: float = 0.0,
+                          model_pose_candidates: tuple[tuple[float, float], ...] = ()) -> GenerationConfig:
         """The pose-task config, decoding pose codes at this option's temperature and guidance or else the
-        model's."""
+        model's, choosing among the model's candidate decodings when these options leave it to the model."""
         config = super().generation_config(vocab)
         temperature = model_pose_code_temperature if self.pose_code_temperature is None else self.pose_code_temperature
         guidance = model_pose_guidance if self.pose_guidance is None else self.pose_guidance
-        return dataclasses.replace(config, pose_code_temperature=float(temperature), pose_guidance=float(guidance))
+        by_model = self.choose_candidates and self.pose_code_temperature is None and self.pose_guidance is None
+        return dataclasses.replace(config, pose_code_temperature=float(temperature), pose_guidance=float(guidance),
+                                   pose_candidates=model_pose_candidates if by_model and not config.sampling else ())
 
 
 @dataclass

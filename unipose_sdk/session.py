@@ -23,7 +23,7 @@ import unipose_sdk.formats as formats
 import unipose_sdk.generation as generation
 import unipose_sdk.loading as loading
 from unipose_sdk.body.pose import Pose
-from unipose_sdk.errors import ModelNotFoundError, UnsupportedTaskError
+from unipose_sdk.errors import InvalidInputError, ModelNotFoundError, UnsupportedTaskError
 from unipose_sdk.models.unipose import splice_image_embeds
 from unipose_sdk.options import EMBEDDED_MODEL, BaseOptions
 from unipose_sdk.results import RunInfo
@@ -64,6 +64,13 @@ class UniPose:
         self.model_is_random = model_is_random
         self.fallback = fallback
         self.pose_code_vectors = self._pose_code_vectors()
+        if self.config.text_to_pose_candidates and not runtime.has_pose_matcher:
+            note = (f"the model chooses among {len(self.config.text_to_pose_candidates)} candidate text-to-pose "
+                    f"decodings with its text-pose matcher, but its {runtime.backend} files carry no matcher: "
+                    "the Generator decodes once, at the model's pose guidance and code temperature; re-export the "
+                    "model to get the choice")
+            log.warning(note)
+            self.fallback = f"{self.fallback}; {note}" if self.fallback else note
         # Query logits of each task's prompt without a condition, that its guided calls contrast with.
         self._unconditional_logits: dict[Task, Tensor] = {}
         self.lock = threading.RLock()
@@ -178,9 +185,15 @@ class UniPose:
         """Token ids of each prompt -> input embeddings [L, C], with the projected image embeddings spliced into
         the image slots (images numbered row by row in prompt order), and for models with a sentence encoder its
         rows for each turn's encoder text in that turn's slots (one turn: right after BOS)."""
+        return self.embed_rows_and_sentences(rows, image_embeds)[0]
+
+    def embed_rows_and_sentences(self, rows: Sequence[PromptRow], image_embeds: Tensor | None,
+                                 ) -> tuple[list[Tensor], Tensor | None]:
+        """`embed_rows`, and the sentence embeddings [S, H] of the encoder texts in prompt order (one per
+        sentence slot; None when there are none, or the backend's files do not give them)."""
         llm = self.runtime.llm
         slots = [row.sentence_slots for row in rows]
-        text_rows = self.encode_texts([text for row_slots in slots for _, text in row_slots])
+        text_rows, sentences = self.encode_sentences([text for row_slots in slots for _, text in row_slots])
         out, image_index, text_index = [], 0, 0
         for row, row_slots in zip(rows, slots):
             ids = torch.tensor(row.input_ids, dtype=torch.long, device=llm.device)
@@ -193,15 +206,20 @@ class UniPose:
                 text_index += 1
             out.append(embeds[0])
             image_index += count
-        return out
+        return out, sentences
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor | None:
         """The sentence encoder's LLM rows [N, num_rows, C] for `texts` (None for none)."""
+        return self.encode_sentences(texts)[0]
+
+    def encode_sentences(self, texts: Sequence[str]) -> tuple[Tensor | None, Tensor | None]:
+        """(the sentence encoder's LLM rows [N, num_rows, C], its sentence embeddings [N, H] or None when the
+        backend does not give them) for `texts`; (None, None) for no texts."""
         if not texts:
-            return None
+            return None, None
         assert self.sentence_tokenizer is not None  # __init__ refuses a text-encoder model without one
         ids, mask = self.sentence_tokenizer(texts)
-        return self.runtime.encode_texts(ids, mask)
+        return self.runtime.encode_sentences(ids, mask)
 
     def generate(self, rows: Sequence[PromptRow], image_embeds: Tensor | None, config: generation.GenerationConfig,
                  on_stage: OnStage | None = None, guided_task: Task | None = None,
@@ -209,18 +227,55 @@ class UniPose:
         """Greedy generation for a batch of prompts with the images spliced in, as `config` says (passed to
         `generation.generate` as given). on_stage: the caller's stage timer (`timing.StageTimer.stage`): this
         call is stage "llm", the loop's stages run inside it. guided_task: the task whose prompt without a
-        condition `config.pose_guidance` guides away from (`unconditional_query_logits`), read when it is above 0."""
+        condition the guided decodings guide away from (`unconditional_query_logits`), read when one guides.
+        With `config.pose_candidates`, every row must have one encoder text: the text-pose matcher keeps the
+        candidate that shows it best (`pose_chooser`)."""
         stage = on_stage if on_stage is not None else untimed
         with stage("llm"), torch.inference_mode():
             guide = None
-            if config.pose_guidance > 0 and guided_task is not None:
+            if config.guided and guided_task is not None:
                 guide = self.unconditional_query_logits(guided_task)
-            embeds = self.embed_rows(rows, image_embeds)
+            embeds, sentences = self.embed_rows_and_sentences(rows, image_embeds)
+            choose = None
+            if config.pose_candidates and not config.sampling:
+                if sentences is None or len(sentences) != len(rows) or any(
+                        len(row.sentence_slots) != 1 for row in rows):
+                    raise InvalidInputError.make(
+                        f"pose_candidates for prompts with {[len(row.sentence_slots) for row in rows]} encoder "
+                        "texts each" + ("" if sentences is not None else ", on a backend that gives no sentence "
+                                        "embeddings"),
+                        "one encoder text per prompt, embedded by the sentence encoder (text-to-pose prompts)",
+                        "Pass pose_candidates=() for these prompts, or re-export the model with this SDK.")
+                choose = self.pose_chooser(sentences)
             return generation.generate(
                 self.runtime.llm, embeds, self.config.vocab, config,
                 max_context=self.config.llm.max_position_embeddings, pose_code_vectors=self.pose_code_vectors,
                 on_stage=on_stage, sentence_end_ids=self.sentence_end_ids, unconditional_query_logits=guide,
+                choose_pose=choose,
             )
+
+    @property
+    def pose_candidates(self) -> tuple[tuple[float, float], ...]:
+        """The model's candidate text-to-pose decodings (`UniPoseConfig.text_to_pose_candidates`) when this backend
+        can score them with the model's text-pose matcher; () otherwise (the session's `fallback` says why)."""
+        return self.config.text_to_pose_candidates if self.runtime.has_pose_matcher else ()
+
+    def pose_chooser(self, sentences: Tensor) -> generation.ChoosePose:
+        """A `generation.ChoosePose` for prompts whose sentence embeddings are `sentences` [B, H]: each row's
+        candidates are decoded, posed on the built-in skeleton and scored by the text-pose matcher against that
+        row's sentence; the highest score is kept (the first of equal ones)."""
+        def choose(candidates: Tensor, rows: Sequence[int]) -> Tensor:
+            batch, count, length = candidates.shape
+            # Settings often decode to the same codes: each distinct (row, codes) is decoded and scored once.
+            keyed = torch.cat([torch.arange(batch).repeat_interleave(count)[:, None],
+                               candidates.reshape(batch * count, length)], dim=1)
+            distinct, index = torch.unique(keyed, dim=0, return_inverse=True)
+            joints_m = self.decode_poses(distinct[:, 1:]).joints()
+            row_sentences = sentences[list(rows)][distinct[:, 0]]
+            scores = self.runtime.match_poses(joints_m, row_sentences).float().cpu()[index].view(batch, count)
+            return candidates[torch.arange(batch), scores.argmax(dim=1)]
+
+        return choose
 
     def unconditional_query_logits(self, task: Task) -> Tensor:
         """The pose-query logits [Q, V] of the task's prompt without a condition

@@ -230,7 +230,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_text(text, "text")
     _check_output(args)
     with _build(Generator, args, pose_code_temperature=args.pose_code_temperature,
-                pose_guidance=args.pose_guidance) as generator:
+                pose_guidance=args.pose_guidance, choose_candidates=not args.one_decoding) as generator:
         results = []
         for chunk in _chunks(args.texts, args.batch_size, args.json or args.quiet):
             results += generator.generate(chunk)
@@ -286,6 +286,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pose-guidance", type=pose_guidance_flag, default=None, metavar="W",
                    help="classifier-free guidance of the pose codes, in [0, 10]: logits + W x (logits - those of the "
                         "prompt without a description); 0 is none (default: the model's, see its card)")
+    p.add_argument("--one-decoding", action="store_true",
+                   help="decode once at the model's guidance and code temperature instead of choosing among its "
+                        "candidate decodings with its text-pose matcher (so does giving either flag above)")
     _add_common(p)
     p.set_defaults(handler=_generate)
 

@@ -345,7 +345,8 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         # How the Generator decoded (the model's defaults, which every number above used).
         "decoding": {"pose_decoding": session.config.pose_decoding,
                      "text_to_pose_code_temperature": session.config.text_to_pose_code_temperature,
-                     "text_to_pose_guidance": session.config.text_to_pose_guidance},
+                     "text_to_pose_guidance": session.config.text_to_pose_guidance,
+                     "text_to_pose_candidates": [list(pair) for pair in session.pose_candidates]},
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},
         "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction,
@@ -384,9 +385,15 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"{constant['prompts']} prompts (best of {constant['candidates']} candidate poses).")
     decoding = report.get("decoding")
     if decoding:  # reports written before it was recorded have none
-        lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at code temperature "
-                     f"{decoding['text_to_pose_code_temperature']:g}, pose guidance "
-                     f"{decoding['text_to_pose_guidance']:g} (the model's defaults).")
+        candidates = decoding.get("text_to_pose_candidates")
+        if candidates:
+            pairs = ", ".join(f"({w:g}, {t:g})" for w, t in candidates)
+            lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at each (pose guidance, code "
+                         f"temperature) of {pairs}, the text-pose matcher keeping one (the model's defaults).")
+        else:
+            lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at code temperature "
+                         f"{decoding['text_to_pose_code_temperature']:g}, pose guidance "
+                         f"{decoding['text_to_pose_guidance']:g} (the model's defaults).")
     lines += ["",
               f"Total time {report['seconds']['total']} s on CPU.", ""]
     return "\n".join(lines)

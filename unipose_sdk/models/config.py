@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -218,6 +218,16 @@ class TextEncoderConfig:
     projector_hidden_size: int = 512
 
 
+@dataclass(frozen=True)
+class PoseMatcherConfig:
+    """The text-pose matcher (models/pose_matcher.py) that scores a Generator's candidate decodings: two MLPs
+    (pose features -> width -> width -> embed_size; sentence embedding of text_size -> width -> embed_size)."""
+
+    text_size: int = 384  # the sentence encoder's embedding size (TextEncoderConfig.hidden_size)
+    width: int = 512
+    embed_size: int = 256
+
+
 POSE_DECODINGS = ("argmax", "expected_code")
 # The pose-code temperatures expected-code decoding accepts (`GenerationConfig.pose_code_temperature`, the config's
 # `text_to_pose_code_temperature`): below 0.05 it is the argmax in all but name, above 10 a flat average.
@@ -253,6 +263,34 @@ def check_pose_guidance(value: object) -> None:
     """A pose guidance weight's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
     _check_number("pose_guidance", value, POSE_GUIDANCE_RANGE, _GUIDANCE_MEANING,
                   "Pass e.g. pose_guidance=2, or 0 to decode the prompt's logits as they are.")
+
+
+def check_pose_candidates(candidates: object) -> tuple[tuple[float, float], ...]:
+    """Candidate decodings, a non-empty sequence of (pose guidance, code temperature) pairs each in its range ->
+    the same as a tuple of float pairs; InvalidInputError otherwise."""
+    expected = ("a non-empty list of [pose guidance, code temperature] pairs, e.g. [[1, 0.7], [2, 1], [3, 1.3]], "
+                f"guidance {_range_text(POSE_GUIDANCE_RANGE, _GUIDANCE_MEANING)}, temperature "
+                f"{_range_text(POSE_CODE_TEMPERATURE_RANGE, _TEMPERATURE_MEANING)}")
+    fix = "Pass pairs such as [(1, 0.7), (2, 1.0)]; one pair is one decoding."
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) or not candidates:
+        raise InvalidInputError.make(f"text_to_pose_candidates={candidates!r}", expected, fix)
+    pairs = []
+    for pair in candidates:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise InvalidInputError.make(f"candidate {pair!r} in text_to_pose_candidates", expected, fix)
+        check_pose_guidance(pair[0])
+        check_pose_code_temperature(pair[1])
+        pairs.append((float(pair[0]), float(pair[1])))
+    return tuple(pairs)
+
+
+def _candidates_field(value: object, source: str) -> tuple[tuple[float, float], ...]:
+    try:
+        return check_pose_candidates(value)
+    except InvalidInputError as exc:
+        raise ConfigError.make(f"{source}: text_to_pose_candidates={value!r}", str(exc),
+                               "Re-export the model; a hand-edited list must hold [guidance, temperature] pairs.") \
+            from None
 
 
 def _number_flag(text: str, check: Callable[[object], None]) -> float:
@@ -302,6 +340,12 @@ class UniPoseConfig:
     text_to_pose_guidance: float = 0.0
     # A frozen sentence encoder whose output rows follow BOS (see TextEncoderConfig); None: the LLM reads text alone.
     text_encoder: TextEncoderConfig | None = None
+    # A text-pose matcher (models/pose_matcher.py) that scores a Generator's candidate decodings; it reads the
+    # sentence encoder's embedding, so it needs `text_encoder`. None: one decoding, no choice.
+    pose_matcher: PoseMatcherConfig | None = None
+    # The (pose guidance, code temperature) pairs a Generator decodes each prompt at when the model has a matcher:
+    # it keeps the candidate the matcher scores highest. Empty: the one decoding above.
+    text_to_pose_candidates: tuple[tuple[float, float], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     family: str = "unipose"  # "unipose" | "chatpose" (module docstring)
 
@@ -332,6 +376,14 @@ class UniPoseConfig:
             low, high = value_range
             if not low <= getattr(self, name) <= high:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a number in [{low:g}, {high:g}]")
+        if self.pose_matcher is not None:
+            if self.text_encoder is None or self.pose_matcher.text_size != self.text_encoder.hidden_size:
+                raise ValueError("a pose_matcher reads the sentence encoder's embedding: it needs a text_encoder "
+                                 "whose hidden_size is the matcher's text_size")
+        if self.text_to_pose_candidates:
+            if self.pose_matcher is None:
+                raise ValueError("text_to_pose_candidates without a pose_matcher to choose among them")
+            check_pose_candidates(self.text_to_pose_candidates)
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -374,6 +426,10 @@ class UniPoseConfig:
         built = {name: build_config(cls, data[name], source, prefix=f"{name}.") for name, cls in parts.items()}
         if data.get("text_encoder") is not None:
             built["text_encoder"] = build_config(TextEncoderConfig, data["text_encoder"], source, "text_encoder.")
+        if data.get("pose_matcher") is not None:
+            built["pose_matcher"] = build_config(PoseMatcherConfig, data["pose_matcher"], source, "pose_matcher.")
+        if data.get("text_to_pose_candidates"):
+            built["text_to_pose_candidates"] = _candidates_field(data["text_to_pose_candidates"], source)
         top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "text_to_pose_code_temperature",
                                     "text_to_pose_guidance", "extra", "family") if k in data}
         top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding

@@ -6,6 +6,8 @@ enter the token embeddings (inference, the session's prompt rows and training al
     .pose_tokenizer  PoseTokenizer    keys pose_tokenizer.encoder.*, .decoder.*, .quantizer.codebook
     .text_encoder    SentenceEncoder  keys text_encoder.bert.*, text_encoder.projector.*   (only when the config
                                       has a `text_encoder`, as unipose-tiny v2 does; see models/text_encoder.py)
+    .pose_matcher    PoseMatcher      keys pose_matcher.*   (only when the config has a `pose_matcher`: it chooses
+                                      among a Generator's candidate decodings; see models/pose_matcher.py)
 
 A ChatPose model (`config.family == "chatpose"`) is the same class with: `.llm` in LLaMA settings holding the pose
 head (keys llm.pose_head.{0,2}.*), `.vision` the CLIP-only route (CLIPProjectorEncoder: vision.clip.*,
@@ -34,6 +36,7 @@ from unipose_sdk.body.rotations import rotation_6d_to_matrix
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.models.config import UniPoseConfig
 from unipose_sdk.models.llm import MistralLM
+from unipose_sdk.models.pose_matcher import PoseMatcher
 from unipose_sdk.models.pose_tokenizer import PoseTokenizer
 from unipose_sdk.models.text_encoder import SentenceEncoder
 from unipose_sdk.models.vision import CLIPProjectorEncoder, VisionEncoder
@@ -70,6 +73,7 @@ class UniPoseModel(nn.Module):
         self.pose_tokenizer = None if chatpose else PoseTokenizer(config.pose_tokenizer)
         self.text_encoder = (SentenceEncoder(config.text_encoder, config.llm.hidden_size)
                              if config.text_encoder is not None else None)
+        self.pose_matcher = PoseMatcher(config.pose_matcher) if config.pose_matcher is not None else None
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod

@@ -5,7 +5,9 @@ A Runtime owns the model's parts on one device and exposes these:
 - `llm`: the decoder, in the form `unipose_sdk.generation` drives (`LanguageModel`: embed, embed_pose_queries,
   new_cache, and a call that runs T new tokens against the KV cache under a MixedMask);
 - `encode_images(clip_pixels [B,3,S,S], pose_pixels [B,3,H,W]) -> image_embeds [B, N, C]`;
-- `encode_poses(pose_6d [B,22,6]) -> codes [B,80]` and `decode_poses(codes [B,80]) -> pose_6d [B,22,6]`.
+- `encode_poses(pose_6d [B,22,6]) -> codes [B,80]` and `decode_poses(codes [B,80]) -> pose_6d [B,22,6]`;
+- for models with a sentence encoder, `encode_texts` / `encode_sentences` (its LLM rows, and the sentence
+  embeddings they come from), and with a text-pose matcher `match_poses(joints_m, sentences) -> scores`.
 The torch backend implements it over the single model definition (`runtime/torch.py`); exported backends
 implement the same names over their graphs, so the task classes never know which one they run on.
 """
@@ -53,6 +55,25 @@ class Runtime(ABC):
         raise BackendUnavailableError.make(
             f"a {self.backend} runtime asked to run the sentence encoder of {self.config.name!r}",
             "files that hold the sentence encoder", "Re-export the model with this SDK version.")
+
+    def encode_sentences(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`encode_texts`'s rows and the sentence embeddings [B, H] float32 they were projected from (the text-pose
+        matcher reads these); None for the embeddings when this backend's files do not give them."""
+        return self.encode_texts(input_ids, attention_mask), None
+
+    @property
+    def has_pose_matcher(self) -> bool:
+        """Whether `match_poses` can run: the model has a text-pose matcher and this backend's files carry it."""
+        return False
+
+    def match_poses(self, joints_m: Tensor, sentences: Tensor) -> Tensor:
+        """[N, 22, 3] joints (metres) and [N, H] sentence embeddings, row by row -> [N] matcher scores (cosines)."""
+        from unipose_sdk.errors import BackendUnavailableError
+
+        raise BackendUnavailableError.make(
+            f"a {self.backend} runtime asked to score poses with the text-pose matcher of {self.config.name!r}",
+            "a model with a pose_matcher, in files that hold it",
+            "Re-export the model with this SDK version, or decode once (GeneratorOptions(choose_candidates=False)).")
 
     @abstractmethod
     def decode_poses(self, codes: Tensor) -> Tensor: ...

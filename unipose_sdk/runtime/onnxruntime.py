@@ -177,11 +177,27 @@ class OnnxRuntimeRuntime(Runtime):
                                            "pose_pixels": pose_pixels.to(self.device, self.dtype)})[0]
 
     def encode_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.encode_sentences(input_ids, attention_mask)[0]
+
+    def encode_sentences(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor | None]:
         graph = self._graphs.get("text_encoder")
         if graph is None:
-            return super().encode_texts(input_ids, attention_mask)
-        return graph.run({"input_ids": input_ids.to(self.device, torch.long),
-                          "attention_mask": attention_mask.to(self.device, torch.long)})[0]
+            return super().encode_sentences(input_ids, attention_mask)
+        outputs = graph.run({"input_ids": input_ids.to(self.device, torch.long),
+                             "attention_mask": attention_mask.to(self.device, torch.long)})
+        # Exports before the text-pose matcher give the rows alone.
+        return outputs[0], (outputs[1].float() if len(outputs) > 1 else None)
+
+    @property
+    def has_pose_matcher(self) -> bool:
+        graph = self._graphs.get("text_encoder")
+        return "pose_matcher" in self._graphs and graph is not None and len(graph.spec.outputs) > 1
+
+    def match_poses(self, joints_m: Tensor, sentences: Tensor) -> Tensor:
+        if not self.has_pose_matcher:
+            return super().match_poses(joints_m, sentences)
+        return self._graphs["pose_matcher"].run({"joints_m": joints_m.to(self.device, torch.float32),
+                                                 "sentence_embedding": sentences.to(self.device, torch.float32)})[0]
 
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
         return self._pose_graph("pose_encoder").run({"pose_6d": pose_6d.to(self.device, torch.float32)})[0]

@@ -74,6 +74,24 @@ class TorchRuntime(Runtime):
         return self._model.encode_texts(input_ids.to(self.device), attention_mask.to(self.device))
 
     @torch.inference_mode()
+    def encode_sentences(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        encoder = self._model.text_encoder
+        if encoder is None:
+            return super().encode_sentences(input_ids, attention_mask)
+        sentences = encoder.sentence_embedding(input_ids.to(self.device), attention_mask.to(self.device))
+        return encoder.project(sentences), sentences
+
+    @property
+    def has_pose_matcher(self) -> bool:
+        return self._model.pose_matcher is not None
+
+    @torch.inference_mode()
+    def match_poses(self, joints_m: Tensor, sentences: Tensor) -> Tensor:
+        if self._model.pose_matcher is None:
+            return super().match_poses(joints_m, sentences)
+        return self._model.pose_matcher(joints_m.to(self.device), sentences.to(self.device))
+
+    @torch.inference_mode()
     def encode_poses(self, pose_6d: Tensor) -> Tensor:
         return self._pose_tokenizer("encode poses").encode(pose_6d.to(self.device, torch.float32))
 

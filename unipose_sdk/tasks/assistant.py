@@ -375,17 +375,22 @@ class Assistant(TaskBase):
             text_only = self.options.text_tasks_answer_with_text and task is not None and not answers_with_pose(task)
             config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first,
                                                     text_only=text_only)
-            guide = None
-            if task is Task.TEXT_TO_POSE:
-                config = dataclasses.replace(config,
-                                             pose_code_temperature=session.config.text_to_pose_code_temperature,
-                                             pose_guidance=session.config.text_to_pose_guidance)
-                if config.pose_guidance > 0:
-                    guide = session.unconditional_query_logits(task)
+            guide, choose = None, None
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
                 row = _build(_unlimited_builder(session), [k.turn for k in self._kept] + [turn])
+            if task is Task.TEXT_TO_POSE:  # decoded as a Generator decodes it (candidates, guidance, temperature)
+                config = dataclasses.replace(config,
+                                             pose_code_temperature=session.config.text_to_pose_code_temperature,
+                                             pose_guidance=session.config.text_to_pose_guidance)
+                if session.pose_candidates and not config.sampling and row.text_slots:
+                    _, sentences = session.encode_sentences([row.text_slots[-1][1]])  # this turn's encoder text
+                    if sentences is not None:
+                        config = dataclasses.replace(config, pose_candidates=session.pose_candidates)
+                        choose = session.pose_chooser(sentences)
+                if config.guided:
+                    guide = session.unconditional_query_logits(task)
             restored: list[Tensor] = []  # a restored history's images, each turn's read on its own as ask did
             new_embeds: list[Tensor] = []
             if images or self._restored_images:
@@ -428,7 +433,8 @@ class Assistant(TaskBase):
             events = generation.continue_generation(
                 session.runtime.llm, prefix, keys, embed_from, vocab, config,
                 max_context=int(session.config.max_text_tokens), pose_code_vectors=session.pose_code_vectors,
-                on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids, unconditional_query_logits=guide)
+                on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids, unconditional_query_logits=guide,
+                choose_pose=choose)
             emitted, ids = "", []
             reply_poses: list[ReplyPose] = []
             result: generation.GenerationResult | None = None

@@ -34,7 +34,7 @@ class Generator(TaskBase):
         with self._call() as session:
             config = self.options.generation_config(session.config.vocab,
                                                     session.config.text_to_pose_code_temperature,
-                                                    session.config.text_to_pose_guidance)
+                                                    session.config.text_to_pose_guidance, session.pose_candidates)
             answers = answer(
                 session, lambda: [session.prompts.build_task(Task.TEXT_TO_POSE, caption=t) for t in texts], config,
                 guided_task=Task.TEXT_TO_POSE)

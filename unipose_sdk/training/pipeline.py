@@ -360,7 +360,8 @@ def earlier_records(stage_dir: Path) -> dict[str, Any]:
     own = stage_dir / STAGE_INFO
     data = json.loads(own.read_text(encoding="utf-8")) if own.is_file() else None
     if data is not None and not _is_stage_record(data):
-        return {k: v for k, v in data.items() if k.startswith("stage")}
+        # By stage, and the text-pose matcher's record (`training.matcher`): the matcher travels with the weights.
+        return {k: v for k, v in data.items() if k.startswith("stage") or k == "pose_matcher"}
     records: dict[str, Any] = {}
     for stage in (1, 2, 3):
         info = stage_dir.parent / f"stage{stage}" / STAGE_INFO

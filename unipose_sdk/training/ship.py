@@ -29,6 +29,11 @@ A candidate's text-to-pose decoding (the guidance and code temperature `export` 
 validation pools and the free-form development set (`unipose_sdk.evaluation.decoding`):
 
     python -m unipose_sdk.evaluation.decoding --model CANDIDATE_DIR --out decoding.json
+
+A candidate with a sentence encoder can then get a text-pose matcher that chooses among candidate decodings
+(`training.matcher`); lists of candidates are compared the same way (`evaluation.decoding --candidates`):
+
+    python -m unipose_sdk.training.matcher --model CANDIDATE_DIR --out CANDIDATE_WITH_MATCHER --work WORK
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
 EVALUATION_NAME = "evaluation"
 TRAINING_NAME = "training.json"
 CARD_NAME = "MODEL_CARD.md"
+MATCHER_RECORD = "pose_matcher"  # the text-pose matcher's record in training.json (`training.matcher`)
 
 
 def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_pose_code_temperature: float = 1.0,
@@ -202,6 +208,8 @@ def training_history(training: dict[str, Any]) -> list[tuple[str, dict[str, Any]
     last stage marked with its weight."""
     history: list[tuple[str, dict[str, Any]]] = []
     for name, info in training.items():
+        if name == MATCHER_RECORD:  # trained after the stages, on its own data: the card has a line for it
+            continue
         earlier = info.get("init_from")
         if earlier:
             history += training_history(earlier["records"])
@@ -278,6 +286,20 @@ def model_card(report: dict[str, Any], training: dict[str, Any], model_dir: Path
     encoder = config.get("text_encoder")
     encoder_line = "" if not encoder else f"""
 - Sentence encoder (frozen): all-MiniLM-L6-v2 ({encoder['num_hidden_layers']} layers x {encoder['hidden_size']}, {encoder['vocab_size']} WordPiece ids, mean-pooled unit-length sentence embedding), stored as int8 rows with one float16 scale per row; its projector ({encoder['hidden_size']} -> {encoder['projector_hidden_size']} -> {encoder['num_rows']} x {llm['hidden_size']}) is trained and fills {encoder['num_rows']} LLM rows after BOS with what the user's text means; `sentence_tokenizer.json` is its tokenizer"""
+    matcher, record = config.get("pose_matcher"), training.get(MATCHER_RECORD)
+    if matcher:
+        pairs = ", ".join(f"({w:g}, {t:g})" for w, t in config.get("text_to_pose_candidates", []))
+        trained_how = "" if not record else (
+            f" Trained by `python -m unipose_sdk.training.matcher` for {record['steps']} steps "
+            f"({_minutes(record['seconds'])}) on {record['pairs']} (pose, text) pairs of {record['poses']} poses "
+            f"(half of them mirror images with left and right swapped in their texts); held-out text-to-pose "
+            f"top-1 among 2,000: {record['held_out_top1_of_2000']:.3f}.")
+        encoder_line += (
+            f"\n- Text-pose matcher: a pose MLP (133 joint features -> {matcher['width']} -> {matcher['width']} -> "
+            f"{matcher['embed_size']}) and a text MLP (the sentence embedding -> {matcher['width']} -> "
+            f"{matcher['embed_size']}), trained contrastively on the data engine's captions. A Generator decodes "
+            f"each prompt at every (pose guidance, code temperature) of {pairs} and keeps the pose the matcher "
+            f"scores highest against the prompt's sentence embedding.{trained_how}")
     pretrained = "" if not encoder else """
 ## Pretrained weights inside
 - `text_encoder.bert.*`: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0; Reimers & Gurevych, trained on
