@@ -61,7 +61,8 @@ def test_shipped_weights_load_with_zero_missing_keys() -> None:
     assert 0.05 <= config.text_to_pose_code_temperature <= 1.0
     assert 0.0 <= config.text_to_pose_guidance <= 10.0
     assert dataclasses.replace(config, text_encoder=None, text_to_pose_code_temperature=1.0,
-                               text_to_pose_guidance=0.0) == get_preset("unipose-tiny")
+                               text_to_pose_guidance=0.0, pose_matcher=None,
+                               text_to_pose_candidates=()) == get_preset("unipose-tiny")
     stored = dequantize_int8_rows(read_weights(EMBEDDED_DIR / WEIGHTS_FILE))
     expected = UniPoseModel.from_config(config, device="meta").state_dict()
     assert set(stored) == set(expected)  # nothing missing, nothing unexpected
