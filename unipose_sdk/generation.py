@@ -327,23 +327,17 @@ class TokenPicker:
 
     def _candidate_codes(self, query_logits: Tensor) -> Tensor:
         """[B, Q, V] -> the codes of every `config.pose_candidates` decoding [B, C, Q] (int64, CPU), all in one
-        batch of tensor operations: the guided logits of each (w, T) divided by T, then the expected code at 1 (the
-        same numbers `_greedy_codes` computes one setting at a time)."""
+        batch of tensor operations (the same numbers `_greedy_codes` computes one setting at a time). Only the
+        code ids' logits are read, so only they are guided."""
         codes = slice(self.vocab.pose_id_offset, self.vocab.pose_id_offset + self.vocab.codebook_size)
-        cond = query_logits[..., codes].float()[:, None]  # [B, 1, Q, K]: only the code ids are ever read
-        weights = torch.tensor([w for w, _ in self.config.pose_candidates], device=cond.device)[:, None, None]
-        temperatures = torch.tensor([t for _, t in self.config.pose_candidates], device=cond.device)[:, None, None]
+        code_logits = query_logits[..., codes][:, None]  # [B, 1, Q, K]
+        weights = torch.tensor([w for w, _ in self.config.pose_candidates], device=code_logits.device)
+        temperatures = torch.tensor([t for _, t in self.config.pose_candidates], device=code_logits.device)
         if self.config.guided:
-            uncond = self.unconditional_query_logits[..., codes].to(device=cond.device, dtype=torch.float32)
-            cond = cond + weights * (cond - uncond)  # guided_query_logits, each weight at once: [B, C, Q, K]
-        code_logits = cond / temperatures
-        batch, count = query_logits.shape[0], len(self.config.pose_candidates)
-        code_logits = code_logits.expand(batch, count, *code_logits.shape[2:])
-        if self.code_vectors is None:  # argmax decoding: the temperature and guidance change nothing but the order
-            return code_logits.argmax(dim=-1).cpu()
-        book = self.code_vectors.to(device=code_logits.device, dtype=torch.float32)
-        expected = torch.softmax(code_logits, dim=-1) @ book  # [B, C, Q, D]
-        return (book.pow(2).sum(-1) - 2 * expected @ book.T).argmin(dim=-1).cpu()
+            code_logits = guided_query_logits(code_logits, self.unconditional_query_logits[..., codes],
+                                              weights[:, None, None])  # [B, C, Q, K]
+        code_logits = code_logits.expand(-1, len(weights), -1, -1)
+        return codes_from_code_logits(code_logits, self.code_vectors, temperatures[:, None, None]).cpu()
 
     def _greedy_codes(self, query_logits: Tensor, guidance: float, temperature: float) -> Tensor:
         if guidance > 0:
@@ -509,14 +503,14 @@ def pose_step(model: LanguageModel, cache: KVCache, state: DecodeState, vocab: V
     return out.logits
 
 
-def guided_query_logits(query_logits: Tensor, unconditional_query_logits: Tensor, weight: float) -> Tensor:
+def guided_query_logits(query_logits: Tensor, unconditional_query_logits: Tensor, weight: float | Tensor) -> Tensor:
     """Classifier-free guidance of pose-query logits [B, Q, V] by the unconditional prompt's [Q, V]: cond +
-    weight * (cond - uncond), computed in float32."""
+    weight * (cond - uncond), computed in float32. A weight tensor broadcasts (several weights at once)."""
     cond = query_logits.float()
     return cond + weight * (cond - unconditional_query_logits.to(device=cond.device, dtype=torch.float32))
 
 
-def expected_code_vectors(code_logits: Tensor, codebook: Tensor, temperature: float = 1.0) -> Tensor:
+def expected_code_vectors(code_logits: Tensor, codebook: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """The codebook vector [..., D] expected under the softmax of the code logits [..., K] / temperature: what
     expected-code pose decoding snaps to the codebook, and (at temperature 1) what training pulls onto the
     target code (training.CodeTargets)."""
@@ -541,13 +535,19 @@ def pose_codes_from_logits(query_logits: Tensor, vocab: VocabLayout, code_vector
     a valid code instead of a failure otherwise.
     """
     first = vocab.pose_id_offset
-    code_logits = query_logits[..., first : first + vocab.codebook_size]
+    return codes_from_code_logits(query_logits[..., first : first + vocab.codebook_size], code_vectors, temperature)
+
+
+def codes_from_code_logits(code_logits: Tensor, code_vectors: Tensor | None = None,
+                           temperature: float | Tensor = 1.0) -> Tensor:
+    """Logits over the codebook's ids [..., K] -> codebook indices [...] (int64), as `pose_codes_from_logits`
+    decodes them. A temperature tensor broadcasts against the logits (several temperatures at once)."""
     if code_vectors is None:
         return code_logits.argmax(dim=-1)
     book = code_vectors.to(device=code_logits.device, dtype=torch.float32)
-    expected = expected_code_vectors(code_logits, book, temperature)  # [B, Q, D]
+    expected = expected_code_vectors(code_logits, book, temperature)  # [..., D]
     # |e - b|^2 = |e|^2 - 2 e.b + |b|^2; |e|^2 is the same for every code of a query, so it can be left out.
-    distance = book.pow(2).sum(-1) - 2 * expected @ book.T  # [B, Q, K]
+    distance = book.pow(2).sum(-1) - 2 * expected @ book.T  # [..., K]
     return distance.argmin(dim=-1)
 
 
