@@ -376,6 +376,7 @@ class Assistant(TaskBase):
             config = self.options.generation_config(vocab, turn=turn_index, start_with_pose=pose_first,
                                                     text_only=text_only)
             guide, choose = None, None
+            turn_rows = None  # this turn's encoder rows when the choice among candidates already encoded them
             with self._step(session), timer.stage("preprocess"):
                 codes = self._pose_codes(session, poses)
                 turn = ConversationTurn(text, codes, len(images))
@@ -385,7 +386,7 @@ class Assistant(TaskBase):
                                              pose_code_temperature=session.config.text_to_pose_code_temperature,
                                              pose_guidance=session.config.text_to_pose_guidance)
                 if session.pose_candidates and not config.sampling and row.text_slots:
-                    _, sentences = session.encode_sentences([row.text_slots[-1][1]])  # this turn's encoder text
+                    turn_rows, sentences = session.encode_sentences([row.text_slots[-1][1]])  # this turn's text
                     if sentences is not None:
                         config = dataclasses.replace(config, pose_candidates=session.pose_candidates)
                         choose = session.pose_chooser(sentences)
@@ -423,7 +424,9 @@ class Assistant(TaskBase):
                           if b + tokens > start]
                 slots = [(b, t) for b, t in row.text_slots if b + rows_per_turn > start]
                 if slots:
-                    encoded = session.encode_texts([t for _, t in slots])
+                    texts = [t for _, t in slots]
+                    reuse = turn_rows is not None and texts == [row.text_slots[-1][1]]  # encoded for the choice
+                    encoded = turn_rows if reuse else session.encode_texts(texts)
                     inside += [(encoded[i], b - start) for i, (b, _) in enumerate(slots)]
                 for rows, offset in inside:  # an image (or row set) cut by `start` keeps only its rows after it
                     cut = max(0, -offset)
