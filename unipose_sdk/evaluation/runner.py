@@ -50,6 +50,7 @@ from unipose_sdk.body.skeleton import JOINT_INDEX
 from unipose_sdk.data.pairs import describe_pair, pair_facts, sample_pairs
 from unipose_sdk.data.phrasing import in_frame
 from unipose_sdk.data.poses import joints_and_rotations, sample_poses
+from unipose_sdk.models.config import pose_candidates_text
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
 
 log = logging.getLogger("unipose_sdk.evaluation")
@@ -387,9 +388,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     if decoding:  # reports written before it was recorded have none
         candidates = decoding.get("text_to_pose_candidates")
         if candidates:
-            pairs = ", ".join(f"({w:g}, {t:g})" for w, t in candidates)
             lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at each (pose guidance, code "
-                         f"temperature) of {pairs}, the text-pose matcher keeping one (the model's defaults).")
+                         f"temperature) of {pose_candidates_text(candidates)}, the text-pose matcher keeping one "
+                         "(the model's defaults).")
         else:
             lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at code temperature "
                          f"{decoding['text_to_pose_code_temperature']:g}, pose guidance "

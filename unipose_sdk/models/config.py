@@ -284,6 +284,11 @@ def check_pose_candidates(candidates: object) -> tuple[tuple[float, float], ...]
     return tuple(pairs)
 
 
+def pose_candidates_text(candidates: Sequence[Sequence[float]]) -> str:
+    """Candidate decodings as the reports and the model card write them: "(1, 0.7), (2, 1)"."""
+    return ", ".join(f"({w:g}, {t:g})" for w, t in candidates)
+
+
 def _candidates_field(value: object, source: str) -> tuple[tuple[float, float], ...]:
     try:
         return check_pose_candidates(value)

@@ -39,13 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from unipose_sdk.body.skeleton import JOINT_NAMES
-from unipose_sdk.checkpoint.sdk_format import load_model, save_model
+from unipose_sdk.checkpoint.sdk_format import load_model
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.fileio import check_output_file
 from unipose_sdk.models.config import PoseMatcherConfig, check_pose_candidates
 from unipose_sdk.models.pose_matcher import PoseMatcher, joint_features
+from unipose_sdk.training.pipeline import MATCHER_RECORD
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET
-from unipose_sdk.training.ship import MATCHER_RECORD
+from unipose_sdk.training.ship import TRAINING_NAME, save_candidate
 
 log = logging.getLogger("unipose_sdk.training")
 
@@ -191,16 +192,11 @@ def attach(model_dir: Path, out: Path, matcher: PoseMatcher, candidates: Sequenc
     model.config = dataclasses.replace(model.config, pose_matcher=matcher.config,
                                        text_to_pose_candidates=tuple(candidates))
     model.pose_matcher = matcher
-    save_model(model, out, loaded.tokenizer, dtype=torch.float16, is_random=loaded.is_random,
-               source=loaded.source, overwrite=False, int8_prefixes=("text_encoder.bert.",))
-    if loaded.sentence_tokenizer is not None:
-        loaded.sentence_tokenizer.save(out)
-    training_file = Path(model_dir) / "training.json"
+    training_file = Path(model_dir) / TRAINING_NAME
+    records = None
     if training_file.is_file():
-        training = json.loads(training_file.read_text(encoding="utf-8"))
-        training[MATCHER_RECORD] = record
-        (Path(out) / "training.json").write_text(json.dumps(training, indent=1), encoding="utf-8")
-    return Path(out)
+        records = {**json.loads(training_file.read_text(encoding="utf-8")), MATCHER_RECORD: record}
+    return save_candidate(loaded, out, loaded.source, records, is_random=loaded.is_random, overwrite=False)
 
 
 def candidates_flag(text: str) -> tuple[tuple[float, float], ...]:

@@ -347,6 +347,10 @@ def make_builder(model: UniPoseModel, tokenizer: TextTokenizer, settings: TrainS
     return builder
 
 
+# The text-pose matcher's record in a model's training.json (`training.matcher`), beside its records by stage.
+MATCHER_RECORD = "pose_matcher"
+
+
 def _is_stage_record(data: dict[str, Any]) -> bool:
     """One stage's record (a run's stageK/training.json, or an average's), not a model's records by stage."""
     return isinstance(data.get("stage"), int)
@@ -361,7 +365,7 @@ def earlier_records(stage_dir: Path) -> dict[str, Any]:
     data = json.loads(own.read_text(encoding="utf-8")) if own.is_file() else None
     if data is not None and not _is_stage_record(data):
         # By stage, and the text-pose matcher's record (`training.matcher`): the matcher travels with the weights.
-        return {k: v for k, v in data.items() if k.startswith("stage") or k == "pose_matcher"}
+        return {k: v for k, v in data.items() if k.startswith("stage") or k == MATCHER_RECORD}
     records: dict[str, Any] = {}
     for stage in (1, 2, 3):
         info = stage_dir.parent / f"stage{stage}" / STAGE_INFO

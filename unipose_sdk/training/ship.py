@@ -48,17 +48,16 @@ from typing import Any
 
 import torch
 
-from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from unipose_sdk.checkpoint.sdk_format import CONFIG_FILE, WEIGHTS_FILE, LoadedModel, load_model, save_model
 from unipose_sdk.fileio import atomic_write_text
-from unipose_sdk.models.config import pose_code_temperature_flag, pose_guidance_flag
+from unipose_sdk.models.config import pose_candidates_text, pose_code_temperature_flag, pose_guidance_flag
 from unipose_sdk.options import EMBEDDED_MODEL as EMBEDDED_NAME
-from unipose_sdk.training.pipeline import STAGE_INFO, final_model_dir
+from unipose_sdk.training.pipeline import MATCHER_RECORD, STAGE_INFO, final_model_dir
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "unipose-tiny"
 EVALUATION_NAME = "evaluation"
 TRAINING_NAME = "training.json"
 CARD_NAME = "MODEL_CARD.md"
-MATCHER_RECORD = "pose_matcher"  # the text-pose matcher's record in training.json (`training.matcher`)
 
 
 def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_pose_code_temperature: float = 1.0,
@@ -84,13 +83,21 @@ def export(run: Path, out: Path, pose_decoding: str = "expected_code", text_to_p
     how = f"a weight average of {len(first['average_of'])} runs" if "average_of" in first else f"seed {first['seed']}"
     source = (f"unipose train (stages {', '.join(k[-1] for k in stages)}, {how}) on the synthetic data engine; "
               "see MODEL_CARD.md")
+    return save_candidate(loaded, out, source, stages, is_random=False, overwrite=True)
+
+
+def save_candidate(loaded: LoadedModel, out: Path, source: str, records: dict[str, Any] | None, *,
+                   is_random: bool, overwrite: bool) -> Path:
+    """`loaded` (its model as it is now) as a candidate directory at `out`: float16 weights (the pose tokenizer
+    float32), its tokenizers, and `records` as training.json (None: none written)."""
     # The frozen sentence encoder's matrices go as int8 rows (23 MB instead of 45 MB in float16; its sentence
     # embeddings stay within cosine 0.999 of float32 - tests/test_text_encoder.py).
-    save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=False, source=source,
-               overwrite=True, int8_prefixes=("text_encoder.bert.",))
+    save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=is_random, source=source,
+               overwrite=overwrite, int8_prefixes=("text_encoder.bert.",))
     if loaded.sentence_tokenizer is not None:
         loaded.sentence_tokenizer.save(out)
-    (Path(out) / TRAINING_NAME).write_text(json.dumps(stages, indent=2), encoding="utf-8")
+    if records is not None:
+        (Path(out) / TRAINING_NAME).write_text(json.dumps(records, indent=2), encoding="utf-8")
     return Path(out)
 
 
@@ -288,7 +295,7 @@ def model_card(report: dict[str, Any], training: dict[str, Any], model_dir: Path
 - Sentence encoder (frozen): all-MiniLM-L6-v2 ({encoder['num_hidden_layers']} layers x {encoder['hidden_size']}, {encoder['vocab_size']} WordPiece ids, mean-pooled unit-length sentence embedding), stored as int8 rows with one float16 scale per row; its projector ({encoder['hidden_size']} -> {encoder['projector_hidden_size']} -> {encoder['num_rows']} x {llm['hidden_size']}) is trained and fills {encoder['num_rows']} LLM rows after BOS with what the user's text means; `sentence_tokenizer.json` is its tokenizer"""
     matcher, record = config.get("pose_matcher"), training.get(MATCHER_RECORD)
     if matcher:
-        pairs = ", ".join(f"({w:g}, {t:g})" for w, t in config.get("text_to_pose_candidates", []))
+        pairs = pose_candidates_text(config.get("text_to_pose_candidates", []))
         trained_how = "" if not record else (
             f" Trained by `python -m unipose_sdk.training.matcher` for {record['steps']} steps "
             f"({_minutes(record['seconds'])}) on {record['pairs']} (pose, text) pairs of {record['poses']} poses "
