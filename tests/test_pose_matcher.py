@@ -215,6 +215,18 @@ def test_training_and_attaching_a_matcher(saved_model, tmp_path) -> None:  # noq
                                    atol=5e-3, rtol=5e-3)  # float16 weights
 
 
+def test_an_interrupted_attach_leaves_no_directory(saved_model, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    matcher = PoseMatcher(MATCHER)
+
+    def interrupted(self, directory):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt  # as a signal would, after the weights are written
+
+    monkeypatch.setattr(SentenceTokenizer, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        M.attach(saved_model, tmp_path / "out", matcher, CANDIDATES, {"steps": 0})
+    assert list(tmp_path.iterdir()) == []  # neither the directory nor its temporary
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--poses", "10"], "at least 100 poses"),
     (["--candidates", "1:0.7,2"], "GUIDANCE:TEMPERATURE"),

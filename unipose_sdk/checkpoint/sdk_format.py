@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,23 +56,27 @@ class LoadedModel:
 
 def save_model(model: Any, directory: str | os.PathLike, tokenizer: TextTokenizer | None = None, *,
                dtype: torch.dtype | None = None, is_random: bool = False, source: str = "",
-               overwrite: bool = False, int8_prefixes: tuple[str, ...] = ()) -> Path:
+               overwrite: bool = False, int8_prefixes: tuple[str, ...] = (),
+               write_beside: Callable[[Path], None] | None = None) -> Path:
     """Write `model` (a UniPoseModel) in the SDK format. `dtype` casts floating tensors except the pose
     tokenizer's (kept float32). Refuses to replace an existing directory unless `overwrite=True`."""
     state = {k: v for k, v in model.state_dict().items()}
     return save_state_dict(state, model.config, directory, tokenizer, dtype=dtype, is_random=is_random,
-                           source=source, overwrite=overwrite, int8_prefixes=int8_prefixes)
+                           source=source, overwrite=overwrite, int8_prefixes=int8_prefixes,
+                           write_beside=write_beside)
 
 
 def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, directory: str | os.PathLike,
                     tokenizer: TextTokenizer | None = None, *, dtype: torch.dtype | None = None,
                     is_random: bool = False, source: str = "", overwrite: bool = False,
-                    int8_prefixes: tuple[str, ...] = ()) -> Path:
+                    int8_prefixes: tuple[str, ...] = (), write_beside: Callable[[Path], None] | None = None) -> Path:
     """Like save_model, from a state dict already in the SDK's key layout (what `unipose convert` writes).
 
     `int8_prefixes`: matrices under these key prefixes are stored as int8 rows with one scale per row (see
     `quantize_int8_rows`) and turned back into floats at load; unipose-tiny stores its frozen sentence encoder so,
-    to fit the package size budget."""
+    to fit the package size budget.
+    `write_beside(directory)`: writes more files into the directory before it is renamed into place (a sentence
+    tokenizer, training records), so an interrupted save leaves no directory without them."""
     target = Path(directory)
     if target.exists() and not overwrite:
         raise CheckpointError.make(
@@ -106,6 +110,8 @@ def save_state_dict(state: Mapping[str, Tensor], config: UniPoseConfig, director
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if write_beside is not None:
+            write_beside(tmp)
         replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

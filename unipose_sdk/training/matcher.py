@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from unipose_sdk.body.skeleton import JOINT_NAMES
 from unipose_sdk.checkpoint.sdk_format import load_model
 from unipose_sdk.errors import InvalidInputError, UniPoseError
-from unipose_sdk.fileio import check_output_file
+from unipose_sdk.fileio import atomic_write, signals_raise
 from unipose_sdk.models.config import PoseMatcherConfig, check_pose_candidates
 from unipose_sdk.models.pose_matcher import PoseMatcher, joint_features
 from unipose_sdk.training.pipeline import MATCHER_RECORD
@@ -242,14 +242,13 @@ def main(argv: list[str] | None = None) -> None:
             data = build_data(loaded.model, loaded.sentence_tokenizer, args.poses, args.seed)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                check_output_file(cache, overwrite=True)
-                tmp = cache.with_name(f".{cache.name}.tmp.npz")
-                np.savez(tmp, **data)
-                tmp.replace(cache)
+                with signals_raise():  # a SIGTERM mid-write leaves no partial cache behind
+                    atomic_write(cache, lambda handle: np.savez(handle, **data))
         config = PoseMatcherConfig(text_size=loaded.model.config.text_encoder.hidden_size)
         matcher, record = train_matcher(data, config, steps=args.steps, seed=args.seed)
         record.update({"data_seed": args.seed, "num_poses_drawn": args.poses})
-        attach(args.model, args.out, matcher, args.candidates, record)
+        with signals_raise():  # save_model renames a finished directory into place and removes a partial one
+            attach(args.model, args.out, matcher, args.candidates, record)
     except UniPoseError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     print(json.dumps(record, indent=1))

@@ -92,13 +92,14 @@ def save_candidate(loaded: LoadedModel, out: Path, source: str, records: dict[st
     float32), its tokenizers, and `records` as training.json (None: none written)."""
     # The frozen sentence encoder's matrices go as int8 rows (23 MB instead of 45 MB in float16; its sentence
     # embeddings stay within cosine 0.999 of float32 - tests/test_text_encoder.py).
-    save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=is_random, source=source,
-               overwrite=overwrite, int8_prefixes=("text_encoder.bert.",))
-    if loaded.sentence_tokenizer is not None:
-        loaded.sentence_tokenizer.save(out)
-    if records is not None:
-        (Path(out) / TRAINING_NAME).write_text(json.dumps(records, indent=2), encoding="utf-8")
-    return Path(out)
+    def write_beside(directory: Path) -> None:  # inside the directory before it is renamed into place
+        if loaded.sentence_tokenizer is not None:
+            loaded.sentence_tokenizer.save(directory)
+        if records is not None:
+            (directory / TRAINING_NAME).write_text(json.dumps(records, indent=2), encoding="utf-8")
+
+    return save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=is_random, source=source,
+                      overwrite=overwrite, int8_prefixes=("text_encoder.bert.",), write_beside=write_beside)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
