@@ -326,3 +326,21 @@ def test_length_and_input_errors(model: MistralLM) -> None:
     # Exactly at the limit is fine.
     (result,) = generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(98), max_context=100)
     assert result.finish_reason == "eos"
+
+
+def test_each_picked_id_carries_its_log_probability(model: MistralLM) -> None:
+    """token_logprobs: the model's log-softmax at each id the loop picked (a teacher-forced forward gives the same
+    numbers), NaN for the ids of a pose block and for a forced BEGIN."""
+    text, pose = generate(model, [TEXT_ONLY, TEXT_TO_POSE], VOCAB, GenerationConfig(100))
+    assert len(text.token_logprobs) == len(text.token_ids) and len(pose.token_logprobs) == len(pose.token_ids)
+    with torch.no_grad():
+        sequence = torch.tensor([TEXT_ONLY + text.token_ids])
+        logits = model(input_ids=sequence, mask=MixedMask.causal(1)).logits[0]
+    expected = logits.float().log_softmax(-1)[len(TEXT_ONLY) - 1:-1].gather(1, torch.tensor(text.token_ids)[:, None])
+    torch.testing.assert_close(torch.tensor(text.token_logprobs), expected[:, 0], atol=1e-4, rtol=1e-4)
+    assert all(lp <= 0 for lp in text.token_logprobs)
+    assert pose.token_logprobs[0] <= 0  # BEGIN, picked
+    assert all(torch.isnan(torch.tensor(pose.token_logprobs[1:82])))  # 80 codes and END: not picked one by one
+    assert all(lp <= 0 for lp in pose.token_logprobs[82:])
+    (forced,) = generate(model, [TEXT_ONLY], VOCAB, GenerationConfig(100, start_with_pose=True))
+    assert forced.forced_first_token and torch.isnan(torch.tensor(forced.token_logprobs[0]))

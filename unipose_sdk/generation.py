@@ -296,9 +296,10 @@ class TokenPicker:
             seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
             self.generator = torch.Generator().manual_seed(seed)
 
-    def tokens(self, logits: Tensor, histories: Sequence[Sequence[int]] | None = None) -> list[int]:
-        """Next-token logits [B, V] -> one id per row; `histories`: each row's answer so far (for the ban on
-        repeated sentences)."""
+    def tokens(self, logits: Tensor, histories: Sequence[Sequence[int]] | None = None,
+               ) -> tuple[list[int], list[float]]:
+        """Next-token logits [B, V] -> one id per row and its log-probability (`GenerationResult.token_logprobs`);
+        `histories`: each row's answer so far (for the ban on repeated sentences)."""
         if histories is not None and self.sentence_end_ids:
             self.ledgers += [SentenceLedger() for _ in range(len(histories) - len(self.ledgers))]
             logits = ban_repeated_sentences(logits, histories, self.sentence_end_ids, self.vocab.eos_id,
@@ -307,8 +308,13 @@ class TokenPicker:
             logits = logits.clone()
             logits[:, self.vocab.pose_begin_id] = float("-inf")
         if self.generator is None:
-            return logits.argmax(dim=-1).tolist()
-        return sample_ids(logits, self.config.temperature, self.config.top_p, self.generator).tolist()
+            ids = logits.argmax(dim=-1)
+        else:
+            ids = sample_ids(logits, self.config.temperature, self.config.top_p, self.generator)
+        logprobs = logits.float().log_softmax(dim=-1).gather(-1, ids[:, None])[:, 0]
+        # One host transfer for both (float64 holds every id exactly): the stop check needs the ids anyway.
+        ids_and_logprobs = torch.stack([ids.double(), logprobs.double()]).tolist()
+        return [int(i) for i in ids_and_logprobs[0]], ids_and_logprobs[1]
 
     def codes(self, query_logits: Tensor, rows: Sequence[int] | None = None) -> Tensor:
         """Logits at the pose queries [B, Q, V] -> codebook indices [B, Q] (int64, CPU). rows: which rows of the
@@ -371,9 +377,14 @@ class GenerationResult:
         budget left is dropped rather than leaving a pose block cut short), or "pose" when `stop_after_pose`
         ended the row after its first pose block (the stream then ends with END).
     forced_first_token: True when `start_with_pose` forced a BEGIN that greedy decoding would not have chosen.
+    token_logprobs: one per id of token_ids: the natural log of the probability the model gave the id where it
+        was picked (its softmax over the logits as the picker read them: after the ban on repeated sentences and
+        text_only's ban on BEGIN, before any sampling temperature); NaN for ids the loop did not pick (a forced
+        BEGIN, the ids of a pose block). How sure the model was of each sentence (`sentence_logprobs`).
     """
 
     token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
     pose_codes: list[Tensor] = field(default_factory=list)
     finish_reason: str | None = None
     forced_first_token: bool = False
@@ -615,8 +626,8 @@ class AnswerStreams:
         self.max_new_tokens = config.max_new_tokens
         self.pose_block_ids = pose_block_length(vocab)
 
-    def accept(self, b: int, token: int) -> None:
-        """Append a sampled token to row b's stream, or finish the row."""
+    def accept(self, b: int, token: int, logprob: float = math.nan) -> None:
+        """Append a sampled token (and its log-probability) to row b's stream, or finish the row."""
         out = self.results[b]
         begin = token == self.vocab.pose_begin_id
         if begin and (len(out.token_ids) + self.pose_block_ids > self.max_new_tokens or (
@@ -624,6 +635,7 @@ class AnswerStreams:
             out.finish_reason = "length"
             return
         out.token_ids.append(token)
+        out.token_logprobs.append(logprob)
         text_ids = len(out.token_ids) - self.pose_block_ids * len(out.pose_codes)
         if token == self.vocab.eos_id:
             out.finish_reason = "eos"
@@ -632,25 +644,27 @@ class AnswerStreams:
             out.finish_reason = "length"
         self.pending[b] = token
 
-    def accept_first(self, tokens: Sequence[int]) -> None:
-        """The prefill's greedy tokens, or BEGIN in their place with `start_with_pose` (flagged where they differ)."""
+    def accept_first(self, picked: tuple[Sequence[int], Sequence[float]]) -> None:
+        """The prefill's greedy tokens (`TokenPicker.tokens`), or BEGIN in their place with `start_with_pose`
+        (flagged where they differ)."""
         begin = self.vocab.pose_begin_id
-        for b, token in enumerate(tokens):
+        for b, (token, logprob) in enumerate(zip(*picked)):
             if self.config.start_with_pose:
                 self.results[b].forced_first_token = token != begin
-                token = begin
-            self.accept(b, token)
+                token, logprob = begin, logprob if token == begin else math.nan
+            self.accept(b, token, logprob)
 
-    def accept_running(self, tokens: Sequence[int], running: Sequence[bool]) -> None:
-        for b, token in enumerate(tokens):
+    def accept_running(self, picked: tuple[Sequence[int], Sequence[float]], running: Sequence[bool]) -> None:
+        for b, (token, logprob) in enumerate(zip(*picked)):
             if running[b]:
-                self.accept(b, token)
+                self.accept(b, token, logprob)
 
     def take_pose(self, b: int, codes: Tensor) -> None:
         """Row b ran its pose step with these codes [Q]: append the block; END is fed next, never predicted."""
         out = self.results[b]
         out.pose_codes.append(codes.clone())
         out.token_ids.extend(self.vocab.pose_token_ids(codes).tolist() + [self.vocab.pose_end_id])
+        out.token_logprobs.extend([math.nan] * (len(codes) + 1))
         self.pending[b] = self.vocab.pose_end_id
         if self.config.stop_after_pose:
             out.finish_reason = "pose"
@@ -934,7 +948,8 @@ def continue_generation(
                                  kv_length=len(prefix.keys) + 1)
             prefix.keys.append(token)
             before = len(result.token_ids)
-            streams.accept(0, picker.tokens(logits, [streams.results[0].token_ids])[0])
+            ids, logprobs = picker.tokens(logits, [streams.results[0].token_ids])
+            streams.accept(0, ids[0], logprobs[0])
         if len(result.token_ids) > before:
             yield StreamEvent("token", token=result.token_ids[-1])
     yield StreamEvent("end", result=result)
