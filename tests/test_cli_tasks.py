@@ -70,6 +70,24 @@ def test_edit_estimate_and_describe(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert isinstance(_json_out(capsys)["results"][0]["text"], str)
 
 
+def test_describe_keeps_the_sentences_the_floor_flags_ask_for(capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.body.examples import example_image_path
+
+    image, long = str(example_image_path()), ["--max-new-tokens", "64"]
+    texts = {}
+    for name, flags in (("all", ["--all-sentences"]), ("surest", ["--min-sentence-logprob=0"]),
+                        ("every", ["--min-sentence-logprob=-20"])):
+        assert main(["describe", "--image", image, *flags, "--json", *long]) == 0
+        texts[name] = _json_out(capsys)["results"][0]["text"]
+    assert texts["every"] == texts["all"]
+    assert texts["surest"].count(".") == 1 and texts["surest"] in texts["all"]
+    for bad in (["--min-sentence-logprob=1"], ["--min-sentence-logprob=-1", "--all-sentences"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["describe", "--image", image, *bad])
+        assert exit_info.value.code == 2
+    assert "min_sentence_logprob" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["generate", "   "],
     ["estimate", "/definitely/not/here.png"],

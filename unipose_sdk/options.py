@@ -20,7 +20,12 @@ import unipose_sdk.formats as formats
 from unipose_sdk.errors import BackendUnavailableError, InvalidInputError, InvalidOptionError
 from unipose_sdk.formats import EMBEDDED_MODEL
 from unipose_sdk.generation import GenerationConfig, check_sampling, pose_block_length
-from unipose_sdk.models.config import VocabLayout, check_pose_code_temperature, check_pose_guidance
+from unipose_sdk.models.config import (
+    VocabLayout,
+    check_min_sentence_logprob,
+    check_pose_code_temperature,
+    check_pose_guidance,
+)
 
 # "auto" and one member per row of the format table: TORCH, ONNXRUNTIME, TENSORRT.
 Backend = enum.Enum("Backend", {"AUTO": "auto", **{b.upper(): b for b in formats.BACKENDS}},  # type: ignore[misc]
@@ -250,7 +255,38 @@ class EditorOptions(PoseTaskOptions):
 
 @dataclass
 class DescriberOptions(BaseOptions):
-    """Describer: the base options only (its answers are text: no pose_only / one_pass)."""
+    """Describer: the base options (its answers are text: no pose_only / one_pass) and how sure a sentence must be.
+
+    min_sentence_logprob: None: the model's `image_description_min_sentence_logprob` for image descriptions (the
+        embedded model's card gives it; other models keep every sentence), every sentence elsewhere; a number in
+        [-20, 0] applies to every description: a sentence is kept when its tokens have at least this mean natural
+        log-probability (text/sentences.py; the surest sentence is kept when none is that sure).
+    keep_all_sentences: True keeps every sentence whatever the model's default (the model's whole answer).
+    """
+
+    min_sentence_logprob: float | None = None
+    keep_all_sentences: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_sentence_logprob is not None:
+            try:
+                check_min_sentence_logprob(self.min_sentence_logprob)
+            except InvalidInputError as error:
+                raise InvalidOptionError(str(error)) from None
+        if not isinstance(self.keep_all_sentences, bool):
+            raise InvalidOptionError.make(f"keep_all_sentences={self.keep_all_sentences!r}", "True or False",
+                                          "Pass keep_all_sentences=True for the model's whole answer.")
+        if self.keep_all_sentences and self.min_sentence_logprob is not None:
+            raise InvalidOptionError.make(
+                f"keep_all_sentences=True with min_sentence_logprob={self.min_sentence_logprob}",
+                "one of them", "Drop min_sentence_logprob to keep every sentence, or keep_all_sentences to filter.")
+
+    def sentence_floor(self, model_floor: float | None) -> float | None:
+        """The floor a description is filtered at, given the model's default for its kind (None: none)."""
+        if self.keep_all_sentences:
+            return None
+        return model_floor if self.min_sentence_logprob is None else float(self.min_sentence_logprob)
 
 
 @dataclass

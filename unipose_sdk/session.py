@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from unipose_sdk.results import RunInfo
 from unipose_sdk.runtime.base import Runtime
 from unipose_sdk.text.encoder_tokenizer import SentenceTokenizer
 from unipose_sdk.text.prompts import ChatPosePromptBuilder, PromptBuilder, PromptRow, Task
+from unipose_sdk.text.sentences import confident_sentences
 from unipose_sdk.text.tokenizer import TextTokenizer
 from unipose_sdk.timing import OnStage, untimed
 
@@ -297,19 +299,31 @@ class UniPose:
         return frozenset(i for i in range(layout.text_vocab_size)
                          if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?")))
 
-    def answer_text(self, result: generation.GenerationResult) -> str:
-        """The text of an answer, pose blocks shown as <pose>."""
+    def answer_text(self, result: generation.GenerationResult, min_sentence_logprob: float | None = None) -> str:
+        """The text of an answer, pose blocks shown as <pose>. min_sentence_logprob: keep only the sentences the
+        model was that sure of (`text.sentences.confident_sentences`, within each stretch of text); None: all."""
         vocab = self.config.vocab
-        pieces, text_ids, i = [], [], 0
-        ids = [t for t in result.token_ids if t != vocab.eos_id]
-        while i < len(ids):
-            if ids[i] == vocab.pose_begin_id:
-                pieces.append(self.tokenizer.decode(text_ids))
-                pieces.append("<pose>")
-                text_ids = []
+        pieces: list[str] = []
+        text_ids: list[int] = []
+        text_logprobs: list[float] = []
+
+        def text_piece() -> str:
+            ids = text_ids if min_sentence_logprob is None else confident_sentences(
+                text_ids, text_logprobs, self.sentence_end_ids, min_sentence_logprob)
+            return self.tokenizer.decode(ids)
+
+        # A stream from before token_logprobs (or built by hand) has none: every id then counts as unknown.
+        logprobs = result.token_logprobs or [math.nan] * len(result.token_ids)
+        picked = [(t, lp) for t, lp in zip(result.token_ids, logprobs, strict=True) if t != vocab.eos_id]
+        i = 0
+        while i < len(picked):
+            if picked[i][0] == vocab.pose_begin_id:
+                pieces += [text_piece(), "<pose>"]
+                text_ids, text_logprobs = [], []
                 i += vocab.num_pose_tokens + 2
                 continue
-            text_ids.append(ids[i])
+            text_ids.append(picked[i][0])
+            text_logprobs.append(picked[i][1])
             i += 1
-        pieces.append(self.tokenizer.decode(text_ids))
-        return "".join(p for p in pieces).strip()
+        pieces.append(text_piece())
+        return "".join(pieces).strip()

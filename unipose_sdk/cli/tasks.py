@@ -27,7 +27,7 @@ from typing import Any
 
 from unipose_sdk.errors import InvalidInputError
 from unipose_sdk.formats import DTYPE_NAMES
-from unipose_sdk.models.config import pose_code_temperature_flag, pose_guidance_flag
+from unipose_sdk.models.config import min_sentence_logprob_flag, pose_code_temperature_flag, pose_guidance_flag
 from unipose_sdk.results import DEFAULT_POSE_FORMATS, POSE_RESULT_FORMATS
 
 OVERWRITE_HINT = "Pass --overwrite to replace them, or choose another -o directory."
@@ -258,7 +258,8 @@ def _describe(args: argparse.Namespace) -> int:
     else:
         check_image_paths([args.image] if args.image else args.images)
     _check_output(args)
-    with _build(Describer, args) as describer:
+    with _build(Describer, args, min_sentence_logprob=args.min_sentence_logprob,
+                keep_all_sentences=args.all_sentences) as describer:
         if args.pose:
             result, label = describer.describe(pose=args.pose), args.pose
         elif args.image:
@@ -307,5 +308,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--image", help="image file")
     group.add_argument("--poses", nargs=2, metavar=("A", "B"), help="two pose files")
     group.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
+    floor = p.add_mutually_exclusive_group()
+    floor.add_argument("--min-sentence-logprob", type=min_sentence_logprob_flag, default=None, metavar="F",
+                       help="keep only the sentences whose tokens have at least this mean log-probability, in "
+                            "[-20, 0] (write --min-sentence-logprob=-1; default: the model's for images, see its "
+                            "card, every sentence otherwise)")
+    floor.add_argument("--all-sentences", action="store_true",
+                       help="keep every sentence of the model's answer, whatever the model's default floor")
     _add_common(p)
     p.set_defaults(handler=_describe)

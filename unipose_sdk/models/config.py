@@ -235,9 +235,13 @@ POSE_CODE_TEMPERATURE_RANGE = (0.05, 10.0)
 # The classifier-free guidance weights pose decoding accepts (`GenerationConfig.pose_guidance`, the config's
 # `text_to_pose_guidance`): 0 is off; past 10 the guided logits are the difference alone, amplified.
 POSE_GUIDANCE_RANGE = (0.0, 10.0)
+# The sentence confidence floors a description accepts (mean natural-log probability of a sentence's tokens): 0 keeps
+# only certainties, -20 (a mean token probability of 2e-9) keeps everything.
+SENTENCE_LOGPROB_RANGE = (-20.0, 0.0)
 # What each decoding setting's range says about its neutral value, in every message that states the range.
 _TEMPERATURE_MEANING = "1: the plain expected code"
 _GUIDANCE_MEANING = "0: no guidance"
+_SENTENCE_LOGPROB_MEANING = "the lower, the more sentences are kept"
 
 
 def _range_text(value_range: tuple[float, float], meaning: str) -> str:
@@ -263,6 +267,13 @@ def check_pose_guidance(value: object) -> None:
     """A pose guidance weight's type and range: InvalidInputError otherwise (every option and flag that sets one)."""
     _check_number("pose_guidance", value, POSE_GUIDANCE_RANGE, _GUIDANCE_MEANING,
                   "Pass e.g. pose_guidance=2, or 0 to decode the prompt's logits as they are.")
+
+
+def check_min_sentence_logprob(value: object) -> float:
+    """A sentence confidence floor (mean token log-probability) -> float; InvalidInputError otherwise."""
+    _check_number("min_sentence_logprob", value, SENTENCE_LOGPROB_RANGE, _SENTENCE_LOGPROB_MEANING,
+                  "Pass e.g. min_sentence_logprob=-1 (a mean token probability of about 0.37).")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_pose_candidates(candidates: object) -> tuple[tuple[float, float], ...]:
@@ -322,6 +333,11 @@ def pose_guidance_flag(text: str) -> float:
     return _number_flag(text, check_pose_guidance)
 
 
+def min_sentence_logprob_flag(text: str) -> float:
+    """argparse type of the command-line flags that set a sentence confidence floor: out of range is a usage error."""
+    return _number_flag(text, check_min_sentence_logprob)
+
+
 @dataclass(frozen=True)
 class UniPoseConfig:
     name: str
@@ -351,6 +367,9 @@ class UniPoseConfig:
     # The (pose guidance, code temperature) pairs a Generator decodes each prompt at when the model has a matcher:
     # it keeps the candidate the matcher scores highest. Empty: the one decoding above.
     text_to_pose_candidates: tuple[tuple[float, float], ...] = ()
+    # The Describer's default `min_sentence_logprob` for images: an image description keeps only the sentences whose
+    # tokens the model gave at least this mean log-probability (text/sentences.py). None: every sentence.
+    image_description_min_sentence_logprob: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     family: str = "unipose"  # "unipose" | "chatpose" (module docstring)
 
@@ -389,6 +408,8 @@ class UniPoseConfig:
             if self.pose_matcher is None:
                 raise ValueError("text_to_pose_candidates without a pose_matcher to choose among them")
             check_pose_candidates(self.text_to_pose_candidates)
+        if self.image_description_min_sentence_logprob is not None:
+            check_min_sentence_logprob(self.image_description_min_sentence_logprob)
 
     def _check_chatpose(self) -> None:
         heads = self.llm.pose_head_outputs
@@ -435,6 +456,13 @@ class UniPoseConfig:
             built["pose_matcher"] = build_config(PoseMatcherConfig, data["pose_matcher"], source, "pose_matcher.")
         if data.get("text_to_pose_candidates"):
             built["text_to_pose_candidates"] = _candidates_field(data["text_to_pose_candidates"], source)
+        floor = data.get("image_description_min_sentence_logprob")
+        if floor is not None:
+            try:
+                built["image_description_min_sentence_logprob"] = check_min_sentence_logprob(floor)
+            except InvalidInputError as exc:
+                raise ConfigError.make(f"{source}: image_description_min_sentence_logprob={floor!r}", str(exc),
+                                       "Write a number in [-20, 0], or null for every sentence.") from None
         top = {k: data[k] for k in ("name", "max_text_tokens", "pose_decoding", "text_to_pose_code_temperature",
                                     "text_to_pose_guidance", "extra", "family") if k in data}
         top.setdefault("pose_decoding", "argmax")  # configs written before the field: the official decoding

@@ -65,6 +65,7 @@ class Describer(TaskBase):
                                          "Pass one kind of input per call.")
         session = self._session()
         encode_images = None
+        model_floor = None  # the model's default sentence confidence floor for this kind of description
         if pose is not None:
             items, single = as_batch(pose, _SINGLE)
             batch = Pose.cat([as_pose(p, f"pose {i}") for i, p in enumerate(items)])
@@ -90,6 +91,7 @@ class Describer(TaskBase):
             inputs = [{"task": "describe_image", "image": describe_input(i)} for i in items]
             prompts = lambda: [session.prompts.build_task(Task.IMAGE_DESCRIPTION) for _ in items]  # noqa: E731
             encode_images = lambda: images_to_embeds(session, items)  # noqa: E731
+            model_floor = session.config.image_description_min_sentence_logprob
         else:
             pairs, single = _pairs(images, "images")
             flat = [img for pair in pairs for img in pair]  # row by row, in prompt order
@@ -100,7 +102,7 @@ class Describer(TaskBase):
             encode_images = lambda: images_to_embeds(session, flat)  # noqa: E731
         with self._call():
             answers = answer(session, prompts, self.options.generation_config(session.config.vocab),
-                                       encode_images)
+                             encode_images, min_sentence_logprob=self.options.sentence_floor(model_floor))
         # A description states each sentence once and never contradicts itself (text/sentences.py says why the
         # loop's ban is not enough).
         results = [DescribeResult(**a.measurements(), run=session.run_info(),

@@ -26,6 +26,7 @@ from unipose_sdk.generation import GenerationConfig
 from unipose_sdk.models.unipose import chatpose_rotmat
 from unipose_sdk.session import UniPose
 from unipose_sdk.text.prompts import PromptRow, Task
+from unipose_sdk.text.sentences import confident_sentences
 from unipose_sdk.timing import StageTimer
 
 
@@ -49,13 +50,15 @@ class Answer:
 
 def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
            encode_images: Callable[[], Tensor | None] | None = None, guided_task: Task | None = None,
-           ) -> list[Answer]:
+           min_sentence_logprob: float | None = None) -> list[Answer]:
     """Build the prompts (and encode the images), generate, and for the pose tasks (`config.start_with_pose`:
     estimate, generate, edit) decode every answer's first pose block. One call holds the session lock.
     guided_task: the task whose prompt without a condition `config.pose_guidance` guides away from
-    (`UniPose.generate`; ChatPose models have no pose codes to guide)."""
+    (`UniPose.generate`; ChatPose models have no pose codes to guide).
+    min_sentence_logprob: the answers' texts keep only the sentences the model was this sure of
+    (`text.sentences.confident_sentences`); None: all of them."""
     if session.config.family == "chatpose":
-        return _chatpose_answer(session, build_prompts, config, encode_images)
+        return _chatpose_answer(session, build_prompts, config, encode_images, min_sentence_logprob)
     with session.lock:
         timer = StageTimer(session.runtime.device)
         with timer.stage("preprocess"):
@@ -78,14 +81,15 @@ def answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], confi
         timing_ms = timer.timing_ms()
     # The counts are the runs of the loop's "decode" and "pose_step" stages.
     decode_steps, pose_steps = timer.counts.get("decode", 0), timer.counts.get("pose_step", 0)
-    return [Answer(text=session.answer_text(out), timing_ms=timing_ms, batch_size=len(outputs),
+    return [Answer(text=session.answer_text(out, min_sentence_logprob), timing_ms=timing_ms, batch_size=len(outputs),
                    decode_steps=decode_steps, pose_steps=pose_steps,
                    pose=None if poses is None else poses[i:i + 1], codes=None if codes is None else codes[i].tolist())
             for i, out in enumerate(outputs)]
 
 
 def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRow]], config: GenerationConfig,
-                     encode_images: Callable[[], Tensor | None] | None) -> list[Answer]:
+                     encode_images: Callable[[], Tensor | None] | None,
+                     min_sentence_logprob: float | None = None) -> list[Answer]:
     """`answer` for a ChatPose model.
 
     Pose tasks (`config.start_with_pose`): the answer starts with the pose token `[SEG]`, forced as UniPose's pose
@@ -116,7 +120,14 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
         def decode(prompts: list[Tensor], generation_config: GenerationConfig) -> list[list[int]]:
             outputs = generation.generate(llm, prompts, vocab, generation_config, max_context=max_context,
                                           on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids)
-            return [list(out.token_ids) for out in outputs]
+            if min_sentence_logprob is None:
+                return [list(out.token_ids) for out in outputs]
+            kept = []
+            for out in outputs:
+                picked = [(t, lp) for t, lp in zip(out.token_ids, out.token_logprobs, strict=True) if t != vocab.eos_id]
+                kept.append(confident_sentences([t for t, _ in picked], [lp for _, lp in picked],
+                                                session.sentence_end_ids, min_sentence_logprob))
+            return kept
 
         with timer.stage("llm"), torch.inference_mode():
             embeds = session.embed_rows(rows, image_embeds)

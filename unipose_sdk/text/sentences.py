@@ -8,12 +8,18 @@ body part. So a description keeps only the first clause of each kind: a clause i
 earlier one (case, spacing and the closing mark ignored) or, given `facts_of`, when everything it finds in the
 clause was found before (the Describer passes what each clause is about, `describer.stated_topics`, so a clause
 about an arm already described goes whether it agrees or not).
+
+A small model is also unsure of much of what it says about an image, and it says it all the same; what it is
+sure of is true more often. `confident_sentences` keeps the sentences of an answer whose tokens the model gave a
+mean log-probability of at least a floor (the Describer's `min_sentence_logprob`, by default the model's
+`image_description_min_sentence_logprob`): a description that states less, and less of it wrong.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence
 
 # A sentence ends at ".", "!" or "?" followed by a space or the end ("3.5 cm" stays in one sentence).
 _SENTENCE_RE = re.compile(r".+?(?:[.!?]+(?=\s|$)|$)", re.DOTALL)
@@ -55,3 +61,28 @@ def drop_repeated_sentences(text: str, facts_of: Callable[[str], set[Hashable]] 
             rebuilt = "".join(kept).strip()
             sentences.append(rebuilt[:1].upper() + rebuilt[1:] + (mark or ""))
     return " ".join(sentences)
+
+
+def confident_sentences(token_ids: Sequence[int], token_logprobs: Sequence[float], sentence_end_ids: Collection[int],
+                        min_mean_logprob: float) -> list[int]:
+    """The ids of the sentences (each up to an id of `sentence_end_ids`, the last one possibly unfinished) whose
+    ids have a mean log-probability (`generation.GenerationResult.token_logprobs`; NaN ones skipped) of at least
+    `min_mean_logprob`, in order; when none has, the surest one, so an answer never goes silent."""
+    sentences: list[tuple[list[int], float]] = []
+    ids: list[int] = []
+    logprobs: list[float] = []
+    for token, logprob in zip(token_ids, token_logprobs, strict=True):
+        ids.append(token)
+        if not math.isnan(logprob):
+            logprobs.append(logprob)
+        if token in sentence_end_ids:
+            sentences.append((ids, sum(logprobs) / len(logprobs) if logprobs else 0.0))
+            ids, logprobs = [], []
+    if ids:
+        sentences.append((ids, sum(logprobs) / len(logprobs) if logprobs else 0.0))
+    if not sentences:
+        return []
+    kept = [ids for ids, mean in sentences if mean >= min_mean_logprob]
+    if not kept:
+        kept = [max(sentences, key=lambda sentence: sentence[1])[0]]
+    return [token for ids in kept for token in ids]
