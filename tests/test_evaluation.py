@@ -168,10 +168,48 @@ def test_the_quick_evaluation_of_the_embedded_model_reports_every_task(tmp_path:
     assert report["decoding"] == {"pose_decoding": config.pose_decoding,
                                   "text_to_pose_code_temperature": config.text_to_pose_code_temperature,
                                   "text_to_pose_guidance": config.text_to_pose_guidance,
-                                  "text_to_pose_candidates": [list(p) for p in config.text_to_pose_candidates]}
+                                  "text_to_pose_candidates": [list(p) for p in config.text_to_pose_candidates],
+                                  "image_description_min_sentence_logprob":
+                                      config.image_description_min_sentence_logprob}
     _, md_path = write_report(report, tmp_path / "ev")
     assert "| conversation | follow_up_edits_hold (higher is better) |" in md_path.read_text()
+    if config.image_description_min_sentence_logprob is not None:
+        assert "Image descriptions keep the sentences whose tokens have a mean log-probability of at least " \
+            f"{config.image_description_min_sentence_logprob:g}" in md_path.read_text()
     if config.text_to_pose_candidates:
         assert "the text-pose matcher keeping one (the model's defaults)" in md_path.read_text()
     else:
         assert f"pose guidance {config.text_to_pose_guidance:g} (the model's defaults)" in md_path.read_text()
+
+
+def test_the_floor_grid_scores_image_descriptions_as_the_evaluation_does() -> None:
+    """`evaluation.description_floor` draws the pool, the references and the baseline `unipose evaluate --seed S`
+    draws: its row at the model's own floor is the report's image-description metric, number for number."""
+    from unipose_sdk.evaluation.description_floor import floor_grid
+    from unipose_sdk.evaluation.runner import QUICK_SIZES, evaluate
+
+    floor = Generator.from_pretrained().session.config.image_description_min_sentence_logprob
+    grid = floor_grid(None, floors=(-20.0,) if floor is None else (floor,), seeds=(5,), sizes=QUICK_SIZES)
+    report = evaluate(None, quick=True, seed=5)["metrics"]["image_description"]
+    row = grid["rows"][0 if floor is None else 1]
+    assert (row["precision"], row["recall"]) == (report["precision"]["model"], report["recall"]["model"])
+    assert (row["baseline_precision"], row["baseline_recall"]) == (report["precision"]["baseline"],
+                                                                   report["recall"]["baseline"])
+    assert grid["chosen"] in grid["rows"] and grid["rows"][0]["floor"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--floors=0.5"], "--floors"),
+    (["--floors=-1,x"], "--floors"),
+    (["--seeds", "0"], "--seeds"),
+    (["--write", "NEW"], "--write"),  # no --model to copy
+])
+def test_the_floor_grid_refuses_bad_arguments_before_any_work(argv: list[str], message: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from unipose_sdk.evaluation.description_floor import main
+
+    argv = [str(tmp_path / a) if a == "NEW" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -347,7 +347,9 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         "decoding": {"pose_decoding": session.config.pose_decoding,
                      "text_to_pose_code_temperature": session.config.text_to_pose_code_temperature,
                      "text_to_pose_guidance": session.config.text_to_pose_guidance,
-                     "text_to_pose_candidates": [list(pair) for pair in session.pose_candidates]},
+                     "text_to_pose_candidates": [list(pair) for pair in session.pose_candidates],
+                     "image_description_min_sentence_logprob":
+                         session.config.image_description_min_sentence_logprob},
         "sizes": {"poses": sizes.poses, "pairs": len(with_text), "pose_images": sizes.pose_images,
                   "pair_images": sizes.pair_images},
         "baselines": {"most_frequent_caption": base.caption, "most_frequent_instruction": base.instruction,
@@ -395,6 +397,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(f"Text to pose decoded by {decoding['pose_decoding']} at code temperature "
                          f"{decoding['text_to_pose_code_temperature']:g}, pose guidance "
                          f"{decoding['text_to_pose_guidance']:g} (the model's defaults).")
+        floor = decoding.get("image_description_min_sentence_logprob")
+        if floor is not None:
+            lines.append(f"Image descriptions keep the sentences whose tokens have a mean log-probability of at least "
+                         f"{floor:g} (the model's default).")
     lines += ["",
               f"Total time {report['seconds']['total']} s on CPU.", ""]
     return "\n".join(lines)

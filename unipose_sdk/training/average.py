@@ -61,7 +61,8 @@ def parse_source(text: str) -> tuple[Path, float]:
 
 
 # What `ship export` writes into a config without touching the weights.
-DECODING_FIELDS = ("pose_decoding", "text_to_pose_code_temperature", "text_to_pose_guidance")
+DECODING_FIELDS = ("pose_decoding", "text_to_pose_code_temperature", "text_to_pose_guidance",
+                   "image_description_min_sentence_logprob")
 
 
 def _decoding_free(config: Any) -> Any:

@@ -308,6 +308,11 @@ def model_card(report: dict[str, Any], training: dict[str, Any], model_dir: Path
             f"{matcher['embed_size']}), trained contrastively on the data engine's captions. A Generator decodes "
             f"each prompt at every (pose guidance, code temperature) of {pairs} and keeps the pose the matcher "
             f"scores highest against the prompt's sentence embedding.{trained_how}")
+    floor = config.get("image_description_min_sentence_logprob")
+    floor_line = "" if floor is None else (
+        f"\nA Describer's image descriptions keep the sentences whose tokens the model gave a mean log-probability of "
+        f"at least `image_description_min_sentence_logprob={floor:g}` (chosen on validation pools by `python -m "
+        f"unipose_sdk.evaluation.description_floor`; `DescriberOptions(keep_all_sentences=True)` keeps them all).")
     pretrained = "" if not encoder else """
 ## Pretrained weights inside
 - `text_encoder.bert.*`: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0; Reimers & Gurevych, trained on
@@ -357,7 +362,7 @@ codes near the true one in the codebook (they decode alike), and the shipped con
 `pose_decoding="{config.get('pose_decoding', 'argmax')}"`; a Generator takes each query's code softmax at
 `text_to_pose_code_temperature={config.get('text_to_pose_code_temperature', 1.0)}` (estimation and editing at 1),
 guided by `text_to_pose_guidance={config.get('text_to_pose_guidance', 0.0)}` (classifier-free guidance away from the
-codes the model gives the prompt without a description; 0 is none).
+codes the model gives the prompt without a description; 0 is none).{floor_line}
 
 ## Evaluation (`unipose evaluate`, held-out synthetic data)
 | task | metric | model | trivial baseline |
