@@ -56,13 +56,14 @@ def test_shipped_weights_load_with_zero_missing_keys() -> None:
     meta = json.loads((EMBEDDED_DIR / "config.json").read_text())
     assert meta["dtype"] == "float16" and meta["is_random"] is False
     config = UniPoseConfig.from_dict(meta["config"])
-    # The shipped config is the preset plus, from v2 on, the sentence encoder and the Generator's code
-    # temperature and pose guidance: nothing else may differ.
+    # The shipped config is the preset plus, from v2 on, the sentence encoder, the Generator's code temperature,
+    # pose guidance and candidate decodings with their matcher, and the image descriptions' sentence floor: nothing
+    # else may differ.
     assert 0.05 <= config.text_to_pose_code_temperature <= 1.0
     assert 0.0 <= config.text_to_pose_guidance <= 10.0
     assert dataclasses.replace(config, text_encoder=None, text_to_pose_code_temperature=1.0,
-                               text_to_pose_guidance=0.0, pose_matcher=None,
-                               text_to_pose_candidates=()) == get_preset("unipose-tiny")
+                               text_to_pose_guidance=0.0, pose_matcher=None, text_to_pose_candidates=(),
+                               image_description_min_sentence_logprob=None) == get_preset("unipose-tiny")
     stored = dequantize_int8_rows(read_weights(EMBEDDED_DIR / WEIGHTS_FILE))
     expected = UniPoseModel.from_config(config, device="meta").state_dict()
     assert set(stored) == set(expected)  # nothing missing, nothing unexpected
@@ -79,6 +80,8 @@ def test_shipped_directory_is_small_and_documented() -> None:
         assert (EMBEDDED_DIR / name).is_file()
     report = json.loads((EMBEDDED_DIR / "evaluation.json").read_text())
     assert report["model_is_random"] is False and not report["quick"]
+    # Every gated metric beats its trivial baseline on the held-out pool (image description since its sentence floor).
+    assert report["beats_all_baselines"] is True
 
 
 def test_results_are_not_flagged_random_and_text_to_pose_holds_the_prompt(subset: dict) -> None:
