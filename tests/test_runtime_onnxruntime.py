@@ -99,6 +99,40 @@ def test_the_four_description_tasks_identical(exported: Path, image_rgb: np.ndar
         assert got.text  # something was generated (the placeholder model's text is not meaningful)
 
 
+def test_image_descriptions_keep_the_same_sentences_on_both_backends(exported: Path, image_rgb: np.ndarray) -> None:
+    """The export carries the model's sentence floor, and the log-probabilities it is applied to agree with torch's
+    (whole answers of several sentences, so the floor has sentences to drop)."""
+    from unipose_sdk.body.examples import example_image_path
+    from unipose_sdk.options import DescriberOptions
+    from unipose_sdk.tasks.images import images_to_embeds
+    from unipose_sdk.text.prompts import Task
+
+    onnx = Describer.from_pretrained(exported, backend="onnxruntime", device="cpu", max_new_tokens=64)
+    ref = Describer.from_pretrained(None, backend="torch", device="cpu", max_new_tokens=64)
+    floor = ref.session.config.image_description_min_sentence_logprob
+    assert onnx.session.config.image_description_min_sentence_logprob == floor
+    images = [image_rgb, example_image_path(), image_rgb[::-1]]
+    assert [r.text for r in onnx.describe(image=images)] == [r.text for r in ref.describe(image=images)]
+    # A floor high enough that these answers lose sentences, on both backends alike.
+    options = DescriberOptions(max_new_tokens=64, min_sentence_logprob=-0.3)
+    floored = [Describer.from_session(d.session, options).describe(image=images) for d in (onnx, ref)]
+    assert [r.text for r in floored[0]] == [r.text for r in floored[1]]
+    whole = DescriberOptions(max_new_tokens=64, keep_all_sentences=True)
+    assert [r.text for r in floored[1]] != [r.text for r in Describer.from_session(ref.session, whole)
+                                              .describe(image=images)]
+
+    def answers(session):  # type: ignore[no-untyped-def]  # the loop's results, log-probabilities included
+        rows = [session.prompts.build_task(Task.IMAGE_DESCRIPTION) for _ in images]
+        embeds = session.embed_rows(rows, images_to_embeds(session, images))
+        return generation.generate(session.runtime.llm, embeds, session.config.vocab,
+                                   generation.GenerationConfig(64, text_only=True),
+                                   sentence_end_ids=session.sentence_end_ids)
+
+    for got, want in zip(answers(onnx.session), answers(ref.session)):
+        assert got.token_ids == want.token_ids
+        np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=1e-3)
+
+
 def test_auto_backend_picks_onnxruntime_for_an_export_directory(exported: Path) -> None:
     generator = Generator.from_pretrained(exported, **SHORT)
     assert generator.session.runtime.backend == "onnxruntime"
