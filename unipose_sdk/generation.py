@@ -311,7 +311,8 @@ class TokenPicker:
             ids = logits.argmax(dim=-1)
         else:
             ids = sample_ids(logits, self.config.temperature, self.config.top_p, self.generator)
-        logprobs = logits.float().log_softmax(dim=-1).gather(-1, ids[:, None])[:, 0]
+        scores = logits.float()
+        logprobs = scores.gather(-1, ids[:, None])[:, 0] - scores.logsumexp(dim=-1)  # no [B, V] log-softmax built
         # One host transfer for both (float64 holds every id exactly): the stop check needs the ids anyway.
         ids_and_logprobs = torch.stack([ids.double(), logprobs.double()]).tolist()
         return [int(i) for i in ids_and_logprobs[0]], ids_and_logprobs[1]
@@ -380,7 +381,7 @@ class GenerationResult:
     token_logprobs: one per id of token_ids: the natural log of the probability the model gave the id where it
         was picked (its softmax over the logits as the picker read them: after the ban on repeated sentences and
         text_only's ban on BEGIN, before any sampling temperature); NaN for ids the loop did not pick (a forced
-        BEGIN, the ids of a pose block). How sure the model was of each sentence (`sentence_logprobs`).
+        BEGIN, the ids of a pose block). How sure the model was of each sentence (`text.sentences.confident_sentences`).
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -390,6 +391,14 @@ class GenerationResult:
     forced_first_token: bool = False
     prompt_tokens: int = 0  # continue_generation: the prompt's length, and how much of it the kept cache held
     reused_tokens: int = 0
+
+    def ids_and_logprobs(self, without: int) -> tuple[list[int], list[float]]:
+        """token_ids and token_logprobs, leaving out every `without` id (eos: it ends an answer, it is no part of
+        its text). A result built without log-probabilities (by hand, as the Assistant rebuilds its history) gives
+        NaN for every id."""
+        logprobs = self.token_logprobs or [math.nan] * len(self.token_ids)
+        kept = [(t, lp) for t, lp in zip(self.token_ids, logprobs, strict=True) if t != without]
+        return [t for t, _ in kept], [lp for _, lp in kept]
 
 
 # ---------------------------------------------------------------------------------------------------------------

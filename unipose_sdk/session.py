@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import weakref
 from collections.abc import Sequence
@@ -312,18 +311,16 @@ class UniPose:
                 text_ids, text_logprobs, self.sentence_end_ids, min_sentence_logprob)
             return self.tokenizer.decode(ids)
 
-        # A stream from before token_logprobs (or built by hand) has none: every id then counts as unknown.
-        logprobs = result.token_logprobs or [math.nan] * len(result.token_ids)
-        picked = [(t, lp) for t, lp in zip(result.token_ids, logprobs, strict=True) if t != vocab.eos_id]
+        ids, logprobs = result.ids_and_logprobs(without=vocab.eos_id)
         i = 0
-        while i < len(picked):
-            if picked[i][0] == vocab.pose_begin_id:
+        while i < len(ids):
+            if ids[i] == vocab.pose_begin_id:
                 pieces += [text_piece(), "<pose>"]
                 text_ids, text_logprobs = [], []
                 i += vocab.num_pose_tokens + 2
                 continue
-            text_ids.append(picked[i][0])
-            text_logprobs.append(picked[i][1])
+            text_ids.append(ids[i])
+            text_logprobs.append(logprobs[i])
             i += 1
         pieces.append(text_piece())
         return "".join(pieces).strip()

@@ -122,12 +122,8 @@ def _chatpose_answer(session: UniPose, build_prompts: Callable[[], list[PromptRo
                                           on_stage=timer.stage, sentence_end_ids=session.sentence_end_ids)
             if min_sentence_logprob is None:
                 return [list(out.token_ids) for out in outputs]
-            kept = []
-            for out in outputs:
-                picked = [(t, lp) for t, lp in zip(out.token_ids, out.token_logprobs, strict=True) if t != vocab.eos_id]
-                kept.append(confident_sentences([t for t, _ in picked], [lp for _, lp in picked],
-                                                session.sentence_end_ids, min_sentence_logprob))
-            return kept
+            return [confident_sentences(*out.ids_and_logprobs(without=vocab.eos_id), session.sentence_end_ids,
+                                        min_sentence_logprob) for out in outputs]
 
         with timer.stage("llm"), torch.inference_mode():
             embeds = session.embed_rows(rows, image_embeds)
