@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 import unipose_sdk.evaluation.metrics as M
+from unipose_sdk.checkpoint.sdk_format import LoadedModel
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.evaluation.runner import FULL_SIZES, Baselines, caption_rng, text_to_pose_captions
 from unipose_sdk.evaluation.validation import VALIDATION_SEEDS, _seeds_flag, check_validation_seeds
 from unipose_sdk.fileio import atomic_write_text, check_output_file, signals_raise
-from unipose_sdk.models.config import check_min_sentence_logprob
+from unipose_sdk.models.config import check_min_sentence_logprob, min_sentence_logprob_flag
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET, PoolSizes, build_pool
 
 FLOORS = (-1.0, -0.95, -0.9, -0.85)
@@ -114,22 +115,17 @@ def grid_table(result: dict[str, Any]) -> str:
 
 def write_floor(model_dir: Path, out: Path, floor: float | None) -> Path:
     """A copy of the model at `model_dir` whose config gives image descriptions this floor, written to `out`."""
-    from unipose_sdk.checkpoint.sdk_format import load_model
-    from unipose_sdk.training.ship import TRAINING_NAME, save_candidate
+    from unipose_sdk.training.ship import save_changed_copy
 
-    loaded = load_model(model_dir)
-    loaded.model.config = dataclasses.replace(loaded.model.config, image_description_min_sentence_logprob=floor)
-    training_file = Path(model_dir) / TRAINING_NAME
-    records = json.loads(training_file.read_text(encoding="utf-8")) if training_file.is_file() else None
-    return save_candidate(loaded, out, loaded.source, records, is_random=loaded.is_random, overwrite=False)
+    def set_floor(loaded: LoadedModel) -> None:
+        loaded.model.config = dataclasses.replace(loaded.model.config, image_description_min_sentence_logprob=floor)
+
+    return save_changed_copy(model_dir, out, set_floor)
 
 
 def _floors_flag(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(check_min_sentence_logprob(float(part)) for part in text.split(","))
-    except (ValueError, InvalidInputError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers in [-20, 0] separated by commas, e.g. "
-                                         f"-1,-0.9 ({exc})") from None
+    """Floors separated by commas, each as `unipose describe --min-sentence-logprob` takes one."""
+    return tuple(min_sentence_logprob_flag(part) for part in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> None:

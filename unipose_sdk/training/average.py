@@ -60,7 +60,8 @@ def parse_source(text: str) -> tuple[Path, float]:
     return Path(directory), weight
 
 
-# What `ship export` writes into a config without touching the weights.
+# The decoding settings a config carries beside the weights (`ship export` writes the Generator's, `evaluation.
+# description_floor --write` the image descriptions' floor).
 DECODING_FIELDS = ("pose_decoding", "text_to_pose_code_temperature", "text_to_pose_guidance",
                    "image_description_min_sentence_logprob")
 

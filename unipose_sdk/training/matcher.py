@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from unipose_sdk.body.skeleton import JOINT_NAMES
-from unipose_sdk.checkpoint.sdk_format import load_model
+from unipose_sdk.checkpoint.sdk_format import LoadedModel, load_model
 from unipose_sdk.errors import InvalidInputError, UniPoseError
 from unipose_sdk.fileio import atomic_write, signals_raise
 from unipose_sdk.models.config import PoseMatcherConfig, check_pose_candidates
 from unipose_sdk.models.pose_matcher import PoseMatcher, joint_features
 from unipose_sdk.training.pipeline import MATCHER_RECORD
 from unipose_sdk.training.pools import EVAL_SEED_OFFSET
-from unipose_sdk.training.ship import TRAINING_NAME, save_candidate
+from unipose_sdk.training.ship import save_changed_copy
 
 log = logging.getLogger("unipose_sdk.training")
 
@@ -187,16 +187,12 @@ def train_matcher(data: dict[str, np.ndarray], config: PoseMatcherConfig, steps:
 def attach(model_dir: Path, out: Path, matcher: PoseMatcher, candidates: Sequence[tuple[float, float]],
            record: dict[str, Any]) -> Path:
     """A copy of the model at `model_dir` with `matcher` and its candidate decodings, written to `out`."""
-    loaded = load_model(model_dir)
-    model = loaded.model
-    model.config = dataclasses.replace(model.config, pose_matcher=matcher.config,
-                                       text_to_pose_candidates=tuple(candidates))
-    model.pose_matcher = matcher
-    training_file = Path(model_dir) / TRAINING_NAME
-    records = None
-    if training_file.is_file():
-        records = {**json.loads(training_file.read_text(encoding="utf-8")), MATCHER_RECORD: record}
-    return save_candidate(loaded, out, loaded.source, records, is_random=loaded.is_random, overwrite=False)
+    def add_matcher(loaded: LoadedModel) -> None:
+        loaded.model.config = dataclasses.replace(loaded.model.config, pose_matcher=matcher.config,
+                                                  text_to_pose_candidates=tuple(candidates))
+        loaded.model.pose_matcher = matcher
+
+    return save_changed_copy(model_dir, out, add_matcher, {MATCHER_RECORD: record})
 
 
 def candidates_flag(text: str) -> tuple[tuple[float, float], ...]:

@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,19 @@ def save_candidate(loaded: LoadedModel, out: Path, source: str, records: dict[st
 
     return save_model(loaded.model, out, loaded.tokenizer, dtype=torch.float16, is_random=is_random, source=source,
                       overwrite=overwrite, int8_prefixes=("text_encoder.bert.",), write_beside=write_beside)
+
+
+def save_changed_copy(model_dir: Path, out: Path, change: Callable[[LoadedModel], None],
+                      new_records: dict[str, Any] | None = None) -> Path:
+    """A copy of the candidate at `model_dir`, as `change` leaves it once loaded, written to `out` (a new
+    directory): its training records carried over, with `new_records` added."""
+    loaded = load_model(model_dir)
+    change(loaded)
+    training_file = Path(model_dir) / TRAINING_NAME
+    records = None
+    if training_file.is_file():
+        records = {**json.loads(training_file.read_text(encoding="utf-8")), **(new_records or {})}
+    return save_candidate(loaded, out, loaded.source, records, is_random=loaded.is_random, overwrite=False)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
