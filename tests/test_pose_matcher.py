@@ -142,6 +142,25 @@ def test_the_generator_keeps_the_candidate_the_matcher_scores_highest(saved_mode
         saved_model, backend="torch", pose_guidance=w, pose_code_temperature=t).generate(PROMPTS)]
 
 
+def test_the_returned_pose_is_the_matchers_decode_of_the_chosen_codes(saved_model) -> None:  # noqa: ANN001
+    from unipose_sdk import Generator
+
+    generator = Generator.from_pretrained(saved_model, backend="torch")
+    session = generator._session()
+    results = generator.generate(PROMPTS)
+    # The pose is not decoded a second time, and is what the pose tokenizer gives for its codes (the candidates
+    # were decoded as one batch, the same numbers up to float rounding).
+    for result in results:
+        assert result.pose_codes is not None
+        codes = torch.tensor([result.pose_codes])
+        assert Pose.from_6d(session.runtime.decode_poses(codes)).allclose(result.pose, atol=1e-5)
+    # Codes the last choice did not decode (alone or beside known ones) are decoded by the pose tokenizer.
+    other = torch.zeros(1, 80, dtype=torch.long)
+    mixed = torch.cat([torch.tensor([results[0].pose_codes]), other])
+    expected = Pose.from_6d(session.runtime.decode_poses(mixed))
+    assert session.decode_poses(mixed).allclose(expected, atol=1e-6)
+
+
 def test_choose_candidates_must_be_a_bool() -> None:
     from unipose_sdk.options import GeneratorOptions
 

@@ -74,6 +74,9 @@ class UniPose:
             self.fallback = f"{self.fallback}; {note}" if self.fallback else note
         # Query logits of each task's prompt without a condition, that its guided calls contrast with.
         self._unconditional_logits: dict[Task, Tensor] = {}
+        # The raw 6D rows [22, 6] of the candidates the text-pose matcher decoded last, by their codes: the pose a
+        # Generator returns is one of them, so it is not decoded a second time.
+        self._chosen_from: dict[bytes, Tensor] = {}
         self.lock = threading.RLock()
         self.closed = False
 
@@ -177,6 +180,12 @@ class UniPose:
         return self.runtime.encode_poses(poses.rotation_6d()).cpu()
 
     def decode_poses(self, codes: Tensor) -> Pose:
+        """[B, 80] codes -> their poses; rows the matcher's last choice decoded are taken from it."""
+        known = self._chosen_from
+        if known:
+            keys = [_codes_key(row) for row in codes]
+            if all(key in known for key in keys):
+                return Pose.from_6d(torch.stack([known[key] for key in keys]))
         return Pose.from_6d(self.runtime.decode_poses(codes).cpu())
 
     def encode_images(self, clip_pixels: Tensor, pose_pixels: Tensor) -> Tensor:
@@ -271,7 +280,9 @@ class UniPose:
             keyed = torch.cat([torch.arange(batch).repeat_interleave(count)[:, None],
                                candidates.reshape(batch * count, length)], dim=1)
             distinct, index = torch.unique(keyed, dim=0, return_inverse=True)
-            joints_m = self.decode_poses(distinct[:, 1:]).joints()
+            pose_6d = self.runtime.decode_poses(distinct[:, 1:]).cpu()
+            self._chosen_from = {_codes_key(row): six_d for row, six_d in zip(distinct[:, 1:], pose_6d)}
+            joints_m = Pose.from_6d(pose_6d).joints()
             row_sentences = sentences[list(rows)][distinct[:, 0]]
             scores = self.runtime.match_poses(joints_m, row_sentences).float().cpu()[index].view(batch, count)
             return candidates[torch.arange(batch), scores.argmax(dim=1)]
@@ -324,3 +335,8 @@ class UniPose:
             i += 1
         pieces.append(text_piece())
         return "".join(pieces).strip()
+
+
+def _codes_key(codes: Tensor) -> bytes:
+    """One pose's codes [80] as a dictionary key (int64 bytes)."""
+    return codes.to(device="cpu", dtype=torch.int64).numpy().tobytes()
