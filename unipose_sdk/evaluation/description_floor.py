@@ -32,7 +32,7 @@ import numpy as np
 import unipose_sdk.evaluation.metrics as M
 from unipose_sdk.checkpoint.sdk_format import LoadedModel
 from unipose_sdk.errors import InvalidInputError, UniPoseError
-from unipose_sdk.evaluation.runner import FULL_SIZES, Baselines, caption_rng, text_to_pose_captions
+from unipose_sdk.evaluation.runner import FULL_SIZES, Baselines, caption_draws, caption_rng
 from unipose_sdk.evaluation.validation import VALIDATION_SEEDS, _seeds_flag, check_validation_seeds
 from unipose_sdk.fileio import atomic_write_text, check_output_file, signals_raise
 from unipose_sdk.models.config import check_min_sentence_logprob, min_sentence_logprob_flag
@@ -44,16 +44,11 @@ FLOORS = (-1.0, -0.95, -0.9, -0.85)
 def image_description_references(seed: int, sizes: PoolSizes = FULL_SIZES,
                                   ) -> tuple[list[Any], list[list[Any]], list[list[Any]]]:
     """(images, every true fact of each image's pose, the facts each reference caption states) of the validation
-    pool of `seed`, drawn as `unipose evaluate --seed SEED` draws them: its caption stream composes the text-to-pose
-    prompts and the pose descriptions' references first."""
+    pool of `seed`, drawn as `unipose evaluate --seed SEED` draws them (`runner.caption_draws`)."""
     check_validation_seeds([seed])
     pool = build_pool(seed + EVAL_SEED_OFFSET, sizes, None)
-    rng = caption_rng(seed)
-    text_to_pose_captions(pool.facts, rng)
-    for facts in pool.facts:  # the pose descriptions' references
-        M.compose_caption(facts, rng)
+    references = caption_draws(pool, caption_rng(seed))[2]
     indices = range(len(pool.image_of_pose))
-    references = [M.compose_caption(pool.facts[i], rng)[1] for i in indices]
     return [pool.images[pool.image_of_pose[i]] for i in indices], [pool.facts[i] for i in indices], references
 
 

@@ -115,6 +115,17 @@ def text_to_pose_captions(pool_facts: Sequence[Any], rng: np.random.Generator) -
     return [(i, text, stated) for i, (text, stated) in enumerate(composed) if text]
 
 
+def caption_draws(pool: Any, rng: np.random.Generator,
+                  ) -> tuple[list[tuple[int, str, list[Any]]], list[list[Any]], list[list[Any]]]:
+    """What `evaluate` draws from its caption stream before the conversations, in its order: the text-to-pose
+    prompts (`text_to_pose_captions`), then the facts a reference caption states for every pose (pose
+    descriptions) and for every rendered pose (image descriptions; image i shows pose i)."""
+    prompts = text_to_pose_captions(pool.facts, rng)
+    pose_references = [M.compose_caption(facts, rng)[1] for facts in pool.facts]
+    image_references = [M.compose_caption(pool.facts[i], rng)[1] for i in range(len(pool.image_of_pose))]
+    return prompts, pose_references, image_references
+
+
 def _metric(model_value: float, baseline_value: float, baseline: str, higher_is_better: bool,
             gate: bool = True) -> dict[str, Any]:
     """One metric next to its baseline. `gate`: whether shipping requires beating it (the trivial baselines do;
@@ -163,6 +174,7 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
     pool = build_pool(seed + EVAL_SEED_OFFSET, sizes, None)  # codes come from the task classes
     base = Baselines(seed)
     rng = caption_rng(seed)
+    captions, pose_references, image_references = caption_draws(pool, rng)  # the conversations draw after them
     poses = [_pose(a) for a in pool.axis_angle]
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
@@ -183,7 +195,6 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
         return {"mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints, true_joints).mean(), "mean pose", False)}
 
     def text_to_pose() -> dict[str, Any]:
-        captions = text_to_pose_captions(pool.facts, rng)
         keep = [i for i, _, _ in captions]
         out = _batched(generator.generate, [text for _, text, _ in captions], batch_size)
         generated = np.stack([r.pose.axis_angle().numpy()[0] for r in out])
@@ -197,8 +208,7 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
                 "mpjpe_mm": _metric(error.mean(), M.mpjpe_mm(mean_joints[keep], true_joints[keep]).mean(),
                                     "mean pose", False, gate=False)}
 
-    def description(texts: list[str], indices: Sequence[int]) -> dict[str, Any]:
-        refs = [M.compose_caption(pool.facts[i], rng)[1] for i in indices]
+    def description(texts: list[str], indices: Sequence[int], refs: Sequence[list[Any]]) -> dict[str, Any]:
         scores = [M.description_scores(t, pool.facts[i], r) for t, i, r in zip(texts, indices, refs)]
         base_scores = [M.description_scores(base.caption, pool.facts[i], r) for i, r in zip(indices, refs)]
         return {key: _metric(np.mean([s[key] for s in scores]), np.mean([s[key] for s in base_scores]),
@@ -206,13 +216,13 @@ def evaluate(model: str | Path | None = None, quick: bool = False, seed: int = 0
 
     def pose_description() -> dict[str, Any]:
         out = _batched(lambda chunk: describer.describe(pose=chunk), poses, batch_size)
-        return description([r.text for r in out], range(len(poses)))
+        return description([r.text for r in out], range(len(poses)), pose_references)
 
     def image_description() -> dict[str, Any]:
         indices = list(range(len(pool.image_of_pose)))
         images = [pool.images[pool.image_of_pose[i]] for i in indices]
         out = _batched(lambda chunk: describer.describe(image=chunk), images, batch_size)
-        return description([r.text for r in out], indices)
+        return description([r.text for r in out], indices, image_references)
 
     pairs_a = [_pose(a) for a in pool.pair_a]
     pairs_b = [_pose(b) for b in pool.pair_b]
