@@ -142,12 +142,22 @@ def test_the_generator_keeps_the_candidate_the_matcher_scores_highest(saved_mode
         saved_model, backend="torch", pose_guidance=w, pose_code_temperature=t).generate(PROMPTS)]
 
 
-def test_the_returned_pose_is_the_matchers_decode_of_the_chosen_codes(saved_model) -> None:  # noqa: ANN001
+def test_the_returned_pose_is_the_matchers_decode_of_the_chosen_codes(saved_model, monkeypatch) -> None:  # noqa: ANN001
     from unipose_sdk import Generator
 
     generator = Generator.from_pretrained(saved_model, backend="torch")
     session = generator._session()
+    decoded_batches: list[int] = []
+    runtime_decode = session.runtime.decode_poses
+
+    def counting_decode(codes: torch.Tensor) -> torch.Tensor:
+        decoded_batches.append(len(codes))
+        return runtime_decode(codes)
+
+    monkeypatch.setattr(session.runtime, "decode_poses", counting_decode)
     results = generator.generate(PROMPTS)
+    # One decode: the candidates the matcher scored; the chosen rows are not decoded again.
+    assert len(decoded_batches) == 1 and decoded_batches[0] >= len(PROMPTS)
     # The pose is not decoded a second time, and is what the pose tokenizer gives for its codes (the candidates
     # were decoded as one batch, the same numbers up to float rounding).
     for result in results:
